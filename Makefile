@@ -1,0 +1,28 @@
+# Two entry points: `make demo` (set up, run the main job) and `make test` (set up, run the suite).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test bench clean
+
+$(STAMP): requirements.txt setup.py $(wildcard csrc/*.cpp)
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-build-isolation --no-deps -e .
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m margreg_fast demo
+
+test: $(STAMP)
+	TRITON_INTERPRET=1 $(PY) -m pytest -q tests
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_head.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info margreg_fast/*.so
