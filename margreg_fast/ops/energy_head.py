@@ -1,0 +1,103 @@
+r"""The fused energy head op: differentiable D = logsumexp(z1) - logsumexp(z0), penalty and CE.
+
+Public entry points:
+
+* :func:`energy_difference` -- D per row, in the stabilised form of :mod:`.reference`.
+* :func:`energy_penalty` -- the finite-difference penalty (D / h)^2 and, with targets, the
+  cross-entropy of z0, both from one kernel pass; its backward is one more pass giving dz0 and dz1.
+
+Per-sample outputs are float32 for fp32/bf16/fp16 logits (accumulated in fp32) and float64 for
+float64 logits. Gradients come back in the logits' dtype.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+
+from . import backends
+from .validation import Step, check_logits, check_step, check_target
+
+
+class _EnergyHead(torch.autograd.Function):
+    """Autograd bridge to a backend: forward -> (D, ce); backward -> one fused pass for dz0, dz1."""
+
+    @staticmethod
+    def forward(ctx, z0, z1, target, ignore_index, backend):
+        impl = backends.BACKENDS[backend]
+        D, ce, stats = impl.forward(z0, z1, target, ignore_index)
+        ctx.save_for_backward(z0, z1, target, stats)
+        ctx.ignore_index, ctx.backend, ctx.has_target = ignore_index, backend, target is not None
+        if target is None:
+            ctx.mark_non_differentiable(ce)
+        return D, ce
+
+    @staticmethod
+    def backward(ctx, grad_d, grad_ce):
+        z0, z1, target, stats = ctx.saved_tensors
+        if grad_d is None:
+            grad_d = torch.zeros_like(stats[:, 0])
+        if not ctx.has_target:
+            grad_ce = None
+        impl = backends.BACKENDS[ctx.backend]
+        dz0, dz1 = impl.backward(z0, z1, target, ctx.ignore_index, stats, grad_d.contiguous(),
+                                 None if grad_ce is None else grad_ce.contiguous())
+        return dz0, dz1, None, None, None
+
+
+class EnergyPenalty(NamedTuple):
+    """Per-sample results of :func:`energy_penalty`."""
+
+    penalty: torch.Tensor  #: (D / h)^2, shape (B,)
+    ce: Optional[torch.Tensor]  #: cross-entropy of z0 (0 on ignore_index rows); None without targets
+    difference: torch.Tensor  #: D = logsumexp(z1) - logsumexp(z0), shape (B,)
+
+
+def _head(z0, z1, target, ignore_index, backend):
+    check_logits(z0, z1)
+    if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
+        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
+    target = check_target(target, z0, ignore_index)
+    name = backends.resolve(backend, z0.device)
+    return _EnergyHead.apply(z0, z1, target, ignore_index, name)
+
+
+def energy_difference(z0: torch.Tensor, z1: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
+    """D = logsumexp(z1, 1) - logsumexp(z0, 1) per row, without catastrophic cancellation.
+
+    Args:
+        z0, z1: logits of shape (B, C), same dtype and device. Any layout.
+        backend: ``"auto"``, ``"torch"``, ``"native"`` or ``"triton"``.
+
+    Returns:
+        D of shape (B,), float32 (float64 for float64 logits). Differentiable in z0 and z1 with
+        dD/dz1 = softmax(z1) and dD/dz0 = -softmax(z0).
+    """
+    D, _ = _head(z0, z1, None, -100, backend)
+    return D
+
+
+def energy_penalty(
+    z0: torch.Tensor,
+    z1: torch.Tensor,
+    step: Step,
+    target: Optional[torch.Tensor] = None,
+    *,
+    ignore_index: int = -100,
+    backend: str = "auto",
+) -> EnergyPenalty:
+    """Finite-difference marginal-density penalty ((logsumexp(z1) - logsumexp(z0)) / h)^2 per row.
+
+    Args:
+        z0: logits f(x), shape (B, C).
+        z1: logits f(x + h v) at the stepped input, same shape, dtype and device.
+        step: h > 0, a float or a tensor of shape () or (B,). A tensor step gets a gradient too.
+        target: optional int class indices (B,); then the per-sample CE of z0 comes from the same
+            pass (rows equal to ``ignore_index`` give 0).
+        backend: ``"auto"``, ``"torch"``, ``"native"`` or ``"triton"``.
+    """
+    check_logits(z0, z1)
+    h = check_step(step, z0.shape[0], z0.device)
+    D, ce = _head(z0, z1, target, ignore_index, backend)
+    penalty = (D / h) ** 2
+    return EnergyPenalty(penalty, ce if target is not None else None, D)

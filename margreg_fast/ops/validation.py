@@ -1,0 +1,81 @@
+"""Argument checks for the fused energy head op.
+
+Every check raises ``TypeError`` (wrong kind of object or dtype) or ``ValueError`` (wrong shape,
+device or value) naming the offending argument. Value checks that need the data (step positivity,
+target range) are skipped while ``torch.compile`` traces, so they never cause a graph break.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Union
+
+import torch
+
+Step = Union[float, int, torch.Tensor]
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """fp32 for fp32 and half types, fp64 for fp64: the dtype of the per-sample outputs."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def check_logits(z0: torch.Tensor, z1: torch.Tensor) -> None:
+    for name, z in (("z0", z0), ("z1", z1)):
+        if not isinstance(z, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(z).__name__}")
+        if not z.is_floating_point():
+            raise TypeError(f"{name} must have a floating dtype, got {z.dtype}")
+        if z.dim() != 2:
+            raise ValueError(f"{name} must be 2-D (batch, classes), got shape {tuple(z.shape)}")
+    if z0.shape != z1.shape:
+        raise ValueError(f"z0 and z1 must have the same shape, got {tuple(z0.shape)} and {tuple(z1.shape)}")
+    if z0.device != z1.device:
+        raise ValueError(f"z0 and z1 must be on the same device, got {z0.device} and {z1.device}")
+    if z0.dtype != z1.dtype:
+        raise TypeError(f"z0 and z1 must have the same dtype, got {z0.dtype} and {z1.dtype}")
+    if z0.shape[1] == 0:
+        raise ValueError("logits must have at least one class (got C = 0)")
+
+
+def check_target(target: Optional[torch.Tensor], z0: torch.Tensor, ignore_index: int) -> Optional[torch.Tensor]:
+    """Validate integer class targets of shape (B,); returns them as int64 on z0's device."""
+    if target is None:
+        return None
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"target must be a torch.Tensor or None, got {type(target).__name__}")
+    if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
+        raise TypeError(f"target must hold integer class indices, got dtype {target.dtype}")
+    if target.dim() != 1 or target.shape[0] != z0.shape[0]:
+        raise ValueError(f"target must have shape ({z0.shape[0]},), got {tuple(target.shape)}")
+    if target.device != z0.device:
+        raise ValueError(f"target must be on the logits' device {z0.device}, got {target.device}")
+    num_classes = z0.shape[1]
+    if target.numel() and not torch.compiler.is_compiling():
+        bad = ((target < 0) | (target >= num_classes)) & (target != ignore_index)
+        if bool(bad.any()):
+            first = int(target[bad][0])
+            raise ValueError(
+                f"target contains class index {first} outside [0, {num_classes}) "
+                f"(and not ignore_index={ignore_index})"
+            )
+    return target.long()
+
+
+def check_step(step: Step, batch: int, device: torch.device) -> Union[float, torch.Tensor]:
+    """A finite step h > 0: a Python number, a 0-d tensor or a tensor of shape (B,)."""
+    if isinstance(step, bool) or not isinstance(step, (int, float, torch.Tensor)):
+        raise TypeError(f"step must be a float or a tensor, got {type(step).__name__}")
+    if isinstance(step, torch.Tensor):
+        if not step.is_floating_point():
+            raise TypeError(f"step tensor must be floating point, got {step.dtype}")
+        if step.dim() > 1 or (step.dim() == 1 and step.shape[0] != batch):
+            raise ValueError(f"step tensor must be a scalar or have shape ({batch},), got {tuple(step.shape)}")
+        if step.device != device:
+            raise ValueError(f"step must be on the logits' device {device}, got {step.device}")
+        if step.numel() and not torch.compiler.is_compiling():
+            if not bool(torch.isfinite(step).all()) or not bool((step > 0).all()):
+                raise ValueError("step must be finite and > 0 for every sample")
+        return step
+    if not math.isfinite(step) or step <= 0:
+        raise ValueError(f"step must be finite and > 0, got {step}")
+    return float(step)
