@@ -14,13 +14,18 @@ from __future__ import annotations
 from typing import NamedTuple, Optional
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from . import backends
 from .validation import Step, check_logits, check_step, check_target
 
 
 class _EnergyHead(torch.autograd.Function):
-    """Autograd bridge to a backend: forward -> (D, ce); backward -> one fused pass for dz0, dz1."""
+    """Autograd bridge to a backend: forward -> (D, ce); backward -> one fused pass for dz0, dz1.
+
+    The backward is once-differentiable: differentiating it again raises instead of silently
+    dropping the second-order terms (the finite-difference estimators never need them).
+    """
 
     @staticmethod
     def forward(ctx, z0, z1, target, ignore_index, backend):
@@ -33,6 +38,7 @@ class _EnergyHead(torch.autograd.Function):
         return D, ce
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_d, grad_ce):
         z0, z1, target, stats = ctx.saved_tensors
         if grad_d is None:
