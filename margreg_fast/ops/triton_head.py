@@ -297,9 +297,13 @@ def backward(
     """dz0 = (gCE - gD) p0 - gCE onehot(y), dz1 = gD p1, in the logits' dtype, from one pass."""
     batch, n_cols = z0.shape
     z0, z1 = z0.contiguous(), z1.contiguous()
-    dz0, dz1 = torch.empty_like(z0), torch.empty_like(z1)
+    # The interpreter rounds fp32 -> bf16 toward zero where the GPU rounds to nearest even: there
+    # the kernel writes fp32 and the host rounds.
+    out_dtype = torch.float32 if _INTERPRETED and z0.dtype == torch.bfloat16 else z0.dtype
+    dz0 = torch.empty(z0.shape, dtype=out_dtype, device=z0.device)
+    dz1 = torch.empty(z1.shape, dtype=out_dtype, device=z1.device)
     if batch == 0:
-        return dz0, dz1
+        return dz0.to(z0.dtype), dz1.to(z1.dtype)
     has_ce = target is not None and grad_ce is not None
     stats, grad_d = stats.contiguous(), grad_d.to(stats.dtype).contiguous()
     target_arg = target.contiguous() if has_ce else grad_d  # never read without CE
@@ -310,4 +314,4 @@ def backward(
             z0, z1, target_arg, stats, grad_d, grad_ce_arg, dz0, dz1, batch, n_cols, ignore_index,
             HAS_CE=has_ce, ACC=_tl_acc(stats.dtype), ROWS=rows, BLOCK=block, num_warps=num_warps,
         )
-    return dz0, dz1
+    return dz0.to(z0.dtype), dz1.to(z1.dtype)
