@@ -1,0 +1,78 @@
+"""Evaluate one trained model: the ten numbers of results.json plus what the figures need.
+
+Metric choices (all fixed in advance, never tuned per method):
+
+- ``clean_acc``: accuracy on the whole test set.
+- ``leakage``: share of |attribution| on ``null_mask`` (the null block for BlockMNIST, the shortcut
+  patch for the spurious variant), attribution ``cfg.attribution`` w.r.t. the true label.
+- ``insertion_auc``: insertion game with the same attributions (metrics.insertion_auc).
+- ``pgd_linf_acc`` / ``pgd_l2_acc``: accuracy under PGD with eps ``pgd_linf_eps`` / ``pgd_l2_eps``.
+- ``topk_intersection`` / ``kendall_tau``: attribution robustness under the top-k attribution attack.
+- ``density_shift``: mean |E(x+delta) - E(x)|, E = logsumexp f = log p(x) + log Z, for an
+  *adversarial* L2 perturbation of norm ``density_eps`` (the random-direction figure is kept in the
+  per-seed file as ``density_shift_random``). Lower is better.
+- ``worst_group_acc``: the lowest accuracy over the dataset's groups: (label, patch class) for the
+  spurious variant, digit-on-top vs digit-at-bottom for BlockMNIST.
+A metric whose ingredient the dataset lacks (no null mask, no groups) is ``None``.
+
+Attribution, attack and density metrics use the first ``eval_samples`` test images. All randomness
+(PGD random starts, random density directions) runs under ``torch.random.fork_rng`` seeded from the
+run seed, so evaluation is reproducible and does not disturb the caller's RNG.
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import metrics
+from ..attacks import PGD, attribution_robustness
+from ..attribution import attribute
+from ..data import ImageDataset
+from .config import ExperimentConfig
+
+#: Keys of one method's entry in results.json, in order.
+RESULT_KEYS = ("clean_acc", "leakage", "insertion_auc", "pgd_linf_acc", "pgd_l2_acc", "topk_intersection",
+               "kendall_tau", "density_shift", "worst_group_acc", "step_time_s")
+FIGURE_SAMPLES = 6
+
+
+def _pgd_accuracy(model, x, y, *, eps, norm, steps, seed) -> float:
+    if eps == 0:
+        return metrics.accuracy(model, x, y)
+    # Step size 2.5 * eps / steps, the usual Madry et al. choice.
+    attack = PGD(model, eps=eps, alpha=2.5 * eps / steps, steps=steps, norm=norm, random_start=True, seed=seed)
+    return metrics.accuracy(model, attack(x, y), y)
+
+
+def evaluate_model(model: torch.nn.Module, test: ImageDataset, cfg: ExperimentConfig, seed: int) -> dict:
+    """Return ``{"metrics": {...}, "extra": {...}, "figure": {...}}`` for one trained model."""
+    model.eval()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(10_007 * (seed + 1))
+        n = min(cfg.eval_samples, len(test.y))
+        x, y = test.x[:n], test.y[:n]
+        out = {k: None for k in RESULT_KEYS}
+        out["clean_acc"] = metrics.accuracy(model, test.x, test.y)
+        if test.group is not None:
+            out["worst_group_acc"] = metrics.worst_group_accuracy(model, test.x, test.y, test.group)
+        attr = attribute(model, x, y, method=cfg.attribution).detach()
+        if test.null_mask is not None:
+            out["leakage"] = metrics.feature_leakage(attr, test.null_mask[:n])
+        fractions, curve = metrics.insertion_curve(model, x, attr, y, steps=cfg.insertion_steps)
+        out["insertion_auc"] = metrics.insertion_auc(model, x, attr, y, steps=cfg.insertion_steps)
+        out["pgd_linf_acc"] = _pgd_accuracy(model, x, y, eps=cfg.pgd_linf_eps, norm="linf",
+                                            steps=cfg.pgd_steps, seed=seed)
+        out["pgd_l2_acc"] = _pgd_accuracy(model, x, y, eps=cfg.pgd_l2_eps, norm="l2", steps=cfg.pgd_steps, seed=seed)
+        rob = attribution_robustness(model, x, y, eps=cfg.attack_eps, k=cfg.topk, steps=cfg.attack_steps)
+        out["topk_intersection"], out["kendall_tau"] = rob["topk_intersection"], rob["kendall_tau"]
+        out["density_shift"] = metrics.density_shift(model, x, eps=cfg.density_eps, kind="adversarial",
+                                                     norm="l2", steps=cfg.density_steps)
+        extra = {"density_shift_random": metrics.density_shift(model, x, eps=cfg.density_eps, kind="random",
+                                                               norm="l2", steps=cfg.density_steps)}
+    figure = {
+        "inputs": x[:FIGURE_SAMPLES].squeeze(1).tolist(),
+        "attributions": attr[:FIGURE_SAMPLES].squeeze(1).tolist(),
+        "insertion_fractions": [float(f) for f in torch.as_tensor(fractions)],
+        "insertion_curve": [float(c) for c in torch.as_tensor(curve)],
+    }
+    return {"metrics": {k: (None if v is None else float(v)) for k, v in out.items()}, "extra": extra,
+            "figure": figure}

@@ -1,0 +1,76 @@
+"""PNG figures in the spirit of the paper's Figure 1 (matplotlib, Agg backend).
+
+- ``attributions.png``: the same test inputs (top row) and each method's attribution map for them
+  (one row per method, first seed), shown as |attribution| normalised per image, so where a model
+  looks is comparable across methods whatever its gradient scale.
+- ``insertion.png``: the insertion-game curve of each method (mean over seeds), AUC in the legend.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .config import ExperimentConfig  # noqa: E402
+
+
+def _save(fig, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def attribution_figure(cfg: ExperimentConfig, results: list[dict], path: Path) -> None:
+    seed = cfg.seeds[0]
+    by_method = {r["method"]: r for r in results if r["seed"] == seed}
+    inputs = np.asarray(by_method[cfg.methods[0]]["figure"]["inputs"])
+    n = len(inputs)
+    rows = 1 + len(cfg.methods)
+    h, w = inputs.shape[1:]
+    fig, axes = plt.subplots(rows, n, figsize=(1.1 * n * w / h * 1.6 + 0.8, 1.6 * rows), squeeze=False)
+    for j in range(n):
+        axes[0, j].imshow(inputs[j], cmap="gray", vmin=0, vmax=1)
+    axes[0, 0].set_ylabel("input", rotation=0, ha="right", va="center")
+    for i, method in enumerate(cfg.methods, start=1):
+        maps = np.abs(np.asarray(by_method[method]["figure"]["attributions"]))
+        leak = by_method[method]["metrics"]["leakage"]
+        for j in range(n):
+            m = maps[j] / max(maps[j].max(), 1e-12)
+            axes[i, j].imshow(m, cmap="hot", vmin=0, vmax=1)
+        label = method if leak is None else f"{method}\nleak {leak:.2f}"
+        axes[i, 0].set_ylabel(label, rotation=0, ha="right", va="center")
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"{cfg.experiment}: |{cfg.attribution}| per method (seed {seed})")
+    _save(fig, path)
+
+
+def insertion_figure(cfg: ExperimentConfig, results: list[dict], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for method in cfg.methods:
+        runs = [r for r in results if r["method"] == method]
+        fractions = np.asarray(runs[0]["figure"]["insertion_fractions"])
+        curve = np.mean([r["figure"]["insertion_curve"] for r in runs], axis=0)
+        auc = np.mean([r["metrics"]["insertion_auc"] for r in runs])
+        ax.plot(fractions, curve, marker="o", ms=3, label=f"{method} (AUC {auc:.3f})")
+    ax.set_xlabel("fraction of pixels inserted (by attribution rank)")
+    ax.set_ylabel("target logit / full-image logit")
+    ax.set_title(f"{cfg.experiment}: insertion game ({cfg.attribution})")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, path)
+
+
+def write_figures(cfg: ExperimentConfig, results: list[dict], out_dir: Path) -> list[Path]:
+    out_dir = Path(out_dir)
+    paths = [out_dir / "attributions.png", out_dir / "insertion.png"]
+    attribution_figure(cfg, results, paths[0])
+    insertion_figure(cfg, results, paths[1])
+    return paths

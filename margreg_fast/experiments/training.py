@@ -1,0 +1,105 @@
+"""Resumable training of one (method, seed) run.
+
+Objective per batch: mean CE + lambda * mean penalty, computed by
+``MarginalDensityRegularizer(lambda, method=estimator, step=h, penalty=...)`` (the "none" method uses
+``penalty="none"``, plain CE through the same code path, so its step time is comparable).
+
+Determinism: the model is initialised right after ``torch.manual_seed(seed)``; data order comes
+from a dedicated ``torch.Generator`` seeded from the seed; ``torch.use_deterministic_algorithms`` is
+switched on by the caller. At the end of every epoch the complete state (model, optimizer, epoch,
+torch RNG, data-order generator, recorded step times) is checkpointed atomically, so a run killed at
+any point and restarted continues from the last finished epoch and produces bit-identical weights.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..data import ImageDataset
+from ..regularizer import MarginalDensityRegularizer
+from .checkpoint import load_checkpoint, restore, save_checkpoint
+from .config import PENALTY_OF_METHOD, ExperimentConfig
+from .modelzoo import build_model
+
+CHECKPOINT_NAME = "checkpoint.pt"
+NUM_CLASSES = 10  # digits, MNIST and Fashion-MNIST all have ten classes
+
+
+@dataclass
+class TrainedRun:
+    model: torch.nn.Module
+    step_times: list[float]
+    resumed_from_epoch: int
+
+    @property
+    def median_step_time(self) -> float:
+        return statistics.median(self.step_times) if self.step_times else float("nan")
+
+
+def make_regularizer(cfg: ExperimentConfig, method: str) -> MarginalDensityRegularizer:
+    penalty = PENALTY_OF_METHOD[method]
+    weight = 0.0 if penalty == "none" else cfg.weights[method]
+    return MarginalDensityRegularizer(weight, method=cfg.estimators[method], step=cfg.step, penalty=penalty)
+
+
+def _data_generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(1_000_003 * (seed + 1))
+
+
+def train_run(cfg: ExperimentConfig, method: str, seed: int, train: ImageDataset, run_dir: Path,
+              *, quiet: bool = False, device: str = "cpu", allow_training: bool = True) -> TrainedRun:
+    """Train (or resume training) ``method`` with ``seed``; checkpoints go to ``run_dir``.
+
+    With ``allow_training=False`` the run must already be complete (used by ``evaluate``).
+    """
+    run_dir = Path(run_dir)
+    ckpt_path = run_dir / CHECKPOINT_NAME
+    torch.manual_seed(seed)
+    model = build_model(cfg, in_shape=tuple(train.x.shape[1:]), num_classes=NUM_CLASSES).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    gen = _data_generator(seed)
+    start_epoch, step_times = 0, []
+    if ckpt_path.exists():
+        state = load_checkpoint(ckpt_path)
+        restore(state, model=model, optimizer=optimizer, data_generator=gen)
+        start_epoch, step_times = state["epoch"], list(state["step_times"])
+    if not allow_training and start_epoch < cfg.epochs:
+        raise ValueError(f"{run_dir} holds a run stopped at epoch {start_epoch} of {cfg.epochs}; "
+                         "run the same train/experiment command again to finish it")
+    reg = make_regularizer(cfg, method)
+    x_all, y_all = train.x, train.y
+    n = len(y_all)
+    bar = tqdm(range(start_epoch, cfg.epochs), desc=f"{method} seed {seed}", initial=start_epoch,
+               total=cfg.epochs, unit="epoch", disable=quiet, leave=False, dynamic_ncols=True)
+    for epoch in bar:
+        model.train()
+        order = torch.randperm(n, generator=gen)
+        sums = {"ce": 0.0, "penalty": 0.0}
+        batches = 0
+        for i in range(0, n, cfg.batch_size):
+            idx = order[i:i + cfg.batch_size]
+            xb, yb = x_all[idx].to(device), y_all[idx].to(device)
+            t0 = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            loss, stats = reg(model, xb, yb)
+            loss.backward()
+            optimizer.step()
+            step_times.append(time.perf_counter() - t0)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{method} seed {seed}: loss became {loss.item()} at epoch {epoch + 1}; "
+                                         "lower --weight or --lr")
+            for k in sums:
+                sums[k] += float(stats.get(k, 0.0))
+            batches += 1
+        bar.set_postfix(ce=f"{sums['ce'] / batches:.3f}", pen=f"{sums['penalty'] / batches:.3g}")
+        save_checkpoint(ckpt_path, model=model, optimizer=optimizer, epoch=epoch + 1,
+                        data_generator=gen, step_times=step_times)
+    bar.close()
+    model.eval()
+    return TrainedRun(model=model, step_times=step_times, resumed_from_epoch=start_epoch)
+
