@@ -1,9 +1,21 @@
-"""Loader for the native C++ CPU kernel (csrc/energy_head.cpp), registered as torch.ops.margreg_fast.*."""
+"""Loader for the native C++ CPU kernel (csrc/energy_head.cpp), registered as torch.ops.margreg_fast.*.
+
+Importing ``margreg_fast._C`` registers the two ops with torch.library (CPU kernels). The fake
+(meta) implementations below give torch.compile their output shapes and dtypes, so a compiled
+graph calls the ops without a graph break:
+
+* ``energy_head_forward(z0, z1, target, ignore_index) -> (D, ce, stats)``: D and ce of shape (B,),
+  stats (B, 4) = [m0, log s0, m1, log s1]; all float32 (float64 for float64 logits).
+* ``energy_head_backward(z0, z1, target, ignore_index, stats, grad_d, grad_ce) -> (dz0, dz1)``:
+  contiguous (B, C) gradients in the logits' dtype.
+"""
 from __future__ import annotations
 
 from typing import Optional, Tuple
 
 import torch
+
+from .validation import accumulation_dtype
 
 try:
     from .. import _C  # noqa: F401  (importing registers the ops)
@@ -29,3 +41,16 @@ def forward(z0, z1, target, ignore_index) -> Tuple[torch.Tensor, torch.Tensor, t
 
 def backward(z0, z1, target, ignore_index, stats, grad_d, grad_ce) -> Tuple[torch.Tensor, torch.Tensor]:
     return torch.ops.margreg_fast.energy_head_backward(z0, z1, target, ignore_index, stats, grad_d, grad_ce)
+
+
+if _IMPORT_ERROR is None:
+
+    @torch.library.register_fake("margreg_fast::energy_head_forward")
+    def _forward_fake(z0, z1, target, ignore_index):
+        acc = accumulation_dtype(z0.dtype)
+        batch = z0.shape[0]
+        return z0.new_empty((batch,), dtype=acc), z0.new_empty((batch,), dtype=acc), z0.new_empty((batch, 4), dtype=acc)
+
+    @torch.library.register_fake("margreg_fast::energy_head_backward")
+    def _backward_fake(z0, z1, target, ignore_index, stats, grad_d, grad_ce):
+        return z0.new_empty(z0.shape), z1.new_empty(z1.shape)

@@ -1,0 +1,399 @@
+// Native CPU kernel of the fused energy head, registered as torch.ops.margreg_fast.*.
+//
+// Semantics: exactly margreg_fast/ops/reference.py. Per row, with p0 = softmax(z0), d = z1 - z0,
+// dbar = sum_k p0_k d_k and u = d - dbar:
+//
+//     D = dbar + log1p( sum_k p0_k phi(u_k) ),   phi(u) = exp(u) - 1 - u   (Taylor series for |u| < 1/2)
+//
+// falling back to (m1 - m0) + (log s1 - log s0) when a class is -inf in one row only (or the
+// difference overflows) or some u_k > U_MAX. Rows holding NaN/+inf give NaN; all -inf rows give NaN
+// exactly as torch.logsumexp(z1) - torch.logsumexp(z0).
+//
+// Forward, one row at a time while it is cache-hot (parallel over rows):
+//   pass 1: row maxima m0, m1 (NaN-propagating; a NaN/+inf maximum flags the row invalid);
+//   pass 2: e0 = exp(z0 - m0) (kept in a per-thread scratch row), s0 = sum e0, s1 = sum exp(z1 - m1),
+//           sum e0 * d, and a flag for an infinite d (a class masked in one row only);
+//   pass 3: sum e0 * phi(u), phi by its series when all lanes have |u| < 1/2 (no exp), by
+//           exp(u) - 1 - u when none do, blended otherwise.
+// Backward, one pass: dz0 = (gCE - gD) p0 - gCE onehot(y), dz1 = gD p1 with p = exp((z - m) - log s)
+// rebuilt from the saved stats.
+//
+// Accumulation in float for float/bfloat16/float16 input (half rows are first converted to a
+// per-thread float row), in double for double. Vectorised with at::vec::Vectorized: setup.py adds
+// -mavx2 -mfma -DCPU_CAPABILITY_AVX2 when the build machine has AVX2 and FMA (Sleef exp, <= 1 ulp);
+// otherwise the same code compiles to the portable scalar Vectorized fallback.
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <c10/util/irange.h>
+
+#include <cmath>
+#include <limits>
+#include <tuple>
+#include <vector>
+
+namespace {
+
+using at::vec::Vectorized;
+
+// Must equal reference.U_MAX and reference.PHI_SERIES_CUTOFF.
+constexpr double kUMax = 60.0;
+constexpr double kSeriesCutoff = 0.5;
+// Sums run over blocks of this many vectors, each block's partial then added to the row total:
+// about kBlockVecs + C / (kBlockVecs * W) rounding steps instead of C / W (as torch's cascade sum).
+constexpr int64_t kBlockVecs = 64;
+// Rows per parallel chunk are chosen so a chunk holds at least this many elements.
+constexpr int64_t kGrainElements = 32768;
+
+template <typename T>
+T inv_factorial(int k) {
+  double f = 1.0;
+  for (int i = 2; i <= k; ++i) f *= i;
+  return static_cast<T>(1.0 / f);
+}
+
+// Bit i set where lane i of a comparison mask is true.
+template <typename T>
+inline int true_lanes(const Vectorized<T>& mask) {
+  constexpr int full = (1 << Vectorized<T>::size()) - 1;
+  return full & ~mask.zero_mask();
+}
+
+template <typename T>
+inline T reduce_max_nan(const Vectorized<T>& v) {
+  T lanes[Vectorized<T>::size()];
+  v.store(lanes);
+  T out = lanes[0];
+  for (int i = 1; i < Vectorized<T>::size(); ++i) {
+    if (std::isnan(lanes[i]) || lanes[i] > out) out = lanes[i];
+  }
+  return out;
+}
+
+template <typename T>
+inline T reduce_sum(const Vectorized<T>& v) {
+  T lanes[Vectorized<T>::size()];
+  v.store(lanes);
+  T out = 0;
+  for (int i = 0; i < Vectorized<T>::size(); ++i) out += lanes[i];
+  return out;
+}
+
+// phi(u) = exp(u) - 1 - u on a vector: Horner series u^2 (1/2! + u/3! + ... + u^8/10!) where
+// |u| < 1/2 (the reference's evaluation order), exp(u) - 1 - u elsewhere.
+template <typename T>
+struct Phi {
+  using V = Vectorized<T>;
+  V coef[9];
+  Phi() {
+    for (int k = 10; k >= 2; --k) coef[10 - k] = V(inv_factorial<T>(k));
+  }
+  inline V series(const V& u) const {
+    V s(T(0));
+    for (int i = 0; i < 9; ++i) s = at::vec::fmadd(s, u, coef[i]);
+    return s * u * u;
+  }
+  inline V direct(const V& u) const { return u.exp() - V(T(1)) - u; }
+  inline V operator()(const V& u) const {
+    const V small = u.abs() < V(static_cast<T>(kSeriesCutoff));
+    const int lanes = true_lanes(small);
+    if (lanes == (1 << V::size()) - 1) return series(u);
+    if (lanes == 0) return direct(u);
+    return V::blendv(direct(u), series(u), small);
+  }
+};
+
+// Calls step(k) for k = 0, W, 2W, ... < body, and flush() after every kBlockVecs calls and at the end.
+template <typename Step, typename Flush>
+inline void blocked(int64_t body, int64_t W, const Step& step, const Flush& flush) {
+  for (int64_t start = 0; start < body; start += kBlockVecs * W) {
+    const int64_t stop = std::min(body, start + kBlockVecs * W);
+    for (int64_t k = start; k < stop; k += W) step(k);
+    flush();
+  }
+}
+
+template <typename T>
+struct RowResult {
+  T D, m0, log_s0, m1, log_s1;
+  bool invalid;
+};
+
+// Loads a row chunk of `count` (< size) lanes, -inf in the rest: neutral for max, sum and d.
+template <typename T>
+inline Vectorized<T> load_tail(const T* p, int64_t count) {
+  using V = Vectorized<T>;
+  return V::set(V(-std::numeric_limits<T>::infinity()), V::loadu(p, count), count);
+}
+
+// The three forward passes on one contiguous row in the accumulation type T.
+// `e0` is scratch of at least C + V::size() elements.
+template <typename T>
+RowResult<T> row_forward(const T* a, const T* b, int64_t C, T* e0, const Phi<T>& phi) {
+  using V = Vectorized<T>;
+  constexpr int64_t W = V::size();
+  constexpr T inf = std::numeric_limits<T>::infinity();
+  const int64_t body = C - C % W;
+  const int64_t tail = C - body;
+
+  // pass 1: maxima
+  V vm0(-inf), vm1(-inf);
+  for (int64_t k = 0; k < body; k += W) {
+    vm0 = at::vec::maximum(vm0, V::loadu(a + k));
+    vm1 = at::vec::maximum(vm1, V::loadu(b + k));
+  }
+  if (tail) {
+    vm0 = at::vec::maximum(vm0, load_tail(a + body, tail));
+    vm1 = at::vec::maximum(vm1, load_tail(b + body, tail));
+  }
+  const T max0 = reduce_max_nan(vm0), max1 = reduce_max_nan(vm1);
+  RowResult<T> r;
+  r.invalid = std::isnan(max0) || std::isnan(max1) || max0 == inf || max1 == inf;
+  r.m0 = std::isfinite(max0) ? max0 : T(0);
+  r.m1 = std::isfinite(max1) ? max1 : T(0);
+
+  // pass 2: exponentials, sums, p0-weighted difference
+  const V vm0s(r.m0), vm1s(r.m1), vinf(inf), zero(T(0));
+  V s0(T(0)), s1(T(0)), dsum(T(0)), infinite_d(T(0));     // row totals
+  V bs0(T(0)), bs1(T(0)), bdsum(T(0));                      // block partials
+  auto step2 = [&](const V& za, const V& zb, T* out) {
+    const V ea = (za - vm0s).exp();
+    const V eb = (zb - vm1s).exp();
+    V d = zb - za;
+    d = d & (d == d);  // both -inf (masked in both rows): d = 0 as in the reference
+    infinite_d = infinite_d | (d.abs() == vinf);
+    bs0 = bs0 + ea;
+    bs1 = bs1 + eb;
+    bdsum = at::vec::fmadd(ea, d, bdsum);
+    ea.store(out);
+  };
+  auto flush2 = [&] {
+    s0 = s0 + bs0, s1 = s1 + bs1, dsum = dsum + bdsum;
+    bs0 = bs1 = bdsum = zero;
+  };
+  blocked(body, W, [&](int64_t k) { step2(V::loadu(a + k), V::loadu(b + k), e0 + k); }, flush2);
+  if (tail) {
+    step2(load_tail(a + body, tail), load_tail(b + body, tail), e0 + body);
+    flush2();
+  }
+  const T sum0 = reduce_sum(s0);
+  r.log_s0 = std::log(sum0);
+  r.log_s1 = std::log(reduce_sum(s1));
+  const bool mismatch = true_lanes(infinite_d) != 0;
+
+  const T lse0 = max0 == -inf ? -inf : r.m0 + r.log_s0;
+  const T lse1 = max1 == -inf ? -inf : r.m1 + r.log_s1;
+  const T shifted = (std::isfinite(lse0) && std::isfinite(lse1)) ? (r.m1 - r.m0) + (r.log_s1 - r.log_s0)
+                                                                  : lse1 - lse0;
+  if (r.invalid) {
+    r.D = std::numeric_limits<T>::quiet_NaN();
+    return r;
+  }
+  if (mismatch) {
+    r.D = shifted;
+    return r;
+  }
+
+  // pass 3: centred phi sum
+  const T dbar = reduce_sum(dsum) / sum0;
+  const V vdbar(dbar), umax(static_cast<T>(kUMax));
+  V acc(T(0)), block_acc(T(0)), too_large(T(0));
+  auto step3 = [&](const V& za, const V& zb, const V& ea, int64_t count) {
+    V d = zb - za;
+    d = d & (d == d);
+    V u = d - vdbar;
+    if (count < W) u = V::set(zero, u, count);  // padding lanes take no part in the u > U_MAX test
+    too_large = too_large | (u > umax);
+    block_acc = at::vec::fmadd(ea, phi(u), block_acc);
+  };
+  auto flush3 = [&] {
+    acc = acc + block_acc;
+    block_acc = zero;
+  };
+  blocked(body, W, [&](int64_t k) { step3(V::loadu(a + k), V::loadu(b + k), V::loadu(e0 + k), W); }, flush3);
+  if (tail) {
+    step3(load_tail(a + body, tail), load_tail(b + body, tail), V::loadu(e0 + body), tail);
+    flush3();
+  }
+  if (true_lanes(too_large) != 0) {
+    r.D = shifted;
+  } else {
+    r.D = dbar + std::log1p(reduce_sum(acc) / sum0);
+  }
+  return r;
+}
+
+// dz0 = (g_ce - g_d) p0, dz1 = g_d p1 on one row; the caller subtracts g_ce at the target.
+template <typename T>
+void row_backward(const T* a, const T* b, int64_t C, const T* st, T g_d, T g_ce, T* dz0, T* dz1) {
+  using V = Vectorized<T>;
+  constexpr int64_t W = V::size();
+  const V m0(st[0]), ls0(st[1]), m1(st[2]), ls1(st[3]), c0(g_ce - g_d), c1(g_d);
+  int64_t k = 0;
+  for (; k + W <= C; k += W) {
+    (c0 * ((V::loadu(a + k) - m0) - ls0).exp()).store(dz0 + k);
+    (c1 * ((V::loadu(b + k) - m1) - ls1).exp()).store(dz1 + k);
+  }
+  if (k < C) {
+    const int64_t n = C - k;
+    (c0 * ((V::loadu(a + k, n) - m0) - ls0).exp()).store(dz0 + k, n);
+    (c1 * ((V::loadu(b + k, n) - m1) - ls1).exp()).store(dz1 + k, n);
+  }
+}
+
+template <typename scalar_t>
+using acc_type_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+
+void check_inputs(const at::Tensor& z0, const at::Tensor& z1, const std::optional<at::Tensor>& target) {
+  TORCH_CHECK(z0.dim() == 2 && z1.dim() == 2, "energy_head: z0 and z1 must be 2-D (B, C), got ", z0.sizes(),
+              " and ", z1.sizes());
+  TORCH_CHECK(z0.sizes() == z1.sizes(), "energy_head: z0 and z1 shapes differ: ", z0.sizes(), " vs ", z1.sizes());
+  TORCH_CHECK(z0.scalar_type() == z1.scalar_type(), "energy_head: z0 and z1 dtypes differ");
+  TORCH_CHECK(z0.device().is_cpu() && z1.device().is_cpu(), "energy_head (native): CPU tensors only");
+  TORCH_CHECK(at::isFloatingType(z0.scalar_type()), "energy_head: floating logits required, got ", z0.scalar_type());
+  if (target.has_value()) {
+    TORCH_CHECK(target->dim() == 1 && target->size(0) == z0.size(0), "energy_head: target must have shape (B,)");
+    TORCH_CHECK(target->scalar_type() == at::kLong, "energy_head: target must be int64");
+  }
+}
+
+inline int64_t grain_rows(int64_t C) { return std::max<int64_t>(1, kGrainElements / std::max<int64_t>(C, 1)); }
+
+// Row pointers in the accumulation type: the input row itself, or its conversion into `buf`.
+template <typename scalar_t, typename T>
+inline const T* as_acc(const scalar_t* row, int64_t C, T* buf) {
+  if constexpr (std::is_same_v<scalar_t, T>) {
+    return row;
+  } else {
+    at::vec::convert(row, buf, C);
+    return buf;
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> energy_head_forward(const at::Tensor& z0_in, const at::Tensor& z1_in,
+                                                                   const std::optional<at::Tensor>& target_in,
+                                                                   int64_t ignore_index) {
+  check_inputs(z0_in, z1_in, target_in);
+  const at::Tensor z0 = z0_in.contiguous(), z1 = z1_in.contiguous();
+  const int64_t B = z0.size(0), C = z0.size(1);
+  const auto acc_dtype = z0.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto opts = z0.options().dtype(acc_dtype);
+  at::Tensor D = at::empty({B}, opts), ce = at::empty({B}, opts), stats = at::empty({B, 4}, opts);
+  const bool has_target = target_in.has_value();
+  const at::Tensor target = has_target ? target_in->contiguous() : at::Tensor();
+  if (B == 0) return {D, ce, stats};
+  TORCH_CHECK(C > 0, "energy_head: C must be positive");
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, z0.scalar_type(), "energy_head_forward", [&] {
+    using T = acc_type_t<scalar_t>;
+    constexpr bool convert = !std::is_same_v<scalar_t, T>;
+    const scalar_t* pa = z0.const_data_ptr<scalar_t>();
+    const scalar_t* pb = z1.const_data_ptr<scalar_t>();
+    const int64_t* pt = has_target ? target.const_data_ptr<int64_t>() : nullptr;
+    T* pD = D.mutable_data_ptr<T>();
+    T* pce = ce.mutable_data_ptr<T>();
+    T* pst = stats.mutable_data_ptr<T>();
+    at::parallel_for(0, B, grain_rows(C), [&](int64_t begin, int64_t end) {
+      const Phi<T> phi;
+      const int64_t W = Vectorized<T>::size();
+      std::vector<T> e0(C + W), abuf(convert ? C : 0), bbuf(convert ? C : 0);
+      for (int64_t i = begin; i < end; ++i) {
+        const T* a = as_acc(pa + i * C, C, abuf.data());
+        const T* b = as_acc(pb + i * C, C, bbuf.data());
+        const RowResult<T> r = row_forward(a, b, C, e0.data(), phi);
+        pD[i] = r.D;
+        T* st = pst + 4 * i;
+        st[0] = r.m0, st[1] = r.log_s0, st[2] = r.m1, st[3] = r.log_s1;
+        T ce_i = T(0);
+        if (pt != nullptr && pt[i] != ignore_index) {
+          const int64_t y = pt[i];
+          TORCH_CHECK(y >= 0 && y < C, "energy_head: target ", y, " out of range [0, ", C, ")");
+          ce_i = r.invalid ? std::numeric_limits<T>::quiet_NaN() : r.log_s0 - (a[y] - r.m0);
+        }
+        pce[i] = ce_i;
+      }
+    });
+  });
+  return {D, ce, stats};
+}
+
+std::tuple<at::Tensor, at::Tensor> energy_head_backward(const at::Tensor& z0_in, const at::Tensor& z1_in,
+                                                        const std::optional<at::Tensor>& target_in,
+                                                        int64_t ignore_index, const at::Tensor& stats_in,
+                                                        const at::Tensor& grad_d_in,
+                                                        const std::optional<at::Tensor>& grad_ce_in) {
+  check_inputs(z0_in, z1_in, target_in);
+  const at::Tensor z0 = z0_in.contiguous(), z1 = z1_in.contiguous();
+  const int64_t B = z0.size(0), C = z0.size(1);
+  const auto acc_dtype = z0.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  TORCH_CHECK(stats_in.dim() == 2 && stats_in.size(0) == B && stats_in.size(1) == 4,
+              "energy_head_backward: stats must have shape (B, 4)");
+  TORCH_CHECK(grad_d_in.dim() == 1 && grad_d_in.size(0) == B, "energy_head_backward: grad_d must have shape (B,)");
+  const at::Tensor stats = stats_in.to(acc_dtype).contiguous();
+  const at::Tensor grad_d = grad_d_in.to(acc_dtype).contiguous();
+  const bool use_ce = target_in.has_value() && grad_ce_in.has_value();
+  at::Tensor target, grad_ce;
+  if (use_ce) {
+    TORCH_CHECK(grad_ce_in->dim() == 1 && grad_ce_in->size(0) == B,
+                "energy_head_backward: grad_ce must have shape (B,)");
+    target = target_in->contiguous();
+    grad_ce = grad_ce_in->to(acc_dtype).contiguous();
+  }
+  at::Tensor dz0 = at::empty({B, C}, z0.options()), dz1 = at::empty({B, C}, z1.options());
+  if (B == 0 || C == 0) return {dz0, dz1};
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, z0.scalar_type(), "energy_head_backward", [&] {
+    using T = acc_type_t<scalar_t>;
+    constexpr bool convert = !std::is_same_v<scalar_t, T>;
+    const scalar_t* pa = z0.const_data_ptr<scalar_t>();
+    const scalar_t* pb = z1.const_data_ptr<scalar_t>();
+    scalar_t* po0 = dz0.mutable_data_ptr<scalar_t>();
+    scalar_t* po1 = dz1.mutable_data_ptr<scalar_t>();
+    const T* pst = stats.const_data_ptr<T>();
+    const T* pgd = grad_d.const_data_ptr<T>();
+    const int64_t* pt = use_ce ? target.const_data_ptr<int64_t>() : nullptr;
+    const T* pgce = use_ce ? grad_ce.const_data_ptr<T>() : nullptr;
+    at::parallel_for(0, B, grain_rows(C), [&](int64_t begin, int64_t end) {
+      std::vector<T> abuf(convert ? C : 0), bbuf(convert ? C : 0), o0(convert ? C : 0), o1(convert ? C : 0);
+      for (int64_t i = begin; i < end; ++i) {
+        const T* a = as_acc(pa + i * C, C, abuf.data());
+        const T* b = as_acc(pb + i * C, C, bbuf.data());
+        T* out0 = convert ? o0.data() : reinterpret_cast<T*>(po0 + i * C);
+        T* out1 = convert ? o1.data() : reinterpret_cast<T*>(po1 + i * C);
+        int64_t y = -1;
+        T g_ce = T(0);
+        if (pt != nullptr && pt[i] != ignore_index) {
+          y = pt[i];
+          TORCH_CHECK(y >= 0 && y < C, "energy_head: target ", y, " out of range [0, ", C, ")");
+          g_ce = pgce[i];
+        }
+        row_backward(a, b, C, pst + 4 * i, pgd[i], g_ce, out0, out1);
+        if (y >= 0) out0[y] += -g_ce;
+        if constexpr (convert) {
+          at::vec::convert(out0, po0 + i * C, C);
+          at::vec::convert(out1, po1 + i * C, C);
+        }
+      }
+    });
+  });
+  return {dz0, dz1};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(margreg_fast, m) {
+  m.def("energy_head_forward(Tensor z0, Tensor z1, Tensor? target, int ignore_index) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "energy_head_backward(Tensor z0, Tensor z1, Tensor? target, int ignore_index, Tensor stats, Tensor grad_d, "
+      "Tensor? grad_ce) -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(margreg_fast, CPU, m) {
+  m.impl("energy_head_forward", &energy_head_forward);
+  m.impl("energy_head_backward", &energy_head_backward);
+}
+
+// Importing margreg_fast._C registers the ops above; the module itself exposes nothing.
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {}
