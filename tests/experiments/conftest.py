@@ -1,0 +1,15 @@
+"""Shared tiny configuration: every experiment test finishes in seconds on 2 CPU cores."""
+import pytest
+
+from margreg_fast.experiments.config import ExperimentConfig
+
+#: CLI flags of a tiny but complete experiment (all four methods, real embedded digits).
+TINY_FLAGS = ["--epochs", "1", "--max-train", "96", "--max-test", "48", "--eval-samples", "8",
+              "--width", "8", "--batch-size", "32", "--quiet"]
+
+
+@pytest.fixture
+def tiny_config() -> ExperimentConfig:
+    return ExperimentConfig(experiment="blockmnist", seeds=(0,), epochs=1, max_train=96, max_test=48,
+                            eval_samples=8, width=8, batch_size=32, pgd_steps=2, attack_steps=2,
+                            density_steps=2, insertion_steps=4)

@@ -1,0 +1,99 @@
+"""A tiny real experiment end to end, and resume after SIGKILL of the command-line tool."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from margreg_fast.experiments.config import METHODS
+from margreg_fast.experiments.evaluation import RESULT_KEYS
+from margreg_fast.experiments.runner import evaluate_all, run_experiment, train_all
+
+from .conftest import TINY_FLAGS
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _check_schema(results: dict, experiment: str, methods) -> None:
+    assert set(results) == {"experiment", "config", "methods"}
+    assert results["experiment"] == experiment
+    assert list(results["methods"]) == list(methods)
+    for row in results["methods"].values():
+        assert tuple(row) == RESULT_KEYS
+        for key, value in row.items():
+            assert value is None or isinstance(value, float), (key, value)
+
+
+def test_tiny_blockmnist_experiment(tmp_path, tiny_config):
+    out = tmp_path / "out"
+    summary = run_experiment(tiny_config, out, quiet=True)
+    results = json.loads((out / "results.json").read_text())
+    assert results == summary
+    _check_schema(results, "blockmnist", METHODS)
+    for row in results["methods"].values():
+        assert all(row[k] is not None for k in RESULT_KEYS)  # BlockMNIST has null blocks and position groups
+        assert 0.0 <= row["clean_acc"] <= 1.0 and 0.0 <= row["leakage"] <= 1.0
+        assert row["step_time_s"] > 0
+    assert (out / "results.md").read_text().count("\n| ") == len(METHODS)  # one row per method below the separator
+    seeds = json.loads((out / "results_seeds.json").read_text())
+    assert len(seeds["runs"]) == len(METHODS)
+    for name in ("attributions.png", "insertion.png"):
+        assert (out / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_train_then_evaluate_equals_experiment(tmp_path, tiny_config):
+    cfg = tiny_config.replace(experiment="spurious", methods=("none", "mdr"))
+    train_all(cfg, tmp_path / "a", quiet=True)
+    assert not (tmp_path / "a" / "results.json").exists()
+    split = evaluate_all(tmp_path / "a", quiet=True)
+    whole = run_experiment(cfg, tmp_path / "b", quiet=True)
+    _check_schema(split, "spurious", ("none", "mdr"))
+    for m in ("none", "mdr"):
+        split["methods"][m].pop("step_time_s"), whole["methods"][m].pop("step_time_s")
+    assert split == whole
+
+
+def test_output_dir_of_another_config_is_refused(tmp_path, tiny_config):
+    train_all(tiny_config.replace(methods=("none",)), tmp_path, quiet=True)
+    with pytest.raises(ValueError, match="different configuration"):
+        train_all(tiny_config.replace(methods=("none",), epochs=2), tmp_path, quiet=True)
+
+
+def _cli(out: Path) -> list[str]:
+    return [sys.executable, "-m", "margreg_fast", "experiment", "blockmnist", "--out", str(out),
+            "--methods", "none", "mdr", *TINY_FLAGS, "--epochs", "4", "--max-train", "256"]
+
+
+def _without_timing(path: Path) -> dict:
+    data = json.loads(path.read_text())
+    rows = data["methods"].values() if "methods" in data else data["runs"]
+    for row in rows:
+        row.pop("step_time_s")
+    return data
+
+
+def test_resume_after_sigkill_gives_same_results(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    ref = tmp_path / "ref"
+    subprocess.run(_cli(ref), cwd=REPO, env=env, check=True, capture_output=True)
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(_cli(out), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("runs/*/checkpoint.pt")):
+        assert proc.poll() is None, "finished before writing a checkpoint"
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "results.json").exists(), "the kill came too late to interrupt anything"
+    assert not (out / "runs" / "mdr-seed0" / "result.json").exists()
+
+    done = subprocess.run(_cli(out), cwd=REPO, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert _without_timing(out / "results.json") == _without_timing(ref / "results.json")
+    assert _without_timing(out / "results_seeds.json") == _without_timing(ref / "results_seeds.json")
