@@ -22,7 +22,10 @@ A running max that is still -inf (a row prefix that is all masked) is replaced b
 so exp(-inf - (-inf)) never appears; rows holding NaN/+inf get the reference's statistics
 (m = 0, log s = NaN if a NaN is present, else +inf) and D = NaN.
 
-Row offsets are computed in int64. Inputs are made contiguous by the wrappers. Dtypes: fp32, fp16,
+On a GPU each program owns one row. The kernels are written for a (ROWS, BLOCK) tile so that the
+interpreter, which runs programs one after another at a fixed Python cost per reduction, can give a
+program many rows (ROWS > 1 only there; see _launch_config). Row offsets are computed in int64.
+Inputs are made contiguous by the wrappers. Dtypes: fp32, fp16,
 bf16 (loaded and accumulated in fp32) and fp64 (accumulated in fp64), on CUDA and under the
 interpreter alike.
 
@@ -43,6 +46,7 @@ from .validation import accumulation_dtype
 try:
     import triton
     import triton.language as tl
+    from triton.language.extra import libdevice
 
     _IMPORT_ERROR: Optional[BaseException] = None
 except ImportError as err:  # triton is optional: the torch and native backends do not need it
@@ -83,11 +87,22 @@ def unavailable_reason(device: torch.device) -> str:
 if _IMPORT_ERROR is None:
 
     @triton.jit
+    def _exp(x, PRECISE: tl.constexpr):
+        """exp(x). On a GPU, tl.exp is ex2.approx(fl(x log2 e)), whose rounded product costs ~|x| 2^-24
+        relative (1e-6 at x = -16, where softmax entries of wide rows sit); libdevice's expf reduces the
+        argument exactly and stays within 2 ulp. The interpreter has no libdevice; numpy's exp is exact
+        to an ulp there."""
+        if PRECISE:
+            return libdevice.exp(x)
+        else:
+            return tl.exp(x)
+
+    @triton.jit
     def _forward_kernel(
         z0_ptr, z1_ptr, target_ptr, d_ptr, ce_ptr, stats_ptr,
         n_rows, n_cols, ignore_index,
         HAS_TARGET: tl.constexpr, ACC: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr,
-        U_CAP: tl.constexpr, PHI_CUTOFF: tl.constexpr, LOG1P_CUTOFF: tl.constexpr,
+        U_CAP: tl.constexpr, PHI_CUTOFF: tl.constexpr, LOG1P_CUTOFF: tl.constexpr, PRECISE_EXP: tl.constexpr,
     ):
         rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
         row_ok = rows < n_rows
@@ -119,15 +134,15 @@ if _IMPORT_ERROR is None:
 
             m0_new = tl.maximum(m0, tl.max(a, axis=1))
             shift0 = tl.where(m0_new == neg_inf, 0.0, m0_new)  # never exp(-inf - (-inf))
-            alpha0 = tl.exp(m0 - shift0)
-            e0 = tl.exp(a - shift0[:, None])
+            alpha0 = _exp(m0 - shift0, PRECISE_EXP)
+            e0 = _exp(a - shift0[:, None], PRECISE_EXP)
             s0 = s0 * alpha0 + tl.sum(e0, axis=1)
             t0 = t0 * alpha0 + tl.sum(e0 * d, axis=1)
             m0 = m0_new
 
             m1_new = tl.maximum(m1, tl.max(b, axis=1))
             shift1 = tl.where(m1_new == neg_inf, 0.0, m1_new)
-            s1 = s1 * tl.exp(m1 - shift1) + tl.sum(tl.exp(b - shift1[:, None]), axis=1)
+            s1 = s1 * _exp(m1 - shift1, PRECISE_EXP) + tl.sum(_exp(b - shift1[:, None], PRECISE_EXP), axis=1)
             m1 = m1_new
 
         # the reference's statistics: m = row max (0 when not finite), log s = log sum exp(z - m)
@@ -158,9 +173,9 @@ if _IMPORT_ERROR is None:
             series = series * u + 4.1666666666666664e-02  # 1/4!
             series = series * u + 1.6666666666666666e-01  # 1/3!
             series = (series * u + 0.5) * u * u  # 1/2!
-            direct = tl.exp(tl.minimum(u, U_CAP)) - 1.0 - u
+            direct = _exp(tl.minimum(u, U_CAP), PRECISE_EXP) - 1.0 - u
             phi = tl.where(tl.abs(u) < PHI_CUTOFF, series, direct)
-            acc += tl.sum(tl.exp(a - m0[:, None]) * phi, axis=1)
+            acc += tl.sum(_exp(a - m0[:, None], PRECISE_EXP) * phi, axis=1)
 
         # log1p(S), S >= 0, without relying on the accuracy of log near 1: for S < LOG1P_CUTOFF (1/4),
         # log1p(S) = 2 atanh(w) = 2 (w + w^3/3 + ... + w^13/13) with w = S / (2 + S) <= 1/9 (truncation
@@ -202,7 +217,7 @@ if _IMPORT_ERROR is None:
     def _backward_kernel(
         z0_ptr, z1_ptr, target_ptr, stats_ptr, grad_d_ptr, grad_ce_ptr, dz0_ptr, dz1_ptr,
         n_rows, n_cols, ignore_index,
-        HAS_CE: tl.constexpr, ACC: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr,
+        HAS_CE: tl.constexpr, ACC: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr, PRECISE_EXP: tl.constexpr,
     ):
         rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
         row_ok = rows < n_rows
@@ -226,8 +241,8 @@ if _IMPORT_ERROR is None:
             inside = row_ok[:, None] & (idx < n_cols)
             a = tl.load(z0_ptr + offsets + idx, mask=inside, other=0.0).to(ACC)
             b = tl.load(z1_ptr + offsets + idx, mask=inside, other=0.0).to(ACC)
-            p0 = tl.exp(a - m0 - log_s0)
-            p1 = tl.exp(b - m1 - log_s1)
+            p0 = _exp(a - m0 - log_s0, PRECISE_EXP)
+            p1 = _exp(b - m1 - log_s1, PRECISE_EXP)
             dz0 = (g_ce - g_d) * p0 - tl.where(idx == y, g_ce, 0.0)
             tl.store(dz0_ptr + offsets + idx, dz0.to(dz0_ptr.dtype.element_ty), mask=inside)
             tl.store(dz1_ptr + offsets + idx, (g_d * p1).to(dz1_ptr.dtype.element_ty), mask=inside)
@@ -280,7 +295,7 @@ def forward(
             z0, z1, target_arg, D, ce, stats, batch, n_cols, ignore_index,
             HAS_TARGET=target is not None, ACC=_tl_acc(acc), ROWS=rows, BLOCK=block,
             U_CAP=U_MAX, PHI_CUTOFF=PHI_SERIES_CUTOFF, LOG1P_CUTOFF=LOG1P_SERIES_CUTOFF,
-            num_warps=num_warps,
+            PRECISE_EXP=not _INTERPRETED, num_warps=num_warps,
         )
     return D, ce, stats
 
@@ -312,6 +327,7 @@ def backward(
     with _quiet():
         _backward_kernel[(grid,)](
             z0, z1, target_arg, stats, grad_d, grad_ce_arg, dz0, dz1, batch, n_cols, ignore_index,
-            HAS_CE=has_ce, ACC=_tl_acc(stats.dtype), ROWS=rows, BLOCK=block, num_warps=num_warps,
+            HAS_CE=has_ce, ACC=_tl_acc(stats.dtype), ROWS=rows, BLOCK=block, PRECISE_EXP=not _INTERPRETED,
+            num_warps=num_warps,
         )
     return dz0.to(z0.dtype), dz1.to(z1.dtype)
