@@ -31,6 +31,7 @@ pytestmark = pytest.mark.skipif(
     reason="needs a CUDA GPU or the Triton interpreter (TRITON_INTERPRET=1)",
 )
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NEG_INF, NAN, INF = float("-inf"), float("nan"), float("inf")
 
 SCALES = [1.0, 20.0, 1000.0]
@@ -172,12 +173,15 @@ def test_many_blocks_and_one_row_per_program(monkeypatch):
 
 
 def test_fallback_rows_match_reference_and_truth():
-    """Rows the centred form cannot take: a centred difference u > 60, a class masked on one side."""
-    z0, z1 = make_logits(4, 50, 3.0, 0.1, seed=7)
+    """Rows the centred form cannot take, which use the max-shifted difference (accurate to a few fp32
+    ulps of |D| here, where D is large, so it is held to 1e-6 relative)."""
+    z0, z1 = make_logits(5, 50, 3.0, 0.1, seed=7)
     z1[0, 5] += 100.0  # u_5 > U_MAX
-    z1[1] -= 200.0  # dbar ~ -200: fine, u stays small
+    z1[1] -= 200.0  # dbar ~ -200 with a class masked on both sides: there u = -dbar > U_MAX
+    z0[1, 20], z1[1, 20] = NEG_INF, NEG_INF
     z1[2, 9] = NEG_INF  # masked in z1 only
     z0[3, 11] = NEG_INF  # masked in z0 only
+    z1[4] -= 200.0  # the same shift without a masked class stays in the centred form
     D, _, stats = run_forward(z0, z1)
     D_ref, _, stats_ref = reference.forward(z0, z1, None, -100)
     naive64 = torch.logsumexp(z1.double(), 1) - torch.logsumexp(z0.double(), 1)
@@ -302,5 +306,47 @@ def test_cpu_needs_the_interpreter_set_before_import():
         "print(t.is_available(torch.device('cpu')), t.unavailable_reason(torch.device('cpu')))"
     )
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
-                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+                         cwd=REPO_ROOT)
     assert out.stdout.startswith("False") and "TRITON_INTERPRET=1" in out.stdout
+
+
+_COMPILE_FOR_SM90 = """
+import triton, triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from margreg_fast.ops import triton_head as th
+
+LOGITS = {"z0_ptr", "z1_ptr", "dz0_ptr", "dz1_ptr"}
+
+def signature(kernel, logits, constexprs):
+    kinds = {}
+    for name in kernel.arg_names:
+        if name in constexprs:
+            kinds[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            kinds[name] = logits if name in LOGITS else "*i64" if name == "target_ptr" else "*fp32"
+        else:
+            kinds[name] = "i32"
+    return kinds
+
+for logits, block in (("*fp32", 4096), ("*bf16", 16)):
+    common = dict(ACC=tl.float32, ROWS=1, BLOCK=block, PRECISE_EXP=True)
+    for kernel, constexprs in (
+        (th._forward_kernel, dict(common, HAS_TARGET=True, U_CAP=60.0, PHI_CUTOFF=0.5, LOG1P_CUTOFF=0.25)),
+        (th._backward_kernel, dict(common, HAS_CE=True)),
+    ):
+        source = ASTSource(fn=kernel, signature=signature(kernel, logits, constexprs), constexprs=constexprs)
+        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 16})
+        assert "cubin" in compiled.asm
+print("compiled")
+"""
+
+
+def test_gpu_kernels_compile_for_sm90_without_a_gpu(tmp_path):
+    """The interpreter never runs Triton's compiler; this compiles the GPU configuration (one row per
+    program, libdevice exp) to a cubin for an H100, which needs no GPU, to catch what only the compiler rejects."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path)
+    out = subprocess.run([sys.executable, "-c", _COMPILE_FOR_SM90], env=env, capture_output=True, text=True,
+                         cwd=REPO_ROOT)
+    assert out.returncode == 0 and "compiled" in out.stdout, out.stderr[-3000:]
