@@ -1,0 +1,162 @@
+"""Benchmark of the fused energy head: fwd+bwd of ``energy_penalty`` with targets, per backend.
+
+For each (B, C) case the script times, in the same run and on the same tensors:
+
+* ``floor``: two plain ``torch.logsumexp`` calls (forward only), the least any head could cost;
+* fwd+bwd of ``energy_penalty(z0, z1, h, target, backend=...)`` for ``native`` and ``torch`` on CPU
+  (and ``triton`` and ``torch`` on CUDA when a GPU is present).
+
+Times are medians over repeats; each is also given as a ratio to the floor, and the torch time as a
+ratio to each fast backend (speed-up). Prints a table and writes a CSV
+(default benchmarks/results/head_<device>.csv).
+
+    python benchmarks/bench_head.py [--repeats 30] [--csv PATH]
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Tuple
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import margreg_fast as mf  # noqa: E402
+
+CASES: List[Tuple[int, int]] = [(4096, 10), (4096, 1000), (512, 32000)]
+STEP = 0.01
+
+
+def make_inputs(batch: int, classes: int, device: torch.device, seed: int = 0):
+    """Logits of scale 5, a small step apart, and random targets (leaf tensors requiring grad)."""
+    gen = torch.Generator().manual_seed(seed)
+    z0 = torch.randn(batch, classes, generator=gen) * 5.0
+    z1 = z0 + 1e-2 * torch.randn(batch, classes, generator=gen)
+    target = torch.randint(0, classes, (batch,), generator=gen)
+    return (z0.to(device).requires_grad_(), z1.to(device).requires_grad_(), target.to(device))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_times(fns: Dict[str, Callable[[], None]], device: torch.device, repeats: int,
+                 min_seconds: float = 0.02) -> Dict[str, float]:
+    """Median seconds per call of each function, sampled round-robin; a sample averages enough
+    calls to last about ``min_seconds``."""
+    inner = {}
+    for name, fn in fns.items():
+        fn()  # warm-up
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        inner[name] = max(1, int(min_seconds / max(time.perf_counter() - start, 1e-7)))
+    samples: Dict[str, List[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            _sync(device)
+            start = time.perf_counter()
+            for _ in range(inner[name]):
+                fn()
+            _sync(device)
+            samples[name].append((time.perf_counter() - start) / inner[name])
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def floor_fn(z0, z1) -> Callable[[], None]:
+    a, b = z0.detach(), z1.detach()
+
+    def run():
+        torch.logsumexp(a, 1)
+        torch.logsumexp(b, 1)
+
+    return run
+
+
+def head_fn(z0, z1, target, backend: str) -> Callable[[], None]:
+    def run():
+        z0.grad = z1.grad = None
+        out = mf.energy_penalty(z0, z1, STEP, target, backend=backend)
+        (out.penalty.sum() + out.ce.sum()).backward()
+
+    return run
+
+
+def backends_for(device: torch.device) -> List[str]:
+    fast = "native" if device.type == "cpu" else "triton"
+    return [fast, "torch"]
+
+
+def run(device: torch.device, repeats: int) -> List[dict]:
+    """Per case, the floor and every backend are timed round-robin (one sample each per repeat), so
+    load from other processes hits them alike; medians are taken per function."""
+    rows = []
+    for batch, classes in CASES:
+        z0, z1, target = make_inputs(batch, classes, device)
+        fns = {"floor": floor_fn(z0, z1)}
+        fns.update({name: head_fn(z0, z1, target, name) for name in backends_for(device)})
+        times = median_times(fns, device, repeats)
+        floor = times.pop("floor")
+        for name, seconds in times.items():
+            rows.append({
+                "device": device.type,
+                "threads": torch.get_num_threads(),
+                "B": batch,
+                "C": classes,
+                "backend": name,
+                "fwd_bwd_ms": round(seconds * 1e3, 4),
+                "floor_ms": round(floor * 1e3, 4),
+                "ratio_to_floor": round(seconds / floor, 3),
+                "speedup_vs_torch": round(times["torch"] / seconds, 3),
+            })
+    return rows
+
+
+def print_table(rows: List[dict]) -> None:
+    header = f"{'device':6} {'B':>5} {'C':>6} {'backend':8} {'fwd+bwd ms':>11} {'floor ms':>9} {'x floor':>8} {'speed-up vs torch':>18}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(f"{r['device']:6} {r['B']:>5} {r['C']:>6} {r['backend']:8} {r['fwd_bwd_ms']:>11.3f} "
+              f"{r['floor_ms']:>9.3f} {r['ratio_to_floor']:>8.2f} {r['speedup_vs_torch']:>18.2f}")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=30, help="timed samples per measurement (median taken)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    parser.add_argument("--csv", type=Path, default=None, help="output CSV (default benchmarks/results/head_<device>.csv)")
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be >= 1")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    for device in devices:
+        missing = [b for b in backends_for(device) if b not in mf.available_backends(device)]
+        if missing:
+            print(f"skipping {device}: backend(s) {missing} unavailable", file=sys.stderr)
+            continue
+        rows = run(device, args.repeats)
+        print_table(rows)
+        path = args.csv if args.csv is not None and len(devices) == 1 else (
+            Path(__file__).parent / "results" / f"head_{device.type}.csv")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        print(f"wrote {os.path.relpath(path)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,244 @@
+"""The native C++ kernel (torch.ops.margreg_fast.*) against float64 truth and the eager reference.
+
+Tolerances (none widened to pass):
+* D: scaled error <= 1e-5 of |D| + sum_k p0_k |d_k| in fp32 and half inputs (issue 2), <= 1e-12 in
+  fp64 (the stabilised form keeps a few ulps of that scale; 1e-12 leaves ~4500 fp64 ulps for C = 50000
+  summation terms).
+* native vs reference (both fp32): the same 1e-5 scaled bound on D; CE and log-sums agree to
+  assert_close's fp32 defaults (rtol 1.3e-6, atol 1e-5): both sum C fp32 exponentials, in different
+  orders.
+* gradients: max |err| / max |ref| <= 1e-6 against the float64 softmax formulas (issue 2); half
+  gradients within one rounding of the half dtype of the reference's fp32-then-rounded values.
+"""
+import pytest
+import torch
+
+import margreg_fast as mf
+from margreg_fast.ops import native, reference
+from tests.ops.truth import make_logits, relative_max_error, scaled_error, true_difference
+
+OPS = torch.ops.margreg_fast
+NEG_INF, NAN, INF = float("-inf"), float("nan"), float("inf")
+
+
+def test_extension_is_built():
+    """CI builds the extension (`pip install --no-build-isolation -e .`); without it this must fail."""
+    assert native.is_available(torch.device("cpu")), native.unavailable_reason(torch.device("cpu"))
+    assert "native" in mf.available_backends("cpu")
+    assert hasattr(OPS, "energy_head_forward") and hasattr(OPS, "energy_head_backward")
+
+
+# The issue's grid, sampled: every scale and difference on a mid-size shape, and the extreme shapes
+# (C = 2, C = 50000, B = 4096) on every scale with the smallest and largest differences.
+GRID = [((64, 1000), s, d) for s in (1.0, 20.0, 1000.0) for d in (1e-7, 1e-5, 1e-3, 1e-1, 1.0, 10.0)]
+GRID += [(shape, s, d) for shape in [(1, 2), (3, 50000), (4096, 10)] for s in (1.0, 20.0, 1000.0) for d in (1e-7, 10.0)]
+GRID += [((4096, 128), 20.0, 1e-3)]
+
+
+@pytest.mark.parametrize("shape, scale, diff", GRID, ids=lambda v: str(v))
+def test_forward_matches_truth_and_reference(shape, scale, diff):
+    z0, z1 = make_logits(*shape, scale, diff, seed=len(GRID) + shape[1])
+    target = torch.randint(0, shape[1], (shape[0],), generator=torch.Generator().manual_seed(2))
+    target[0] = -100
+    D, ce, stats = OPS.energy_head_forward(z0, z1, target, -100)
+    D_ref, ce_ref, stats_ref = reference.forward(z0, z1, target, -100)
+    assert D.dtype == ce.dtype == stats.dtype == torch.float32 and stats.shape == (shape[0], 4)
+    assert scaled_error(D, z0, z1) <= 1e-5
+    _, spread = true_difference(z0, z1)
+    scale_d = (D_ref.double().abs() + spread).clamp_min(torch.finfo(torch.float32).tiny)
+    assert ((D.double() - D_ref.double()).abs() / scale_d).max().item() <= 1e-5
+    torch.testing.assert_close(ce, ce_ref)
+    torch.testing.assert_close(stats, stats_ref)
+
+
+def test_centred_form_overflow_falls_back_like_the_reference():
+    """A centred difference u_k > U_MAX = 60 takes the max-shifted fallback (reference semantics)."""
+    z0, z1 = make_logits(8, 300, 1.0, 1e-2, seed=5)
+    z1[:, 7] += 100.0
+    D, _, _ = OPS.energy_head_forward(z0, z1, None, -100)
+    D_ref, _, _ = reference.forward(z0, z1, None, -100)
+    assert scaled_error(D, z0, z1) <= 1e-5
+    torch.testing.assert_close(D, D_ref)
+
+
+def _backward_inputs(shape, dtype, seed=0):
+    z0, z1 = make_logits(*shape, 5.0, 1e-2, seed=seed, dtype=dtype)
+    gen = torch.Generator().manual_seed(seed + 1)
+    target = torch.randint(0, shape[1], (shape[0],), generator=gen)
+    target[::3] = -100
+    grad_d = torch.randn(shape[0], generator=gen)
+    grad_ce = torch.randn(shape[0], generator=gen)
+    return z0, z1, target, grad_d, grad_ce
+
+
+@pytest.mark.parametrize("shape", [(5, 3), (64, 1000), (2, 50000)], ids=str)
+@pytest.mark.parametrize("with_ce", [True, False])
+def test_backward_matches_float64_softmax_and_reference(shape, with_ce):
+    z0, z1, target, grad_d, grad_ce = _backward_inputs(shape, torch.float32)
+    _, _, stats = OPS.energy_head_forward(z0, z1, target, -100)
+    args = (target, -100, stats, grad_d, grad_ce if with_ce else None)
+    dz0, dz1 = OPS.energy_head_backward(z0, z1, *args)
+    assert dz0.dtype == dz1.dtype == torch.float32 and dz0.is_contiguous()
+
+    p0, p1 = torch.softmax(z0.double(), 1), torch.softmax(z1.double(), 1)
+    g_d = grad_d.double()[:, None]
+    want_dz1 = g_d * p1
+    want_dz0 = -g_d * p0
+    if with_ce:
+        valid = target != -100
+        g_ce = (grad_ce.double() * valid)[:, None]
+        onehot = torch.nn.functional.one_hot(target.clamp(min=0), shape[1]).double()
+        want_dz0 = want_dz0 + g_ce * (p0 - onehot)
+    assert relative_max_error(dz1, want_dz1) <= 1e-6
+    assert relative_max_error(dz0, want_dz0) <= 1e-6
+    ref0, ref1 = reference.backward(z0, z1, *args)
+    assert relative_max_error(dz0, ref0) <= 1e-6 and relative_max_error(dz1, ref1) <= 1e-6
+
+
+def test_float64_is_accumulated_in_float64():
+    z0, z1 = make_logits(16, 50000, 20.0, 1e-7, dtype=torch.float64)
+    D, ce, stats = OPS.energy_head_forward(z0, z1, None, -100)
+    assert D.dtype == stats.dtype == torch.float64
+    assert scaled_error(D, z0, z1) <= 1e-12
+    assert torch.equal(ce, torch.zeros_like(ce))  # no target: zeros
+    z0, z1, target, grad_d, grad_ce = _backward_inputs((9, 700), torch.float64)
+    _, _, stats = OPS.energy_head_forward(z0, z1, target, -100)
+    got = OPS.energy_head_backward(z0, z1, target, -100, stats, grad_d.double(), grad_ce.double())
+    want = reference.backward(z0, z1, target, -100, stats, grad_d.double(), grad_ce.double())
+    for g, w in zip(got, want):
+        assert g.dtype == torch.float64
+        assert relative_max_error(g, w) <= 1e-13
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_inputs(dtype):
+    z0, z1, target, grad_d, grad_ce = _backward_inputs((33, 517), dtype)
+    D, ce, stats = OPS.energy_head_forward(z0, z1, target, -100)
+    D_ref, ce_ref, stats_ref = reference.forward(z0, z1, target, -100)
+    assert D.dtype == ce.dtype == stats.dtype == torch.float32
+    # the half inputs are exact in fp32, so the fp32 bound applies
+    assert scaled_error(D, z0.float(), z1.float()) <= 1e-5
+    torch.testing.assert_close(ce, ce_ref)
+    torch.testing.assert_close(stats, stats_ref)
+    dz0, dz1 = OPS.energy_head_backward(z0, z1, target, -100, stats, grad_d, grad_ce)
+    ref0, ref1 = reference.backward(z0, z1, target, -100, stats, grad_d, grad_ce)
+    assert dz0.dtype == dz1.dtype == dtype
+    eps = torch.finfo(dtype).eps
+    torch.testing.assert_close(dz0, ref0, rtol=eps, atol=eps * ref0.float().abs().max().item())
+    torch.testing.assert_close(dz1, ref1, rtol=eps, atol=eps * ref1.float().abs().max().item())
+
+
+def test_non_contiguous_and_transposed_inputs_match_contiguous():
+    base0, base1 = make_logits(600, 40, 3.0, 1e-2, seed=4)
+    cases = [
+        (base0.t().contiguous().t(), base1.t().contiguous().t()),  # column-major (transposed storage)
+        (base0[::2, ::3], base1[::2, ::3]),  # strided rows and columns
+        (base0[:, 5:35], base1[:, 5:35]),  # row stride != C
+    ]
+    target_full = torch.randint(0, 30, (600,), generator=torch.Generator().manual_seed(0))
+    for a, b in cases:
+        target = target_full[: a.shape[0]] % a.shape[1]
+        target_strided = torch.stack([target, target], 1)[:, 0]
+        got = OPS.energy_head_forward(a, b, target_strided, -100)
+        want = OPS.energy_head_forward(a.contiguous(), b.contiguous(), target, -100)
+        for g, w in zip(got, want):
+            assert torch.equal(g, w)
+        grad_d = torch.linspace(-1, 1, 2 * a.shape[0])[::2]
+        gb = OPS.energy_head_backward(a, b, target_strided, -100, got[2], grad_d, grad_d)
+        wb = OPS.energy_head_backward(a.contiguous(), b.contiguous(), target, -100, want[2],
+                                      grad_d.contiguous(), grad_d.contiguous())
+        for g, w in zip(gb, wb):
+            assert torch.equal(g, w)
+
+
+def test_empty_batch():
+    z = torch.zeros(0, 7)
+    D, ce, stats = OPS.energy_head_forward(z, z, torch.zeros(0, dtype=torch.long), -100)
+    assert D.shape == ce.shape == (0,) and stats.shape == (0, 4)
+    dz0, dz1 = OPS.energy_head_backward(z, z, None, -100, stats, D, None)
+    assert dz0.shape == dz1.shape == (0, 7)
+
+
+def test_masked_classes_give_finite_accurate_results():
+    """Classes masked (-inf) in both rows drop out: same D and gradients as without those columns."""
+    z0, z1 = make_logits(32, 300, 5.0, 1e-3, seed=6)
+    keep = torch.ones(300, dtype=torch.bool)
+    keep[::7] = False
+    a, b = z0.clone(), z1.clone()
+    a[:, ~keep] = NEG_INF
+    b[:, ~keep] = NEG_INF
+    target = torch.arange(32) * 9 % 300
+    target[~keep[target]] = -100
+    D, ce, stats = OPS.energy_head_forward(a, b, target, -100)
+    assert torch.isfinite(D).all() and torch.isfinite(ce).all()
+    assert scaled_error(D, z0[:, keep], z1[:, keep]) <= 1e-5
+    D_ref, ce_ref, _ = reference.forward(a, b, target, -100)
+    torch.testing.assert_close(ce, ce_ref)
+    dz0, dz1 = OPS.energy_head_backward(a, b, target, -100, stats, torch.ones(32), torch.ones(32))
+    assert torch.equal(dz0[:, ~keep], torch.zeros_like(dz0[:, ~keep]))
+    assert relative_max_error(dz1[:, keep], torch.softmax(z1[:, keep].double(), 1)) <= 1e-6
+
+
+def test_class_masked_in_one_row_only_uses_the_fallback():
+    z0, z1 = make_logits(4, 50, 2.0, 1e-2, seed=7)
+    z0[0, 3] = NEG_INF  # masked in z0 only: D grows
+    z1[1, 4] = NEG_INF  # masked in z1 only: D shrinks
+    D, _, _ = OPS.energy_head_forward(z0, z1, None, -100)
+    want = torch.logsumexp(z1.double(), 1) - torch.logsumexp(z0.double(), 1)
+    torch.testing.assert_close(D.double(), want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(D, reference.forward(z0, z1, None, -100)[0])
+
+
+def test_all_neg_inf_rows_match_logsumexp():
+    """Both rows all -inf: NaN; one row all -inf: +-inf, exactly as the difference of logsumexps."""
+    z0, z1 = make_logits(4, 9, 1.0, 1e-2, seed=8)
+    z0[0] = NEG_INF
+    z1[0] = NEG_INF
+    z0[1] = NEG_INF
+    z1[2] = NEG_INF
+    D, _, _ = OPS.energy_head_forward(z0, z1, None, -100)
+    want = torch.logsumexp(z1, 1) - torch.logsumexp(z0, 1)
+    torch.testing.assert_close(D, want, equal_nan=True)
+    assert torch.isnan(D[0]) and D[1] == INF and D[2] == NEG_INF and torch.isfinite(D[3])
+
+
+@pytest.mark.parametrize("bad", [NAN, INF])
+@pytest.mark.parametrize("where", ["z0", "z1"])
+def test_nan_and_inf_propagate_as_nan(bad, where):
+    z0, z1 = make_logits(3, 1000, 1.0, 1e-2, seed=9)
+    (z0 if where == "z0" else z1)[1, 500] = bad
+    target = torch.tensor([1, 2, 3])
+    D, ce, stats = OPS.energy_head_forward(z0, z1, target, -100)
+    assert torch.isnan(D[1]) and torch.isnan(ce[1])
+    assert torch.isfinite(D[[0, 2]]).all() and torch.isfinite(ce[[0, 2]]).all()
+    D_ref, ce_ref, stats_ref = reference.forward(z0, z1, target, -100)
+    torch.testing.assert_close(D, D_ref, equal_nan=True)
+    torch.testing.assert_close(stats, stats_ref, equal_nan=True)
+    dz0, dz1 = OPS.energy_head_backward(z0, z1, target, -100, stats, torch.ones(3), torch.ones(3))
+    ref0, ref1 = reference.backward(z0, z1, target, -100, stats, torch.ones(3), torch.ones(3))
+    torch.testing.assert_close(dz0, ref0, equal_nan=True)
+    torch.testing.assert_close(dz1, ref1, equal_nan=True)
+    assert torch.isfinite(dz0[[0, 2]]).all()
+
+
+def test_direct_op_call_rejects_bad_input():
+    z = torch.zeros(2, 3)
+    with pytest.raises(RuntimeError, match="out of range"):
+        OPS.energy_head_forward(z, z, torch.tensor([0, 3]), -100)
+    with pytest.raises(RuntimeError, match="shapes differ"):
+        OPS.energy_head_forward(z, torch.zeros(2, 4), None, -100)
+    with pytest.raises(RuntimeError, match="int64"):
+        OPS.energy_head_forward(z, z, torch.tensor([0, 1], dtype=torch.int32), -100)
+
+
+def test_public_api_native_matches_torch_backend():
+    z0, z1 = make_logits(48, 333, 4.0, 1e-2, seed=10)
+    target = torch.randint(0, 333, (48,), generator=torch.Generator().manual_seed(3))
+    results = {}
+    for name in ("native", "torch"):
+        a, b = z0.clone().requires_grad_(), z1.clone().requires_grad_()
+        out = mf.energy_penalty(a, b, 0.05, target, backend=name)
+        (out.penalty.sum() + out.ce.sum()).backward()
+        results[name] = (out.penalty.detach(), out.ce.detach(), a.grad, b.grad)
+    for got, want in zip(results["native"], results["torch"]):
+        assert relative_max_error(got, want) <= 1e-5
