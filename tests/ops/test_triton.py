@@ -268,7 +268,9 @@ def test_ignore_index_rows_give_zero_ce_and_no_ce_gradient(ignore_index):
                                rtol=0, atol=1e-6)
 
 
-def test_empty_batch_launches_nothing():
+def test_empty_batch_launches_nothing(monkeypatch):
+    monkeypatch.setattr(triton_head, "_forward_kernel", None)  # a launch would raise TypeError
+    monkeypatch.setattr(triton_head, "_backward_kernel", None)
     z0 = torch.zeros(0, 7, device=DEVICE)
     D, ce, stats = triton_head.forward(z0, z0, torch.zeros(0, dtype=torch.long, device=DEVICE), -100)
     assert D.shape == ce.shape == (0,) and stats.shape == (0, 4) and D.dtype == torch.float32
