@@ -1,0 +1,80 @@
+r"""Clear errors for the exact estimators (``exact``, ``jvp``) on models whose ops lack the derivative they need.
+
+``exact`` needs the derivative of every op's backward (double backprop); ``jvp`` needs forward-mode
+AD. Neither exists for some ops, notably ``torch.nn.functional.scaled_dot_product_attention`` on
+its fused kernels (on CPU, torch 2.13 runs ``aten::_scaled_dot_product_flash_attention_for_cpu``,
+whose backward has no derivative and which has no forward-AD formula), and any ``torch.compile``'d
+model (AOTAutograd has no double backward). PyTorch reports the missing double-backward only when
+the *training* backward reaches it, far from the estimator call; :func:`check_twice_differentiable`
+finds the placeholder node right after the first-order gradient so the error is raised at once.
+"""
+from __future__ import annotations
+
+import re
+from typing import Optional
+
+import torch
+
+_NOT_IMPLEMENTED_NODE = "torch::autograd::NotImplemented"
+_PATTERNS = (
+    re.compile(r"derivative for (\S+) is not implemented"),
+    re.compile(r"forward AD with (\S+) that does not support it"),
+)
+
+
+class UnsupportedEstimatorError(NotImplementedError):
+    """The requested estimator needs a derivative some op of the model does not have (a RuntimeError)."""
+
+
+def _failing_op(message: str) -> Optional[str]:
+    for pattern in _PATTERNS:
+        match = pattern.search(message)
+        if match:
+            return match.group(1)
+    if "torch.compile" in message:
+        return "torch.compile (AOTAutograd)"
+    return None
+
+
+def unsupported(method: str, err: BaseException) -> UnsupportedEstimatorError:
+    """An error naming the op that made ``method`` fail and pointing at the finite differences."""
+    message = str(err).splitlines()[0] if str(err) else type(err).__name__
+    op = _failing_op(str(err))
+    need = "forward-mode AD (a jvp)" if method == "jvp" else "a twice-differentiable backward (double backprop)"
+    what = f"op {op}" if op else "an op"
+    if op and "scaled_dot_product" in op:
+        what += " (torch.nn.functional.scaled_dot_product_attention)"
+    return UnsupportedEstimatorError(
+        f"method={method!r} needs {need}, which {what} of this model does not provide "
+        f"(PyTorch said: {message}). Use method='fd' or method='central', which need only first derivatives."
+    )
+
+
+def is_derivative_error(err: BaseException) -> bool:
+    """Whether a RuntimeError raised while building an exact estimate is a missing-derivative error."""
+    return _failing_op(str(err)) is not None
+
+
+def check_twice_differentiable(g: torch.Tensor, method: str) -> None:
+    """Raise :class:`UnsupportedEstimatorError` if backpropagating through ``g``'s graph would hit a missing derivative."""
+    seen, stack = set(), [g.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if node.name() == _NOT_IMPLEMENTED_NODE:
+            err = _provoke(node)
+            raise unsupported(method, err) from err
+        stack.extend(child for child, _ in node.next_functions)
+
+
+def _provoke(node) -> BaseException:
+    """The error PyTorch itself raises for a NotImplemented node (it names the op), obtained cheaply."""
+    try:
+        node(*[torch.zeros(meta.shape, dtype=meta.dtype) for meta in node._input_metadata])
+    except RuntimeError as err:
+        return err
+    except Exception:  # noqa: BLE001 - private metadata API changed: fall back to a generic message
+        pass
+    return RuntimeError("the graph holds a torch::autograd::NotImplemented node (derivative not implemented)")
