@@ -176,7 +176,7 @@ def _energy(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(model(x), dim=1)
 
 
-def _unit(v: torch.Tensor, norm: str) -> torch.Tensor:
+def steepest_direction(v: torch.Tensor, norm: str) -> torch.Tensor:
     """Steepest-ascent direction of unit ``norm`` for gradient v, per sample: sign(v) for linf,
     v / ||v||_2 for l2 (zero where v is zero)."""
     if norm == "linf":
@@ -198,7 +198,7 @@ def random_perturbation(x: torch.Tensor, eps: float, norm: str, generator: torch
     """A random delta of norm exactly eps per sample: uniform on the L2 sphere, or a uniformly random
     vertex (+-eps per pixel) of the L-inf ball."""
     g = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-    return eps * _unit(g, norm)
+    return eps * steepest_direction(g, norm)
 
 
 def density_shift(model: torch.nn.Module, x: torch.Tensor, *, eps: float, kind: str = "random", norm: str = "l2",
@@ -243,6 +243,6 @@ def _ascend_energy(model, x, e0, sign, eps, norm, steps, alpha) -> torch.Tensor:
     for _ in range(steps):
         delta.requires_grad_(True)
         grad, = torch.autograd.grad(sign * _energy(model, x + delta).sum(), delta)
-        delta = project(delta.detach() + alpha * _unit(grad, norm), eps, norm)
+        delta = project(delta.detach() + alpha * steepest_direction(grad, norm), eps, norm)
     with torch.no_grad():
         return (_energy(model, x + delta) - e0).abs()
