@@ -1,0 +1,110 @@
+"""MarginalDensityRegularizer: the loss is mean CE + weight * mean penalty, logits shared, stats floats.
+
+Reference values are recomputed with the public functional API in float64, where the fused head
+and F.cross_entropy agree to ~1e-15; the 1e-12 relative tolerance leaves margin for summation order.
+"""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from margreg_fast import models
+from margreg_fast.penalty import input_gradient_penalty, marginal_density_penalty
+from margreg_fast.regularizer import MarginalDensityRegularizer
+
+
+class CountingModel(torch.nn.Module):
+    """Wraps a model and counts its forward calls (to check the logits are computed once)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.calls = inner, 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.inner(x)
+
+
+@pytest.fixture
+def setup():
+    torch.manual_seed(0)
+    model = models.SmallCNN(width=4, image_size=8, activation="silu").double()
+    gen = torch.Generator().manual_seed(3)
+    x = torch.rand(5, 1, 8, 8, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 10, (5,), generator=gen)
+    return model, x, y
+
+
+def _reference_penalty(penalty, model, x, y, method):
+    if penalty == "marginal":
+        return marginal_density_penalty(model, x, method=method, step=1e-2)
+    return input_gradient_penalty(model, x, y, kind=penalty, method=method, step=1e-2)
+
+
+@pytest.mark.parametrize("method", ["exact", "jvp", "fd", "central"])
+@pytest.mark.parametrize("penalty", ["marginal", "conditional", "joint"])
+def test_loss_is_ce_plus_weighted_penalty(setup, penalty, method):
+    model, x, y = setup
+    reg = MarginalDensityRegularizer(0.7, method=method, step=1e-2, penalty=penalty)
+    loss, stats = reg(model, x, y)
+    ce = F.cross_entropy(model(x), y)
+    pen = _reference_penalty(penalty, model, x, y, method)
+    assert math.isclose(loss.item(), (ce + 0.7 * pen).item(), rel_tol=1e-12)
+    assert set(stats) == {"ce", "penalty", "grad_norm"} and all(type(v) is float for v in stats.values())
+    assert math.isclose(stats["ce"], ce.item(), rel_tol=1e-12)
+    assert math.isclose(stats["penalty"], pen.item(), rel_tol=1e-12)
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_grad_norm_is_mean_input_gradient_norm(setup):
+    model, x, y = setup
+    xg = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(torch.logsumexp(model(xg), 1).sum(), xg)
+    expected = g.flatten(1).norm(dim=1).mean().item()
+    for method in ("exact", "fd"):
+        _, stats = MarginalDensityRegularizer(1.0, method=method)(model, x, y)
+        assert math.isclose(stats["grad_norm"], expected, rel_tol=1e-12)
+
+
+@pytest.mark.parametrize("method, forwards", [("fd", 2), ("central", 3), ("exact", 1)])
+def test_logits_of_x_computed_once(setup, method, forwards):
+    model, x, y = setup
+    counting = CountingModel(model)
+    MarginalDensityRegularizer(1.0, method=method)(counting, x, y)
+    assert counting.calls == forwards  # x once (shared by CE and grad_x), plus x+h v (and x-h v)
+
+
+def test_plain_ce_and_inputs_untouched(setup):
+    model, x, y = setup
+    loss, stats = MarginalDensityRegularizer(3.0, penalty="none")(model, x, y)
+    assert loss.item() == F.cross_entropy(model(x), y).item()
+    assert stats["penalty"] == 0.0 and math.isnan(stats["grad_norm"])
+    MarginalDensityRegularizer(1.0)(model, x, y)
+    assert not x.requires_grad and x.grad is None
+
+
+def test_weight_zero_gives_ce_gradient(setup):
+    model, x, y = setup
+    loss, _ = MarginalDensityRegularizer(0.0)(model, x, y)
+    g_reg = torch.autograd.grad(loss, list(model.parameters()))
+    g_ce = torch.autograd.grad(F.cross_entropy(model(x), y), list(model.parameters()))
+    assert all(torch.allclose(a, b, rtol=1e-12, atol=1e-15) for a, b in zip(g_reg, g_ce))
+
+
+@pytest.mark.parametrize("kwargs", [dict(weight=-1.0), dict(weight=float("nan")), dict(weight=1.0, method="hvp"),
+                                    dict(weight=1.0, penalty="l2"), dict(weight=1.0, step=-1e-2),
+                                    dict(weight=1.0, backend="gpu")])
+def test_bad_construction(kwargs):
+    with pytest.raises(ValueError):
+        MarginalDensityRegularizer(**kwargs)
+
+
+def test_bad_call(setup):
+    model, x, y = setup
+    reg = MarginalDensityRegularizer(1.0)
+    with pytest.raises(ValueError, match="y must be"):
+        reg(model, x, y[:2])
+    with pytest.raises(TypeError, match="x must be"):
+        reg(model, x.long(), y)
