@@ -169,7 +169,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from .data import DataFileError
     from .experiments import runner
-    from .experiments.report import markdown_table
 
     try:
         if args.command == "evaluate":
@@ -187,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             summary = runner.run_experiment(cfg, out, quiet=args.quiet, device=device)
     except (ValueError, DataFileError) as exc:
         parser.error(str(exc))  # exits with status 2
-    print(markdown_table(summary, runner.load_json(Path(out) / "results_seeds.json")), end="")
+    print((Path(out) / "results.md").read_text(), end="")
     print(f"\nwrote {out}/results.json, {out}/results.md, {out}/results_seeds.json and {out}/figures/")
     return 0
 

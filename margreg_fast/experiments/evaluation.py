@@ -11,6 +11,7 @@ Metric choices (all fixed in advance, never tuned per method):
 - ``density_shift``: mean |E(x+delta) - E(x)|, E = logsumexp f = log p(x) + log Z, for an
   *adversarial* L2 perturbation of norm ``density_eps`` (the random-direction figure is kept in the
   per-seed file as ``density_shift_random``). Lower is better.
+- The per-seed file also records the leakage under each of the three attribution methods.
 - ``worst_group_acc``: the lowest accuracy over the dataset's groups: (label, patch class) for the
   spurious variant, digit-on-top vs digit-at-bottom for BlockMNIST.
 A metric whose ingredient the dataset lacks (no null mask, no groups) is ``None``.
@@ -27,7 +28,7 @@ from .. import metrics
 from ..attacks import PGD, attribution_robustness
 from ..attribution import attribute
 from ..data import ImageDataset
-from .config import ExperimentConfig
+from .config import ATTRIBUTIONS, ExperimentConfig
 
 #: Keys of one method's entry in results.json, in order.
 RESULT_KEYS = ("clean_acc", "leakage", "insertion_auc", "pgd_linf_acc", "pgd_l2_acc", "topk_intersection",
@@ -66,8 +67,13 @@ def evaluate_model(model: torch.nn.Module, test: ImageDataset, cfg: ExperimentCo
         out["topk_intersection"], out["kendall_tau"] = rob["topk_intersection"], rob["kendall_tau"]
         out["density_shift"] = metrics.density_shift(model, x, eps=cfg.density_eps, kind="adversarial",
                                                      norm="l2", steps=cfg.density_steps)
-        extra = {"density_shift_random": metrics.density_shift(model, x, eps=cfg.density_eps, kind="random",
-                                                               norm="l2", steps=cfg.density_steps)}
+        extra = {}
+        if test.null_mask is not None:  # leakage under every attribution method, for the record
+            for method in ATTRIBUTIONS:
+                a = attr if method == cfg.attribution else attribute(model, x, y, method=method).detach()
+                extra[f"leakage_{method}"] = metrics.feature_leakage(a, test.null_mask[:n])
+        extra["density_shift_random"] = metrics.density_shift(model, x, eps=cfg.density_eps, kind="random",
+                                                               norm="l2", seed=seed)
     figure = {
         "inputs": x[:FIGURE_SAMPLES].squeeze(1).tolist(),
         "attributions": attr[:FIGURE_SAMPLES].squeeze(1).tolist(),

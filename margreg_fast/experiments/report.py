@@ -74,13 +74,45 @@ def markdown_table(summary: dict, seeds: dict | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def claim_checks(methods: dict) -> dict | None:
+    """The paper's claim (issue 4, part 5) as pass/fail checks of mdr against none and igr.
+
+    None when a needed method or metric is missing. Each entry: (passed, human-readable comparison).
+    """
+    if not all(m in methods for m in ("none", "igr", "mdr")):
+        return None
+    n, i, m = methods["none"], methods["igr"], methods["mdr"]
+    needed = ("leakage", "clean_acc", "pgd_linf_acc", "pgd_l2_acc", "density_shift")
+    if any(r[k] is None for r in (n, i, m) for k in needed):
+        return None
+    return {
+        "leakage <= none/2": (m["leakage"] <= n["leakage"] / 2, f"{m['leakage']:.3f} vs {n['leakage'] / 2:.3f}"),
+        "leakage < igr": (m["leakage"] < i["leakage"], f"{m['leakage']:.3f} vs {i['leakage']:.3f}"),
+        "clean acc >= none - 0.03": (m["clean_acc"] >= n["clean_acc"] - 0.03,
+                                     f"{m['clean_acc']:.3f} vs {n['clean_acc'] - 0.03:.3f}"),
+        "PGD-Linf acc >= none": (m["pgd_linf_acc"] >= n["pgd_linf_acc"],
+                                 f"{m['pgd_linf_acc']:.3f} vs {n['pgd_linf_acc']:.3f}"),
+        "PGD-L2 acc >= none": (m["pgd_l2_acc"] >= n["pgd_l2_acc"], f"{m['pgd_l2_acc']:.3f} vs {n['pgd_l2_acc']:.3f}"),
+        "density shift <= none": (m["density_shift"] <= n["density_shift"],
+                                  f"{m['density_shift']:.3f} vs {n['density_shift']:.3f}"),
+    }
+
+
+def claim_markdown(checks: dict | None) -> str:
+    if checks is None:
+        return ""
+    lines = ["", "Paper's claim (mdr vs none / igr, means over seeds):", ""]
+    lines += [f"- {'PASS' if ok else 'FAIL'}: {name} ({detail})" for name, (ok, detail) in checks.items()]
+    return "\n".join(lines) + "\n"
+
+
 def write_reports(cfg: ExperimentConfig, results: list[dict], out: Path) -> dict:
     out = Path(out)
     summary = summarise(cfg, results)
     seeds = per_seed(cfg, results)
     save_json(out / "results.json", summary)
     save_json(out / "results_seeds.json", seeds)
-    text = markdown_table(summary, seeds)
+    text = markdown_table(summary, seeds) + claim_markdown(claim_checks(summary["methods"]))
     (out / "results.md.tmp").write_text(text)
     (out / "results.md.tmp").replace(out / "results.md")
     return summary
