@@ -78,6 +78,16 @@ def feature_leakage(attr: torch.Tensor, null_mask: torch.Tensor) -> float:
     return share.mean().item() if share.numel() else float("nan")
 
 
+def _as_targets(target, n: int, device) -> torch.Tensor:
+    """An int or (n,) tensor of classes as an (n,) int64 tensor."""
+    target = torch.as_tensor(target, dtype=torch.int64, device=device)
+    if target.dim() == 0:
+        return target.expand(n)
+    if target.shape != (n,):
+        raise ValueError(f"target must be an int or have shape ({n},), got {tuple(target.shape)}")
+    return target
+
+
 def _target_logit(model, x, target, batch_size) -> torch.Tensor:
     return predict_logits(model, x, batch_size).gather(1, target[:, None].to(x.device)).squeeze(1)
 
@@ -100,8 +110,7 @@ def insertion_curve(model: torch.nn.Module, x: torch.Tensor, attr: torch.Tensor,
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     n = x.shape[0]
-    target = torch.as_tensor(target, dtype=torch.int64).expand(n) if not torch.is_tensor(target) or target.dim() == 0 \
-        else target.to(torch.int64)
+    target = _as_targets(target, n, x.device)
     flat = x.detach().flatten(1)
     d = flat.shape[1]
     order = attr.detach().flatten(1).sort(dim=1, descending=True, stable=True).indices

@@ -175,3 +175,13 @@ def test_density_shift_bad_input():
         metrics.density_shift(LogSoftmaxNet(), x, eps=0.1, kind="gaussian")
     with pytest.raises(ValueError, match="norm"):
         metrics.density_shift(LogSoftmaxNet(), x, eps=0.1, norm="l1")
+
+
+def test_insertion_target_forms():
+    model = linear_model([3.0, 2.0, 1.0, 0.0])
+    x = torch.ones(2, 1, 1, 4, dtype=torch.float64)
+    attr = torch.rand(2, 1, 1, 4, dtype=torch.float64)
+    a = metrics.insertion_auc(model, x, attr, 0, steps=4)
+    assert a == metrics.insertion_auc(model, x, attr, torch.tensor([0, 0]), steps=4)
+    with pytest.raises(ValueError, match="target"):
+        metrics.insertion_auc(model, x, attr, torch.tensor([0, 0, 0]), steps=4)

@@ -6,6 +6,7 @@ then the data, big-endian, in C order. The file must hold exactly prod(sizes) it
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import zlib
 
@@ -52,7 +53,7 @@ def read_idx(path) -> np.ndarray:
     if len(raw) < header:
         raise DataFileError(f"{path}: truncated IDX header (expected {ndim} dimension sizes)")
     shape = tuple(int(s) for s in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # Python ints: no overflow for absurd headers
     got = len(raw) - header
     if got != expected:
         kind = "truncated" if got < expected else "corrupt (trailing bytes)"

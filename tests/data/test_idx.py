@@ -60,6 +60,7 @@ def test_read_idx_errors_name_the_file(tmp_path, gz):
         "truncated": good[:-1],
         "trailing": good + b"\x00",
         "wrong_dims": good[:4] + struct.pack(">3I", 2, 3, 5) + good[16:],
+        "absurd_dims": good[:4] + struct.pack(">3I", 2**32 - 1, 2**32 - 1, 2**32 - 1) + good[16:],
     }
     for name, data in cases.items():
         path = tmp_path / f"{name}.idx"
