@@ -133,7 +133,7 @@ class AttributionAttack:
         if self.k > g[0].numel():
             raise ValueError(f"k={self.k} exceeds the {g[0].numel()} features per image")
         pred0, mask = logits.argmax(1), self._topk_mask(g)
-        best, best_kept = x.clone(), torch.full((x.shape[0],), self.k + 1)
+        best, best_kept = x.clone(), torch.full((x.shape[0],), self.k + 1, device=x.device)
         adv = x.clone()
         for step in range(self.steps + 1):
             if step > 0:
