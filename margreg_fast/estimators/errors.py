@@ -6,7 +6,8 @@ its fused kernels (on CPU, torch 2.13 runs ``aten::_scaled_dot_product_flash_att
 whose backward has no derivative and which has no forward-AD formula), and any ``torch.compile``'d
 model (AOTAutograd has no double backward). PyTorch reports the missing double-backward only when
 the *training* backward reaches it, far from the estimator call; :func:`check_twice_differentiable`
-finds the placeholder node right after the first-order gradient so the error is raised at once.
+finds the placeholder node (``NotImplemented``, or AOTAutograd's ``CompiledFunctionBackwardBackward``)
+right after the first-order gradient so the error is raised at once.
 """
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ from typing import Optional
 import torch
 
 _NOT_IMPLEMENTED_NODE = "torch::autograd::NotImplemented"
+#: AOTAutograd's node for differentiating a compiled backward; it always raises this message.
+_COMPILED_DOUBLE_BACKWARD_NODE = "CompiledFunctionBackwardBackward"
+_COMPILED_DOUBLE_BACKWARD_MESSAGE = "torch.compile with aot_autograd does not currently support double backward"
 _PATTERNS = (
     re.compile(r"derivative for (\S+) is not implemented"),
     re.compile(r"forward AD with (\S+) that does not support it"),
@@ -63,8 +67,8 @@ def check_twice_differentiable(g: torch.Tensor, method: str) -> None:
         if node is None or node in seen:
             continue
         seen.add(node)
-        if node.name() == _NOT_IMPLEMENTED_NODE:
-            err = _provoke(node)
+        if node.name() in (_NOT_IMPLEMENTED_NODE, _COMPILED_DOUBLE_BACKWARD_NODE):
+            err = _provoke(node) if node.name() == _NOT_IMPLEMENTED_NODE else RuntimeError(_COMPILED_DOUBLE_BACKWARD_MESSAGE)
             raise unsupported(method, err) from err
         stack.extend(child for child, _ in node.next_functions)
 

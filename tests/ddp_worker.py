@@ -1,0 +1,67 @@
+"""Worker for tests/test_models_conditions.py::test_ddp_* (started by torch.distributed.run, gloo, CPU).
+
+Usage: python -m torch.distributed.run --nproc_per_node 2 tests/ddp_worker.py OUT_DIR
+Each rank takes its half of a fixed global batch and makes one regularised SGD step on
+(1) an MLP wrapped in DDP -- rank 0 saves the updated parameters to OUT_DIR/params.pt;
+(2) a BatchNorm CNN wrapped in DDP -- each rank saves whether its buffers equal those after one
+plain forward of an unwrapped copy on its local batch (OUT_DIR/bn_rank{r}.pt).
+"""
+import copy
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from margreg_fast import models
+from margreg_fast.regularizer import MarginalDensityRegularizer
+
+GLOBAL_BATCH, LR, WEIGHT, STEP = 8, 0.5, 2.0, 1e-2
+
+
+def data():
+    gen = torch.Generator().manual_seed(11)
+    return torch.rand(GLOBAL_BATCH, 1, 8, 8, generator=gen), torch.randint(0, 10, (GLOBAL_BATCH,), generator=gen)
+
+
+def mlp():
+    torch.manual_seed(5)
+    return models.MLP(in_features=64, num_classes=10, width=16, activation="tanh")
+
+
+def bn_cnn():
+    torch.manual_seed(6)
+    return models.SmallCNN(width=4, image_size=8, batchnorm=True)
+
+
+def step(model, x, y):
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    loss, _ = MarginalDensityRegularizer(WEIGHT, method="fd", step=STEP)(model, x, y)
+    loss.backward()
+    opt.step()
+
+
+def main(out_dir):
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    x, y = data()
+    xs, ys = x.chunk(world)[rank], y.chunk(world)[rank]
+
+    ddp = DistributedDataParallel(mlp())
+    step(ddp, xs, ys)
+    if rank == 0:
+        torch.save({k: v.detach() for k, v in ddp.module.state_dict().items()}, os.path.join(out_dir, "params.pt"))
+
+    net = bn_cnn()
+    plain = copy.deepcopy(net)
+    plain(xs)  # one plain training-mode forward on the local batch
+    ddp_bn = DistributedDataParallel(net)
+    step(ddp_bn, xs, ys)
+    same = all(torch.equal(a, b) for a, b in zip(net.buffers(), plain.buffers()))
+    torch.save({"buffers_equal": same}, os.path.join(out_dir, f"bn_rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
