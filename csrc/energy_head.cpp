@@ -11,10 +11,13 @@
 //
 // Forward, one row at a time while it is cache-hot (parallel over rows):
 //   pass 1: row maxima m0, m1 (NaN-propagating; a NaN/+inf maximum flags the row invalid);
-//   pass 2: e0 = exp(z0 - m0) (kept in a per-thread scratch row), s0 = sum e0, s1 = sum exp(z1 - m1),
-//           sum e0 * d, and a flag for an infinite d (a class masked in one row only);
+//   pass 2: e0 = exp(z0 - m0) (kept in a per-thread scratch row), s0 = sum e0, sum e0 d, sum e0 |d|,
+//           and a flag for an infinite d (a class masked in one row only);
 //   pass 3: sum e0 * phi(u), phi by its series when all lanes have |u| < 1/2 (no exp), by
-//           exp(u) - 1 - u when none do, blended otherwise.
+//           exp(u) - 1 - u when none do, blended otherwise;
+//   log s1 (saved for the backward): lse1 = lse0 + D gives log s1 = (m0 - m1) + log s0 + D with no
+//           exp over z1 while sum p0 |d| <= 1; otherwise (and on fallback rows) pass 4 sums exp(z1 - m1).
+// So the common forward costs one exp per element, the backward two.
 // Backward, one pass: dz0 = (gCE - gD) p0 - gCE onehot(y), dz1 = gD p1 with p = exp((z - m) - log s)
 // rebuilt from the saved stats.
 //
@@ -41,6 +44,8 @@ using at::vec::Vectorized;
 // Must equal reference.U_MAX and reference.PHI_SERIES_CUTOFF.
 constexpr double kUMax = 60.0;
 constexpr double kSeriesCutoff = 0.5;
+// Rows with sum_k p0_k |d_k| up to this derive log s1 from D instead of summing exp(z1 - m1).
+constexpr double kDerivedSpreadMax = 1.0;
 // Sums run over blocks of this many vectors, each block's partial then added to the row total:
 // about kBlockVecs + C / (kBlockVecs * W) rounding steps instead of C / W (as torch's cascade sum).
 constexpr int64_t kBlockVecs = 64;
@@ -53,6 +58,44 @@ T inv_factorial(int k) {
   for (int i = 2; i <= k; ++i) f *= i;
   return static_cast<T>(1.0 / f);
 }
+
+// exp on a vector. float under AVX2: Cephes expf (Cody-Waite reduction x = n ln2 + r, degree-6
+// polynomial, ~1 ulp), inlined instead of a call into Sleef. 2^n is applied as 2^(n/2) 2^(n - n/2)
+// so subnormal results (x down to -103.97) come out right, as the reference's exp gives them;
+// below that the result is 0 (-inf included), above 88.72 +inf, and NaN stays NaN.
+// Elsewhere: at::vec's exp (Sleef, <= 1 ulp).
+template <typename T>
+inline Vectorized<T> vexp(const Vectorized<T>& v) {
+  return v.exp();
+}
+#if defined(CPU_CAPABILITY_AVX2)
+template <>
+inline Vectorized<float> vexp(const Vectorized<float>& v) {
+  const __m256 x = v;
+  const __m256 lo = _mm256_set1_ps(-104.0f), hi = _mm256_set1_ps(88.72283935546875f);
+  const __m256 xc = _mm256_min_ps(hi, _mm256_max_ps(lo, x));  // NaN in x passes through (2nd operand)
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(xc, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), xc);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507e-3f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073e-3f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894e-2f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
+  y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  const __m256i ni = _mm256_cvtps_epi32(n);  // in [-150, 128]
+  const __m256i n1 = _mm256_srai_epi32(ni, 1), n2 = _mm256_sub_epi32(ni, n1);
+  const __m256i bias = _mm256_set1_epi32(127);
+  const __m256 p1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n1, bias), 23));
+  const __m256 p2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n2, bias), 23));
+  __m256 out = _mm256_mul_ps(_mm256_mul_ps(y, p1), p2);
+  out = _mm256_blendv_ps(out, _mm256_setzero_ps(), _mm256_cmp_ps(x, lo, _CMP_LT_OQ));
+  out = _mm256_blendv_ps(out, _mm256_set1_ps(std::numeric_limits<float>::infinity()), _mm256_cmp_ps(x, hi, _CMP_GT_OQ));
+  return out;
+}
+#endif
 
 // Bit i set where lane i of a comparison mask is true.
 template <typename T>
@@ -95,7 +138,7 @@ struct Phi {
     for (int i = 0; i < 9; ++i) s = at::vec::fmadd(s, u, coef[i]);
     return s * u * u;
   }
-  inline V direct(const V& u) const { return u.exp() - V(T(1)) - u; }
+  inline V direct(const V& u) const { return vexp(u) - V(T(1)) - u; }
   inline V operator()(const V& u) const {
     const V small = u.abs() < V(static_cast<T>(kSeriesCutoff));
     const int lanes = true_lanes(small);
@@ -154,24 +197,24 @@ RowResult<T> row_forward(const T* a, const T* b, int64_t C, T* e0, const Phi<T>&
   r.m0 = std::isfinite(max0) ? max0 : T(0);
   r.m1 = std::isfinite(max1) ? max1 : T(0);
 
-  // pass 2: exponentials, sums, p0-weighted difference
-  const V vm0s(r.m0), vm1s(r.m1), vinf(inf), zero(T(0));
-  V s0(T(0)), s1(T(0)), dsum(T(0)), infinite_d(T(0));     // row totals
-  V bs0(T(0)), bs1(T(0)), bdsum(T(0));                      // block partials
+  // pass 2: e0 = exp(z0 - m0) and the p0-weighted sums of d and |d|
+  const V vm0s(r.m0), vinf(inf), zero(T(0));
+  V s0(T(0)), dsum(T(0)), spread(T(0)), infinite_d(T(0));  // row totals
+  V bs0(T(0)), bdsum(T(0)), bspread(T(0));                 // block partials
   auto step2 = [&](const V& za, const V& zb, T* out) {
-    const V ea = (za - vm0s).exp();
-    const V eb = (zb - vm1s).exp();
+    const V ea = vexp(za - vm0s);
     V d = zb - za;
     d = d & (d == d);  // both -inf (masked in both rows): d = 0 as in the reference
-    infinite_d = infinite_d | (d.abs() == vinf);
+    const V ad = d.abs();
+    infinite_d = infinite_d | (ad == vinf);
     bs0 = bs0 + ea;
-    bs1 = bs1 + eb;
     bdsum = at::vec::fmadd(ea, d, bdsum);
+    bspread = at::vec::fmadd(ea, ad, bspread);
     ea.store(out);
   };
   auto flush2 = [&] {
-    s0 = s0 + bs0, s1 = s1 + bs1, dsum = dsum + bdsum;
-    bs0 = bs1 = bdsum = zero;
+    s0 = s0 + bs0, dsum = dsum + bdsum, spread = spread + bspread;
+    bs0 = bdsum = bspread = zero;
   };
   blocked(body, W, [&](int64_t k) { step2(V::loadu(a + k), V::loadu(b + k), e0 + k); }, flush2);
   if (tail) {
@@ -180,19 +223,28 @@ RowResult<T> row_forward(const T* a, const T* b, int64_t C, T* e0, const Phi<T>&
   }
   const T sum0 = reduce_sum(s0);
   r.log_s0 = std::log(sum0);
-  r.log_s1 = std::log(reduce_sum(s1));
   const bool mismatch = true_lanes(infinite_d) != 0;
 
-  const T lse0 = max0 == -inf ? -inf : r.m0 + r.log_s0;
-  const T lse1 = max1 == -inf ? -inf : r.m1 + r.log_s1;
-  const T shifted = (std::isfinite(lse0) && std::isfinite(lse1)) ? (r.m1 - r.m0) + (r.log_s1 - r.log_s0)
-                                                                  : lse1 - lse0;
-  if (r.invalid) {
-    r.D = std::numeric_limits<T>::quiet_NaN();
-    return r;
-  }
-  if (mismatch) {
-    r.D = shifted;
+  // log s1 = log sum exp(z1 - m1) by one more pass (pass 4), or derived from D, see below.
+  auto direct_log_s1 = [&] {
+    const V vm1s(r.m1);
+    V s1(T(0)), bs1(T(0));
+    blocked(body, W, [&](int64_t k) { bs1 = bs1 + vexp(V::loadu(b + k) - vm1s); }, [&] {
+      s1 = s1 + bs1;
+      bs1 = zero;
+    });
+    if (tail) s1 = s1 + vexp(load_tail(b + body, tail) - vm1s);
+    return std::log(reduce_sum(s1));
+  };
+  // The max-shifted difference (m1 - m0) + (log s1 - log s0), or lse1 - lse0 when either is infinite.
+  auto shifted = [&] {
+    const T lse0 = max0 == -inf ? -inf : r.m0 + r.log_s0;
+    const T lse1 = max1 == -inf ? -inf : r.m1 + r.log_s1;
+    return (std::isfinite(lse0) && std::isfinite(lse1)) ? (r.m1 - r.m0) + (r.log_s1 - r.log_s0) : lse1 - lse0;
+  };
+  if (r.invalid || mismatch) {
+    r.log_s1 = direct_log_s1();
+    r.D = r.invalid ? std::numeric_limits<T>::quiet_NaN() : shifted();
     return r;
   }
 
@@ -218,9 +270,18 @@ RowResult<T> row_forward(const T* a, const T* b, int64_t C, T* e0, const Phi<T>&
     flush3();
   }
   if (true_lanes(too_large) != 0) {
-    r.D = shifted;
+    r.log_s1 = direct_log_s1();
+    r.D = shifted();
+    return r;
+  }
+  r.D = dbar + std::log1p(reduce_sum(acc) / sum0);
+  // lse1 = lse0 + D, so log s1 = (m0 - m1) + log s0 + D without an exp over z1. Its absolute error
+  // is that of D, a few ulps of sum_k p0_k |d_k|: no worse than the direct sum while that spread is
+  // <= kDerivedSpreadMax; wider rows (and non-finite D) take the direct pass.
+  if (std::isfinite(r.D) && reduce_sum(spread) <= static_cast<T>(kDerivedSpreadMax) * sum0) {
+    r.log_s1 = ((r.m0 - r.m1) + r.log_s0) + r.D;
   } else {
-    r.D = dbar + std::log1p(reduce_sum(acc) / sum0);
+    r.log_s1 = direct_log_s1();
   }
   return r;
 }
@@ -233,13 +294,13 @@ void row_backward(const T* a, const T* b, int64_t C, const T* st, T g_d, T g_ce,
   const V m0(st[0]), ls0(st[1]), m1(st[2]), ls1(st[3]), c0(g_ce - g_d), c1(g_d);
   int64_t k = 0;
   for (; k + W <= C; k += W) {
-    (c0 * ((V::loadu(a + k) - m0) - ls0).exp()).store(dz0 + k);
-    (c1 * ((V::loadu(b + k) - m1) - ls1).exp()).store(dz1 + k);
+    (c0 * vexp((V::loadu(a + k) - m0) - ls0)).store(dz0 + k);
+    (c1 * vexp((V::loadu(b + k) - m1) - ls1)).store(dz1 + k);
   }
   if (k < C) {
     const int64_t n = C - k;
-    (c0 * ((V::loadu(a + k, n) - m0) - ls0).exp()).store(dz0 + k, n);
-    (c1 * ((V::loadu(b + k, n) - m1) - ls1).exp()).store(dz1 + k, n);
+    (c0 * vexp((V::loadu(a + k, n) - m0) - ls0)).store(dz0 + k, n);
+    (c1 * vexp((V::loadu(b + k, n) - m1) - ls1)).store(dz1 + k, n);
   }
 }
 
