@@ -195,3 +195,13 @@ def test_bad_baseline_arguments(batch):
         input_gradient_penalty(model, x, y.float())
     with pytest.raises(TypeError, match="x must be"):
         marginal_density_penalty(model, x.long())
+
+
+def test_penalty_values_under_no_grad(model, batch):
+    """Evaluation code may call the penalty under torch.no_grad(): grad_x is still taken."""
+    x, _ = batch
+    expected = marginal_density_penalty(model, x, method="fd", reduction="none")
+    with torch.no_grad():
+        for method in ("exact", "fd", "central"):
+            got = marginal_density_penalty(model, x, method=method, reduction="none")
+            assert rel(got, expected) < 1e-3, method  # fd/central at h = 1e-2 vs fd: O(h) apart

@@ -72,22 +72,25 @@ def estimate(model: nn.Module, x: torch.Tensor, target: Optional[torch.Tensor], 
              step: Step, logits: Optional[torch.Tensor] = None, backend: str = "auto",
              with_ce: bool = False) -> Estimate:
     """Estimate R(x) per sample with ``method`` (arguments validated by the caller)."""
-    x_in, z0, zg = _logits_and_grad_source(model, x, logits)
-    s = value(quantity, zg, target)
+    with torch.enable_grad():  # grad_x is needed even when called under torch.no_grad() (evaluation)
+        x_in, z0, zg = _logits_and_grad_source(model, x, logits)
+        s = value(quantity, zg, target)
+        if method == "exact":
+            try:
+                g = _input_gradient(s, x_in, zg, logits is not None, create_graph=True)
+            except RuntimeError as err:
+                if errors.is_derivative_error(err):
+                    raise errors.unsupported(method, err) from err
+                raise
+            errors.check_twice_differentiable(g, method)
+        else:
+            g = _input_gradient(s, x_in, zg, logits is not None, create_graph=False)
     ce = F.cross_entropy(z0, target, reduction="none") if with_ce and method != "fd" else None
 
     if method == "exact":
-        try:
-            g = _input_gradient(s, x_in, zg, logits is not None, create_graph=True)
-        except RuntimeError as err:
-            if errors.is_derivative_error(err):
-                raise errors.unsupported(method, err) from err
-            raise
-        errors.check_twice_differentiable(g, method)
         r = g.flatten(1).pow(2).sum(dim=1)
         return Estimate(r, ce, r.detach().sqrt())
 
-    g = _input_gradient(s, x_in, zg, logits is not None, create_graph=False)
     v, g_norm = unit_direction(g)
 
     if method == "jvp":
