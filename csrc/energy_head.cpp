@@ -64,13 +64,15 @@ T inv_factorial(int k) {
 // so subnormal results (x down to -103.97) come out right, as the reference's exp gives them;
 // below that the result is 0 (-inf included), above 88.72 +inf, and NaN stays NaN.
 // Elsewhere: at::vec's exp (Sleef, <= 1 ulp).
+#define MF_INLINE inline __attribute__((always_inline))
+
 template <typename T>
-inline Vectorized<T> vexp(const Vectorized<T>& v) {
+MF_INLINE Vectorized<T> vexp(const Vectorized<T>& v) {
   return v.exp();
 }
 #if defined(CPU_CAPABILITY_AVX2)
 template <>
-inline Vectorized<float> vexp(const Vectorized<float>& v) {
+MF_INLINE Vectorized<float> vexp(const Vectorized<float>& v) {
   const __m256 x = v;
   const __m256 lo = _mm256_set1_ps(-104.0f), hi = _mm256_set1_ps(88.72283935546875f);
   const __m256 xc = _mm256_min_ps(hi, _mm256_max_ps(lo, x));  // NaN in x passes through (2nd operand)
@@ -133,13 +135,13 @@ struct Phi {
   Phi() {
     for (int k = 10; k >= 2; --k) coef[10 - k] = V(inv_factorial<T>(k));
   }
-  inline V series(const V& u) const {
+  MF_INLINE V series(const V& u) const {
     V s(T(0));
     for (int i = 0; i < 9; ++i) s = at::vec::fmadd(s, u, coef[i]);
     return s * u * u;
   }
-  inline V direct(const V& u) const { return vexp(u) - V(T(1)) - u; }
-  inline V operator()(const V& u) const {
+  MF_INLINE V direct(const V& u) const { return vexp(u) - V(T(1)) - u; }
+  MF_INLINE V operator()(const V& u) const {
     const V small = u.abs() < V(static_cast<T>(kSeriesCutoff));
     const int lanes = true_lanes(small);
     if (lanes == (1 << V::size()) - 1) return series(u);
@@ -166,10 +168,33 @@ struct RowResult {
 
 // Loads a row chunk of `count` (< size) lanes, -inf in the rest: neutral for max, sum and d.
 template <typename T>
-inline Vectorized<T> load_tail(const T* p, int64_t count) {
+MF_INLINE Vectorized<T> load_tail(const T* p, int64_t count) {
   using V = Vectorized<T>;
   return V::set(V(-std::numeric_limits<T>::infinity()), V::loadu(p, count), count);
 }
+#if defined(CPU_CAPABILITY_AVX2)
+template <>
+MF_INLINE Vectorized<float> load_tail(const float* p, int64_t count) {
+  const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(count)),
+                                          _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  return _mm256_blendv_ps(_mm256_set1_ps(-std::numeric_limits<float>::infinity()), _mm256_maskload_ps(p, mask),
+                          _mm256_castsi256_ps(mask));
+}
+#endif
+
+// Stores the first `count` (< size) lanes.
+template <typename T>
+MF_INLINE void store_tail(const Vectorized<T>& v, T* p, int64_t count) {
+  v.store(p, count);
+}
+#if defined(CPU_CAPABILITY_AVX2)
+template <>
+MF_INLINE void store_tail(const Vectorized<float>& v, float* p, int64_t count) {
+  const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(count)),
+                                          _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  _mm256_maskstore_ps(p, mask, v);
+}
+#endif
 
 // The three forward passes on one contiguous row in the accumulation type T.
 // `e0` is scratch of at least C + V::size() elements.
@@ -299,8 +324,8 @@ void row_backward(const T* a, const T* b, int64_t C, const T* st, T g_d, T g_ce,
   }
   if (k < C) {
     const int64_t n = C - k;
-    (c0 * vexp((V::loadu(a + k, n) - m0) - ls0)).store(dz0 + k, n);
-    (c1 * vexp((V::loadu(b + k, n) - m1) - ls1)).store(dz1 + k, n);
+    store_tail(c0 * vexp((load_tail(a + k, n) - m0) - ls0), dz0 + k, n);
+    store_tail(c1 * vexp((load_tail(b + k, n) - m1) - ls1), dz1 + k, n);
   }
 }
 
