@@ -107,7 +107,7 @@ inline int true_lanes(const Vectorized<T>& mask) {
 }
 
 template <typename T>
-inline T reduce_max_nan(const Vectorized<T>& v) {
+MF_INLINE T reduce_max_nan(const Vectorized<T>& v) {
   T lanes[Vectorized<T>::size()];
   v.store(lanes);
   T out = lanes[0];
@@ -118,13 +118,39 @@ inline T reduce_max_nan(const Vectorized<T>& v) {
 }
 
 template <typename T>
-inline T reduce_sum(const Vectorized<T>& v) {
+MF_INLINE T reduce_sum(const Vectorized<T>& v) {
   T lanes[Vectorized<T>::size()];
   v.store(lanes);
   T out = 0;
   for (int i = 0; i < Vectorized<T>::size(); ++i) out += lanes[i];
   return out;
 }
+
+#if defined(CPU_CAPABILITY_AVX2)
+// Shuffle-tree reductions (the scalar loops above cost as much as a short row's arithmetic).
+template <>
+MF_INLINE float reduce_max_nan(const Vectorized<float>& v) {
+  using V = Vectorized<float>;  // at::vec::maximum propagates NaN
+  const __m256 x = v;
+  V m = at::vec::maximum(V(_mm256_castps128_ps256(_mm256_castps256_ps128(x))),
+                         V(_mm256_castps128_ps256(_mm256_extractf128_ps(x, 1))));
+  __m128 h = _mm256_castps256_ps128(m);
+  h = _mm256_castps256_ps128(at::vec::maximum(V(_mm256_castps128_ps256(h)),
+                                              V(_mm256_castps128_ps256(_mm_movehl_ps(h, h)))));
+  h = _mm256_castps256_ps128(at::vec::maximum(V(_mm256_castps128_ps256(h)),
+                                              V(_mm256_castps128_ps256(_mm_shuffle_ps(h, h, 1)))));
+  return _mm_cvtss_f32(h);
+}
+
+template <>
+MF_INLINE float reduce_sum(const Vectorized<float>& v) {
+  const __m256 x = v;
+  __m128 h = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
+  return _mm_cvtss_f32(h);
+}
+#endif
 
 // phi(u) = exp(u) - 1 - u on a vector: Horner series u^2 (1/2! + u/3! + ... + u^8/10!) where
 // |u| < 1/2 (the reference's evaluation order), exp(u) - 1 - u elsewhere.
