@@ -36,8 +36,8 @@ class ExperimentConfig:
     max_test: int | None = None
     # --- model and training
     model: str = "cnn"
-    width: int = 32
-    epochs: int = 30
+    width: int = 16
+    epochs: int = 20
     batch_size: int = 64
     lr: float = 2e-3
     weights: dict = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))

@@ -16,6 +16,7 @@ checkpoint keeps the times of the steps done before an interruption), and wall t
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -56,9 +57,16 @@ def load_output_config(out: Path) -> ExperimentConfig:
     return ExperimentConfig.from_dict(load_json(path))
 
 
-def set_deterministic() -> None:
-    """Deterministic kernels wherever torch has them (warn_only: a few CPU ops have no such mode)."""
+@contextmanager
+def deterministic():
+    """Deterministic kernels wherever torch has them (warn_only: a few ops have no such mode), restoring
+    the caller's setting afterwards."""
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
 
 
 def _runs(cfg: ExperimentConfig):
@@ -67,10 +75,10 @@ def _runs(cfg: ExperimentConfig):
 
 def _process(cfg: ExperimentConfig, out: Path, *, train: bool, evaluate: bool, quiet: bool,
              device: str) -> list[dict]:
-    set_deterministic()
     results = []
     data_seed, data = None, None
-    with tqdm(total=len(_runs(cfg)), desc=cfg.experiment, unit="run", disable=quiet, dynamic_ncols=True) as bar:
+    with deterministic(), tqdm(total=len(_runs(cfg)), desc=cfg.experiment, unit="run", disable=quiet,
+                               dynamic_ncols=True) as bar:
         for seed, method in _runs(cfg):
             rdir = run_dir(out, method, seed)
             result_path = rdir / RESULT_NAME

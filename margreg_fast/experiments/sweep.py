@@ -3,7 +3,7 @@
     python -m margreg_fast.experiments.sweep --out runs/sweep --weights 0.1 0.3 1 3 10 --steps 0.01 0.1 \\
         --seeds 0 1 2 [--igr-weights 0.1 1 10] [any `experiment` option, e.g. --epochs 30]
 
-The baseline (none, and igr at its default weight) is trained once; every grid point is a full,
+The baseline (none, and igr at its default weight) is trained once (or read from ``--baseline``); every grid point is a full,
 resumable ``experiment`` in its own sub-directory, evaluated with exactly the same metrics. The
 table OUT/sweep.md lists each point with the pass/fail checks of the paper's claim against the
 baseline (report.claim_checks). Nothing is selected or tuned here: every point is reported.
@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from ..cli import _add_common, _positive_float, config_from_args
-from .checkpoint import save_json
+from .checkpoint import load_json, save_json
 from .report import claim_checks
 from .runner import run_experiment
 
@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", nargs="+", type=_positive_float, required=True, help="mdr weights")
     parser.add_argument("--steps", nargs="+", type=_positive_float, default=None, help="fd steps (default: --step)")
     parser.add_argument("--igr-weights", nargs="+", type=_positive_float, default=[], help="igr weights to sweep too")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="reuse none/igr from this finished `experiment` output (same options) instead of retraining")
     args = parser.parse_args(argv)
     try:
         base = config_from_args(args)
@@ -40,7 +42,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     out = Path(args.out)
     kw = dict(quiet=args.quiet, device=args.device)
-    baseline = run_experiment(base.replace(methods=("none", "igr")), out / "baseline", **kw)["methods"]
+    if args.baseline is None:
+        baseline = run_experiment(base.replace(methods=("none", "igr")), out / "baseline", **kw)["methods"]
+    else:
+        done = load_json(args.baseline / "results.json")
+        if {k: v for k, v in done["config"].items() if k != "methods"} != {
+                k: v for k, v in base.to_dict().items() if k != "methods"}:
+            parser.error(f"--baseline {args.baseline} was run with other options than this sweep")
+        baseline = {m: done["methods"][m] for m in ("none", "igr")}
     rows = []
     points = [("mdr", w, h) for w in args.weights for h in (args.steps or [base.step])]
     points += [("igr", w, None) for w in args.igr_weights]
