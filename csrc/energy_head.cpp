@@ -208,29 +208,46 @@ MF_INLINE Vectorized<float> load_tail(const float* p, int64_t count) {
 }
 #endif
 
-// Stores the first `count` (< size) lanes.
+// The last C % W elements of every row of length C, read as one vector with -inf in the other lanes
+// (neutral for max, sum and d). When the row holds a full vector, the read is an ordinary load of the
+// row's last W elements with the first W - tail lanes (already covered by the body) masked: no
+// masked or partial load. `keep` has all bits set on the lanes that belong to the tail.
+template <typename T>
+struct RowTail {
+  using V = Vectorized<T>;
+  int64_t body, tail;
+  bool overlap;
+  V keep;
+  explicit RowTail(int64_t C) {
+    constexpr int64_t W = V::size();
+    body = C - C % W;
+    tail = C - body;
+    overlap = tail > 0 && C >= W;
+    T ones[W], bits[W];
+    (V(T(0)) == V(T(0))).store(ones);
+    for (int64_t i = 0; i < W; ++i) bits[i] = (overlap ? i >= W - tail : i < tail) ? ones[i] : T(0);
+    keep = V::loadu(bits);
+  }
+  MF_INLINE V load(const T* row) const {
+    if (overlap) return V::blendv(V(-std::numeric_limits<T>::infinity()), V::loadu(row + body + tail - V::size()), keep);
+    return load_tail(row + body, tail);
+  }
+};
+
+// Stores the first `count` (< size) lanes (no vmaskmovps: its store form is slow on AMD cores).
 template <typename T>
 MF_INLINE void store_tail(const Vectorized<T>& v, T* p, int64_t count) {
   v.store(p, count);
 }
-#if defined(CPU_CAPABILITY_AVX2)
-template <>
-MF_INLINE void store_tail(const Vectorized<float>& v, float* p, int64_t count) {
-  const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(count)),
-                                          _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-  _mm256_maskstore_ps(p, mask, v);
-}
-#endif
 
 // The three forward passes on one contiguous row in the accumulation type T.
 // `e0` is scratch of at least C + V::size() elements.
 template <typename T>
-RowResult<T> row_forward(const T* a, const T* b, int64_t C, T* e0, const Phi<T>& phi) {
+RowResult<T> row_forward(const T* a, const T* b, const RowTail<T>& tl, T* e0, const Phi<T>& phi) {
   using V = Vectorized<T>;
   constexpr int64_t W = V::size();
   constexpr T inf = std::numeric_limits<T>::infinity();
-  const int64_t body = C - C % W;
-  const int64_t tail = C - body;
+  const int64_t body = tl.body, tail = tl.tail;
 
   // pass 1: maxima
   V vm0(-inf), vm1(-inf);
@@ -239,8 +256,8 @@ RowResult<T> row_forward(const T* a, const T* b, int64_t C, T* e0, const Phi<T>&
     vm1 = at::vec::maximum(vm1, V::loadu(b + k));
   }
   if (tail) {
-    vm0 = at::vec::maximum(vm0, load_tail(a + body, tail));
-    vm1 = at::vec::maximum(vm1, load_tail(b + body, tail));
+    vm0 = at::vec::maximum(vm0, tl.load(a));
+    vm1 = at::vec::maximum(vm1, tl.load(b));
   }
   const T max0 = reduce_max_nan(vm0), max1 = reduce_max_nan(vm1);
   RowResult<T> r;
@@ -269,7 +286,7 @@ RowResult<T> row_forward(const T* a, const T* b, int64_t C, T* e0, const Phi<T>&
   };
   blocked(body, W, [&](int64_t k) { step2(V::loadu(a + k), V::loadu(b + k), e0 + k); }, flush2);
   if (tail) {
-    step2(load_tail(a + body, tail), load_tail(b + body, tail), e0 + body);
+    step2(tl.load(a), tl.load(b), e0 + body);
     flush2();
   }
   const T sum0 = reduce_sum(s0);
@@ -284,7 +301,7 @@ RowResult<T> row_forward(const T* a, const T* b, int64_t C, T* e0, const Phi<T>&
       s1 = s1 + bs1;
       bs1 = zero;
     });
-    if (tail) s1 = s1 + vexp(load_tail(b + body, tail) - vm1s);
+    if (tail) s1 = s1 + vexp(tl.load(b) - vm1s);
     return std::log(reduce_sum(s1));
   };
   // The max-shifted difference (m1 - m0) + (log s1 - log s0), or lse1 - lse0 when either is infinite.
@@ -303,11 +320,11 @@ RowResult<T> row_forward(const T* a, const T* b, int64_t C, T* e0, const Phi<T>&
   const T dbar = reduce_sum(dsum) / sum0;
   const V vdbar(dbar), umax(static_cast<T>(kUMax));
   V acc(T(0)), block_acc(T(0)), too_large(T(0));
-  auto step3 = [&](const V& za, const V& zb, const V& ea, int64_t count) {
+  auto step3 = [&](const V& za, const V& zb, const V& ea, bool is_tail) {
     V d = zb - za;
     d = d & (d == d);
     V u = d - vdbar;
-    if (count < W) u = V::set(zero, u, count);  // padding lanes take no part in the u > U_MAX test
+    if (is_tail) u = u & tl.keep;  // lanes outside the tail take no part in the u > U_MAX test
     too_large = too_large | (u > umax);
     block_acc = at::vec::fmadd(ea, phi(u), block_acc);
   };
@@ -315,9 +332,9 @@ RowResult<T> row_forward(const T* a, const T* b, int64_t C, T* e0, const Phi<T>&
     acc = acc + block_acc;
     block_acc = zero;
   };
-  blocked(body, W, [&](int64_t k) { step3(V::loadu(a + k), V::loadu(b + k), V::loadu(e0 + k), W); }, flush3);
+  blocked(body, W, [&](int64_t k) { step3(V::loadu(a + k), V::loadu(b + k), V::loadu(e0 + k), false); }, flush3);
   if (tail) {
-    step3(load_tail(a + body, tail), load_tail(b + body, tail), V::loadu(e0 + body), tail);
+    step3(tl.load(a), tl.load(b), V::loadu(e0 + body), true);
     flush3();
   }
   if (true_lanes(too_large) != 0) {
@@ -348,7 +365,11 @@ void row_backward(const T* a, const T* b, int64_t C, const T* st, T g_d, T g_ce,
     (c0 * vexp((V::loadu(a + k) - m0) - ls0)).store(dz0 + k);
     (c1 * vexp((V::loadu(b + k) - m1) - ls1)).store(dz1 + k);
   }
-  if (k < C) {
+  if (k < C && C >= W) {  // overlap the last full vector: the map is elementwise, so rewriting is harmless
+    k = C - W;
+    (c0 * vexp((V::loadu(a + k) - m0) - ls0)).store(dz0 + k);
+    (c1 * vexp((V::loadu(b + k) - m1) - ls1)).store(dz1 + k);
+  } else if (k < C) {
     const int64_t n = C - k;
     store_tail(c0 * vexp((load_tail(a + k, n) - m0) - ls0), dz0 + k, n);
     store_tail(c1 * vexp((load_tail(b + k, n) - m1) - ls1), dz1 + k, n);
@@ -409,12 +430,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> energy_head_forward(const at::Ten
     T* pst = stats.mutable_data_ptr<T>();
     at::parallel_for(0, B, grain_rows(C), [&](int64_t begin, int64_t end) {
       const Phi<T> phi;
+      const RowTail<T> tl(C);
       const int64_t W = Vectorized<T>::size();
       std::vector<T> e0(C + W), abuf(convert ? C : 0), bbuf(convert ? C : 0);
       for (int64_t i = begin; i < end; ++i) {
         const T* a = as_acc(pa + i * C, C, abuf.data());
         const T* b = as_acc(pb + i * C, C, bbuf.data());
-        const RowResult<T> r = row_forward(a, b, C, e0.data(), phi);
+        const RowResult<T> r = row_forward(a, b, tl, e0.data(), phi);
         pD[i] = r.D;
         T* st = pst + 4 * i;
         st[0] = r.m0, st[1] = r.log_s0, st[2] = r.m1, st[3] = r.log_s1;
