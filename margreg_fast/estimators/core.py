@@ -58,8 +58,7 @@ def _logits_and_grad_source(model: nn.Module, x: torch.Tensor, logits: Optional[
     return x_in, logits, probe_forward(model, x_in)
 
 
-def _input_gradient(s: torch.Tensor, x_in: torch.Tensor, zg: torch.Tensor, logits_given: bool,
-                    create_graph: bool) -> torch.Tensor:
+def _input_gradient(s: torch.Tensor, x_in: torch.Tensor, logits_given: bool, create_graph: bool) -> torch.Tensor:
     (g,) = torch.autograd.grad(s.sum(), x_in, retain_graph=True, create_graph=create_graph, allow_unused=True)
     if g is None:
         if logits_given:
@@ -77,14 +76,14 @@ def estimate(model: nn.Module, x: torch.Tensor, target: Optional[torch.Tensor], 
         s = value(quantity, zg, target)
         if method == "exact":
             try:
-                g = _input_gradient(s, x_in, zg, logits is not None, create_graph=True)
+                g = _input_gradient(s, x_in, logits is not None, create_graph=True)
             except RuntimeError as err:
                 if errors.is_derivative_error(err):
                     raise errors.unsupported(method, err) from err
                 raise
             errors.check_twice_differentiable(g, method)
         else:
-            g = _input_gradient(s, x_in, zg, logits is not None, create_graph=False)
+            g = _input_gradient(s, x_in, logits is not None, create_graph=False)
     ce = F.cross_entropy(z0, target, reduction="none") if with_ce and method != "fd" else None
 
     if method == "exact":
