@@ -43,7 +43,7 @@ def check_common(model, x, method: str, step: Step, reduction: str, logits: Opti
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise TypeError(f"x must be a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}")
     if x.dim() < 2:
-        raise ValueError(f"x must have a batch dimension and at least one feature dimension, got shape {tuple(x.shape)}")
+        raise ValueError(f"x must have a batch dimension and at least one feature dimension, got {tuple(x.shape)}")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     check_step(step)
@@ -96,7 +96,7 @@ def marginal_density_penalty(model: nn.Module, x: torch.Tensor, *, method: str =
 def input_gradient_penalty(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, kind: str = "conditional",
                            method: str = "exact", step: Step = 1e-2, reduction: str = "mean",
                            logits: Optional[torch.Tensor] = None, backend: str = "auto") -> torch.Tensor:
-    """Baseline penalties: ||grad_x CE(model(x), y)||^2 (``kind="conditional"``) or ||grad_x model(x)_y||^2 (``"joint"``).
+    """Baselines: ||grad_x CE(model(x), y)||^2 (``kind="conditional"``) or ||grad_x model(x)_y||^2 (``"joint"``).
 
     Same estimators and arguments as :func:`marginal_density_penalty`; ``y`` holds int64 class indices (B,).
     """

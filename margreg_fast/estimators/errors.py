@@ -60,7 +60,7 @@ def is_derivative_error(err: BaseException) -> bool:
 
 
 def check_twice_differentiable(g: torch.Tensor, method: str) -> None:
-    """Raise :class:`UnsupportedEstimatorError` if backpropagating through ``g``'s graph would hit a missing derivative."""
+    """Raise :class:`UnsupportedEstimatorError` if backpropagating through ``g``'s graph hits a missing derivative."""
     seen, stack = set(), [g.grad_fn]
     while stack:
         node = stack.pop()
@@ -68,7 +68,8 @@ def check_twice_differentiable(g: torch.Tensor, method: str) -> None:
             continue
         seen.add(node)
         if node.name() in (_NOT_IMPLEMENTED_NODE, _COMPILED_DOUBLE_BACKWARD_NODE):
-            err = _provoke(node) if node.name() == _NOT_IMPLEMENTED_NODE else RuntimeError(_COMPILED_DOUBLE_BACKWARD_MESSAGE)
+            compiled = node.name() == _COMPILED_DOUBLE_BACKWARD_NODE
+            err = RuntimeError(_COMPILED_DOUBLE_BACKWARD_MESSAGE) if compiled else _provoke(node)
             raise unsupported(method, err) from err
         stack.extend(child for child, _ in node.next_functions)
 
