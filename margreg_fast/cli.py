@@ -115,6 +115,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="attribution for leakage, insertion and the figures (default: %(default)s)")
     p.add_argument("--device", default="cpu", help="training device, e.g. cpu or cuda (default: %(default)s); "
                                                    "evaluation runs on the CPU")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="CPU threads for torch (default: torch's choice); 1 is fastest on a busy machine")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -177,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             cfg = config_from_args(args)
             device = _check_device(args.device)
+            if args.threads is not None:
+                import torch
+
+                torch.set_num_threads(args.threads)
             out = args.out
             if args.command == "train":
                 runner.train_all(cfg, out, quiet=args.quiet, device=device)

@@ -10,7 +10,7 @@ import pytest
 from margreg_fast.cli import build_parser, config_from_args, main
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--epochs", "1", "--max-train", "64", "--max-test", "32", "--eval-samples", "4", "--width", "8",
+TINY = ["--epochs", "1", "--max-train", "64", "--max-test", "32", "--eval-samples", "4", "--width", "8", "--threads", "1",
         "--methods", "none", "mdr"]
 
 

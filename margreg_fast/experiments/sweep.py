@@ -14,6 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import torch
+
 from ..cli import _add_common, _positive_float, config_from_args
 from .checkpoint import load_json, save_json
 from .report import claim_checks
@@ -40,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
         base = config_from_args(args)
     except ValueError as exc:
         parser.error(str(exc))
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     out = Path(args.out)
     kw = dict(quiet=args.quiet, device=args.device)
     if args.baseline is None:

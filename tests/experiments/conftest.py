@@ -5,7 +5,7 @@ from margreg_fast.experiments.config import ExperimentConfig
 
 #: CLI flags of a tiny but complete experiment (all four methods, real embedded digits).
 TINY_FLAGS = ["--epochs", "1", "--max-train", "96", "--max-test", "48", "--eval-samples", "8",
-              "--width", "8", "--batch-size", "32", "--quiet"]
+              "--width", "8", "--batch-size", "32", "--threads", "1", "--quiet"]
 
 
 @pytest.fixture

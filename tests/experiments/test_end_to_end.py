@@ -65,7 +65,7 @@ def test_output_dir_of_another_config_is_refused(tmp_path, tiny_config):
 
 def _cli(out: Path) -> list[str]:
     return [sys.executable, "-m", "margreg_fast", "experiment", "blockmnist", "--out", str(out),
-            "--methods", "none", "mdr", *TINY_FLAGS, "--epochs", "4", "--max-train", "256"]
+            "--methods", "none", "mdr", *TINY_FLAGS, "--epochs", "3", "--max-train", "160"]
 
 
 def _without_timing(path: Path) -> dict:
