@@ -23,8 +23,9 @@
 //
 // Accumulation in float for float/bfloat16/float16 input (half rows are first converted to a
 // per-thread float row), in double for double. Vectorised with at::vec::Vectorized: setup.py adds
-// -mavx2 -mfma -DCPU_CAPABILITY_AVX2 when the build machine has AVX2 and FMA (Sleef exp, <= 1 ulp);
-// otherwise the same code compiles to the portable scalar Vectorized fallback.
+// -mavx2 -mfma -mf16c -DCPU_CAPABILITY_AVX2 when the build machine has AVX2, FMA and F16C (then float
+// exp is an inlined Cephes polynomial, ~2 ulp, and double exp Sleef's, <= 1 ulp); otherwise the same
+// code compiles to at::vec's portable fallback (build-time choice: the .so targets the build machine).
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
