@@ -3,7 +3,8 @@
 - ``attributions.png``: the same test inputs (top row) and each method's attribution map for them
   (one row per method, first seed), shown as |attribution| normalised per image, so where a model
   looks is comparable across methods whatever its gradient scale.
-- ``insertion.png``: the insertion-game curve of each method (mean over seeds), AUC in the legend.
+- ``insertion.png``: the insertion-game curve of each method (mean over seeds), AUC in the legend;
+  the curve is (z(x_f) - z(0)) / (z(x) - z(0)) averaged as in metrics.insertion_curve, so it can exceed 1.
 """
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ def insertion_figure(cfg: ExperimentConfig, results: list[dict], path: Path) -> 
         auc = np.mean([r["metrics"]["insertion_auc"] for r in runs])
         ax.plot(fractions, curve, marker="o", ms=3, label=f"{method} (AUC {auc:.3f})")
     ax.set_xlabel("fraction of pixels inserted (by attribution rank)")
-    ax.set_ylabel("target logit / full-image logit")
+    ax.set_ylabel("fraction of the target-logit change")
     ax.set_title(f"{cfg.experiment}: insertion game ({cfg.attribution})")
     ax.grid(alpha=0.3)
     ax.legend()
