@@ -100,6 +100,11 @@ class ExperimentConfig:
                 raise ValueError(f"estimator given for unknown method {m!r}")
             if e not in ESTIMATORS:
                 raise ValueError(f"estimator for {m} must be one of {ESTIMATORS}, got {e!r}")
+        if self.model == "vit":  # SDPA attention has no double backward / forward-mode AD on CPU
+            bad = [m for m in self.methods if m != "none" and {**DEFAULT_ESTIMATORS, **self.estimators}[m] in ("exact", "jvp")]
+            if bad:
+                raise ValueError(f"model 'vit' uses scaled_dot_product_attention, which the exact/jvp estimators "
+                                 f"cannot differentiate twice; use --estimator fd (or central) for {', '.join(bad)}")
         # Normalise containers so that equality and JSON round trips are exact.
         object.__setattr__(self, "methods", tuple(self.methods))
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))

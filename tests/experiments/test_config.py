@@ -23,6 +23,7 @@ def test_round_trip_through_dict_is_exact():
     ({"estimators": {"mdr": "magic"}}, "estimator for mdr"),
     ({"test_fraction": 1.0}, "test_fraction"),
     ({"attribution": "lime"}, "attribution"),
+    ({"model": "vit", "methods": ("none", "igr")}, "estimator fd"),
 ])
 def test_bad_values_are_named(change, words):
     with pytest.raises(ValueError, match=words):
