@@ -28,27 +28,41 @@ class _EnergyHead(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, z0, z1, target, ignore_index, backend):
+    def forward(ctx, z0, z1, target, step, ignore_index, backend):
         impl = backends.BACKENDS[backend]
         D, ce, stats = impl.forward(z0, z1, target, ignore_index)
-        ctx.save_for_backward(z0, z1, target, stats)
+        # The penalty (D / h)^2 is formed here rather than by autograd ops on D, so its gradient folds
+        # into the one kernel pass of the backward.
+        penalty = D.new_empty(0) if step is None else (D / step) ** 2
+        step_tensor = step if isinstance(step, torch.Tensor) else None
+        ctx.save_for_backward(z0, z1, target, stats, D, step_tensor)
+        ctx.step = None if step_tensor is not None else step
         ctx.ignore_index, ctx.backend, ctx.has_target = ignore_index, backend, target is not None
         if target is None:
             ctx.mark_non_differentiable(ce)
-        return D, ce
+        if step is None:
+            ctx.mark_non_differentiable(penalty)
+        return D, ce, penalty
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_d, grad_ce):
-        z0, z1, target, stats = ctx.saved_tensors
-        if grad_d is None:
-            grad_d = torch.zeros_like(stats[:, 0])
+    def backward(ctx, grad_d, grad_ce, grad_penalty):
+        r"""dL/dD = g_D + g_P * 2 D / h^2 goes to one fused kernel pass; dL/dh = -g_P * 2 D^2 / h^3."""
+        z0, z1, target, stats, D, step_tensor = ctx.saved_tensors
+        h = ctx.step if step_tensor is None else step_tensor
+        grad_d = torch.zeros_like(D) if grad_d is None else grad_d
+        grad_h = None
+        if grad_penalty is not None and h is not None:
+            grad_d = grad_d + grad_penalty * (2.0 * D / (h * h))
+            if step_tensor is not None and ctx.needs_input_grad[3]:
+                grad_h = -2.0 * grad_penalty * D * D / (h * h * h)
+                grad_h = (grad_h.sum().reshape(h.shape) if h.dim() == 0 else grad_h).to(h.dtype)
         if not ctx.has_target:
             grad_ce = None
         impl = backends.BACKENDS[ctx.backend]
         dz0, dz1 = impl.backward(z0, z1, target, ctx.ignore_index, stats, grad_d.contiguous(),
                                  None if grad_ce is None else grad_ce.contiguous())
-        return dz0, dz1, None, None, None
+        return dz0, dz1, None, grad_h, None, None
 
 
 class EnergyPenalty(NamedTuple):
@@ -59,13 +73,13 @@ class EnergyPenalty(NamedTuple):
     difference: torch.Tensor  #: D = logsumexp(z1) - logsumexp(z0), shape (B,)
 
 
-def _head(z0, z1, target, ignore_index, backend):
+def _head(z0, z1, target, step, ignore_index, backend):
     check_logits(z0, z1)
     if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
         raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
     target = check_target(target, z0, ignore_index)
     name = backends.resolve(backend, z0.device)
-    return _EnergyHead.apply(z0, z1, target, ignore_index, name)
+    return _EnergyHead.apply(z0, z1, target, step, ignore_index, name)
 
 
 def energy_difference(z0: torch.Tensor, z1: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
@@ -79,7 +93,7 @@ def energy_difference(z0: torch.Tensor, z1: torch.Tensor, *, backend: str = "aut
         D of shape (B,), float32 (float64 for float64 logits). Differentiable in z0 and z1 with
         dD/dz1 = softmax(z1) and dD/dz0 = -softmax(z0).
     """
-    D, _ = _head(z0, z1, None, -100, backend)
+    D, _, _ = _head(z0, z1, None, None, -100, backend)
     return D
 
 
@@ -104,6 +118,5 @@ def energy_penalty(
     """
     check_logits(z0, z1)
     h = check_step(step, z0.shape[0], z0.device)
-    D, ce = _head(z0, z1, target, ignore_index, backend)
-    penalty = (D / h) ** 2
+    D, ce, penalty = _head(z0, z1, target, h, ignore_index, backend)
     return EnergyPenalty(penalty, ce if target is not None else None, D)
