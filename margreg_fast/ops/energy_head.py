@@ -53,7 +53,7 @@ class _EnergyHead(torch.autograd.Function):
         grad_d = torch.zeros_like(D) if grad_d is None else grad_d
         grad_h = None
         if grad_penalty is not None and h is not None:
-            grad_d = grad_d + grad_penalty * (2.0 * D / (h * h))
+            grad_d = torch.addcmul(grad_d, grad_penalty, D / (0.5 * h * h))
             if step_tensor is not None and ctx.needs_input_grad[3]:
                 grad_h = -2.0 * grad_penalty * D * D / (h * h * h)
                 grad_h = (grad_h.sum().reshape(h.shape) if h.dim() == 0 else grad_h).to(h.dtype)
@@ -75,6 +75,7 @@ class EnergyPenalty(NamedTuple):
 
 def _head(z0, z1, target, step, ignore_index, backend):
     check_logits(z0, z1)
+    step = None if step is None else check_step(step, z0.shape[0], z0.device)
     if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
         raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
     target = check_target(target, z0, ignore_index)
@@ -116,7 +117,5 @@ def energy_penalty(
             pass (rows equal to ``ignore_index`` give 0).
         backend: ``"auto"``, ``"torch"``, ``"native"`` or ``"triton"``.
     """
-    check_logits(z0, z1)
-    h = check_step(step, z0.shape[0], z0.device)
-    D, ce, penalty = _head(z0, z1, target, h, ignore_index, backend)
+    D, ce, penalty = _head(z0, z1, target, step, ignore_index, backend)
     return EnergyPenalty(penalty, ce if target is not None else None, D)

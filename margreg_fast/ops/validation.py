@@ -51,8 +51,9 @@ def check_target(target: Optional[torch.Tensor], z0: torch.Tensor, ignore_index:
         raise ValueError(f"target must be on the logits' device {z0.device}, got {target.device}")
     num_classes = z0.shape[1]
     if target.numel() and not torch.compiler.is_compiling():
-        bad = ((target < 0) | (target >= num_classes)) & (target != ignore_index)
-        if bool(bad.any()):
+        low, high = (int(v) for v in torch.aminmax(target))  # one pass; the exact check only if needed
+        bad = None if low >= 0 and high < num_classes else ((target < 0) | (target >= num_classes)) & (target != ignore_index)
+        if bad is not None and bool(bad.any()):
             first = int(target[bad][0])
             raise ValueError(
                 f"target contains class index {first} outside [0, {num_classes}) "
