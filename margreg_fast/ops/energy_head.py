@@ -21,7 +21,7 @@ from .validation import Step, check_logits, check_step, check_target
 
 
 class _EnergyHead(torch.autograd.Function):
-    """Autograd bridge to a backend: forward -> (D, ce); backward -> one fused pass for dz0, dz1.
+    """Autograd bridge to a backend: forward -> (D, ce, penalty); backward -> one fused pass for dz0, dz1.
 
     The backward is once-differentiable: differentiating it again raises instead of silently
     dropping the second-order terms (the finite-difference estimators never need them).
@@ -53,7 +53,7 @@ class _EnergyHead(torch.autograd.Function):
         grad_d = torch.zeros_like(D) if grad_d is None else grad_d
         grad_h = None
         if grad_penalty is not None and h is not None:
-            grad_d = torch.addcmul(grad_d, grad_penalty, D / (0.5 * h * h))
+            grad_d = torch.addcmul(grad_d, grad_penalty, D / (0.5 * h * h)).to(D.dtype)
             if step_tensor is not None and ctx.needs_input_grad[3]:
                 grad_h = -2.0 * grad_penalty * D * D / (h * h * h)
                 grad_h = (grad_h.sum().reshape(h.shape) if h.dim() == 0 else grad_h).to(h.dtype)

@@ -151,3 +151,16 @@ def test_ignore_index_rows_give_zero_ce_and_no_ce_gradient(backend, ignore_index
     torch.testing.assert_close(out.ce.cpu().double(), want, rtol=1e-6, atol=0)
     out.ce.sum().backward()
     assert (a.grad[1] == 0).all() and (a.grad[[0, 2, 3]] != 0).any()
+
+
+def test_step_tensor_of_another_float_dtype_gets_its_gradient(backend):
+    """An fp64 per-sample step on fp32 logits: dz in the logits' dtype, dh = -2 D^2 / h^3 in the step's."""
+    name, device = backend
+    z0, z1 = make_logits(5, 7, 1.0, 0.01)
+    a = z0.to(device).requires_grad_()
+    h = torch.full((5,), 0.1, dtype=torch.float64, device=device, requires_grad=True)
+    out = mf.energy_penalty(a, z1.to(device), h, backend=name)
+    out.penalty.sum().backward()
+    assert a.grad.dtype == torch.float32 and h.grad.dtype == torch.float64
+    D = out.difference.detach().double()
+    torch.testing.assert_close(h.grad, -2 * D**2 / 0.1**3, rtol=1e-6, atol=0)
