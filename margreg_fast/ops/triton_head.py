@@ -98,6 +98,15 @@ if _IMPORT_ERROR is None:
             return tl.exp(x)
 
     @triton.jit
+    def _load_differences(z0_rows, z1_rows, idx, inside, ACC: tl.constexpr):
+        """One (ROWS, BLOCK) tile of z0 and z1 (-inf outside the row) and d = z1 - z0, with d = 0 where a
+        class is masked (-inf) in both rows (the reference's rule; it carries no probability mass)."""
+        a = tl.load(z0_rows + idx, mask=inside, other=float("-inf")).to(ACC)
+        b = tl.load(z1_rows + idx, mask=inside, other=float("-inf")).to(ACC)
+        d = tl.where((a == float("-inf")) & (b == float("-inf")), 0.0, b - a)
+        return a, b, d
+
+    @triton.jit
     def _forward_kernel(
         z0_ptr, z1_ptr, target_ptr, d_ptr, ce_ptr, stats_ptr,
         n_rows, n_cols, ignore_index,
@@ -123,14 +132,12 @@ if _IMPORT_ERROR is None:
         for start in range(0, n_cols, BLOCK):
             idx = start + cols
             inside = row_ok[:, None] & (idx < n_cols)
-            a = tl.load(z0_rows + idx, mask=inside, other=neg_inf).to(ACC)
-            b = tl.load(z1_rows + idx, mask=inside, other=neg_inf).to(ACC)
+            a, b, d = _load_differences(z0_rows, z1_rows, idx, inside, ACC)
             masked0 = a == neg_inf
             masked1 = b == neg_inf
             bad0 += tl.sum(tl.where((a != a) | (a == float("inf")), a, 0.0), axis=1)
             bad1 += tl.sum(tl.where((b != b) | (b == float("inf")), b, 0.0), axis=1)
             n_mismatch += tl.sum((masked0 != masked1).to(tl.int32), axis=1)
-            d = tl.where(masked0 & masked1, 0.0, b - a)
 
             m0_new = tl.maximum(m0, tl.max(a, axis=1))
             shift0 = tl.where(m0_new == neg_inf, 0.0, m0_new)  # never exp(-inf - (-inf))
@@ -159,9 +166,7 @@ if _IMPORT_ERROR is None:
         for start in range(0, n_cols, BLOCK):
             idx = start + cols
             inside = row_ok[:, None] & (idx < n_cols)
-            a = tl.load(z0_rows + idx, mask=inside, other=neg_inf).to(ACC)
-            b = tl.load(z1_rows + idx, mask=inside, other=neg_inf).to(ACC)
-            d = tl.where((a == neg_inf) & (b == neg_inf), 0.0, b - a)
+            a, _, d = _load_differences(z0_rows, z1_rows, idx, inside, ACC)
             u = d - dbar[:, None]
             n_large += tl.sum(((u > U_CAP) & inside).to(tl.int32), axis=1)
             # phi(u) = exp(u) - 1 - u: Taylor series to u^10 (Horner) for |u| < PHI_CUTOFF, else direct
