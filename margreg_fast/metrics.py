@@ -129,7 +129,11 @@ def insertion_auc(model: torch.nn.Module, x: torch.Tensor, attr: torch.Tensor, t
                   batch_size: int = 512) -> float:
     """Trapezoid area under ``insertion_curve`` over fractions in [0, 1] (1 = all logit change at once;
     about 0.5 for a linear model and a random order; higher is better)."""
-    fractions, curve = insertion_curve(model, x, attr, target, steps=steps, batch_size=batch_size)
+    return curve_area(*insertion_curve(model, x, attr, target, steps=steps, batch_size=batch_size))
+
+
+def curve_area(fractions: torch.Tensor, curve: torch.Tensor) -> float:
+    """Trapezoid area under an insertion curve (what :func:`insertion_auc` returns for it)."""
     return torch.trapezoid(curve, fractions).item()
 
 

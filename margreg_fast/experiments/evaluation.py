@@ -61,7 +61,7 @@ def evaluate_model(model: torch.nn.Module, test: ImageDataset, cfg: ExperimentCo
         if test.null_mask is not None:
             out["leakage"] = metrics.feature_leakage(attr, test.null_mask[:n])
         fractions, curve = metrics.insertion_curve(model, x, attr, y, steps=cfg.insertion_steps)
-        out["insertion_auc"] = metrics.insertion_auc(model, x, attr, y, steps=cfg.insertion_steps)
+        out["insertion_auc"] = metrics.curve_area(fractions, curve)
         out["pgd_linf_acc"] = _pgd_accuracy(model, x, y, eps=cfg.pgd_linf_eps, norm="linf",
                                             steps=cfg.pgd_steps, seed=seed)
         out["pgd_l2_acc"] = _pgd_accuracy(model, x, y, eps=cfg.pgd_l2_eps, norm="l2", steps=cfg.pgd_steps, seed=seed)
