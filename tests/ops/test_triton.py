@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from margreg_fast.ops import reference, triton_head
-from tests.ops.truth import make_logits, relative_max_error, scaled_error, true_difference
+from tests.ops.truth import error_scale, make_logits, relative_max_error, scaled_error
 
 INTERPRETER = os.environ.get("TRITON_INTERPRET", "").lower() in ("1", "true", "on", "yes")
 pytestmark = pytest.mark.skipif(
@@ -64,12 +64,6 @@ def ce_error(ce, ce64):
     return ((ce.double() - ce64).abs().max() / ce64.abs().max().clamp_min(1.0)).item()
 
 
-def scale_of(z0, z1):
-    """|D64| + sum_k p0_k |d_k|, the scale of the issue's error bound (as in scaled_error)."""
-    truth, spread = true_difference(z0, z1)
-    return (truth.abs() + spread).clamp_min(torch.finfo(torch.float32).tiny)
-
-
 def unmask(z):
     """-inf -> -1e30: the float64 truth of tests.ops.truth then gives classes masked on both sides
     p0 = 0 and d = 0, as the kernel treats them."""
@@ -96,7 +90,7 @@ def test_fp32_difference_and_ce_match_float64(shape, scale):
         assert ce_error(ce, ce64) <= 1e-6
         D_ref, _, stats_ref = reference.forward(z0, z1, target, -100)
         assert_stats_match_reference(stats, stats_ref)
-        assert ((D - D_ref).abs() / scale_of(z0, z1)).max() <= 1e-5
+        assert ((D - D_ref).abs() / error_scale(z0, z1, torch.float32)[1]).max() <= 1e-5
 
 
 def test_naive_difference_misses_the_bound_the_kernel_meets():

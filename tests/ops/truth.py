@@ -39,9 +39,14 @@ def scaled_error(D, z0, z1):
     difference sits on classes with p0 < 1e-38 (e.g. scale-20 logits with 1e-7 steps, where most
     fp32 differences round to exactly 0).
     """
-    truth, spread = true_difference(z0, z1)
-    scale = (truth.abs() + spread).clamp_min(torch.finfo(D.dtype).tiny)
+    truth, scale = error_scale(z0, z1, D.dtype)
     return ((D.double() - truth).abs() / scale).max().item()
+
+
+def error_scale(z0, z1, dtype):
+    """(D_true, |D_true| + sum_k p0_k |d_k| floored at tiny(dtype)): the denominator of scaled_error."""
+    truth, spread = true_difference(z0, z1)
+    return truth, (truth.abs() + spread).clamp_min(torch.finfo(dtype).tiny)
 
 
 def relative_max_error(x, ref):
