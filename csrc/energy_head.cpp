@@ -9,7 +9,10 @@
 // difference overflows) or some u_k > U_MAX. Rows holding NaN/+inf give NaN; all -inf rows give NaN
 // exactly as torch.logsumexp(z1) - torch.logsumexp(z0).
 //
-// Forward, one row at a time while it is cache-hot (parallel over rows):
+// Forward, parallel over rows. Short rows (C <= kLaneMaxClasses) go W at a time, transposed so
+// that lane j of every vector holds row j: each per-row step below is then one vector operation for
+// W rows, with no horizontal reductions (lanes_forward; its rare special rows redo the row path).
+// Longer rows go one at a time while cache-hot:
 //   pass 1: row maxima m0, m1 (NaN-propagating; a NaN/+inf maximum flags the row invalid);
 //   pass 2: e0 = exp(z0 - m0) (kept in a per-thread scratch row), s0 = sum e0, sum e0 d, sum e0 |d|,
 //           and a flag for an infinite d (a class masked in one row only);
@@ -52,6 +55,10 @@ constexpr double kDerivedSpreadMax = 1.0;
 constexpr int64_t kBlockVecs = 64;
 // Rows per parallel chunk are chosen so a chunk holds at least this many elements.
 constexpr int64_t kGrainElements = 32768;
+// Forward rows of at most this many classes run W at a time, one per vector lane (lanes_forward).
+// Measured on Zen 4 (fp32, one thread): lanes take 0.36x the row path's time at C = 10, 0.8x at
+// C = 64 and 0.85-0.9x at 128; from about C = 200 the row path is faster.
+constexpr int64_t kLaneMaxClasses = 128;
 
 template <typename T>
 T inv_factorial(int k) {
@@ -366,6 +373,81 @@ RowResult<T> row_forward(const T* a, const T* b, const RowTail<T>& tl, T* e0, co
   return r;
 }
 
+// log1p(x) for x >= 0 on a vector, as log1p_nonneg lane by lane (Sleef log1p where x >= 1e-3).
+template <typename T>
+MF_INLINE Vectorized<T> log1p_nonneg(const Vectorized<T>& x) {
+  using V = Vectorized<T>;
+  V s(T(1) / T(7));
+  for (int k = 6; k >= 1; --k) s = V(T(1) / T(k)) - x * s;
+  const V series = x * s;
+  const V small = x < V(T(1e-3));
+  if (true_lanes(small) == (1 << V::size()) - 1) return series;
+  return V::blendv(x.log1p(), series, small);
+}
+
+// Lane-parallel results for W rows: lane j holds row j of the group.
+template <typename T>
+struct LaneResult {
+  Vectorized<T> D, m0, log_s0, m1, log_s1;
+  int special;  // bit j set: row j needs row_forward (invalid, a one-row mask, or some u > U_MAX)
+};
+
+// The forward on W short rows at once, lane j holding row j: the same arithmetic as row_forward,
+// but every per-row step (maxima, sums, log, log1p) is one vector operation for all W rows, with no
+// horizontal reductions. `a`, `b` hold the rows transposed (element k of row j at [k * W + j]);
+// `e0` is scratch of C * W elements. Rows flagged in `special` take row_forward instead.
+template <typename T>
+LaneResult<T> lanes_forward(const T* a, const T* b, int64_t C, T* e0, const Phi<T>& phi) {
+  using V = Vectorized<T>;
+  constexpr int64_t W = V::size();
+  const V inf(std::numeric_limits<T>::infinity()), zero(T(0));
+  V max0(-std::numeric_limits<T>::infinity()), max1 = max0;
+  for (int64_t k = 0; k < C; ++k) {
+    max0 = at::vec::maximum(max0, V::loadu(a + k * W));
+    max1 = at::vec::maximum(max1, V::loadu(b + k * W));
+  }
+  LaneResult<T> r;
+  const V invalid = (max0 != max0) | (max1 != max1) | (max0 == inf) | (max1 == inf);
+  r.m0 = V::blendv(zero, max0, max0.abs() < inf);
+  r.m1 = V::blendv(zero, max1, max1.abs() < inf);
+
+  V s0(zero), dsum(zero), spread(zero), infinite_d(zero);
+  for (int64_t k = 0; k < C; ++k) {
+    const V za = V::loadu(a + k * W), zb = V::loadu(b + k * W);
+    const V ea = vexp(za - r.m0);
+    V d = zb - za;
+    d = d & (d == d);  // both -inf: d = 0
+    const V ad = d.abs();
+    infinite_d = infinite_d | (ad == inf);
+    s0 = s0 + ea;
+    dsum = at::vec::fmadd(ea, d, dsum);
+    spread = at::vec::fmadd(ea, ad, spread);
+    ea.store(e0 + k * W);
+  }
+  r.log_s0 = s0.log();
+  const V dbar = dsum / s0, umax(static_cast<T>(kUMax));
+  V acc(zero), too_large(zero);
+  for (int64_t k = 0; k < C; ++k) {
+    const V za = V::loadu(a + k * W);
+    V d = V::loadu(b + k * W) - za;
+    d = d & (d == d);
+    const V u = d - dbar;
+    too_large = too_large | (u > umax);
+    acc = at::vec::fmadd(V::loadu(e0 + k * W), phi(u), acc);
+  }
+  r.D = dbar + log1p_nonneg(acc / s0);
+  r.special = true_lanes(invalid | infinite_d | too_large);
+  // log s1 derived from D as in row_forward; rows with a wide spread or a non-finite D sum it directly.
+  r.log_s1 = ((r.m0 - r.m1) + r.log_s0) + r.D;
+  const V derived = (r.D.abs() < inf) & (spread <= V(static_cast<T>(kDerivedSpreadMax)) * s0);
+  if (true_lanes(derived) != (1 << W) - 1) {
+    V s1(zero);
+    for (int64_t k = 0; k < C; ++k) s1 = s1 + vexp(V::loadu(b + k * W) - r.m1);
+    r.log_s1 = V::blendv(s1.log(), r.log_s1, derived);
+  }
+  return r;
+}
+
 // dz0 = (g_ce - g_d) p0, dz1 = g_d p1 on one row; the caller subtracts g_ce at the target.
 template <typename T>
 void row_backward(const T* a, const T* b, int64_t C, const T* st, T g_d, T g_ce, T* dz0, T* dz1) {
@@ -385,6 +467,15 @@ void row_backward(const T* a, const T* b, int64_t C, const T* st, T g_d, T g_ce,
     const int64_t n = C - k;
     store_tail(c0 * vexp((load_tail(a + k, n) - m0) - ls0), dz0 + k, n);
     store_tail(c1 * vexp((load_tail(b + k, n) - m1) - ls1), dz1 + k, n);
+  }
+}
+
+// Rows to lanes: dst[k * W + j] = src[j * C + k] in the accumulation type, for W rows of length C.
+template <typename T, typename scalar_t>
+inline void rows_to_lanes(const scalar_t* src, int64_t C, T* dst) {
+  constexpr int64_t W = Vectorized<T>::size();
+  for (int64_t k = 0; k < C; ++k) {
+    for (int64_t j = 0; j < W; ++j) dst[k * W + j] = static_cast<T>(src[j * C + k]);
   }
 }
 
@@ -440,26 +531,49 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> energy_head_forward(const at::Ten
     T* pD = D.mutable_data_ptr<T>();
     T* pce = ce.mutable_data_ptr<T>();
     T* pst = stats.mutable_data_ptr<T>();
+    // Stores row i's results; its CE reads z0[i, y] from the input itself.
+    auto emit = [&](int64_t i, const RowResult<T>& r) {
+      pD[i] = r.D;
+      T* st = pst + 4 * i;
+      st[0] = r.m0, st[1] = r.log_s0, st[2] = r.m1, st[3] = r.log_s1;
+      T ce_i = T(0);
+      if (pt != nullptr && pt[i] != ignore_index) {
+        const int64_t y = pt[i];
+        TORCH_CHECK(y >= 0 && y < C, "energy_head: target ", y, " out of range [0, ", C, ")");
+        ce_i = r.invalid ? std::numeric_limits<T>::quiet_NaN() : r.log_s0 - (static_cast<T>(pa[i * C + y]) - r.m0);
+      }
+      pce[i] = ce_i;
+    };
     at::parallel_for(0, B, grain_rows(C), [&](int64_t begin, int64_t end) {
       const Phi<T> phi;
       const RowTail<T> tl(C);
-      const int64_t W = Vectorized<T>::size();
+      constexpr int64_t W = Vectorized<T>::size();
       std::vector<T> e0(C + W), abuf(convert ? C : 0), bbuf(convert ? C : 0);
-      for (int64_t i = begin; i < end; ++i) {
+      auto by_row = [&](int64_t i) {
         const T* a = as_acc(pa + i * C, C, abuf.data());
         const T* b = as_acc(pb + i * C, C, bbuf.data());
-        const RowResult<T> r = row_forward(a, b, tl, e0.data(), phi);
-        pD[i] = r.D;
-        T* st = pst + 4 * i;
-        st[0] = r.m0, st[1] = r.log_s0, st[2] = r.m1, st[3] = r.log_s1;
-        T ce_i = T(0);
-        if (pt != nullptr && pt[i] != ignore_index) {
-          const int64_t y = pt[i];
-          TORCH_CHECK(y >= 0 && y < C, "energy_head: target ", y, " out of range [0, ", C, ")");
-          ce_i = r.invalid ? std::numeric_limits<T>::quiet_NaN() : r.log_s0 - (a[y] - r.m0);
+        emit(i, row_forward(a, b, tl, e0.data(), phi));
+      };
+      int64_t i = begin;
+      if (C <= kLaneMaxClasses) {  // short rows: W at a time, one per lane
+        std::vector<T> a_lanes(C * W), b_lanes(C * W), e_lanes(C * W);
+        T lanes[5][W];
+        for (; i + W <= end; i += W) {
+          rows_to_lanes(pa + i * C, C, a_lanes.data());
+          rows_to_lanes(pb + i * C, C, b_lanes.data());
+          const LaneResult<T> r = lanes_forward(a_lanes.data(), b_lanes.data(), C, e_lanes.data(), phi);
+          r.D.store(lanes[0]), r.m0.store(lanes[1]), r.log_s0.store(lanes[2]), r.m1.store(lanes[3]);
+          r.log_s1.store(lanes[4]);
+          for (int64_t j = 0; j < W; ++j) {
+            if ((r.special >> j) & 1) {
+              by_row(i + j);
+            } else {
+              emit(i + j, RowResult<T>{lanes[0][j], lanes[1][j], lanes[2][j], lanes[3][j], lanes[4][j], false});
+            }
+          }
         }
-        pce[i] = ce_i;
       }
+      for (; i < end; ++i) by_row(i);
     });
   });
   return {D, ce, stats};

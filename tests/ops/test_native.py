@@ -221,6 +221,50 @@ def test_nan_and_inf_propagate_as_nan(bad, where):
     assert torch.isfinite(dz0[[0, 2]]).all()
 
 
+def _rows_of_every_kind(batch, classes, dtype):
+    """Logits whose rows hit every branch of the forward, spread over several lane groups."""
+    z0, z1 = make_logits(batch, classes, 4.0, 1e-2, seed=classes, dtype=torch.float64)
+    last = classes - 1
+    z0[1, 0] = z1[1, 0] = NEG_INF  # a class masked in both rows: drops out
+    z0[2, last] = NEG_INF  # masked in z0 only: max-shifted fallback
+    z1[3, 0] = NEG_INF  # masked in z1 only
+    z0[4] = z1[4] = NEG_INF  # all -inf: NaN
+    z0[5] = NEG_INF  # z0 all -inf: +inf
+    z1[6] = NEG_INF  # z1 all -inf: -inf
+    z0[9, 0], z1[10, last], z0[11, 0] = NAN, INF, INF  # NaN / +inf: NaN
+    z0[12], z1[12] = 0.0, 0.0  # class `last` dominant, class 0 jumps by 100: u > U_MAX, fallback
+    z0[12, last] = z1[12, last] = 10.0
+    z1[12, 0] = 100.0
+    z1[13] = z0[13] + 3.0 * torch.linspace(-1, 1, classes, dtype=torch.float64)  # spread > 1: log s1 summed
+    z1[17] = z0[17] + 5.0  # a constant shift: D = 5 (up to the rounding to dtype)
+    return z0.to(dtype), z1.to(dtype)
+
+
+# 37 rows: four full lane groups of 8 fp32 rows (nine of 4 fp64 rows) and a remainder taking the
+# row path; C = 129 takes the row path throughout (the lane path covers C <= 128).
+@pytest.mark.parametrize("classes", [2, 10, 128, 129])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16], ids=str)
+def test_rows_of_every_kind_match_the_reference(classes, dtype):
+    """Short rows run W at a time, one per vector lane; rows needing a fallback redo the row path.
+    Every kind of row, mixed into the lane groups, must give the reference's D, CE, stats and
+    gradients (assert_close's defaults for the accumulation dtype; NaN where the reference has NaN)."""
+    z0, z1 = _rows_of_every_kind(37, classes, dtype)
+    target = torch.arange(37) % classes
+    target[::5] = -100
+    got = OPS.energy_head_forward(z0, z1, target, -100)
+    want = reference.forward(z0, z1, target, -100)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, equal_nan=True)
+    shift = torch.logsumexp(z1[17].double(), 0) - torch.logsumexp(z0[17].double(), 0)  # ~5 once rounded
+    assert got[0][17].item() == pytest.approx(shift.item(), rel=1e-6)
+    grad_d = torch.linspace(-1, 1, 37, dtype=got[0].dtype)  # gradients come in the outputs' dtype
+    grad_ce = torch.linspace(1, 2, 37, dtype=got[0].dtype)
+    got_b = OPS.energy_head_backward(z0, z1, target, -100, got[2], grad_d, grad_ce)
+    want_b = reference.backward(z0, z1, target, -100, want[2], grad_d, grad_ce)
+    for g, w in zip(got_b, want_b):
+        torch.testing.assert_close(g, w, equal_nan=True)
+
+
 def test_direct_op_call_rejects_bad_input():
     z = torch.zeros(2, 3)
     with pytest.raises(RuntimeError, match="out of range"):
