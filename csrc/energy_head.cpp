@@ -539,7 +539,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> energy_head_forward(const at::Ten
       T ce_i = T(0);
       if (pt != nullptr && pt[i] != ignore_index) {
         const int64_t y = pt[i];
-        TORCH_CHECK(y >= 0 && y < C, "energy_head: target ", y, " out of range [0, ", C, ")");
+        // ValueError, worded as the Python check that other backends run (native.CHECKS_TARGET_RANGE).
+        TORCH_CHECK_VALUE(y >= 0 && y < C, "target contains class index ", y, " outside [0, ", C,
+                          ") (and not ignore_index=", ignore_index, ")");
         ce_i = r.invalid ? std::numeric_limits<T>::quiet_NaN() : r.log_s0 - (static_cast<T>(pa[i * C + y]) - r.m0);
       }
       pce[i] = ce_i;

@@ -1,6 +1,7 @@
 """Backend registry for the fused energy head: name -> implementation module.
 
-Each backend module exposes ``is_available(device) -> bool``, ``unavailable_reason(device) -> str``,
+Each backend module exposes ``CHECKS_TARGET_RANGE`` (whether its forward raises ValueError for
+out-of-range targets itself), ``is_available(device) -> bool``, ``unavailable_reason(device) -> str``,
 ``forward(z0, z1, target, ignore_index) -> (D, ce, stats)`` and
 ``backward(z0, z1, target, ignore_index, stats, grad_d, grad_ce) -> (dz0, dz1)``
 with the semantics of :mod:`margreg_fast.ops.reference`.

@@ -50,18 +50,20 @@ class _EnergyHead(torch.autograd.Function):
         r"""dL/dD = g_D + g_P * 2 D / h^2 goes to one fused kernel pass; dL/dh = -g_P * 2 D^2 / h^3."""
         z0, z1, target, stats, D, step_tensor = ctx.saved_tensors
         h = ctx.step if step_tensor is None else step_tensor
-        grad_d = torch.zeros_like(D) if grad_d is None else grad_d
         grad_h = None
         if grad_penalty is not None and h is not None:
-            grad_d = torch.addcmul(grad_d, grad_penalty, D / (0.5 * h * h)).to(D.dtype)
+            dpenalty_dd = D * (2.0 / (h * h))
+            grad_d = grad_penalty * dpenalty_dd if grad_d is None else torch.addcmul(grad_d, grad_penalty, dpenalty_dd)
+            grad_d = grad_d.to(D.dtype)  # a tensor step of another float dtype promotes it
             if step_tensor is not None and ctx.needs_input_grad[3]:
-                grad_h = -2.0 * grad_penalty * D * D / (h * h * h)
+                grad_h = -grad_penalty * D * dpenalty_dd / h
                 grad_h = (grad_h.sum().reshape(h.shape) if h.dim() == 0 else grad_h).to(h.dtype)
+        elif grad_d is None:
+            grad_d = torch.zeros_like(D)
         if not ctx.has_target:
             grad_ce = None
-        impl = backends.BACKENDS[ctx.backend]
-        dz0, dz1 = impl.backward(z0, z1, target, ctx.ignore_index, stats, grad_d.contiguous(),
-                                 None if grad_ce is None else grad_ce.contiguous())
+        # Every backend takes the per-row gradients in any layout (the one from .sum() is expanded).
+        dz0, dz1 = backends.BACKENDS[ctx.backend].backward(z0, z1, target, ctx.ignore_index, stats, grad_d, grad_ce)
         return dz0, dz1, None, grad_h, None, None
 
 
@@ -78,8 +80,8 @@ def _head(z0, z1, target, step, ignore_index, backend):
     step = None if step is None else check_step(step, z0.shape[0], z0.device)
     if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
         raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
-    target = check_target(target, z0, ignore_index)
     name = backends.resolve(backend, z0.device)
+    target = check_target(target, z0, ignore_index, check_range=not backends.BACKENDS[name].CHECKS_TARGET_RANGE)
     return _EnergyHead.apply(z0, z1, target, step, ignore_index, name)
 
 

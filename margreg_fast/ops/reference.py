@@ -37,6 +37,10 @@ U_MAX = 60.0
 PHI_SERIES_CUTOFF = 0.5
 
 
+#: Targets are range-checked in Python before this backend runs (validation.check_target).
+CHECKS_TARGET_RANGE = False
+
+
 def is_available(device: torch.device) -> bool:
     """The eager reference runs wherever torch does."""
     return True

@@ -62,6 +62,10 @@ INTERPRETER_TILE = 1 << 15
 _INTERPRETED = _IMPORT_ERROR is None and bool(triton.knobs.runtime.interpret)
 
 
+#: Targets are range-checked in Python before this backend runs (validation.check_target).
+CHECKS_TARGET_RANGE = False
+
+
 def is_available(device: torch.device) -> bool:
     """CUDA tensors with triton and a GPU; CPU tensors only under the Triton interpreter."""
     if _IMPORT_ERROR is not None:

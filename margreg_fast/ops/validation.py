@@ -37,8 +37,13 @@ def check_logits(z0: torch.Tensor, z1: torch.Tensor) -> None:
         raise ValueError("logits must have at least one class (got C = 0)")
 
 
-def check_target(target: Optional[torch.Tensor], z0: torch.Tensor, ignore_index: int) -> Optional[torch.Tensor]:
-    """Validate integer class targets of shape (B,); returns them as int64 on z0's device."""
+def check_target(target: Optional[torch.Tensor], z0: torch.Tensor, ignore_index: int,
+                 check_range: bool = True) -> Optional[torch.Tensor]:
+    """Validate integer class targets of shape (B,); returns them as int64 on z0's device.
+
+    ``check_range=False`` leaves the value check (every target in [0, C) or ignore_index) to a
+    backend kernel that raises the same ValueError itself.
+    """
     if target is None:
         return None
     if not isinstance(target, torch.Tensor):
@@ -50,7 +55,7 @@ def check_target(target: Optional[torch.Tensor], z0: torch.Tensor, ignore_index:
     if target.device != z0.device:
         raise ValueError(f"target must be on the logits' device {z0.device}, got {target.device}")
     num_classes = z0.shape[1]
-    if target.numel() and not torch.compiler.is_compiling():
+    if check_range and target.numel() and not torch.compiler.is_compiling():
         low, high = (int(v) for v in torch.aminmax(target))  # one pass; the exact check only if needed
         bad = None if low >= 0 and high < num_classes else ((target < 0) | (target >= num_classes)) & (target != ignore_index)
         if bad is not None and bool(bad.any()):

@@ -59,11 +59,15 @@ def test_step_of_wrong_kind_or_shape():
 
 
 @pytest.mark.parametrize("bad", [5, -1, 100])
-def test_targets_out_of_range_raise_value_error(bad):
-    z0, z1 = _pair()
-    target = torch.tensor([0, 1, bad, 2])
-    with pytest.raises(ValueError, match=f"class index {bad}"):
-        mf.energy_penalty(z0, z1, 0.1, target)
+@pytest.mark.parametrize("batch", [4, 20])  # 20 rows: the native kernel's lane groups check them too
+def test_targets_out_of_range_raise_value_error(backend, bad, batch):
+    """Python checks the range for torch and triton; the native kernel raises the same ValueError."""
+    name, device = backend
+    z0, z1 = _pair((batch, 5))
+    target = torch.arange(batch) % 5
+    target[batch - 2] = bad
+    with pytest.raises(ValueError, match=f"class index {bad} outside \\[0, 5\\)"):
+        mf.energy_penalty(z0.to(device), z1.to(device), 0.1, target.to(device), backend=name)
 
 
 def test_bad_target_kinds():
