@@ -10,11 +10,21 @@ Times are medians over repeats; each is also given as a ratio to the floor, and 
 ratio to each fast backend (speed-up). Prints a table and writes a CSV
 (default benchmarks/results/head_<device>.csv).
 
-    python benchmarks/bench_head.py [--repeats 30] [--csv PATH]
+Allocator noise: a fwd+bwd returns two fresh (B, C) gradients per call. With glibc's default
+malloc, freed blocks of some MB are handed back to the OS and the next call page-faults them in
+again (in this VM that added 2-14 ms per call at (4096, 1000), varying run to run, so the ratio to
+the floor swung between 1.0x and 2.7x). By default the script therefore pins malloc's thresholds
+(mallopt: no trimming, mmap only above 32 MB) for all timed functions alike, floor included;
+``--no-pin-malloc`` times the default allocator. Users can do the same with the environment
+variables MALLOC_TRIM_THRESHOLD_ and MALLOC_MMAP_THRESHOLD_, or with jemalloc/tcmalloc.
+
+    python benchmarks/bench_head.py [--repeats 30] [--csv PATH] [--no-pin-malloc]
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import csv
 import os
 import statistics
@@ -31,6 +41,20 @@ import margreg_fast as mf  # noqa: E402
 
 CASES: List[Tuple[int, int]] = [(4096, 10), (4096, 1000), (512, 32000)]
 STEP = 0.01
+
+
+def pin_malloc() -> bool:
+    """Keep freed memory in the process (glibc mallopt: M_TRIM_THRESHOLD 1 GiB, M_MMAP_THRESHOLD at
+    its 32 MiB maximum), so calls are not timed page-faulting their outputs in. False if not glibc."""
+    name = ctypes.util.find_library("c")
+    try:
+        mallopt = ctypes.CDLL(name).mallopt if name else None
+    except (OSError, AttributeError):
+        mallopt = None
+    if mallopt is None:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(mallopt(m_trim_threshold, 1 << 30)) and bool(mallopt(m_mmap_threshold, 32 << 20))
 
 
 def make_inputs(batch: int, classes: int, device: torch.device, seed: int = 0):
@@ -95,7 +119,7 @@ def backends_for(device: torch.device) -> List[str]:
     return [fast, "torch"]
 
 
-def run(device: torch.device, repeats: int) -> List[dict]:
+def run(device: torch.device, repeats: int, malloc_pinned: bool = False) -> List[dict]:
     """Per case, the floor and every backend are timed round-robin (one sample each per repeat), so
     load from other processes hits them alike; medians are taken per function."""
     rows = []
@@ -109,6 +133,7 @@ def run(device: torch.device, repeats: int) -> List[dict]:
             rows.append({
                 "device": device.type,
                 "threads": torch.get_num_threads(),
+                "malloc_pinned": malloc_pinned,
                 "B": batch,
                 "C": classes,
                 "backend": name,
@@ -134,11 +159,16 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=30, help="timed samples per measurement (median taken)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--csv", type=Path, default=None, help="output CSV (default benchmarks/results/head_<device>.csv)")
+    parser.add_argument("--no-pin-malloc", action="store_true",
+                        help="time with glibc's default malloc thresholds (see allocator noise above)")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    malloc_pinned = not args.no_pin_malloc and pin_malloc()
+    if not args.no_pin_malloc and not malloc_pinned:
+        print("could not pin malloc thresholds (not glibc?): timing the default allocator", file=sys.stderr)
 
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     for device in devices:
@@ -146,7 +176,7 @@ def main(argv=None) -> None:
         if missing:
             print(f"skipping {device}: backend(s) {missing} unavailable", file=sys.stderr)
             continue
-        rows = run(device, args.repeats)
+        rows = run(device, args.repeats, malloc_pinned)
         print_table(rows)
         path = args.csv if args.csv is not None and len(devices) == 1 else (
             Path(__file__).parent / "results" / f"head_{device.type}.csv")
