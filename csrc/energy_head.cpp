@@ -197,12 +197,24 @@ inline void blocked(int64_t body, int64_t W, const Step& step, const Flush& flus
 // log1p(x) for x >= 0: its series to x^7 below 1e-3 (truncation < x^7 / 8 < 1.3e-22 relative),
 // std::log1p above. The argument here, sum p0 phi(u) / s0 ~ var(u) / 2, is tiny for small steps, and
 // the libm call costs as much as the rest of a short row.
+template <typename T, typename X>
+MF_INLINE X log1p_series(const X& x) {  // x (1 - x/2 + x^2/3 - ... + x^6/7), Horner; X is T or a vector of T
+  X s(T(1) / T(7));
+  for (int k = 6; k >= 1; --k) s = X(T(1) / T(k)) - x * s;
+  return x * s;
+}
+
 template <typename T>
 MF_INLINE T log1p_nonneg(T x) {
-  if (!(x < T(1e-3))) return std::log1p(x);
-  T s = T(1) / T(7);
-  for (int k = 6; k >= 1; --k) s = T(1) / T(k) - x * s;
-  return x * s;
+  return x < T(1e-3) ? log1p_series<T>(x) : std::log1p(x);
+}
+
+// The per-element difference d = z1 - z0, with d = 0 where both are -inf (a class masked in both
+// rows), as in the reference.
+template <typename T>
+MF_INLINE Vectorized<T> difference(const Vectorized<T>& za, const Vectorized<T>& zb) {
+  const Vectorized<T> d = zb - za;
+  return d & (d == d);
 }
 
 template <typename T>
@@ -290,8 +302,7 @@ RowResult<T> row_forward(const T* a, const T* b, const RowTail<T>& tl, T* e0, co
   V bs0(T(0)), bdsum(T(0)), bspread(T(0));                 // block partials
   auto step2 = [&](const V& za, const V& zb, T* out) {
     const V ea = vexp(za - vm0s);
-    V d = zb - za;
-    d = d & (d == d);  // both -inf (masked in both rows): d = 0 as in the reference
+    const V d = difference(za, zb);
     const V ad = d.abs();
     infinite_d = infinite_d | (ad == vinf);
     bs0 = bs0 + ea;
@@ -340,8 +351,7 @@ RowResult<T> row_forward(const T* a, const T* b, const RowTail<T>& tl, T* e0, co
   const V vdbar(dbar), umax(static_cast<T>(kUMax));
   V acc(T(0)), block_acc(T(0)), too_large(T(0));
   auto step3 = [&](const V& za, const V& zb, const V& ea, bool is_tail) {
-    V d = zb - za;
-    d = d & (d == d);
+    const V d = difference(za, zb);
     V u = d - vdbar;
     if (is_tail) u = u & tl.keep;  // lanes outside the tail take no part in the u > U_MAX test
     too_large = too_large | (u > umax);
@@ -377,9 +387,7 @@ RowResult<T> row_forward(const T* a, const T* b, const RowTail<T>& tl, T* e0, co
 template <typename T>
 MF_INLINE Vectorized<T> log1p_nonneg(const Vectorized<T>& x) {
   using V = Vectorized<T>;
-  V s(T(1) / T(7));
-  for (int k = 6; k >= 1; --k) s = V(T(1) / T(k)) - x * s;
-  const V series = x * s;
+  const V series = log1p_series<T>(x);
   const V small = x < V(T(1e-3));
   if (true_lanes(small) == (1 << V::size()) - 1) return series;
   return V::blendv(x.log1p(), series, small);
@@ -415,8 +423,7 @@ LaneResult<T> lanes_forward(const T* a, const T* b, int64_t C, T* e0, const Phi<
   for (int64_t k = 0; k < C; ++k) {
     const V za = V::loadu(a + k * W), zb = V::loadu(b + k * W);
     const V ea = vexp(za - r.m0);
-    V d = zb - za;
-    d = d & (d == d);  // both -inf: d = 0
+    const V d = difference(za, zb);
     const V ad = d.abs();
     infinite_d = infinite_d | (ad == inf);
     s0 = s0 + ea;
@@ -428,9 +435,7 @@ LaneResult<T> lanes_forward(const T* a, const T* b, int64_t C, T* e0, const Phi<
   const V dbar = dsum / s0, umax(static_cast<T>(kUMax));
   V acc(zero), too_large(zero);
   for (int64_t k = 0; k < C; ++k) {
-    const V za = V::loadu(a + k * W);
-    V d = V::loadu(b + k * W) - za;
-    d = d & (d == d);
+    const V d = difference(V::loadu(a + k * W), V::loadu(b + k * W));
     const V u = d - dbar;
     too_large = too_large | (u > umax);
     acc = at::vec::fmadd(V::loadu(e0 + k * W), phi(u), acc);
