@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from margreg_fast import models  # noqa: E402
+from margreg_fast.kit import models  # noqa: E402
 from margreg_fast.estimators import UnsupportedEstimatorError  # noqa: E402
 from margreg_fast.regularizer import MarginalDensityRegularizer  # noqa: E402
 

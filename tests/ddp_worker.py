@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from margreg_fast import models
+from margreg_fast.kit import models
 from margreg_fast.regularizer import MarginalDensityRegularizer
 
 GLOBAL_BATCH, LR, WEIGHT, STEP = 8, 0.5, 2.0, 1e-2

@@ -14,7 +14,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import margreg_fast
-from margreg_fast import models
+from margreg_fast.kit import models
 from margreg_fast.estimators import UnsupportedEstimatorError
 from margreg_fast.penalty import marginal_density_penalty
 from margreg_fast.regularizer import MarginalDensityRegularizer

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
-from margreg_fast import models
+from margreg_fast.kit import models
 from margreg_fast.penalty import input_gradient_penalty, marginal_density_penalty
 
 SIDE = 10

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from margreg_fast import models
+from margreg_fast.kit import models
 from margreg_fast.penalty import input_gradient_penalty, marginal_density_penalty
 from margreg_fast.regularizer import MarginalDensityRegularizer
 

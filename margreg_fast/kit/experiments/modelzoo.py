@@ -1,4 +1,4 @@
-"""Build the experiment's classifier from the config (architectures live in margreg_fast.models)."""
+"""Build the experiment's classifier from the config (architectures live in margreg_fast.kit.models)."""
 from __future__ import annotations
 
 import math

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from margreg_fast.experiments.checkpoint import load_checkpoint, save_checkpoint, save_json, load_json
-from margreg_fast.experiments.datasets import build_datasets
-from margreg_fast.experiments.training import CHECKPOINT_NAME, train_run
+from margreg_fast.kit.experiments.checkpoint import load_checkpoint, save_checkpoint, save_json, load_json
+from margreg_fast.kit.experiments.datasets import build_datasets
+from margreg_fast.kit.experiments.training import CHECKPOINT_NAME, train_run
 
 
 def test_checkpoint_loads_with_weights_only(tmp_path, tiny_config):

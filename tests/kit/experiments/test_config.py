@@ -1,6 +1,6 @@
 import pytest
 
-from margreg_fast.experiments.config import DEFAULT_WEIGHTS, ExperimentConfig
+from margreg_fast.kit.experiments.config import DEFAULT_WEIGHTS, ExperimentConfig
 
 
 def test_round_trip_through_dict_is_exact():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from margreg_fast.data import DataFileError, load_mnist_dir, read_idx
+from margreg_fast.kit.data import DataFileError, load_mnist_dir, read_idx
 
 
 def idx_bytes(array: np.ndarray, code: int = 0x08) -> bytes:

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from margreg_fast.experiments.config import METHODS
-from margreg_fast.experiments.evaluation import RESULT_KEYS
-from margreg_fast.experiments.runner import evaluate_all, run_experiment, train_all
+from margreg_fast.kit.experiments.config import METHODS
+from margreg_fast.kit.experiments.evaluation import RESULT_KEYS
+from margreg_fast.kit.experiments.runner import evaluate_all, run_experiment, train_all
 
 from .conftest import TINY_FLAGS
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _check_schema(results: dict, experiment: str, methods) -> None:

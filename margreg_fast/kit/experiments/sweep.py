@@ -1,6 +1,6 @@
 """Sweep the penalty weight (and the fd step) of mdr, and optionally of igr, on one experiment.
 
-    python -m margreg_fast.experiments.sweep --out runs/sweep --weights 0.1 0.3 1 3 10 --steps 0.01 0.1 \\
+    python -m margreg_fast.kit.experiments.sweep --out runs/sweep --weights 0.1 0.3 1 3 10 --steps 0.01 0.1 \\
         --seeds 0 1 2 [--igr-weights 0.1 1 10] [any `experiment` option, e.g. --epochs 30]
 
 The baseline (none, and igr at its default weight) is trained once (or read from ``--baseline``); every grid point is a full,
@@ -29,7 +29,7 @@ def _name(method: str, weight: float, step: float | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m margreg_fast.experiments.sweep", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m margreg_fast.kit.experiments.sweep", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_common(parser)
     parser.add_argument("--weights", nargs="+", type=_positive_float, required=True, help="mdr weights")

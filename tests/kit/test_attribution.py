@@ -3,7 +3,7 @@ saliency = W_t, integrated gradients (zero baseline) = x * W_t, zero ablation = 
 import pytest
 import torch
 
-from margreg_fast.attribution import METHODS, attribute
+from margreg_fast.kit.attribution import METHODS, attribute
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import pytest
 import scipy.stats
 import torch
 
-from margreg_fast import metrics
+from margreg_fast.kit import metrics
 
 
 class Lookup(torch.nn.Module):

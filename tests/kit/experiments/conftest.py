@@ -1,7 +1,7 @@
 """Shared tiny configuration: every experiment test finishes in seconds on 2 CPU cores."""
 import pytest
 
-from margreg_fast.experiments.config import ExperimentConfig
+from margreg_fast.kit.experiments.config import ExperimentConfig
 
 #: CLI flags of a tiny but complete experiment (all four methods, real embedded digits).
 TINY_FLAGS = ["--epochs", "1", "--max-train", "96", "--max-test", "48", "--eval-samples", "8",

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from margreg_fast.data import (ImageDataset, load_digits_images, make_blockmnist, make_spurious, null_patch,
+from margreg_fast.kit.data import (ImageDataset, load_digits_images, make_blockmnist, make_spurious, null_patch,
                                patch_layout, split_train_test)
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from margreg_fast.cli import build_parser, config_from_args, main
+from margreg_fast.kit.cli import build_parser, config_from_args, main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = ["--epochs", "1", "--max-train", "64", "--max-test", "32", "--eval-samples", "4", "--width", "8", "--threads", "1",
         "--methods", "none", "mdr"]
 

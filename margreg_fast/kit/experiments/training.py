@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data import ImageDataset
-from ..regularizer import MarginalDensityRegularizer
+from ...regularizer import MarginalDensityRegularizer
 from .checkpoint import load_checkpoint, restore, save_checkpoint
 from .config import PENALTY_OF_METHOD, ExperimentConfig
 from .modelzoo import build_model

@@ -3,10 +3,10 @@ trained ReLU CNN."""
 import pytest
 import torch
 
-from margreg_fast import metrics
-from margreg_fast.attacks import PGD, AttributionAttack, attribution_robustness
-from margreg_fast.attribution import attribute
-from margreg_fast.data import load_digits_images
+from margreg_fast.kit import metrics
+from margreg_fast.kit.attacks import PGD, AttributionAttack, attribution_robustness
+from margreg_fast.kit.attribution import attribute
+from margreg_fast.kit.data import load_digits_images
 
 
 class LinearBinary(torch.nn.Module):
