@@ -27,7 +27,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .estimators import METHODS, estimate
+from .estimators import DEFAULT_METHOD, DEFAULT_STEP, METHODS, estimate
 from .estimators.steps import Step, check_step
 from .ops.backends import BACKEND_NAMES
 
@@ -71,7 +71,7 @@ def reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
     return per_sample
 
 
-def marginal_density_penalty(model: nn.Module, x: torch.Tensor, *, method: str = "fd", step: Step = 1e-2,
+def marginal_density_penalty(model: nn.Module, x: torch.Tensor, *, method: str = DEFAULT_METHOD, step: Step = DEFAULT_STEP,
                              reduction: str = "mean", logits: Optional[torch.Tensor] = None,
                              backend: str = "auto") -> torch.Tensor:
     """R(x) = ||grad_x logsumexp(model(x))||^2 per sample (``reduction="none"``), or its mean / sum.

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .estimators import METHODS, estimate
+from .estimators import DEFAULT_METHOD, DEFAULT_STEP, METHODS, estimate
 from .estimators.steps import Step, check_step
 from .ops.backends import BACKEND_NAMES
 from .penalty import check_target
@@ -42,7 +42,7 @@ class MarginalDensityRegularizer(nn.Module):
     ``grad_norm`` (mean ||grad_x S|| of the penalised quantity S; NaN for ``penalty="none"``).
     """
 
-    def __init__(self, weight: float, method: str = "fd", step: Step = 1e-2, penalty: str = "marginal",
+    def __init__(self, weight: float, method: str = DEFAULT_METHOD, step: Step = DEFAULT_STEP, penalty: str = "marginal",
                  backend: str = "auto") -> None:
         super().__init__()
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:

@@ -8,6 +8,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from ...estimators import DEFAULT_METHOD, DEFAULT_STEP
+from ...estimators import METHODS as ESTIMATOR_METHODS
+from ...estimators.steps import Step
+
 #: Training methods and the penalty each one trains with (``MarginalDensityRegularizer(penalty=...)``).
 PENALTY_OF_METHOD = {"none": "none", "igr": "conditional", "joint": "joint", "mdr": "marginal"}
 METHODS = tuple(PENALTY_OF_METHOD)
@@ -18,8 +22,8 @@ ATTRIBUTIONS = ("saliency", "integrated_gradients", "ablation")
 DEFAULT_WEIGHTS = {"none": 0.0, "igr": 1.0, "joint": 1.0, "mdr": 1.0}
 #: Default estimator per method: the baselines use their textbook double-backprop form, MDR the
 #: fast finite difference along the score direction (DESIGN.md section 2).
-DEFAULT_ESTIMATORS = {"none": "fd", "igr": "exact", "joint": "exact", "mdr": "fd"}
-ESTIMATORS = ("exact", "jvp", "fd", "central")
+DEFAULT_ESTIMATORS = {"none": DEFAULT_METHOD, "igr": "exact", "joint": "exact", "mdr": DEFAULT_METHOD}
+ESTIMATORS = ESTIMATOR_METHODS
 
 
 @dataclass(frozen=True)
@@ -42,7 +46,7 @@ class ExperimentConfig:
     lr: float = 2e-3
     weights: dict = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     estimators: dict = field(default_factory=lambda: dict(DEFAULT_ESTIMATORS))
-    step: float = 1e-2                 # finite-difference step h of the fd / central estimators
+    step: Step = DEFAULT_STEP          # finite-difference step h of the estimators that take one
     # --- evaluation
     attribution: str = "saliency"
     eval_samples: int = 200            # test images used for attribution, attacks and density metrics
