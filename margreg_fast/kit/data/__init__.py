@@ -1,5 +1,6 @@
 """Datasets: embedded scikit-learn digits, MNIST-style IDX files, BlockMNIST and the spurious variant."""
 from .blockmnist import make_blockmnist, null_patch
+from .canvas import place_on_canvas
 from .digits import load_digits_images, split_train_test
 from .idx import read_idx
 from .mnist import load_mnist_dir
@@ -7,4 +8,4 @@ from .spurious import make_spurious, patch_layout
 from .types import DataFileError, ImageDataset
 
 __all__ = ["DataFileError", "ImageDataset", "load_digits_images", "load_mnist_dir", "make_blockmnist",
-           "make_spurious", "null_patch", "patch_layout", "read_idx", "split_train_test"]
+           "make_spurious", "null_patch", "patch_layout", "place_on_canvas", "read_idx", "split_train_test"]
