@@ -12,17 +12,17 @@ CE of those logits comes out of the same fused head pass as the finite differenc
 """
 from __future__ import annotations
 
-import math
 from typing import Dict, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .estimators import METHODS, estimate
-from .estimators.steps import Step, check_step
-from .ops.backends import BACKEND_NAMES
-from .penalty import check_target
+from .arguments import check_choice, check_data, check_estimator, check_weight
+from .estimators import estimate
+from .estimators.checks import check_labels, check_output
+from .estimators.steps import Step
+from .reduction import reduce
 
 PENALTIES = ("marginal", "conditional", "joint", "none")
 
@@ -31,7 +31,7 @@ class MarginalDensityRegularizer(nn.Module):
     """loss = mean CE(model(x), y) + weight * mean R(x); ``reg(model, x, y) -> (loss, stats)``.
 
     Args:
-        weight: lambda >= 0.
+        weight: lambda >= 0 (a Python or NumPy number, or a 0-d tensor).
         method: estimator of R: ``"exact"``, ``"jvp"``, ``"fd"`` (default) or ``"central"``.
         step: h for fd / central (float > 0 or ``"auto"``).
         penalty: ``"marginal"`` (||grad_x logsumexp f||^2, MDR), ``"conditional"`` (||grad_x CE||^2,
@@ -40,35 +40,34 @@ class MarginalDensityRegularizer(nn.Module):
 
     ``stats`` holds detached Python floats: ``ce`` (mean CE), ``penalty`` (mean R) and
     ``grad_norm`` (mean ||grad_x S|| of the penalised quantity S; NaN for ``penalty="none"``).
+
+    ``model`` is an ``nn.Module`` or any function of x returning (B, C) logits. Labels of -100 mark
+    unlabelled samples, as in ``F.cross_entropy``: the CE and the conditional / joint penalties
+    are 0 there and averaged over the labelled samples; the marginal penalty, which needs no
+    label, is averaged over all samples.
     """
 
     def __init__(self, weight: float, method: str = "fd", step: Step = 1e-2, penalty: str = "marginal",
                  backend: str = "auto") -> None:
         super().__init__()
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
-            raise ValueError(f"weight must be a finite number >= 0, got {weight!r}")
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-        if penalty not in PENALTIES:
-            raise ValueError(f"penalty must be one of {PENALTIES}, got {penalty!r}")
-        if backend not in BACKEND_NAMES:
-            raise ValueError(f"backend must be one of {BACKEND_NAMES}, got {backend!r}")
-        self.weight, self.method, self.step = float(weight), method, check_step(step)
-        self.penalty, self.backend = penalty, backend
+        self.weight, self.step = check_weight(weight), check_estimator(method, step, backend)
+        self.method, self.backend = method, backend
+        self.penalty = check_choice("penalty", penalty, PENALTIES)
 
     def extra_repr(self) -> str:
         return f"weight={self.weight}, method={self.method!r}, step={self.step!r}, penalty={self.penalty!r}"
 
     def forward(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, float]]:
-        if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 2:
-            raise TypeError("x must be a floating-point tensor of shape (batch, ...)")
-        check_target(y, x)
-        y = y.long()
+        model = check_data(model, x)
+        y = check_labels(y, x)
         if self.penalty == "none":
-            ce = F.cross_entropy(model(x), y)
+            ce = F.cross_entropy(check_output(model(x), x), y)
             return ce, {"ce": ce.item(), "penalty": 0.0, "grad_norm": float("nan")}
         est = estimate(model, x, y, quantity=self.penalty, method=self.method, step=self.step,
                        backend=self.backend, with_ce=True)
-        ce, penalty = est.ce.mean(), est.penalty.mean()
+        penalty_labels = None if self.penalty == "marginal" else y  # the marginal penalty needs no label
+        ce = reduce(est.ce, "mean", labels=y)
+        penalty = reduce(est.penalty, "mean", labels=penalty_labels)
+        grad_norm = reduce(est.grad_norm, "mean", labels=penalty_labels)
         loss = ce + self.weight * penalty
-        return loss, {"ce": ce.item(), "penalty": penalty.item(), "grad_norm": est.grad_norm.mean().item()}
+        return loss, {"ce": ce.item(), "penalty": penalty.item(), "grad_norm": grad_norm.item()}

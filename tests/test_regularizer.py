@@ -104,7 +104,7 @@ def test_bad_construction(kwargs):
 def test_bad_call(setup):
     model, x, y = setup
     reg = MarginalDensityRegularizer(1.0)
-    with pytest.raises(ValueError, match="y must be"):
+    with pytest.raises(ValueError, match="y must hold one label per sample"):
         reg(model, x, y[:2])
     with pytest.raises(TypeError, match="x must be"):
         reg(model, x.long(), y)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import errors
+from .checks import check_output
 from .probe import probe_forward
 from .quantities import QUANTITIES, difference_penalty, value
 from .steps import Step, broadcast_step, resolve_step, unit_direction
@@ -46,23 +47,25 @@ def _logits_and_grad_source(model: nn.Module, x: torch.Tensor, logits: Optional[
     """(x_in, z0, zg): z0 = the logits at x; zg = logits computed from x_in (requires grad) for grad_x.
 
     Without ``logits`` one forward serves both. With ``logits`` computed from an x that requires
-    grad they serve both too; otherwise the gradient needs a probe forward of a grad-enabled copy.
+    grad they serve both too. Otherwise the gradient needs a probe forward of a grad-enabled copy,
+    and its logits serve as z0 too: given logits that were detached, or computed from another x,
+    would give fd a wrong base point and parameter gradient.
     """
-    if logits is None:
-        x_in = x if x.requires_grad else x.detach().requires_grad_(True)
-        z0 = model(x_in)
-        return x_in, z0, z0
-    if x.requires_grad:
+    if x.requires_grad and logits is not None:
         return x, logits, logits
-    x_in = x.detach().requires_grad_(True)
-    return x_in, logits, probe_forward(model, x_in)
+    x_in = x if x.requires_grad else x.detach().requires_grad_(True)
+    z0 = check_output(model(x_in) if logits is None else probe_forward(model, x_in), x)
+    return x_in, z0, z0
 
 
 def _input_gradient(s: torch.Tensor, x_in: torch.Tensor, logits_given: bool, create_graph: bool) -> torch.Tensor:
-    (g,) = torch.autograd.grad(s.sum(), x_in, retain_graph=True, create_graph=create_graph, allow_unused=True)
+    g = None
+    if s.requires_grad:  # logits with no graph at all do not depend on x either
+        (g,) = torch.autograd.grad(s.sum(), x_in, retain_graph=True, create_graph=create_graph, allow_unused=True)
     if g is None:
         if logits_given:
-            raise ValueError("logits do not depend on x: pass the logits of model(x) computed from this x")
+            raise ValueError("logits do not depend on x: pass the logits of model(x) computed from this x with "
+                             "grad enabled (or omit logits)")
         g = torch.zeros_like(x_in)
     return g
 
