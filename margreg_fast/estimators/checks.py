@@ -8,7 +8,8 @@ functions; no other module repeats a rule.
   is wrapped in an ``nn.Module`` with no submodules, so every estimator runs on it; the BatchNorm
   handling of :mod:`.probe` then has no modules to act on.
 * :func:`check_input` -- x is a floating tensor (B, ...) with at least one feature dimension.
-* :func:`check_labels` -- y holds integer class indices, one per sample of x (ignore_index allowed).
+* :func:`check_class_indices` / :func:`check_labels` -- y holds integer class indices (never
+  truncated floats), one per sample of x (ignore_index allowed).
 * :func:`check_output` -- the model returned logits of shape (B, C) (not (B, T, C), (B, C, 1, 1),
   a tuple or a dict).
 * :func:`real_number` -- a Python, NumPy or 0-d tensor real number as a float (weights, steps).
@@ -50,12 +51,17 @@ def check_input(x) -> None:
         raise ValueError(f"x must have a batch dimension and at least one feature dimension, got shape {tuple(x.shape)}")
 
 
-def check_labels(y, x: torch.Tensor, name: str = "y") -> torch.Tensor:
-    """Integer class indices of shape (B,), B = x.shape[0]; returned as int64."""
+def check_class_indices(y, name: str = "y") -> None:
+    """``y`` must be a tensor of integer class indices (not float, complex or bool: never truncated)."""
     if not isinstance(y, torch.Tensor):
         raise TypeError(f"{name} must be a tensor of integer class indices, got {type(y).__name__}")
     if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
         raise TypeError(f"{name} must hold integer class indices, got dtype {y.dtype}")
+
+
+def check_labels(y, x: torch.Tensor, name: str = "y") -> torch.Tensor:
+    """Integer class indices of shape (B,), B = x.shape[0]; returned as int64."""
+    check_class_indices(y, name)
     if y.shape != x.shape[:1]:
         raise ValueError(
             f"{name} must hold one label per sample, shape ({x.shape[0]},), got shape {tuple(y.shape)}: the first "
