@@ -17,6 +17,8 @@ from typing import Tuple, Union
 
 import torch
 
+from .checks import real_number
+
 AUTO = "auto"
 Step = Union[float, str]
 
@@ -35,16 +37,15 @@ def unit_direction(g: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
 
 
 def check_step(step: Step) -> Step:
-    """Validate a user step: a positive finite float or ``"auto"``."""
+    """Validate a user step: ``"auto"`` or a positive finite real number (NumPy and 0-d tensors too), as a float."""
     if isinstance(step, str):
         if step != AUTO:
             raise ValueError(f"step must be a positive float or 'auto', got {step!r}")
         return step
-    if isinstance(step, bool) or not isinstance(step, (int, float)):
-        raise TypeError(f"step must be a positive float or 'auto', got {type(step).__name__}")
+    step = real_number(step, "step (a positive float or 'auto')")
     if not (step > 0 and step < float("inf")):
         raise ValueError(f"step must be positive and finite, got {step!r}")
-    return float(step)
+    return step
 
 
 def resolve_step(step: Step, x: torch.Tensor, logits_dtype: torch.dtype, order: int) -> Union[float, torch.Tensor]:

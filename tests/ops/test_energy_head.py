@@ -87,9 +87,15 @@ def test_float64_gradcheck_torch_backend():
     )
 
 
-def test_double_backward_raises_instead_of_silently_dropping_terms():
-    z0, z1 = make_logits(3, 4, 1.0, 0.1, dtype=torch.float64)
-    a, b = z0.requires_grad_(), z1.requires_grad_()
-    (ga,) = torch.autograd.grad(mf.energy_difference(a, b, backend="torch").sum(), a, create_graph=True)
-    with pytest.raises(RuntimeError, match="does not require grad|once_differentiable"):
-        ga.sum().backward()
+@pytest.mark.parametrize("grad_output_requires_grad", [False, True])
+def test_double_backward_raises_instead_of_silently_dropping_terms(backend, grad_output_requires_grad):
+    """The gradient of the op must not be a constant: ((ga**2).sum() + z0.sum()).backward() would then
+    silently give ones. It carries a node that raises our message (only ours matches)."""
+    name, device = backend
+    z0, z1 = make_logits(3, 4, 1.0, 0.1)
+    a, b = z0.to(device).requires_grad_(), z1.to(device).requires_grad_()
+    grad_output = torch.ones(3, device=device, requires_grad=grad_output_requires_grad)
+    (ga,) = torch.autograd.grad(mf.energy_difference(a, b, backend=name), a, grad_output, create_graph=True)
+    assert ga.grad_fn is not None
+    with pytest.raises(RuntimeError, match="energy head op .* is not twice differentiable"):
+        ((ga ** 2).sum() + a.sum()).backward()
