@@ -76,7 +76,7 @@ def _plain_attention(q, k, v, **_):
 
 
 def _penalty_and_parameter_gradient(model, x, method):
-    penalty = marginal_density_penalty(model, x, method=method)
+    penalty = marginal_density_penalty(model, x, method=method, step=1e-2)
     grads = torch.autograd.grad(penalty, list(model.parameters()))
     return penalty.detach(), torch.cat([g.flatten() for g in grads])
 

@@ -66,7 +66,9 @@ class _HeldStatsGradient(torch.autograd.Function):
     @staticmethod
     def forward(ctx, output, layer_input, scale, mode):
         ctx.mode, ctx.scale = mode, scale
-        return output.clone()  # a fresh tensor, so in-place activations after BatchNorm stay legal
+        # An in-place identity: no copy, and in-place activations after BatchNorm stay legal.
+        ctx.mark_dirty(output)
+        return output
 
     @staticmethod
     def backward(ctx, grad):
