@@ -75,6 +75,7 @@ def estimate(model: nn.Module, x: torch.Tensor, target: Optional[torch.Tensor], 
         x_in, z0, zg = _logits_and_grad_source(model, x, logits)
         s = value(quantity, zg, target)
         if method == "exact":
+            errors.check_fsdp_exact(model)
             try:
                 g = _input_gradient(s, x_in, logits is not None, create_graph=True)
             except RuntimeError as err:
