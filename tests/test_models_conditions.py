@@ -1,14 +1,11 @@
-"""The estimators under real conditions: BatchNorm, SDPA attention, torch.compile, bf16 autocast, DDP.
+"""The estimators under real conditions: BatchNorm, SDPA attention, torch.compile, bf16 autocast.
+
+(DDP and FSDP2 across processes: tests/test_distributed.py.)
 
 Also checks the reference models' configuration (channels, image sizes, classes).
 """
 import copy
 import math
-import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,7 +17,6 @@ from margreg_fast.estimators import UnsupportedEstimatorError
 from margreg_fast.penalty import marginal_density_penalty
 from margreg_fast.regularizer import MarginalDensityRegularizer
 
-ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("exact", "jvp", "fd", "central")
 
 
@@ -208,30 +204,3 @@ def test_bf16_autocast_fd_is_finite_and_close_to_fp32():
         opt.step()
         opt.zero_grad()
         assert torch.isfinite(loss) and all(map(torch.isfinite, map(torch.tensor, stats.values())))
-
-
-# ---------------------------------------------------------------- DDP
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_ddp_two_processes_match_single_process(tmp_path):
-    sys.path.insert(0, str(ROOT / "tests"))
-    import ddp_worker
-
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), str(ROOT / "tests" / "ddp_worker.py"), str(tmp_path)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-
-    model = ddp_worker.mlp()
-    x, y = ddp_worker.data()
-    ddp_worker.step(model, x, y)  # one process, the concatenated batch
-    distributed = torch.load(tmp_path / "params.pt")
-    for name, value in model.state_dict().items():
-        assert (value - distributed[name]).abs().max() <= 1e-5, name
-    for rank in range(2):
-        assert torch.load(tmp_path / f"bn_rank{rank}.pt")["buffers_equal"], rank

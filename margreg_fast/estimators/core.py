@@ -131,6 +131,7 @@ def estimate(model: nn.Module, x: torch.Tensor, target: Optional[torch.Tensor], 
         x_in, z0, zg = _logits_and_grad_source(passes, x, logits)
         s = value(quantity, zg, target)
         if method == "exact":
+            errors.check_fsdp_exact(model)
             g = _exact_gradient(s, x_in, passes, logits is not None)
         else:
             g = _input_gradient(s, x_in, passes, logits is not None, create_graph=False)

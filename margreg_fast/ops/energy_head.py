@@ -16,7 +16,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from . import backends
-from .validation import Step, check_logits, check_step, check_target
+from .validation import Step, check_head_step, check_head_target, check_logits
 
 
 class _RefuseSecondOrder(torch.autograd.Function):
@@ -111,11 +111,11 @@ class EnergyPenalty(NamedTuple):
 
 def _head(z0, z1, target, step, ignore_index, backend):
     check_logits(z0, z1)
-    step = None if step is None else check_step(step, z0.shape[0], z0.device)
+    step = None if step is None else check_head_step(step, z0.shape[0], z0.device)
     if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
         raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
     name = backends.resolve(backend, z0.device)
-    target = check_target(target, z0, ignore_index, check_range=not backends.BACKENDS[name].CHECKS_TARGET_RANGE)
+    target = check_head_target(target, z0, ignore_index, check_range=not backends.BACKENDS[name].CHECKS_TARGET_RANGE)
     return _EnergyHead.apply(z0, z1, target, step, ignore_index, name)
 
 
