@@ -15,7 +15,9 @@ everything that was built):
   Training games it (measured: true R 50-90x its estimate on max-pool nets): sigma = ||g|| +
   (h/2) v^T H v + ..., and the net learns a negative curvature term along v, and at ReLU kinks and
   max-pool ties the one-sided secant is not the autograd directional derivative at any h.
-* ``central``: R = ((S(x + h v) - S(x - h v)) / 2h)^2, error O(h^2). One more forward than fd.
+* ``central``: R = ((S(x + h v) - S(x - h v)) / 2h)^2, error O(h^2). One more forward than fd; the
+  two probes run as one forward of the 2B inputs (BatchNorm statistics are held, so batching them
+  changes nothing).
 * ``rfd`` (the default): R = ||g||^2, exact, and the theta-gradient of ||g||^2 = 2 ||g|| d(g . v)/dtheta
   from a randomly signed secant,
 
@@ -151,7 +153,8 @@ def estimate(model: nn.Module, x: torch.Tensor, target: Optional[torch.Tensor], 
     h = resolve_step(step, x, z0.dtype, order=STEP_ORDER[method])
     if method == "central":
         hv = broadcast_step(h, x) * v
-        d, _ = difference(quantity, passes.probe(x - hv), passes.probe(x + hv), target, backend, False)
+        z_minus, z_plus = passes.probe(torch.cat([x - hv, x + hv])).chunk(2)  # one forward of 2B
+        d, _ = difference(quantity, z_minus, z_plus, target, backend, False)
         slope = d / (2 * h)
         return Estimate(slope ** 2, ce, g_norm, slope.detach())
     if method == "rfd":
