@@ -14,10 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from margreg_fast.estimators import METHODS
+from margreg_fast.penalty import BASELINES as KINDS
 from margreg_fast.penalty import input_gradient_penalty, marginal_density_penalty
 from margreg_fast.regularizer import MarginalDensityRegularizer
-
-KINDS = ("conditional", "joint")
 
 
 @pytest.fixture
@@ -41,13 +40,13 @@ def _grads(loss, model):
 def test_labelled_penalties_skip_unlabelled_samples(batch, kind, method):
     model, x, y = batch
     keep = y != -100
-    per = input_gradient_penalty(model, x, y, kind=kind, method=method, reduction="none")
-    alone = input_gradient_penalty(model, x[keep], y[keep], kind=kind, method=method, reduction="none")
+    per = input_gradient_penalty(model, x, y, penalty=kind, method=method, reduction="none")
+    alone = input_gradient_penalty(model, x[keep], y[keep], penalty=kind, method=method, reduction="none")
     assert torch.equal(per[~keep], torch.zeros(2, dtype=per.dtype))
     torch.testing.assert_close(per[keep], alone, rtol=1e-12, atol=0)
-    mean = input_gradient_penalty(model, x, y, kind=kind, method=method)
+    mean = input_gradient_penalty(model, x, y, penalty=kind, method=method)
     assert math.isclose(mean.item(), alone.mean().item(), rel_tol=1e-12)
-    assert math.isclose(input_gradient_penalty(model, x, y, kind=kind, method=method, reduction="sum").item(),
+    assert math.isclose(input_gradient_penalty(model, x, y, penalty=kind, method=method, reduction="sum").item(),
                         alone.sum().item(), rel_tol=1e-12)
     torch.testing.assert_close(_grads(mean, model), _grads(alone.mean(), model), rtol=1e-10, atol=1e-14)
 
@@ -69,7 +68,7 @@ def test_regularizer_ce_follows_cross_entropy_ignore_index(batch, penalty, metho
     if penalty == "marginal":  # defined for every sample
         pen = marginal_density_penalty(model, x, method=method, step=STEP)
     else:  # per sample over the whole batch, averaged over the labelled ones by hand
-        pen = input_gradient_penalty(model, x, y, kind=penalty, method=method, step=STEP, reduction="none")[keep].mean()
+        pen = input_gradient_penalty(model, x, y, penalty=penalty, method=method, step=STEP, reduction="none")[keep].mean()
     assert math.isclose(stats["ce"], ce.item(), rel_tol=1e-12)
     assert math.isclose(stats["penalty"], pen.item(), rel_tol=1e-12)
     assert math.isclose(loss.item(), (ce + 0.5 * pen).item(), rel_tol=1e-12)

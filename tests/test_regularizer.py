@@ -40,7 +40,7 @@ def setup():
 def _reference_penalty(penalty, model, x, y, method):
     if penalty == "marginal":
         return marginal_density_penalty(model, x, method=method, step=1e-2)
-    return input_gradient_penalty(model, x, y, kind=penalty, method=method, step=1e-2)
+    return input_gradient_penalty(model, x, y, penalty=penalty, method=method, step=1e-2)
 
 
 @pytest.mark.parametrize("method", METHODS)
