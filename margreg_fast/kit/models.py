@@ -3,10 +3,13 @@ r"""Small reference classifiers for tests, benchmarks and experiments (inputs (B
 * :class:`MLP` -- flatten, ``depth`` hidden layers of ``width`` units (optional BatchNorm1d).
 * :class:`SmallCNN` -- two 3x3 conv blocks (``width``, ``2 width`` channels, optional BatchNorm2d),
   each followed by 2x2 average pooling, then a linear head: for 28x28 inputs, 7x7x(2 width) features.
+* :class:`PaperCNN` -- the BlockMNIST model of the paper's first author (for 56x28 inputs): Conv5x5
+  (``width``) -> act -> MaxPool2x2 -> Conv5x5 (2 ``width``) -> act -> MaxPool2x2 -> Linear (32 ``width``)
+  -> act -> Linear(num_classes), "same" padding; ``width=32`` gives its 32 / 64 / 1024.
 * :class:`SmallViT` -- patch embedding, pre-LayerNorm transformer blocks whose attention is
   ``torch.nn.functional.scaled_dot_product_attention``, mean pooling, linear head.
 
-``activation`` is ``"relu"``, ``"gelu"``, ``"silu"`` or ``"tanh"``; smooth ones make R(x) smooth
+``activation`` is ``"relu"``, ``"softplus"``, ``"gelu"``, ``"silu"`` or ``"tanh"``; smooth ones make R(x) smooth
 in x, which the finite-difference convergence tests rely on.
 """
 from __future__ import annotations
@@ -17,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
+ACTIVATIONS = {"relu": nn.ReLU, "softplus": nn.Softplus, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
 Size = Union[int, Tuple[int, int]]
 
 
@@ -75,6 +78,27 @@ class SmallCNN(nn.Module):
             blocks += [_activation(activation), nn.AvgPool2d(2)]
         self.features = nn.Sequential(*blocks)
         self.head = nn.Linear(2 * width * (h // 4) * (w // 4), num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).flatten(1))
+
+
+class PaperCNN(nn.Module):
+    """[Conv5x5 (padding 2) -> act -> MaxPool2x2] for width, 2 width channels -> Linear(32 width) -> act
+    -> Linear(num_classes). For a 56x28 input the features are 2 width x 14 x 7."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32, image_size: Size = (56, 28),
+                 activation: str = "relu") -> None:
+        super().__init__()
+        _positive(in_channels=in_channels, num_classes=num_classes, width=width)
+        h, w = _pair(image_size)
+        if h < 4 or w < 4:
+            raise ValueError(f"PaperCNN needs images of at least 4x4 (two 2x2 poolings), got {h}x{w}")
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, width, 5, padding=2), _activation(activation), nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 5, padding=2), _activation(activation), nn.MaxPool2d(2))
+        self.head = nn.Sequential(nn.Linear(2 * width * (h // 4) * (w // 4), 32 * width), _activation(activation),
+                                  nn.Linear(32 * width, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x).flatten(1))
