@@ -38,16 +38,20 @@ def test_tiny_blockmnist_experiment(tmp_path, tiny_config):
         assert all(row[k] is not None for k in RESULT_KEYS)  # BlockMNIST has null blocks and position groups
         assert 0.0 <= row["clean_acc"] <= 1.0 and 0.0 <= row["leakage"] <= 1.0
         assert row["step_time_s"] > 0
-    assert (out / "results.md").read_text().count("\n| ") == len(METHODS)  # one row per method below the separator
+    text = (out / "results.md").read_text()
+    assert text.split("\n\n")[0].count("\n| ") == len(METHODS)  # one row per method below the separator
+    assert "paper leakage" in text and "insertion_auc_paper > none" in text  # Figure-1 table and claim checks
+    assert results["config"]["image_shape"] == [1, 16, 8] and results["config"]["dataset"] == "digits"
     seeds = json.loads((out / "results_seeds.json").read_text())
     assert len(seeds["runs"]) == len(METHODS)
-    for name in ("attributions.png", "insertion.png"):
+    for name in ("figure1.png", "attributions.png", "insertion.png"):
         assert (out / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_train_then_evaluate_equals_experiment(tmp_path, tiny_config):
+    """Also: two worker processes give the same numbers as one."""
     cfg = tiny_config.replace(experiment="spurious", methods=("none", "mdr"))
-    train_all(cfg, tmp_path / "a", quiet=True)
+    train_all(cfg, tmp_path / "a", quiet=True, jobs=2)
     assert not (tmp_path / "a" / "results.json").exists()
     split = evaluate_all(tmp_path / "a", quiet=True)
     whole = run_experiment(cfg, tmp_path / "b", quiet=True)

@@ -1,0 +1,143 @@
+"""Choose the penalty weight of igr, joint and mdr on a validation split (never on test).
+
+    margreg-fast select blockmnist --grid 1 3 10 30 --out runs/select \\
+        --write margreg_fast/kit/configs/blockmnist_weights.json [any `experiment` option]
+
+Every method gets the same grid and the same budget: one model per (method, weight, seed), trained
+with the experiment's settings on the training split minus a seeded ``val_fraction`` of it, scored on
+that held-out part (``split="validation"``). Plain CE ("none") is trained once per seed as the
+reference. The rule, fixed in advance and the same for every method:
+
+    among the weights whose mean validation accuracy is at least none's minus ``ACC_BUDGET`` (1 point),
+    take the one with the lowest mean validation ``leakage_paper`` (Integrated Gradients by default);
+    if no weight keeps the accuracy, take the most accurate one.
+
+``mdr-exact`` (the reference row) gets mdr's weight. The output file holds the chosen weights, the
+grid, the rule and every validation score, and is what ``make demo`` reads (``--weights-file``).
+Each point is checkpointed and its scores are cached under a digest of the settings it depends on,
+so a rerun resumes and a rerun with, e.g., another mdr estimator retrains only the mdr points.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from .. import metrics
+from ..attribution import attribute
+from ..paper_metrics import insertion_auc_paper, leakage_paper
+from .checkpoint import load_json, save_json
+from .config import ExperimentConfig
+from .datasets import build_datasets
+from .parallel import run_tasks
+from .runner import deterministic
+from .training import train_run
+
+SELECTED_METHODS = ("igr", "joint", "mdr")
+ACC_BUDGET = 0.01
+SCORE_KEYS = ("clean_acc", "leakage_paper", "insertion_auc_paper")
+STEPLESS_ESTIMATORS = ("exact", "jvp")
+
+
+def validation_scores(model: torch.nn.Module, val, cfg: ExperimentConfig) -> dict:
+    """clean_acc on the whole validation split; leakage_paper and insertion_auc_paper on its first
+    ``eval_samples`` images, with ``cfg.attribution``."""
+    n = min(cfg.eval_samples, len(val.y))
+    x, y = val.x[:n], val.y[:n]
+    attr = attribute(model, x, y, method=cfg.attribution, n_steps=cfg.ig_steps)
+    return {"clean_acc": metrics.accuracy(model, val.x, val.y),
+            "leakage_paper": leakage_paper(attr, val.null_mask[:n]),
+            "insertion_auc_paper": insertion_auc_paper(model, x, attr, y, steps=cfg.insertion_pixels)}
+
+
+def point_key(cfg: ExperimentConfig, method: str, weight: float) -> str:
+    """A digest of everything one point's model and scores depend on: the config with the methods,
+    weights and estimators narrowed to ``method`` (so changing, say, mdr's estimator reuses the other
+    methods' points), the step left out where the estimator takes none, and the seeds left out (they
+    name the run)."""
+    d = cfg.to_dict()
+    estimator = None if method == "none" else cfg.estimators[method]
+    d.update(methods=[method], seeds=None, weights=weight, estimators=estimator)
+    if estimator in (None, *STEPLESS_ESTIMATORS):  # plain CE and the exact estimators take no step
+        d["step"] = None
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def _point(cfg: ExperimentConfig, method: str, weight: float, seed: int, out: Path, quiet: bool) -> dict:
+    """Validation scores of one (method, weight, seed), trained (or resumed) under OUT/runs, cached
+    under a directory named by ``point_key``."""
+    rdir = out / "runs" / f"{method}-w{weight:g}-seed{seed}-{point_key(cfg, method, weight)}"
+    if (rdir / "scores.json").exists():
+        return load_json(rdir / "scores.json")
+    point_cfg = cfg.replace(weights={**cfg.weights, method: weight})
+    with deterministic():
+        train_set, val_set = build_datasets(point_cfg, seed)
+        model = train_run(point_cfg, method, seed, train_set, rdir, quiet=quiet).model
+        scores = validation_scores(model, val_set, point_cfg)
+    save_json(rdir / "scores.json", scores)
+    return scores
+
+
+def choose(reference_acc: float, scores: dict[float, dict]) -> float:
+    """The weight picked by the rule of the module docstring from {weight: mean scores}."""
+    fine = [w for w, s in scores.items() if s["clean_acc"] >= reference_acc - ACC_BUDGET]
+    if fine:
+        return min(fine, key=lambda w: (scores[w]["leakage_paper"], w))
+    return max(scores, key=lambda w: (scores[w]["clean_acc"], -w))
+
+
+def _mean_scores(runs: list[dict]) -> dict:
+    return {k: math.fsum(r[k] for r in runs) / len(runs) for k in SCORE_KEYS}
+
+
+def select_weights(cfg: ExperimentConfig, grid: list[float], out: Path, *, quiet: bool = False, jobs: int = 1) -> dict:
+    """Run the selection for ``cfg`` (its split is forced to "validation"), ``jobs`` points at a time,
+    and return the selection object (also written to OUT/selection.json and OUT/selection.md)."""
+    if not grid or any(not w > 0 for w in grid) or len(set(grid)) != len(grid):
+        raise ValueError(f"the grid must hold distinct positive weights, got {grid}")
+    cfg = cfg.replace(split="validation", methods=("none", *SELECTED_METHODS))
+    out = Path(out)
+    points = [("none", 0.0)] + [(m, w) for m in SELECTED_METHODS for w in grid]
+    tasks = [(p, seed) for p in points for seed in cfg.seeds]
+    scores = run_tasks(_point, [((cfg, m, w, seed, out, quiet or jobs > 1), {}) for (m, w), seed in tasks],
+                       jobs=jobs, desc="select", quiet=quiet, names=[f"{m} w{w:g} seed {s}" for (m, w), s in tasks])
+    raw: dict[tuple[str, float], list[dict]] = {p: [] for p in points}
+    for (p, _), got in zip(tasks, scores):
+        raw[p].append(got)
+    reference = _mean_scores(raw[("none", 0.0)])
+    table = {m: {w: _mean_scores(raw[(m, w)]) for w in grid} for m in SELECTED_METHODS}
+    chosen = {m: choose(reference["clean_acc"], table[m]) for m in SELECTED_METHODS}
+    chosen["mdr-exact"] = chosen["mdr"]
+    selection = {
+        "weights": chosen, "grid": list(grid),
+        "rule": f"lowest mean validation leakage_paper among weights within {ACC_BUDGET:g} of none's mean "
+                f"validation accuracy (else the most accurate); mdr-exact takes mdr's weight",
+        "reference_none": reference,
+        "validation": {m: [{"weight": w, **table[m][w]} for w in grid] for m in SELECTED_METHODS},
+        "config": cfg.to_dict(),
+    }
+    save_json(out / "selection.json", selection)
+    (out / "selection.md").write_text(selection_markdown(selection))
+    return selection
+
+
+def selection_markdown(selection: dict) -> str:
+    """A table of every grid point's validation scores, the chosen weight of each method marked."""
+    cfg, ref = selection["config"], selection["reference_none"]
+    estimators = ", ".join(f"{m}={cfg['estimators'][m]}" for m in SELECTED_METHODS)
+    lines = [f"Weight selection on a validation split ({cfg['val_fraction']:g} of the training images, "
+             f"seeds {cfg['seeds']}, {cfg['epochs']} epochs, {cfg['model']} {cfg['activation']} width {cfg['width']}, "
+             f"estimators {estimators}, step {cfg['step']}).",
+             f"Rule: {selection['rule']}.", "",
+             "| method | weight | val clean acc | val leakage_paper | val insertion AUC (paper units) | chosen |",
+             "|---|---:|---:|---:|---:|---|",
+             f"| none | 0 | {ref['clean_acc']:.3f} | {ref['leakage_paper']:.3f} | {ref['insertion_auc_paper']:.1f} | |"]
+    for method, rows in selection["validation"].items():
+        for r in rows:
+            mark = "**yes**" if r["weight"] == selection["weights"][method] else ""
+            lines.append(f"| {method} | {r['weight']:g} | {r['clean_acc']:.3f} | {r['leakage_paper']:.3f} | "
+                         f"{r['insertion_auc_paper']:.1f} | {mark} |")
+    return "\n".join(lines) + "\n"
