@@ -32,18 +32,17 @@ def _picked_difference(za: torch.Tensor, zb: torch.Tensor, target: torch.Tensor)
     return (zb.gather(1, target[:, None]) - za.gather(1, target[:, None]))[:, 0]
 
 
-def difference_penalty(quantity: str, za: torch.Tensor, zb: torch.Tensor, h, target: Optional[torch.Tensor],
-                       backend: str, with_ce: bool) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """(((S(zb) - S(za)) / h)^2, CE(za, y) or None) per sample; h a float or a (B,) tensor.
+def difference(quantity: str, za: torch.Tensor, zb: torch.Tensor, target: Optional[torch.Tensor],
+               backend: str, with_ce: bool) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """(S(zb) - S(za), CE(za, y) or None) per sample, differentiable in both logit rows.
 
-    For the marginal quantity this is exactly ``energy_penalty(za, zb, h, target)`` (one fused pass
-    also giving the CE of za); the others add the z_y difference to the fused D.
+    The logsumexp part comes from the fused head op (``energy_penalty``; one pass also gives the CE
+    of za); the joint and conditional quantities add the z_y difference to it.
     """
     if quantity == "joint":
         ce = F.cross_entropy(za, target, reduction="none") if with_ce else None
-        return (_picked_difference(za, zb, target) / h) ** 2, ce
-    out = energy_penalty(za, zb, h, target=target if with_ce else None, backend=backend)
+        return _picked_difference(za, zb, target), ce
+    out = energy_penalty(za, zb, 1.0, target=target if with_ce else None, backend=backend)
     if quantity == "marginal":
-        return out.penalty, out.ce
-    d = out.difference - _picked_difference(za, zb, target).to(out.difference.dtype)
-    return (d / h) ** 2, out.ce
+        return out.difference, out.ce
+    return out.difference - _picked_difference(za, zb, target).to(out.difference.dtype), out.ce
