@@ -6,6 +6,8 @@ resumed run can never silently mix results produced under different settings.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass, field
 
 from ..models import ACTIVATIONS
@@ -33,6 +35,8 @@ DEFAULT_WEIGHTS = {"none": 0.0, "igr": 1.0, "joint": 1.0, "mdr": 1.0, "mdr-exact
 DEFAULT_ESTIMATORS = {"none": DEFAULT_METHOD, "igr": "exact", "joint": "exact", "mdr": DEFAULT_METHOD,
                       "mdr-exact": "exact"}
 ESTIMATORS = ESTIMATOR_METHODS
+#: Estimators that take no finite-difference step.
+STEPLESS_ESTIMATORS = ("exact", "jvp")
 
 
 @dataclass(frozen=True)
@@ -170,6 +174,17 @@ class ExperimentConfig:
             if k in d:
                 d[k] = tuple(d[k])
         return cls(**d)
+
+    def run_key(self, method: str) -> str:
+        """A digest of every setting one ``method`` run depends on: the config with the methods, weights
+        and estimators narrowed to ``method``, the step left out where its estimator takes none and the
+        seeds left out (they name the run). Changing mdr's estimator thus leaves the other runs' keys."""
+        d = self.to_dict()
+        estimator = None if method == "none" else self.estimators[method]
+        d.update(methods=[method], seeds=None, weights=self.weights[method], estimators=estimator)
+        if estimator in (None, *STEPLESS_ESTIMATORS):
+            d["step"] = None
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
     def replace(self, **changes) -> "ExperimentConfig":
         return dataclasses.replace(self, **changes)

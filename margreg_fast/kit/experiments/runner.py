@@ -2,10 +2,14 @@
 
 Layout of the output directory::
 
-    OUT/config.json                           the config; a restart with a different one is refused
-    OUT/runs/<method>-seed<k>/checkpoint.pt   training state, rewritten atomically after each epoch
-    OUT/runs/<method>-seed<k>/result.json     metrics of the finished run (written once, atomically)
+    OUT/config.json                                 the config of the latest command
+    OUT/runs/<method>-seed<k>-<key>/checkpoint.pt   training state, rewritten atomically after each epoch
+    OUT/runs/<method>-seed<k>-<key>/result.json     metrics of the finished run (written once, atomically)
     OUT/results.json, results.md, results_seeds.json, figures/*.png
+
+<key> is ``ExperimentConfig.run_key(method)``, a digest of every setting the run depends on, so a
+run is only ever resumed or reused under exactly its own settings: rerunning with, say, another mdr
+estimator retrains the mdr runs and reuses the others; runs of other settings stay on disk unused.
 
 ``train`` fills the checkpoints, ``evaluate`` the result files and reports, ``experiment`` does
 both run by run (``jobs`` > 1: that many runs at a time, each in its own process; every run seeds
@@ -35,20 +39,14 @@ CONFIG_NAME = "config.json"
 RESULT_NAME = "result.json"
 
 
-def run_dir(out: Path, method: str, seed: int) -> Path:
-    return Path(out) / "runs" / f"{method}-seed{seed}"
+def run_dir(out: Path, cfg: ExperimentConfig, method: str, seed: int) -> Path:
+    return Path(out) / "runs" / f"{method}-seed{seed}-{cfg.run_key(method)}"
 
 
 def claim_output_dir(out: Path, cfg: ExperimentConfig) -> None:
-    """Create ``out`` for ``cfg``, or check that it already belongs to exactly this config."""
-    out, path = Path(out), Path(out) / CONFIG_NAME
-    if path.exists():
-        if load_json(path) != cfg.to_dict():
-            raise ValueError(f"{out} already holds a run with a different configuration; rerun the "
-                             "original command to resume it, or choose another --out")
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    save_json(path, cfg.to_dict())
+    """Create ``out`` if needed and record ``cfg`` as its config (read by ``evaluate``)."""
+    Path(out).mkdir(parents=True, exist_ok=True)
+    save_json(Path(out) / CONFIG_NAME, cfg.to_dict())
 
 
 def load_output_config(out: Path) -> ExperimentConfig:
@@ -91,7 +89,7 @@ def _one_run(cfg: ExperimentConfig, out: Path, seed: int, method: str, *, train:
     """Train (or resume, or with ``train=False`` only load) one run; evaluate it if asked and save its
     result.json. Returns the result (None when not evaluating). Everything random in it is seeded
     from ``seed``, so it gives the same numbers in any process and in any order."""
-    rdir = run_dir(out, method, seed)
+    rdir = run_dir(out, cfg, method, seed)
     result_path = rdir / RESULT_NAME
     if evaluate and result_path.exists():
         return load_json(result_path)

@@ -14,13 +14,12 @@ reference. The rule, fixed in advance and the same for every method:
 
 ``mdr-exact`` (the reference row) gets mdr's weight. The output file holds the chosen weights, the
 grid, the rule and every validation score, and is what ``make demo`` reads (``--weights-file``).
-Each point is checkpointed and its scores are cached under a digest of the settings it depends on,
+Each point is checkpointed and its scores are cached under a digest of the settings it depends on
+(``ExperimentConfig.run_key``),
 so a rerun resumes and a rerun with, e.g., another mdr estimator retrains only the mdr points.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from pathlib import Path
 
@@ -39,7 +38,6 @@ from .training import train_run
 SELECTED_METHODS = ("igr", "joint", "mdr")
 ACC_BUDGET = 0.01
 SCORE_KEYS = ("clean_acc", "leakage_paper", "insertion_auc_paper")
-STEPLESS_ESTIMATORS = ("exact", "jvp")
 
 
 def validation_scores(model: torch.nn.Module, val, cfg: ExperimentConfig) -> dict:
@@ -53,26 +51,13 @@ def validation_scores(model: torch.nn.Module, val, cfg: ExperimentConfig) -> dic
             "insertion_auc_paper": insertion_auc_paper(model, x, attr, y, steps=cfg.insertion_pixels)}
 
 
-def point_key(cfg: ExperimentConfig, method: str, weight: float) -> str:
-    """A digest of everything one point's model and scores depend on: the config with the methods,
-    weights and estimators narrowed to ``method`` (so changing, say, mdr's estimator reuses the other
-    methods' points), the step left out where the estimator takes none, and the seeds left out (they
-    name the run)."""
-    d = cfg.to_dict()
-    estimator = None if method == "none" else cfg.estimators[method]
-    d.update(methods=[method], seeds=None, weights=weight, estimators=estimator)
-    if estimator in (None, *STEPLESS_ESTIMATORS):  # plain CE and the exact estimators take no step
-        d["step"] = None
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
-
-
 def _point(cfg: ExperimentConfig, method: str, weight: float, seed: int, out: Path, quiet: bool) -> dict:
     """Validation scores of one (method, weight, seed), trained (or resumed) under OUT/runs, cached
-    under a directory named by ``point_key``."""
-    rdir = out / "runs" / f"{method}-w{weight:g}-seed{seed}-{point_key(cfg, method, weight)}"
+    under a directory named by the point's ``run_key``."""
+    point_cfg = cfg.replace(weights={**cfg.weights, method: weight})
+    rdir = out / "runs" / f"{method}-w{weight:g}-seed{seed}-{point_cfg.run_key(method)}"
     if (rdir / "scores.json").exists():
         return load_json(rdir / "scores.json")
-    point_cfg = cfg.replace(weights={**cfg.weights, method: weight})
     with deterministic():
         train_set, val_set = build_datasets(point_cfg, seed)
         model = train_run(point_cfg, method, seed, train_set, rdir, quiet=quiet).model

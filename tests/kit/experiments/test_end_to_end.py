@@ -61,10 +61,17 @@ def test_train_then_evaluate_equals_experiment(tmp_path, tiny_config):
     assert split == whole
 
 
-def test_output_dir_of_another_config_is_refused(tmp_path, tiny_config):
-    train_all(tiny_config.replace(methods=("none",)), tmp_path, quiet=True)
-    with pytest.raises(ValueError, match="different configuration"):
-        train_all(tiny_config.replace(methods=("none",), epochs=2), tmp_path, quiet=True)
+def test_changed_settings_reuse_only_matching_runs(tmp_path, tiny_config):
+    """Runs are keyed by their own settings: another mdr estimator retrains mdr only; other epochs retrain all."""
+    cfg = tiny_config.replace(methods=("none", "mdr"))
+    train_all(cfg, tmp_path, quiet=True)
+    first = {p.name for p in (tmp_path / "runs").iterdir()}
+    train_all(cfg.replace(estimators={"mdr": "central"}), tmp_path, quiet=True)
+    second = {p.name for p in (tmp_path / "runs").iterdir()}
+    assert len(first) == 2 and len(second) == 3 and first < second
+    assert {n.split("-seed")[0] for n in second - first} == {"mdr"}
+    train_all(cfg.replace(epochs=2), tmp_path, quiet=True)
+    assert len(list((tmp_path / "runs").iterdir())) == 5
 
 
 def _cli(out: Path) -> list[str]:
@@ -95,7 +102,7 @@ def test_resume_after_sigkill_gives_same_results(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / "results.json").exists(), "the kill came too late to interrupt anything"
-    assert not (out / "runs" / "mdr-seed0" / "result.json").exists()
+    assert not list(out.glob("runs/mdr-seed0-*/result.json"))
 
     done = subprocess.run(_cli(out), cwd=REPO, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
