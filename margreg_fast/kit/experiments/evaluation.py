@@ -23,7 +23,8 @@ Metric choices (all fixed in advance, never tuned per method):
   another class than the label (a steadier shortcut measure than the worst of 100 small groups).
 - ``worst_group_acc``: the lowest accuracy over the dataset's groups: (label, patch class) for the
   spurious variant, digit-on-top vs digit-at-bottom for BlockMNIST.
-A metric whose ingredient the dataset lacks (no null mask, no groups) is ``None``.
+A metric whose ingredient the dataset lacks (no null mask, no groups) is ``None``, and so is one that
+is undefined for the run (``insertion_auc_paper`` when no evaluated image has a positive target logit).
 
 Attribution, attack and density metrics use the first ``eval_samples`` test images. All randomness
 (PGD random starts, random density directions) runs under ``torch.random.fork_rng`` seeded from the
@@ -38,6 +39,7 @@ from ..attacks import PGD, attribution_robustness
 from ..attribution import attribute
 from ..paper_metrics import curve_area_paper, insertion_curve_paper, leakage_paper, leakage_topk
 from ..data import ImageDataset
+from .checkpoint import finite_or_none
 from .config import ExperimentConfig
 
 #: Keys of one method's entry in results.json, in order.
@@ -101,7 +103,7 @@ def evaluate_model(model: torch.nn.Module, test: ImageDataset, cfg: ExperimentCo
         "attributions": attr[:FIGURE_SAMPLES].squeeze(1).tolist(),
         "insertion_fractions": [float(f) for f in torch.as_tensor(fractions)],
         "insertion_curve": [float(c) for c in torch.as_tensor(curve)],
-        "insertion_curve_paper": [float(c) for c in paper_curve],
+        "insertion_curve_paper": [finite_or_none(c) for c in paper_curve],
     }
-    return {"image_shape": list(test.x.shape[1:]), "metrics": {k: (None if v is None else float(v)) for k, v in out.items()},
-            "extra": extra, "figure": figure}
+    return {"image_shape": list(test.x.shape[1:]), "metrics": {k: finite_or_none(v) for k, v in out.items()},
+            "extra": {k: finite_or_none(v) for k, v in extra.items()}, "figure": figure}

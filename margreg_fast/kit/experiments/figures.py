@@ -102,8 +102,10 @@ def figure1(cfg: ExperimentConfig, results: list[dict], path: Path) -> None:
         ax.set_yticks([])
     ax = axes[-1]
     for method in methods:
-        curve = np.mean([r["figure"]["insertion_curve_paper"] for r in results if r["method"] == method], axis=0)
-        ax.plot(np.arange(len(curve)), curve, label=f"{method} (AUC {_seed_mean(results, method, 'insertion_auc_paper'):.1f})")
+        curves = [r["figure"]["insertion_curve_paper"] for r in results if r["method"] == method]
+        curve = np.asarray(curves, dtype=float).mean(axis=0)  # None (undefined) -> nan: no line
+        auc = _seed_mean(results, method, "insertion_auc_paper")
+        ax.plot(np.arange(len(curve)), curve, label=f"{method} (AUC {'n/a' if auc is None else f'{auc:.1f}'})")
     ax.set_xlabel("pixels inserted")
     ax.set_ylabel("z_t(inserted) / z_t(x)")
     ax.set_title("insertion game")

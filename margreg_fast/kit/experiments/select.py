@@ -28,7 +28,7 @@ import torch
 from .. import metrics
 from ..attribution import attribute
 from ..paper_metrics import insertion_auc_paper, leakage_paper
-from .checkpoint import load_json, save_json
+from .checkpoint import finite_or_none, load_json, save_json
 from .config import ExperimentConfig
 from .datasets import build_datasets
 from .parallel import run_tasks
@@ -42,13 +42,14 @@ SCORE_KEYS = ("clean_acc", "leakage_paper", "insertion_auc_paper")
 
 def validation_scores(model: torch.nn.Module, val, cfg: ExperimentConfig) -> dict:
     """clean_acc on the whole validation split; leakage_paper and insertion_auc_paper on its first
-    ``eval_samples`` images, with ``cfg.attribution``."""
+    ``eval_samples`` images, with ``cfg.attribution``; None where undefined (see evaluation)."""
     n = min(cfg.eval_samples, len(val.y))
     x, y = val.x[:n], val.y[:n]
     attr = attribute(model, x, y, method=cfg.attribution, n_steps=cfg.ig_steps)
-    return {"clean_acc": metrics.accuracy(model, val.x, val.y),
-            "leakage_paper": leakage_paper(attr, val.null_mask[:n]),
-            "insertion_auc_paper": insertion_auc_paper(model, x, attr, y, steps=cfg.insertion_pixels)}
+    scores = {"clean_acc": metrics.accuracy(model, val.x, val.y),
+              "leakage_paper": leakage_paper(attr, val.null_mask[:n]),
+              "insertion_auc_paper": insertion_auc_paper(model, x, attr, y, steps=cfg.insertion_pixels)}
+    return {k: finite_or_none(v) for k, v in scores.items()}
 
 
 def _point(cfg: ExperimentConfig, method: str, weight: float, seed: int, out: Path, quiet: bool) -> dict:
@@ -70,12 +71,14 @@ def choose(reference_acc: float, scores: dict[float, dict]) -> float:
     """The weight picked by the rule of the module docstring from {weight: mean scores}."""
     fine = [w for w, s in scores.items() if s["clean_acc"] >= reference_acc - ACC_BUDGET]
     if fine:
-        return min(fine, key=lambda w: (scores[w]["leakage_paper"], w))
+        return min(fine, key=lambda w: (math.inf if scores[w]["leakage_paper"] is None else scores[w]["leakage_paper"], w))
     return max(scores, key=lambda w: (scores[w]["clean_acc"], -w))
 
 
 def _mean_scores(runs: list[dict]) -> dict:
-    return {k: math.fsum(r[k] for r in runs) / len(runs) for k in SCORE_KEYS}
+    """Mean over seeds per score; None where any seed's is undefined."""
+    return {k: None if any(r[k] is None for r in runs) else math.fsum(r[k] for r in runs) / len(runs)
+            for k in SCORE_KEYS}
 
 
 def select_weights(cfg: ExperimentConfig, grid: list[float], out: Path, *, quiet: bool = False, jobs: int = 1) -> dict:
@@ -109,6 +112,10 @@ def select_weights(cfg: ExperimentConfig, grid: list[float], out: Path, *, quiet
     return selection
 
 
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
+
+
 def selection_markdown(selection: dict) -> str:
     """A table of every grid point's validation scores, the chosen weight of each method marked."""
     cfg, ref = selection["config"], selection["reference_none"]
@@ -119,10 +126,10 @@ def selection_markdown(selection: dict) -> str:
              f"Rule: {selection['rule']}.", "",
              "| method | weight | val clean acc | val leakage_paper | val insertion AUC (paper units) | chosen |",
              "|---|---:|---:|---:|---:|---|",
-             f"| none | 0 | {ref['clean_acc']:.3f} | {ref['leakage_paper']:.3f} | {ref['insertion_auc_paper']:.1f} | |"]
+             f"| none | 0 | {ref['clean_acc']:.3f} | {ref['leakage_paper']:.3f} | {_fmt(ref['insertion_auc_paper'])} | |"]
     for method, rows in selection["validation"].items():
         for r in rows:
             mark = "**yes**" if r["weight"] == selection["weights"][method] else ""
             lines.append(f"| {method} | {r['weight']:g} | {r['clean_acc']:.3f} | {r['leakage_paper']:.3f} | "
-                         f"{r['insertion_auc_paper']:.1f} | {mark} |")
+                         f"{_fmt(r['insertion_auc_paper'])} | {mark} |")
     return "\n".join(lines) + "\n"
