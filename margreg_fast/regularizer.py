@@ -2,13 +2,15 @@ r"""Drop-in training objective: mean CE + weight * mean penalty, in one call.
 
 Usage (a training loop changes by one line)::
 
-    reg = MarginalDensityRegularizer(weight=1.0, method="fd", step=1e-2)
+    reg = MarginalDensityRegularizer(weight=1.0)
     loss, stats = reg(model, x, y)      # was: loss = F.cross_entropy(model(x), y)
     loss.backward(); optimizer.step()
-    print(stats["ce"], stats["penalty"], stats["grad_norm"])
+    print(stats["ce"], stats["penalty"], stats["grad_norm"], stats["secant_ratio"])
 
-The logits of x are computed once and serve both the CE and the penalty; for marginal ``fd`` the
-CE of those logits comes out of the same fused head pass as the finite difference.
+The logits of x are computed once and serve both the CE and the penalty; for ``rfd`` and ``fd`` the
+CE of those logits comes out of the same fused head pass as the finite difference. Every step the
+regulariser feeds the estimator's secant ratio to a :class:`~margreg_fast.monitor.SecantMonitor`,
+which warns once if the finite difference stops measuring the gradient (see :mod:`.monitor`).
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from torch import nn
 
 from .estimators import DEFAULT_METHOD, DEFAULT_STEP, METHODS, estimate
 from .estimators.steps import Step, check_step
+from .monitor import DEFAULT_BAND, DEFAULT_WARMUP, DEFAULT_WINDOW, SecantMonitor, secant_ratio
 from .ops.backends import BACKEND_NAMES
 from .penalty import check_target
 
@@ -32,18 +35,24 @@ class MarginalDensityRegularizer(nn.Module):
 
     Args:
         weight: lambda >= 0.
-        method: estimator of R: ``"exact"``, ``"jvp"``, ``"fd"`` (default) or ``"central"``.
-        step: h for fd / central (float > 0 or ``"auto"``).
+        method: estimator of R: ``"rfd"`` (default: exact value, randomly signed secant for the
+            gradient), ``"exact"``, ``"jvp"``, ``"fd"`` or ``"central"`` (see :mod:`.estimators.core`).
+        step: h of the finite differences (float > 0 or ``"auto"``, see :mod:`.estimators.steps`).
         penalty: ``"marginal"`` (||grad_x logsumexp f||^2, MDR), ``"conditional"`` (||grad_x CE||^2,
             IGR), ``"joint"`` (||grad_x f_y||^2) or ``"none"`` (plain CE).
         backend: implementation of the fused head op.
 
-    ``stats`` holds detached Python floats: ``ce`` (mean CE), ``penalty`` (mean R) and
-    ``grad_norm`` (mean ||grad_x S|| of the penalised quantity S; NaN for ``penalty="none"``).
+        monitor_window, monitor_band, monitor_warmup: the :class:`~margreg_fast.monitor.SecantMonitor`'s settings.
+
+    ``stats`` holds detached Python floats: ``ce`` (mean CE), ``penalty`` (mean R),
+    ``grad_norm`` (mean ||grad_x S|| of the penalised quantity S) and ``secant_ratio``
+    (sqrt(sum slope^2 / sum ||grad_x S||^2), 1 when the estimator measures the gradient); the last
+    two are NaN for ``penalty="none"``.
     """
 
     def __init__(self, weight: float, method: str = DEFAULT_METHOD, step: Step = DEFAULT_STEP, penalty: str = "marginal",
-                 backend: str = "auto") -> None:
+                 backend: str = "auto", monitor_window: int = DEFAULT_WINDOW,
+                 monitor_band: Tuple[float, float] = DEFAULT_BAND, monitor_warmup: int = DEFAULT_WARMUP) -> None:
         super().__init__()
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
             raise ValueError(f"weight must be a finite number >= 0, got {weight!r}")
@@ -55,6 +64,7 @@ class MarginalDensityRegularizer(nn.Module):
             raise ValueError(f"backend must be one of {BACKEND_NAMES}, got {backend!r}")
         self.weight, self.method, self.step = float(weight), method, check_step(step)
         self.penalty, self.backend = penalty, backend
+        self.monitor = SecantMonitor(method, monitor_window, monitor_band, monitor_warmup)
 
     def extra_repr(self) -> str:
         return f"weight={self.weight}, method={self.method!r}, step={self.step!r}, penalty={self.penalty!r}"
@@ -66,9 +76,12 @@ class MarginalDensityRegularizer(nn.Module):
         y = y.long()
         if self.penalty == "none":
             ce = F.cross_entropy(model(x), y)
-            return ce, {"ce": ce.item(), "penalty": 0.0, "grad_norm": float("nan")}
+            return ce, {"ce": ce.item(), "penalty": 0.0, "grad_norm": float("nan"), "secant_ratio": float("nan")}
         est = estimate(model, x, y, quantity=self.penalty, method=self.method, step=self.step,
                        backend=self.backend, with_ce=True)
         ce, penalty = est.ce.mean(), est.penalty.mean()
         loss = ce + self.weight * penalty
-        return loss, {"ce": ce.item(), "penalty": penalty.item(), "grad_norm": est.grad_norm.mean().item()}
+        ratio = secant_ratio(est.slope, est.grad_norm)
+        self.monitor.update(ratio)
+        return loss, {"ce": ce.item(), "penalty": penalty.item(), "grad_norm": est.grad_norm.mean().item(),
+                      "secant_ratio": ratio}
