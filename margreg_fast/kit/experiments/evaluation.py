@@ -60,7 +60,8 @@ def _pgd_accuracy(model, x, y, *, eps, norm, steps, seed) -> float:
 
 
 def evaluate_model(model: torch.nn.Module, test: ImageDataset, cfg: ExperimentConfig, seed: int) -> dict:
-    """Return ``{"metrics": {...}, "extra": {...}, "figure": {...}}`` for one trained model."""
+    """Return ``{"image_shape": [C, H, W], "metrics": {...}, "extra": {...}, "figure": {...}}`` for one
+    trained model (undefined numbers as None)."""
     model.eval()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(10_007 * (seed + 1))
@@ -102,8 +103,8 @@ def evaluate_model(model: torch.nn.Module, test: ImageDataset, cfg: ExperimentCo
         "inputs": x[:FIGURE_SAMPLES].squeeze(1).tolist(),
         "attributions": attr[:FIGURE_SAMPLES].squeeze(1).tolist(),
         "insertion_fractions": [float(f) for f in torch.as_tensor(fractions)],
-        "insertion_curve": [float(c) for c in torch.as_tensor(curve)],
-        "insertion_curve_paper": [finite_or_none(c) for c in paper_curve],
+        "insertion_curve": [finite_or_none(c) for c in torch.as_tensor(curve).tolist()],
+        "insertion_curve_paper": [finite_or_none(c) for c in paper_curve.tolist()],
     }
     return {"image_shape": list(test.x.shape[1:]), "metrics": {k: finite_or_none(v) for k, v in out.items()},
             "extra": {k: finite_or_none(v) for k, v in extra.items()}, "figure": figure}

@@ -62,9 +62,9 @@ def insertion_figure(cfg: ExperimentConfig, results: list[dict], path: Path) -> 
     for method in cfg.methods:
         runs = [r for r in results if r["method"] == method]
         fractions = np.asarray(runs[0]["figure"]["insertion_fractions"])
-        curve = np.mean([r["figure"]["insertion_curve"] for r in runs], axis=0)
-        auc = np.mean([r["metrics"]["insertion_auc"] for r in runs])
-        ax.plot(fractions, curve, marker="o", ms=3, label=f"{method} (AUC {auc:.3f})")
+        curve = np.asarray([r["figure"]["insertion_curve"] for r in runs], dtype=float).mean(axis=0)
+        auc = _seed_mean(results, method, "insertion_auc")
+        ax.plot(fractions, curve, marker="o", ms=3, label=f"{method} (AUC {'n/a' if auc is None else f'{auc:.3f}'})")
     ax.set_xlabel("fraction of pixels inserted (by attribution rank)")
     ax.set_ylabel("fraction of the target-logit change")
     ax.set_title(f"{cfg.experiment}: insertion game ({cfg.attribution})")
