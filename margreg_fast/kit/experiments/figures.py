@@ -86,7 +86,7 @@ def figure1(cfg: ExperimentConfig, results: list[dict], path: Path) -> None:
     seed = cfg.seeds[0]
     by_method = {r["method"]: r for r in results if r["seed"] == seed}
     x = np.asarray(by_method[methods[0]]["figure"]["inputs"][0])
-    fig, axes = plt.subplots(1, len(methods) + 2, figsize=(1.7 * (len(methods) + 1) + 4.2, 3.4),
+    fig, axes = plt.subplots(1, len(methods) + 2, figsize=(1.8 * (len(methods) + 1) + 5.0, 3.6), layout="constrained",
                              gridspec_kw={"width_ratios": [1] * (len(methods) + 1) + [3.2]})
     axes[0].imshow(x, cmap="gray", vmin=0, vmax=1)
     axes[0].set_title("input")
