@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench results gpu-check clean
 
 $(STAMP): requirements.txt setup.py $(wildcard csrc/*.cpp)
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,14 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_head.py
+
+# Rerun every benchmark the README quotes; write benchmarks/results/ and the README's tables.
+results: $(STAMP)
+	benchmarks/regenerate.sh $(PY)
+
+# On a CUDA machine, with its own Python (no .venv): make gpu-check OUT=dir [PYTHON=python3]
+gpu-check:
+	scripts/gpu_check.sh $(or $(OUT),gpu-check) $(PYTHON)
 
 clean:
 	rm -rf $(VENV) build *.egg-info margreg_fast/*.so

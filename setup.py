@@ -1,11 +1,30 @@
 """Build margreg_fast and its native CPU kernel (csrc/) with torch.utils.cpp_extension and ninja.
 
 Install with ``pip install --no-build-isolation -e .`` so the build sees the installed torch.
+Dependencies: the core needs torch (the version the kernel was built against: the compiled
+extension is tied to its ABI) and numpy. Extras: ``[experiments]`` for the experiment kit and its
+CLI (versions pinned as in requirements.txt) and ``[triton]`` for the GPU head-op backend.
 """
 import platform
+import re
+from pathlib import Path
 
+import torch
 from setuptools import find_packages, setup
 from torch.utils.cpp_extension import BuildExtension, CppExtension
+
+EXPERIMENTS = ("captum", "scikit-learn", "scipy", "mlxtend", "matplotlib", "tqdm")
+TRITON = "triton>=3.6"  # the kernels are tested with triton 3.6 and 3.9
+
+
+def _pinned(names):
+    """``name==version`` for each name, as pinned in requirements.txt."""
+    pins = {}
+    for line in (Path(__file__).parent / "requirements.txt").read_text().splitlines():
+        match = re.match(r"([A-Za-z0-9_.-]+)==(\S+)", line.strip())
+        if match:
+            pins[match.group(1).lower()] = match.group(0)
+    return [pins[name] for name in names]
 
 
 def _vector_flags():
@@ -34,6 +53,8 @@ setup(
     description="Fast marginal-density (score-norm) regularisation for PyTorch classifiers",
     packages=find_packages(include=["margreg_fast", "margreg_fast.*"]),
     python_requires=">=3.10",
+    install_requires=[f"torch=={torch.__version__.split('+')[0]}", "numpy>=1.24"],
+    extras_require={"experiments": _pinned(EXPERIMENTS), "triton": [TRITON]},
     ext_modules=[
         CppExtension(
             name="margreg_fast._C",

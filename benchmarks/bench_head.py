@@ -7,8 +7,9 @@ For each (B, C) case the script times, in the same run and on the same tensors:
   (and ``triton`` and ``torch`` on CUDA when a GPU is present).
 
 Times are medians over repeats; each is also given as a ratio to the floor, and the torch time as a
-ratio to each fast backend (speed-up). Prints a table and writes a CSV
-(default benchmarks/results/head_<device>.csv).
+ratio to each fast backend (speed-up). Prints a table and writes, per device, OUT/NAME.csv and
+OUT/NAME.md (the table and the command that produced it), NAME naming the run configuration:
+head_<device>[_nopin][_<N>thread] (default OUT: benchmarks/results).
 
 Allocator noise: a fwd+bwd returns two fresh (B, C) gradients per call. With glibc's default
 malloc, freed blocks of some MB are handed back to the OS and the next call page-faults them in
@@ -18,14 +19,13 @@ the floor swung between 1.0x and 2.7x). By default the script therefore pins mal
 ``--no-pin-malloc`` times the default allocator. Users can do the same with the environment
 variables MALLOC_TRIM_THRESHOLD_ and MALLOC_MMAP_THRESHOLD_, or with jemalloc/tcmalloc.
 
-    python benchmarks/bench_head.py [--repeats 30] [--csv PATH] [--no-pin-malloc]
+    python benchmarks/bench_head.py [--repeats 30] [--threads N] [--no-pin-malloc] [--device cpu|cuda] [--out DIR]
 """
 from __future__ import annotations
 
 import argparse
 import ctypes
 import ctypes.util
-import csv
 import os
 import statistics
 import sys
@@ -38,6 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import margreg_fast as mf  # noqa: E402
+from benchmarks import report  # noqa: E402
 
 CASES: List[Tuple[int, int]] = [(4096, 10), (4096, 1000), (512, 32000)]
 STEP = 0.01
@@ -154,11 +155,48 @@ def print_table(rows: List[dict]) -> None:
               f"{r['floor_ms']:>9.3f} {r['ratio_to_floor']:>8.2f} {r['speedup_vs_torch']:>18.2f}")
 
 
+def _ms(value: float) -> str:
+    """Three significant digits, no exponent."""
+    return f"{value:.0f}" if value >= 100 else f"{value:.1f}" if value >= 10 else f"{value:.2f}" if value >= 1 \
+        else f"{value:.3f}"
+
+
+def markdown_rows(rows: List[dict]) -> List[str]:
+    """One line per (B, C): the fast backend and the torch reference, each in ms and as x floor."""
+    fast = rows[0]["backend"]
+    by_case = {(r["B"], r["C"], r["backend"]): r for r in rows}
+    cases = list(dict.fromkeys((r["B"], r["C"]) for r in rows))
+    cells = []
+    for batch, classes in cases:
+        f, t = by_case[batch, classes, fast], by_case[batch, classes, "torch"]
+        cells.append([str(batch), str(classes), _ms(f["fwd_bwd_ms"]), f"{f['ratio_to_floor']:.2f}",
+                      _ms(t["fwd_bwd_ms"]), f"{t['ratio_to_floor']:.2f}", f"{f['speedup_vs_torch']:.1f}x"])
+    return report.table(["B", "C", f"{fast} ms", "x floor", "torch-reference ms", "x floor", f"{fast} speed-up"],
+                        cells, "rrrrrrr")
+
+
+def config_name(device: torch.device, malloc_pinned: bool, threads) -> str:
+    """head_<device>[_nopin][_<N>thread]: one result file per run configuration."""
+    return f"head_{device.type}" + ("" if malloc_pinned else "_nopin") + ("" if threads is None else f"_{threads}thread")
+
+
+def write_results(rows: List[dict], out: Path, name: str, repeats: int, command: str) -> None:
+    r = rows[0]
+    title = (f"Fused head op on {r['device']}, fwd+bwd of `energy_penalty(z0, z1, h, target)`: median of {repeats}, "
+             f"{r['threads']} thread(s), malloc thresholds {'pinned' if r['malloc_pinned'] else 'at glibc defaults'}. "
+             "x floor: ratio to two plain `torch.logsumexp` calls (forward only) on the same tensors, in the same run.")
+    report.write_csv(out / f"{name}.csv", rows)
+    report.write_markdown(out / f"{name}.md", title, markdown_rows(rows), command)
+    print(f"wrote {os.path.relpath(out / name)}.{{csv,md}}")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=30, help="timed samples per measurement (median taken)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
-    parser.add_argument("--csv", type=Path, default=None, help="output CSV (default benchmarks/results/head_<device>.csv)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), nargs="+", default=None,
+                        help="devices to time (default: cpu, and cuda when a GPU is present)")
+    parser.add_argument("--out", type=Path, default=report.RESULTS, help="output directory (default: %(default)s)")
     parser.add_argument("--no-pin-malloc", action="store_true",
                         help="time with glibc's default malloc thresholds (see allocator noise above)")
     args = parser.parse_args(argv)
@@ -170,22 +208,19 @@ def main(argv=None) -> None:
     if not args.no_pin_malloc and not malloc_pinned:
         print("could not pin malloc thresholds (not glibc?): timing the default allocator", file=sys.stderr)
 
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-    for device in devices:
+    names = args.device or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for device in map(torch.device, names):
+        if device.type == "cuda" and not torch.cuda.is_available():
+            print("skipping cuda: no CUDA GPU here", file=sys.stderr)
+            continue
         missing = [b for b in backends_for(device) if b not in mf.available_backends(device)]
         if missing:
             print(f"skipping {device}: backend(s) {missing} unavailable", file=sys.stderr)
             continue
         rows = run(device, args.repeats, malloc_pinned)
         print_table(rows)
-        path = args.csv if args.csv is not None and len(devices) == 1 else (
-            Path(__file__).parent / "results" / f"head_{device.type}.csv")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-        print(f"wrote {os.path.relpath(path)}")
+        write_results(rows, args.out, config_name(device, malloc_pinned, args.threads), args.repeats,
+                      report.command_line(None if argv is None else [__file__, *argv]))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
-"""Benchmark of a full CPU training step (forward, loss, backward, SGD step) per penalty estimator.
+"""Benchmark of a full training step (forward, loss, backward, SGD step) per penalty estimator, CPU or CUDA.
 
-Models: ``cnn`` = SmallCNN(width 32) on 1x28x28, ``vit`` = SmallViT(dim 64, depth 2, 4 heads, patch 4:
-49 tokens, SDPA attention) on 1x28x28; batch 128; eager and ``torch.compile``. Methods: ``plain``
-(CE only: ``MarginalDensityRegularizer(penalty="none")``) and the marginal penalty with ``exact``,
-``jvp``, ``fd`` and ``central`` (h = 1e-2), all through ``MarginalDensityRegularizer``.
+Models: ``cnn`` = SmallCNN(width 32) on 1x28x28, batch 128; ``vit`` = SmallViT(dim 64, depth 2, 4 heads,
+patch 4: 49 tokens, SDPA attention) on 1x28x28, batch 128; ``resnet`` = ResidualCNN(width 16, 2 basic
+blocks, BatchNorm in train mode, SiLU) on 3x32x32, batch 64; eager and ``torch.compile``. Methods:
+``plain`` (CE only: ``MarginalDensityRegularizer(penalty="none")``) and the marginal penalty with
+``exact``, ``jvp``, ``fd``, ``central`` and ``rfd`` (the default) at the library's default step, all
+through ``MarginalDensityRegularizer``.
 
 * Time: for each (model, mode) one process builds the model (and one compiled wrapper), warms every
   method up (compilation happens here), then runs ``--rounds`` rounds, each timing one step of every
@@ -12,7 +14,8 @@ Models: ``cnn`` = SmallCNN(width 32) on 1x28x28, ``vit`` = SmallViT(dim 64, dept
 * Peak memory: each (model, mode, method) runs in a fresh subprocess that warms up, resets the
   kernel's peak-RSS mark (/proc/self/clear_refs = 5), runs 3 steps and reports VmHWM - VmRSS(before).
   glibc is told to mmap every block >= 64 KiB (MALLOC_MMAP_THRESHOLD_) so freed tensors leave the
-  RSS and the growth is the step's working set.
+  RSS and the growth is the step's working set. On CUDA (``--device cuda``) it is the growth of
+  ``torch.cuda.max_memory_allocated`` over the same steps.
 * Threads: ``--threads`` intra-op threads (default 1). On a shared, oversubscribed CPU multi-threaded
   OpenMP regions mostly measure barrier waits on descheduled threads (a 128x10 log_softmax took
   34 ms there); one thread measures the work each method does.
@@ -20,14 +23,14 @@ Models: ``cnn`` = SmallCNN(width 32) on 1x28x28, ``vit`` = SmallViT(dim 64, dept
 Ratios are to ``plain`` of the same model and mode. Methods a model cannot run (``exact``/``jvp``
 on SDPA or under torch.compile) are reported as unsupported.
 
-    python benchmarks/bench_train_step.py [--rounds 10] [--models cnn vit] [--modes eager compile]
+    python benchmarks/bench_train_step.py [--rounds 10] [--models cnn vit resnet] [--modes eager compile] [--device cuda]
 
-Writes benchmarks/results/train_step.csv and train_step.md.
+Writes OUT/train_step[_cuda].csv and OUT/train_step[_cuda].md (the tables and the command that
+produced them; default OUT: benchmarks/results).
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import statistics
@@ -41,29 +44,40 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from benchmarks import report  # noqa: E402
 from margreg_fast.kit import models  # noqa: E402
-from margreg_fast.estimators import UnsupportedEstimatorError  # noqa: E402
+from margreg_fast.estimators import DEFAULT_METHOD, DEFAULT_STEP, UnsupportedEstimatorError  # noqa: E402
 from margreg_fast.regularizer import MarginalDensityRegularizer  # noqa: E402
 
-MODELS, MODES = ("cnn", "vit"), ("eager", "compile")
-METHODS = ("plain", "exact", "jvp", "fd", "central")
-BATCH, STEP, MEMORY_STEPS = 128, 1e-2, 3
+MODELS, MODES = ("cnn", "vit", "resnet"), ("eager", "compile")
+METHODS = ("plain", "exact", "jvp", "fd", "central", "rfd")
+MEMORY_STEPS = 3
+#: (batch, input shape) per model
+SHAPES = {"cnn": (128, (1, 28, 28)), "vit": (128, (1, 28, 28)), "resnet": (64, (3, 32, 32))}
 
 
-def build(model_name: str, mode: str):
-    """(model, the module to call: compiled or not, batch x, labels y), seeded."""
+def build(model_name: str, mode: str, device: str):
+    """(model, the module to call: compiled or not, batch x, labels y) on ``device``, seeded."""
     torch.manual_seed(0)
-    model = models.SmallCNN(width=32, image_size=28) if model_name == "cnn" else \
-        models.SmallViT(dim=64, image_size=28, depth=2, heads=4)
+    model = {"cnn": lambda: models.SmallCNN(width=32, image_size=28),
+             "vit": lambda: models.SmallViT(dim=64, image_size=28, depth=2, heads=4),
+             "resnet": lambda: models.ResidualCNN(in_channels=3, width=16, blocks=2, activation="silu")}[model_name]()
+    batch, shape = SHAPES[model_name]
     gen = torch.Generator().manual_seed(1)
-    x, y = torch.rand(BATCH, 1, 28, 28, generator=gen), torch.randint(0, 10, (BATCH,), generator=gen)
+    x, y = torch.rand(batch, *shape, generator=gen), torch.randint(0, 10, (batch,), generator=gen)
+    model, x, y = model.to(device), x.to(device), y.to(device)
     return model, (torch.compile(model) if mode == "compile" else model), x, y
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
 
 
 def make_step(model, net, x, y, method: str):
     """One training step of ``method`` (lr 0: the weights, hence the work, stay the same)."""
-    reg = MarginalDensityRegularizer(0.0 if method == "plain" else 1.0, method="fd" if method == "plain" else method,
-                                     step=STEP, penalty="none" if method == "plain" else "marginal")
+    reg = MarginalDensityRegularizer(0.0 if method == "plain" else 1.0, method=DEFAULT_METHOD if method == "plain"
+                                     else method, step=DEFAULT_STEP, penalty="none" if method == "plain" else "marginal")
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
 
     def step():
@@ -91,13 +105,21 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def memory_child(model_name: str, mode: str, method: str, warmup: int) -> dict:
-    """In a fresh process: peak-RSS growth over MEMORY_STEPS steps after warm-up."""
-    model, net, x, y = build(model_name, mode)
+def memory_child(model_name: str, mode: str, method: str, warmup: int, device: str) -> dict:
+    """In a fresh process: peak-RSS (CUDA: peak allocated) growth over MEMORY_STEPS steps after warm-up."""
+    model, net, x, y = build(model_name, mode, device)
     step = make_step(model, net, x, y, method)
     error = warm(step, warmup)
     if error:
         return {"status": "unsupported", "error": error}
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        for _ in range(MEMORY_STEPS):
+            step()
+        torch.cuda.synchronize()
+        return {"status": "ok", "peak_mib": (torch.cuda.max_memory_allocated() - before) / 2**20}
     rss_before = _status_kib("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")
     for _ in range(MEMORY_STEPS):
@@ -105,19 +127,19 @@ def memory_child(model_name: str, mode: str, method: str, warmup: int) -> dict:
     return {"status": "ok", "peak_mib": (_status_kib("VmHWM") - rss_before) / 1024}
 
 
-def measure_memory(model_name: str, mode: str, method: str, warmup: int, threads: int) -> dict:
+def measure_memory(model_name: str, mode: str, method: str, warmup: int, threads: int, device: str) -> dict:
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, __file__, "--memory-child", model_name, mode, method, "--warmup", str(warmup),
-           "--threads", str(threads)]
+           "--threads", str(threads), "--device", device]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         return {"status": "failed", "error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def measure_times(model_name: str, mode: str, methods, warmup: int, rounds: int) -> dict:
+def measure_times(model_name: str, mode: str, methods, warmup: int, rounds: int, device: str) -> dict:
     """Median step time (ms) per method, interleaved rounds in this process; error text if unsupported."""
-    model, net, x, y = build(model_name, mode)
+    model, net, x, y = build(model_name, mode, device)
     steps, out = {}, {}
     for method in methods:
         step = make_step(model, net, x, y, method)
@@ -129,8 +151,10 @@ def measure_times(model_name: str, mode: str, methods, warmup: int, rounds: int)
     times = {m: [] for m in steps}
     for _ in range(rounds):
         for method, step in steps.items():
+            _sync(device)
             t0 = time.perf_counter()
             step()
+            _sync(device)
             times[method].append(time.perf_counter() - t0)
     for method, ts in times.items():
         out[method] = {"status": "ok", "median_ms": 1e3 * statistics.median(ts)}
@@ -148,30 +172,30 @@ def goals(rows: list) -> list:
     def ms(model, mode, method):
         return val(model, mode, method, "median_ms")
 
-    exact = ms("cnn", "eager", "exact")
+    def mem(model, method):
+        return val(model, "eager", method, "peak_mib") / val(model, "eager", "exact", "peak_mib")
+
+    d = DEFAULT_METHOD
     out = [
-        ("CNN eager: fd time / plain time", ms("cnn", "eager", "fd") / ms("cnn", "eager", "plain"), "<= 2.5"),
-        ("CNN eager: fd time / exact time", ms("cnn", "eager", "fd") / exact, "<= 1.0"),
-        ("CNN eager: fd peak RSS growth / exact",
-         val("cnn", "eager", "fd", "peak_mib") / val("cnn", "eager", "exact", "peak_mib"), "<= 0.85"),
-        ("CNN: compiled fd time / eager exact time (separate processes)", ms("cnn", "compile", "fd") / exact, "<= 0.75"),
-        ("ViT eager: fd time / plain time (exact cannot run)", ms("vit", "eager", "fd") / ms("vit", "eager", "plain"),
+        (f"ResNet-BN eager: {d} time / plain time", ms("resnet", "eager", d) / ms("resnet", "eager", "plain"), "<= 2.5"),
+        (f"ResNet-BN eager: {d} time / exact time", ms("resnet", "eager", d) / ms("resnet", "eager", "exact"), "<= 0.85"),
+        (f"ResNet-BN eager: {d} peak memory / exact", mem("resnet", d), "<= 0.85"),
+        (f"CNN eager: {d} time / plain time", ms("cnn", "eager", d) / ms("cnn", "eager", "plain"), "<= 2.6"),
+        (f"CNN eager: {d} peak memory / exact", mem("cnn", d), "<= 0.85"),
+        (f"ViT eager: {d} time / plain time (exact cannot run)", ms("vit", "eager", d) / ms("vit", "eager", "plain"),
          "report"),
-        ("ViT compiled: fd time / plain time", ms("vit", "compile", "fd") / ms("vit", "compile", "plain"), "report"),
+        (f"ViT compiled: {d} time / plain time", ms("vit", "compile", d) / ms("vit", "compile", "plain"), "report"),
     ]
     return [(text, value, target, target == "report" or value <= float(target.split()[-1]))
             for text, value, target in out]
 
 
-def write_results(rows: list, out_dir: Path, conditions: str) -> str:
-    out_dir.mkdir(parents=True, exist_ok=True)
+def write_results(rows: list, out_dir: Path, conditions: str, device: str, command: str) -> str:
+    name = "train_step" if device == "cpu" else f"train_step_{device}"
     fields = ["model", "mode", "method", "status", "median_ms", "time_ratio", "peak_mib", "memory_ratio", "error"]
-    with open(out_dir / "train_step.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    lines = [f"Training step, batch {BATCH}, 1x28x28, CPU ({conditions}).", "",
-             "| model | mode | method | median step (ms) | x plain | peak RSS growth (MiB) | x plain |",
+    report.write_csv(out_dir / f"{name}.csv", rows, fields)
+    memory = "peak RSS growth" if device == "cpu" else "peak CUDA memory growth"
+    lines = [f"| model | mode | method | median step (ms) | x plain | {memory} (MiB) | x plain |",
              "|---|---|---|---:|---:|---:|---:|"]
     for r in rows:
         if r["status"] == "ok":
@@ -181,9 +205,9 @@ def write_results(rows: list, out_dir: Path, conditions: str) -> str:
             lines.append(f"| {r['model']} | {r['mode']} | {r['method']} | {r['status']} | | | |")
     lines += ["", "| goal | measured | target | met |", "|---|---:|---|---|"]
     lines += [f"| {t} | {v:.2f} | {target} | {'yes' if ok else 'NO'} |" for t, v, target, ok in goals(rows)]
-    text = "\n".join(lines) + "\n"
-    (out_dir / "train_step.md").write_text(text)
-    return text
+    shapes = "; ".join(f"{m} batch {b} of {'x'.join(map(str, shape))}" for m, (b, shape) in SHAPES.items())
+    title = f"Training step ({shapes}), {device.upper()} ({conditions})."
+    return report.write_markdown(out_dir / f"{name}.md", title, lines, command)
 
 
 def main() -> None:
@@ -196,23 +220,26 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--no-memory", action="store_true", help="skip the per-method memory subprocesses")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default: %(default)s")
+    parser.add_argument("--out", type=Path, default=report.RESULTS, help="output directory (default: %(default)s)")
     args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA GPU here")
     torch.set_num_threads(args.threads)
     if args.memory_child:
         model, mode, method = args.memory_child
-        print(json.dumps(memory_child(model, mode, method, args.warmup)))
+        print(json.dumps(memory_child(model, mode, method, args.warmup, args.device)))
         return
     methods = ["plain"] + [m for m in args.methods if m != "plain"]
     rows = []
     for model in args.models:
         for mode in args.modes:
             warmup = args.warmup if args.warmup is not None else (6 if mode == "compile" else 2)
-            timed = measure_times(model, mode, methods, warmup, args.rounds)
+            timed = measure_times(model, mode, methods, warmup, args.rounds, args.device)
             for method in methods:
                 r = {"model": model, "mode": mode, "method": method, **timed[method]}
                 if r["status"] == "ok" and not args.no_memory:
-                    mem = measure_memory(model, mode, method, warmup, args.threads)
+                    mem = measure_memory(model, mode, method, warmup, args.threads, args.device)
                     if mem["status"] == "ok":
                         r["peak_mib"] = mem["peak_mib"]
                 rows.append(r)
@@ -228,7 +255,7 @@ def main() -> None:
                 print(f"{model:4s} {mode:8s} {r['method']:8s} {shown}", flush=True)
     conditions = (f"{args.threads} intra-op thread(s), {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} "
                   f"at the end, median of {args.rounds} interleaved rounds")
-    print(write_results(rows, args.out, conditions))
+    print(write_results(rows, args.out, conditions, args.device, report.command_line()))
 
 
 if __name__ == "__main__":

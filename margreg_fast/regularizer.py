@@ -14,18 +14,18 @@ which warns once if the finite difference stops measuring the gradient (see :mod
 """
 from __future__ import annotations
 
-import math
 from typing import Dict, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .estimators import DEFAULT_METHOD, DEFAULT_STEP, METHODS, estimate
-from .estimators.steps import Step, check_step
+from .arguments import check_choice, check_data, check_estimator, check_weight
+from .estimators import DEFAULT_METHOD, DEFAULT_STEP, estimate
+from .estimators.checks import check_labels, check_output
+from .estimators.steps import Step
 from .monitor import DEFAULT_BAND, DEFAULT_WARMUP, DEFAULT_WINDOW, SecantMonitor, secant_ratio
-from .ops.backends import BACKEND_NAMES
-from .penalty import check_target
+from .reduction import reduce
 
 PENALTIES = ("marginal", "conditional", "joint", "none")
 
@@ -34,54 +34,51 @@ class MarginalDensityRegularizer(nn.Module):
     """loss = mean CE(model(x), y) + weight * mean R(x); ``reg(model, x, y) -> (loss, stats)``.
 
     Args:
-        weight: lambda >= 0.
+        weight: lambda >= 0 (a Python or NumPy number, or a 0-d tensor).
         method: estimator of R: ``"rfd"`` (default: exact value, randomly signed secant for the
             gradient), ``"exact"``, ``"jvp"``, ``"fd"`` or ``"central"`` (see :mod:`.estimators.core`).
         step: h of the finite differences (float > 0 or ``"auto"``, see :mod:`.estimators.steps`).
         penalty: ``"marginal"`` (||grad_x logsumexp f||^2, MDR), ``"conditional"`` (||grad_x CE||^2,
             IGR), ``"joint"`` (||grad_x f_y||^2) or ``"none"`` (plain CE).
         backend: implementation of the fused head op.
-
         monitor_window, monitor_band, monitor_warmup: the :class:`~margreg_fast.monitor.SecantMonitor`'s settings.
 
     ``stats`` holds detached Python floats: ``ce`` (mean CE), ``penalty`` (mean R),
     ``grad_norm`` (mean ||grad_x S|| of the penalised quantity S) and ``secant_ratio``
     (sqrt(sum slope^2 / sum ||grad_x S||^2), 1 when the estimator measures the gradient); the last
     two are NaN for ``penalty="none"``.
+
+    ``model`` is an ``nn.Module`` or any function of x returning (B, C) logits. Labels of -100 mark
+    unlabelled samples, as in ``F.cross_entropy``: the CE and the conditional / joint penalties
+    are 0 there and averaged over the labelled samples; the marginal penalty, which needs no
+    label, is averaged over all samples.
     """
 
-    def __init__(self, weight: float, method: str = DEFAULT_METHOD, step: Step = DEFAULT_STEP, penalty: str = "marginal",
-                 backend: str = "auto", monitor_window: int = DEFAULT_WINDOW,
+    def __init__(self, weight: float, method: str = DEFAULT_METHOD, step: Step = DEFAULT_STEP,
+                 penalty: str = "marginal", backend: str = "auto", monitor_window: int = DEFAULT_WINDOW,
                  monitor_band: Tuple[float, float] = DEFAULT_BAND, monitor_warmup: int = DEFAULT_WARMUP) -> None:
         super().__init__()
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
-            raise ValueError(f"weight must be a finite number >= 0, got {weight!r}")
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-        if penalty not in PENALTIES:
-            raise ValueError(f"penalty must be one of {PENALTIES}, got {penalty!r}")
-        if backend not in BACKEND_NAMES:
-            raise ValueError(f"backend must be one of {BACKEND_NAMES}, got {backend!r}")
-        self.weight, self.method, self.step = float(weight), method, check_step(step)
-        self.penalty, self.backend = penalty, backend
+        self.weight, self.step = check_weight(weight), check_estimator(method, step, backend)
+        self.method, self.backend = method, backend
+        self.penalty = check_choice("penalty", penalty, PENALTIES)
         self.monitor = SecantMonitor(method, monitor_window, monitor_band, monitor_warmup)
 
     def extra_repr(self) -> str:
         return f"weight={self.weight}, method={self.method!r}, step={self.step!r}, penalty={self.penalty!r}"
 
     def forward(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, float]]:
-        if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 2:
-            raise TypeError("x must be a floating-point tensor of shape (batch, ...)")
-        check_target(y, x)
-        y = y.long()
+        model = check_data(model, x)
+        y = check_labels(y, x)
         if self.penalty == "none":
-            ce = F.cross_entropy(model(x), y)
+            ce = F.cross_entropy(check_output(model(x), x), y)
             return ce, {"ce": ce.item(), "penalty": 0.0, "grad_norm": float("nan"), "secant_ratio": float("nan")}
         est = estimate(model, x, y, quantity=self.penalty, method=self.method, step=self.step,
                        backend=self.backend, with_ce=True)
-        ce, penalty = est.ce.mean(), est.penalty.mean()
+        penalty_labels = None if self.penalty == "marginal" else y  # the marginal penalty needs no label
+        ce = reduce(est.ce, "mean", labels=y)
+        penalty = reduce(est.penalty, "mean", labels=penalty_labels)
+        grad_norm = reduce(est.grad_norm, "mean", labels=penalty_labels)
         loss = ce + self.weight * penalty
         ratio = secant_ratio(est.slope, est.grad_norm)
         self.monitor.update(ratio)
-        return loss, {"ce": ce.item(), "penalty": penalty.item(), "grad_norm": est.grad_norm.mean().item(),
-                      "secant_ratio": ratio}
+        return loss, {"ce": ce.item(), "penalty": penalty.item(), "grad_norm": grad_norm.item(), "secant_ratio": ratio}

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import errors
+from .checks import check_output
 from .passes import ModelPasses
 from .quantities import QUANTITIES, difference, value
 from .steps import Step, broadcast_step, resolve_step, unit_direction
@@ -67,26 +68,28 @@ def _logits_and_grad_source(passes: ModelPasses, x: torch.Tensor, logits: Option
     """(x_in, z0, zg): z0 = the logits at x; zg = logits computed from x_in (requires grad) for grad_x.
 
     Without ``logits`` one forward serves both. With ``logits`` computed from an x that requires
-    grad they serve both too, unless BatchNorm statistics must be captured; otherwise the gradient
-    needs one more forward of a grad-enabled copy that changes no state.
+    grad they serve both too, unless train-mode BatchNorm statistics must be captured. Otherwise the
+    gradient needs one more forward of a grad-enabled copy (changing no state), and its logits serve
+    as z0 too: given logits that were detached, or computed from another x, would give the finite
+    differences a wrong base point and parameter gradient.
     """
-    if logits is None:
-        x_in = x if x.requires_grad else x.detach().requires_grad_(True)
-        z0 = passes.clean(x_in)
-        return x_in, z0, z0
-    if x.requires_grad and not passes.held:
+    if x.requires_grad and logits is not None and not passes.held:
         return x, logits, logits
-    x_in = x.detach().requires_grad_(True)
-    return x_in, logits, passes.capture(x_in)
+    x_in = x if x.requires_grad else x.detach().requires_grad_(True)
+    z0 = check_output(passes.clean(x_in) if logits is None else passes.capture(x_in), x)
+    return x_in, z0, z0
 
 
 def _input_gradient(s: torch.Tensor, x_in: torch.Tensor, passes: ModelPasses, logits_given: bool,
                     create_graph: bool) -> torch.Tensor:
-    with passes.held.input_gradient():
-        (g,) = torch.autograd.grad(s.sum(), x_in, retain_graph=True, create_graph=create_graph, allow_unused=True)
+    g = None
+    if s.requires_grad:  # logits with no graph at all do not depend on x either
+        with passes.held.input_gradient():
+            (g,) = torch.autograd.grad(s.sum(), x_in, retain_graph=True, create_graph=create_graph, allow_unused=True)
     if g is None:
         if logits_given:
-            raise ValueError("logits do not depend on x: pass the logits of model(x) computed from this x")
+            raise ValueError("logits do not depend on x: pass the logits of model(x) computed from this x with "
+                             "grad enabled (or omit logits)")
         g = torch.zeros_like(x_in)
     return g
 
@@ -128,6 +131,7 @@ def estimate(model: nn.Module, x: torch.Tensor, target: Optional[torch.Tensor], 
         x_in, z0, zg = _logits_and_grad_source(passes, x, logits)
         s = value(quantity, zg, target)
         if method == "exact":
+            errors.check_fsdp_exact(model)
             g = _exact_gradient(s, x_in, passes, logits is not None)
         else:
             g = _input_gradient(s, x_in, passes, logits is not None, create_graph=False)

@@ -1,4 +1,4 @@
 """The library's default estimator and step, in one place (the regulariser, the penalty functions
 and the experiment kit's ``mdr`` method all read them from here)."""
 DEFAULT_METHOD = "rfd"
-DEFAULT_STEP = 1e-2
+DEFAULT_STEP = "auto"

@@ -8,6 +8,11 @@ model (AOTAutograd has no double backward). PyTorch reports the missing double-b
 the *training* backward reaches it, far from the estimator call; :func:`check_twice_differentiable`
 finds the placeholder node (``NotImplemented``, or AOTAutograd's ``CompiledFunctionBackwardBackward``)
 right after the first-order gradient so the error is raised at once.
+
+Under FSDP2 (``torch.distributed.fsdp.fully_shard``) ``exact`` needs the parameters to stay
+unsharded from the input-gradient backward to the training backward: the double-backward graph
+holds the unsharded parameters, whose storage FSDP frees when it reshards after a backward.
+:func:`check_fsdp_exact` says so before the model runs.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ import re
 from typing import Optional
 
 import torch
+from torch import nn
 
 _NOT_IMPLEMENTED_NODE = "torch::autograd::NotImplemented"
 #: AOTAutograd's node for differentiating a compiled backward; it always raises this message.
@@ -83,3 +89,25 @@ def _provoke(node) -> BaseException:
     except Exception:  # noqa: BLE001 - private metadata API changed: fall back to a generic message
         pass
     return RuntimeError("the graph holds a torch::autograd::NotImplemented node (derivative not implemented)")
+
+
+def _reshards_after_backward(module: nn.Module) -> bool:
+    """Whether an FSDP2 module frees its unsharded parameters after a backward (FSDP's default)."""
+    groups = getattr(module._get_fsdp_state(), "_fsdp_param_groups", [])  # private: FSDP2 has no getter
+    return any(getattr(group, "reshard_after_backward", False) for group in groups)
+
+
+def check_fsdp_exact(model: nn.Module) -> None:
+    """Raise :class:`UnsupportedEstimatorError` if ``exact`` would hit parameters FSDP2 has resharded."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # torch built without distributed support
+        return
+    if any(isinstance(m, FSDPModule) and _reshards_after_backward(m) for m in model.modules()):
+        raise UnsupportedEstimatorError(
+            "method='exact' under FSDP2 (fully_shard) needs the parameters unsharded through the double "
+            "backward, but FSDP reshards them after the input-gradient backward. Use method='fd', 'central' "
+            "or 'jvp', which work with FSDP's defaults, or call model.set_reshard_after_backward(False) once "
+            "and, after every optimizer step, m.reshard() for each FSDPModule m in model.modules() (otherwise "
+            "the next forward reuses the stale gathered parameters)."
+        )

@@ -6,6 +6,12 @@ r"""The per-sample scalar S(z, y) whose input gradient is penalised, and stable 
 
 Differences S(zb) - S(za) go through the fused head op for the logsumexp part, which computes
 D = E(zb) - E(za) without cancellation; z_y differences are plain subtractions of the two logits.
+
+Unlabelled samples: a label equal to ``IGNORE_INDEX`` (-100, as in ``F.cross_entropy``) marks a
+sample without a label. The label-free marginal quantity is defined for it; the conditional and
+joint quantities are not, and give S = 0 and penalty 0 there (by every estimator), just as
+``F.cross_entropy(..., reduction="none")`` gives CE 0. Means then run over the labelled samples
+(:mod:`margreg_fast.reduction`).
 """
 from __future__ import annotations
 
@@ -17,6 +23,13 @@ import torch.nn.functional as F
 from ..ops import energy_penalty
 
 QUANTITIES = ("marginal", "conditional", "joint")
+#: The label of an unlabelled sample (``F.cross_entropy``'s default ignore_index).
+IGNORE_INDEX = -100
+
+
+def labelled(target: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: which samples carry a label (target != IGNORE_INDEX)."""
+    return target != IGNORE_INDEX
 
 
 def value(quantity: str, z: torch.Tensor, target: Optional[torch.Tensor]) -> torch.Tensor:
@@ -24,12 +37,15 @@ def value(quantity: str, z: torch.Tensor, target: Optional[torch.Tensor]) -> tor
     if quantity == "marginal":
         return torch.logsumexp(z, dim=1)
     if quantity == "conditional":
-        return F.cross_entropy(z, target, reduction="none")
-    return z.gather(1, target[:, None])[:, 0]
+        return F.cross_entropy(z, target, reduction="none", ignore_index=IGNORE_INDEX)  # 0 where unlabelled
+    return _picked(z, target)
 
 
-def _picked_difference(za: torch.Tensor, zb: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return (zb.gather(1, target[:, None]) - za.gather(1, target[:, None]))[:, 0]
+def _picked(z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """z_y per sample, 0 (constant) where the sample is unlabelled."""
+    keep = labelled(target)
+    picked = z.gather(1, torch.where(keep, target, torch.zeros_like(target))[:, None])[:, 0]
+    return torch.where(keep, picked, torch.zeros_like(picked))
 
 
 def difference(quantity: str, za: torch.Tensor, zb: torch.Tensor, target: Optional[torch.Tensor],
@@ -37,12 +53,14 @@ def difference(quantity: str, za: torch.Tensor, zb: torch.Tensor, target: Option
     """(S(zb) - S(za), CE(za, y) or None) per sample, differentiable in both logit rows.
 
     The logsumexp part comes from the fused head op (``energy_penalty``; one pass also gives the CE
-    of za); the joint and conditional quantities add the z_y difference to it.
+    of za); the joint and conditional quantities add the z_y difference to it, and are 0 on
+    unlabelled samples.
     """
     if quantity == "joint":
-        ce = F.cross_entropy(za, target, reduction="none") if with_ce else None
-        return _picked_difference(za, zb, target), ce
-    out = energy_penalty(za, zb, 1.0, target=target if with_ce else None, backend=backend)
+        ce = F.cross_entropy(za, target, reduction="none", ignore_index=IGNORE_INDEX) if with_ce else None
+        return _picked(zb, target) - _picked(za, target), ce
+    out = energy_penalty(za, zb, 1.0, target=target if with_ce else None, ignore_index=IGNORE_INDEX, backend=backend)
     if quantity == "marginal":
         return out.difference, out.ce
-    return out.difference - _picked_difference(za, zb, target).to(out.difference.dtype), out.ce
+    d = out.difference - (_picked(zb, target) - _picked(za, target)).to(out.difference.dtype)
+    return torch.where(labelled(target), d, torch.zeros_like(d)), out.ce

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from ..estimators.checks import check_labels
 from .metrics import evaluating, kendall_tau, project, steepest_direction, topk_intersection
 
 _NORMS = ("linf", "l2")
@@ -19,11 +20,11 @@ def _check_attack_args(eps: float, alpha: float, steps: int, norm: str) -> None:
         raise ValueError(f"need eps, alpha, steps >= 0, got eps={eps}, alpha={alpha}, steps={steps}")
 
 
-def _check_batch(images: torch.Tensor, labels: torch.Tensor) -> None:
+def _check_batch(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Validate the batch as the regulariser does (any integer label dtype); returns int64 labels."""
     if not torch.is_tensor(images) or not images.is_floating_point() or images.dim() < 2:
         raise TypeError("images must be a floating-point tensor (N, ...)")
-    if labels.shape != (images.shape[0],):
-        raise ValueError(f"labels must have shape ({images.shape[0]},), got {tuple(labels.shape)}")
+    return check_labels(labels, images, name="labels")
 
 
 class PGD:
@@ -65,7 +66,7 @@ class PGD:
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Adversarial images, same shape as ``images``, in [0, 1] and within eps of them."""
-        _check_batch(images, labels)
+        labels = _check_batch(images, labels)
         gen = None if self.seed is None else torch.Generator(device=images.device).manual_seed(self.seed)
         images = images.detach()
         start = self._start(images, gen)  # drawn for all images at once: independent of batch_size
@@ -149,8 +150,7 @@ class AttributionAttack:
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Perturbed images within eps (L-inf) of ``images``, in [0, 1], with unchanged predicted class."""
-        _check_batch(images, labels)
-        labels = labels.to(torch.int64)
+        labels = _check_batch(images, labels)
         with evaluating(self.model):
             return torch.cat([self._attack_batch(images[i:i + self.batch_size].detach(),
                                                  labels[i:i + self.batch_size])

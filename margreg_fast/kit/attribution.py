@@ -10,9 +10,12 @@ For a linear model z = W x + b these are W_t, x * W_t and x * W_t exactly.
 """
 from __future__ import annotations
 
+import numbers
+
 import torch
 from captum.attr import FeatureAblation, IntegratedGradients, Saliency
 
+from ..estimators.checks import check_class_indices
 from .metrics import evaluating
 
 METHODS = ("saliency", "integrated_gradients", "ablation")
@@ -26,11 +29,14 @@ def attribute(model: torch.nn.Module, x: torch.Tensor, target, *, method: str = 
     the number of ablated pixels per forward batch of the ablation method. The model runs in eval
     mode (restored afterwards); no parameter gradients are accumulated.
     """
+    if not torch.is_tensor(target) and (isinstance(target, bool) or not isinstance(target, numbers.Integral)):
+        raise TypeError(f"target must be an int or a tensor of integer class indices, got {type(target).__name__}")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if not torch.is_tensor(x) or not x.is_floating_point():
         raise TypeError("x must be a floating-point tensor")
     if torch.is_tensor(target):
+        check_class_indices(target, "target")  # a float target would be truncated silently
         target = target.to(device=x.device, dtype=torch.int64)
         if target.dim() == 1 and target.shape[0] != x.shape[0]:
             raise ValueError(f"target has {target.shape[0]} entries for {x.shape[0]} inputs")

@@ -1,35 +1,57 @@
-"""Backend registry for the fused energy head: name -> implementation module.
-
-Each backend module exposes ``CHECKS_TARGET_RANGE`` (whether its forward raises ValueError for
-out-of-range targets itself), ``is_available(device) -> bool``, ``unavailable_reason(device) -> str``,
-``forward(z0, z1, target, ignore_index) -> (D, ce, stats)`` and
-``backward(z0, z1, target, ignore_index, stats, grad_d, grad_ce) -> (dz0, dz1)``
-with the semantics of :mod:`margreg_fast.ops.reference`.
-"""
+"""Backend registry for the fused energy head: name -> implementation module (a :class:`Backend`)."""
 from __future__ import annotations
 
-from types import ModuleType
-from typing import Dict, List
+import warnings
+from typing import Dict, List, Optional, Protocol, Tuple, runtime_checkable
 
 import torch
 
 from . import native, reference, triton_head
 
-BACKENDS: Dict[str, ModuleType] = {"torch": reference, "native": native, "triton": triton_head}
+
+@runtime_checkable
+class Backend(Protocol):
+    """What a backend module provides, with the semantics of :mod:`margreg_fast.ops.reference`."""
+
+    #: Whether ``forward`` raises ValueError for targets outside [0, C) (not ignore_index) itself.
+    CHECKS_TARGET_RANGE: bool
+
+    def is_available(self, device: torch.device) -> bool:
+        """Whether it can run on tensors on ``device`` here."""
+
+    def unavailable_reason(self, device: torch.device) -> str:
+        """Why it cannot (and what to install or set)."""
+
+    def forward(self, z0: torch.Tensor, z1: torch.Tensor, target: Optional[torch.Tensor],
+                ignore_index: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(D, ce, stats): D and ce of shape (B,), stats (B, 4) = [m0, log s0, m1, log s1]."""
+
+    def backward(self, z0: torch.Tensor, z1: torch.Tensor, target: Optional[torch.Tensor], ignore_index: int,
+                 stats: torch.Tensor, grad_d: torch.Tensor, grad_ce: Optional[torch.Tensor]
+                 ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(dz0, dz1) in the logits' dtype, for the per-row gradients grad_d and grad_ce."""
+
+
+BACKENDS: Dict[str, Backend] = {"torch": reference, "native": native, "triton": triton_head}
 BACKEND_NAMES = ("auto",) + tuple(BACKENDS)
 
 
 def resolve(name: str, device: torch.device) -> str:
     """Map a user-facing backend name to a concrete, available one for tensors on ``device``.
 
-    ``auto`` picks triton on CUDA, native on CPU when the extension is built, torch otherwise.
-    A backend asked for by name that cannot run raises ``RuntimeError`` saying why.
+    ``auto`` picks triton on CUDA, native on CPU when the extension is built, torch otherwise
+    (with a warning giving the reason when it falls back). A backend asked for by name that cannot
+    run raises ``RuntimeError`` saying why.
     """
     if not isinstance(name, str) or name not in BACKEND_NAMES:
         raise ValueError(f"backend must be one of {BACKEND_NAMES}, got {name!r}")
     if name == "auto":
         preferred = "triton" if device.type == "cuda" else "native" if device.type == "cpu" else "torch"
-        return preferred if BACKENDS[preferred].is_available(device) else "torch"
+        if BACKENDS[preferred].is_available(device):
+            return preferred
+        warnings.warn(f"backend 'auto' uses the torch reference for {device.type} tensors: "
+                      f"{preferred} is unavailable ({BACKENDS[preferred].unavailable_reason(device)})", stacklevel=3)
+        return "torch"
     module = BACKENDS[name]
     if not module.is_available(device):
         raise RuntimeError(f"backend {name!r} is unavailable for {device} tensors: {module.unavailable_reason(device)}")

@@ -14,17 +14,43 @@ from __future__ import annotations
 from typing import NamedTuple, Optional
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from . import backends
-from .validation import Step, check_logits, check_step, check_target
+from .validation import Step, check_head_step, check_head_target, check_logits
+
+
+class _RefuseSecondOrder(torch.autograd.Function):
+    """Identity on the head op's gradients whose own backward raises: they are not twice differentiable."""
+
+    @staticmethod
+    def forward(ctx, anchor, *grads):
+        return tuple(g.view_as(g) for g in grads)
+
+    @staticmethod
+    def backward(ctx, *_):
+        raise RuntimeError("the energy head op (energy_penalty / energy_difference) is not twice differentiable: "
+                           "its gradient cannot be differentiated again (use a method that needs only first "
+                           "derivatives of the head, or the plain torch.logsumexp for double backprop)")
+
+
+def _refuse_second_order(grads, sources):
+    """``grads`` unchanged, but differentiating them raises when a graph is being built (create_graph)
+    and any of ``sources`` (the op's inputs and incoming gradients) requires grad."""
+    if not torch.is_grad_enabled():  # the usual first-order backward
+        return grads
+    anchor = next((t for t in sources if isinstance(t, torch.Tensor) and t.requires_grad), None)
+    if anchor is None:
+        return grads
+    return _RefuseSecondOrder.apply(anchor, *grads)
 
 
 class _EnergyHead(torch.autograd.Function):
     """Autograd bridge to a backend: forward -> (D, ce, penalty); backward -> one fused pass for dz0, dz1.
 
     The backward is once-differentiable: differentiating it again raises instead of silently
-    dropping the second-order terms (the finite-difference estimators never need them).
+    dropping the second-order terms (the finite-difference estimators never need them). The
+    gradients it returns under ``create_graph=True`` carry a node that raises when reached, whether
+    the graph leads back to the logits, the step or the incoming gradients.
     """
 
     @staticmethod
@@ -45,8 +71,16 @@ class _EnergyHead(torch.autograd.Function):
         return D, ce, penalty
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_d, grad_ce, grad_penalty):
+        z0, z1, _, _, _, step_tensor = ctx.saved_tensors
+        with torch.no_grad():
+            dz0, dz1, grad_h = _EnergyHead._first_order(ctx, grad_d, grad_ce, grad_penalty)
+        grads = _refuse_second_order((dz0, dz1) if grad_h is None else (dz0, dz1, grad_h),
+                                     (z0, z1, step_tensor, grad_d, grad_ce, grad_penalty))
+        return grads[0], grads[1], None, grads[2] if grad_h is not None else None, None, None
+
+    @staticmethod
+    def _first_order(ctx, grad_d, grad_ce, grad_penalty):
         r"""dL/dD = g_D + g_P * 2 D / h^2 goes to one fused kernel pass; dL/dh = -g_P * 2 D^2 / h^3."""
         z0, z1, target, stats, D, step_tensor = ctx.saved_tensors
         h = ctx.step if step_tensor is None else step_tensor
@@ -64,7 +98,7 @@ class _EnergyHead(torch.autograd.Function):
             grad_ce = None
         # Every backend takes the per-row gradients in any layout (the one from .sum() is expanded).
         dz0, dz1 = backends.BACKENDS[ctx.backend].backward(z0, z1, target, ctx.ignore_index, stats, grad_d, grad_ce)
-        return dz0, dz1, None, grad_h, None, None
+        return dz0, dz1, grad_h
 
 
 class EnergyPenalty(NamedTuple):
@@ -77,11 +111,11 @@ class EnergyPenalty(NamedTuple):
 
 def _head(z0, z1, target, step, ignore_index, backend):
     check_logits(z0, z1)
-    step = None if step is None else check_step(step, z0.shape[0], z0.device)
+    step = None if step is None else check_head_step(step, z0.shape[0], z0.device)
     if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
         raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
     name = backends.resolve(backend, z0.device)
-    target = check_target(target, z0, ignore_index, check_range=not backends.BACKENDS[name].CHECKS_TARGET_RANGE)
+    target = check_head_target(target, z0, ignore_index, check_range=not backends.BACKENDS[name].CHECKS_TARGET_RANGE)
     return _EnergyHead.apply(z0, z1, target, step, ignore_index, name)
 
 

@@ -37,7 +37,7 @@ U_MAX = 60.0
 PHI_SERIES_CUTOFF = 0.5
 
 
-#: Targets are range-checked in Python before this backend runs (validation.check_target).
+#: Targets are range-checked in Python before this backend runs (validation.check_head_target).
 CHECKS_TARGET_RANGE = False
 
 

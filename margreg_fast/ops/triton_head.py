@@ -62,7 +62,7 @@ INTERPRETER_TILE = 1 << 15
 _INTERPRETED = _IMPORT_ERROR is None and bool(triton.knobs.runtime.interpret)
 
 
-#: Targets are range-checked in Python before this backend runs (validation.check_target).
+#: Targets are range-checked in Python before this backend runs (validation.check_head_target).
 CHECKS_TARGET_RANGE = False
 
 
@@ -77,7 +77,7 @@ def is_available(device: torch.device) -> bool:
 
 def unavailable_reason(device: torch.device) -> str:
     if _IMPORT_ERROR is not None:
-        return f"triton cannot be imported ({_IMPORT_ERROR})"
+        return f"triton cannot be imported ({_IMPORT_ERROR}); install it with pip install 'margreg_fast[triton]'"
     if device.type == "cuda" and not torch.cuda.is_available():
         return "no CUDA GPU is available"
     if device.type == "cpu" and not _INTERPRETED:

@@ -37,7 +37,7 @@ def check_logits(z0: torch.Tensor, z1: torch.Tensor) -> None:
         raise ValueError("logits must have at least one class (got C = 0)")
 
 
-def check_target(target: Optional[torch.Tensor], z0: torch.Tensor, ignore_index: int,
+def check_head_target(target: Optional[torch.Tensor], z0: torch.Tensor, ignore_index: int,
                  check_range: bool = True) -> Optional[torch.Tensor]:
     """Validate integer class targets of shape (B,); returns them as int64 on z0's device.
 
@@ -67,7 +67,7 @@ def check_target(target: Optional[torch.Tensor], z0: torch.Tensor, ignore_index:
     return target.long()
 
 
-def check_step(step: Step, batch: int, device: torch.device) -> Union[float, torch.Tensor]:
+def check_head_step(step: Step, batch: int, device: torch.device) -> Union[float, torch.Tensor]:
     """A finite step h > 0: a Python number, a 0-d tensor or a tensor of shape (B,)."""
     if isinstance(step, bool) or not isinstance(step, (int, float, torch.Tensor)):
         raise TypeError(f"step must be a float or a tensor, got {type(step).__name__}")

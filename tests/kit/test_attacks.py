@@ -150,3 +150,20 @@ def test_attack_argument_errors(trained_cnn):
         PGD(net, eps=0.1, alpha=0.01, steps=1)(x, y[:-1])
     with pytest.raises(ValueError, match="k=100"):
         AttributionAttack(net, eps=0.1, alpha=0.01, steps=1, k=100)(x, y)
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.uint8])
+def test_pgd_accepts_the_label_dtypes_the_regulariser_accepts(binary, dtype):
+    model, x, y, _, _ = binary
+    attack = PGD(model, eps=0.1, alpha=0.05, steps=3, seed=0)
+    torch.testing.assert_close(attack(x, y.to(dtype)), attack(x, y), rtol=0, atol=0)
+
+
+def test_attacks_reject_float_labels(binary):
+    model, x, y, _, _ = binary
+    for attack in (PGD(model, eps=0.1, alpha=0.05, steps=1),
+                   AttributionAttack(model, eps=0.1, alpha=0.05, steps=1, k=2)):
+        with pytest.raises(TypeError, match="labels must hold integer class indices, got dtype torch.float32"):
+            attack(x, y.float())
+        with pytest.raises(ValueError, match=r"labels must hold one label per sample, shape \(400,\)"):
+            attack(x, y[:3])

@@ -60,3 +60,10 @@ def test_bad_input(linear):
     with pytest.raises(ValueError, match="target"):
         attribute(model, x, t[:3])
     assert set(METHODS) == {"saliency", "integrated_gradients", "ablation"}
+
+
+@pytest.mark.parametrize("target", [torch.tensor([0.0, 1.7, 2.0, 3.0, 4.0, 0.0, 1.0]), torch.tensor(2.5), 2.5, True])
+def test_non_integer_target_is_a_type_error_not_truncated(linear, target):
+    model, x, _, _ = linear
+    with pytest.raises(TypeError, match="target must"):
+        attribute(model, x, target)

@@ -10,7 +10,10 @@ import torch
 import torch.nn.functional as F
 
 import margreg_fast as mf
-from tests.ops.truth import make_logits, relative_max_error, scaled_error, true_difference
+from margreg_fast.ops import reference
+from tests.ops.calls import run_backward, run_forward
+from tests.ops.truth import (assert_stats_match_reference, make_logits, relative_max_error, scaled_error,
+                             true_difference)
 
 SCALES = [1.0, 20.0, 1000.0]
 DIFFS = [1e-7, 1e-4, 1e-1, 10.0]
@@ -66,13 +69,29 @@ def test_gradients_match_softmax(backend, shape, scale):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_inputs_accumulate_in_fp32(backend, dtype):
-    name, device = backend
-    z0, z1 = make_logits(32, 100, 5.0, 1e-2, dtype=dtype)
+    """fp32 outputs from half logits; gradients in the half dtype, at most one half-precision ulp from
+    the reference's (fp32 values rounded to nearest)."""
+    z0, z1 = make_logits(33, 517, 5.0, 1e-2, dtype=dtype)
+    target = torch.randint(0, 517, (33,), generator=torch.Generator().manual_seed(4))
+    target[::3] = -100
+    D, ce, stats = run_forward(backend, z0, z1, target)
+    assert D.dtype == ce.dtype == stats.dtype == torch.float32
+    # the inputs are exactly representable in fp32, so the fp32 bound applies to the result
+    assert scaled_error(D, z0.float(), z1.float()) <= 1e-5
+    _, ce_ref, stats_ref = reference.forward(z0, z1, target, -100)
+    torch.testing.assert_close(ce, ce_ref)
+    assert_stats_match_reference(stats, stats_ref)
+    grad_d, grad_ce = torch.linspace(-1.0, 1.0, 33), torch.linspace(0.5, 1.5, 33)
+    dz0, dz1 = run_backward(backend, z0, z1, target, -100, stats, grad_d, grad_ce)
+    assert dz0.dtype == dz1.dtype == dtype
+    ulp = torch.finfo(dtype).eps
+    for got, want in zip((dz0, dz1), reference.backward(z0, z1, target, -100, stats, grad_d, grad_ce)):
+        torch.testing.assert_close(got.float(), want.float(), rtol=ulp, atol=1e-7)
+
+    name, device = backend  # through the public op, with autograd
     a, b = z0.to(device).requires_grad_(), z1.to(device).requires_grad_()
     out = mf.energy_penalty(a, b, 0.1, backend=name)
     assert out.penalty.dtype == torch.float32 and out.difference.dtype == torch.float32
-    # the inputs are exactly representable in fp32, so the fp32 bound applies to the result
-    assert scaled_error(out.difference.cpu(), z0.float(), z1.float()) <= 1e-5
     out.penalty.sum().backward()
     assert a.grad.dtype == dtype and b.grad.dtype == dtype
 
@@ -87,9 +106,15 @@ def test_float64_gradcheck_torch_backend():
     )
 
 
-def test_double_backward_raises_instead_of_silently_dropping_terms():
-    z0, z1 = make_logits(3, 4, 1.0, 0.1, dtype=torch.float64)
-    a, b = z0.requires_grad_(), z1.requires_grad_()
-    (ga,) = torch.autograd.grad(mf.energy_difference(a, b, backend="torch").sum(), a, create_graph=True)
-    with pytest.raises(RuntimeError, match="does not require grad|once_differentiable"):
-        ga.sum().backward()
+@pytest.mark.parametrize("grad_output_requires_grad", [False, True])
+def test_double_backward_raises_instead_of_silently_dropping_terms(backend, grad_output_requires_grad):
+    """The gradient of the op must not be a constant: ((ga**2).sum() + z0.sum()).backward() would then
+    silently give ones. It carries a node that raises our message (only ours matches)."""
+    name, device = backend
+    z0, z1 = make_logits(3, 4, 1.0, 0.1)
+    a, b = z0.to(device).requires_grad_(), z1.to(device).requires_grad_()
+    grad_output = torch.ones(3, device=device, requires_grad=grad_output_requires_grad)
+    (ga,) = torch.autograd.grad(mf.energy_difference(a, b, backend=name), a, grad_output, create_graph=True)
+    assert ga.grad_fn is not None
+    with pytest.raises(RuntimeError, match="energy head op .* is not twice differentiable"):
+        ((ga ** 2).sum() + a.sum()).backward()

@@ -1,14 +1,16 @@
 """The native C++ kernel (torch.ops.margreg_fast.*) against float64 truth and the eager reference.
 
 Tolerances (none widened to pass):
-* D: scaled error <= 1e-5 of |D| + sum_k p0_k |d_k| in fp32 and half inputs (issue 2), <= 1e-12 in
+* D: scaled error <= 1e-5 of |D| + sum_k p0_k |d_k| in fp32 (issue 2), <= 1e-12 in
   fp64 (the stabilised form keeps a few ulps of that scale; 1e-12 leaves ~4500 fp64 ulps for C = 50000
   summation terms).
 * native vs reference (both fp32): the same 1e-5 scaled bound on D; CE and log-sums agree to
   assert_close's fp32 defaults (rtol 1.3e-6, atol 1e-5): both sum C fp32 exponentials, in different
   orders.
-* gradients: max |err| / max |ref| <= 1e-6 against the float64 softmax formulas (issue 2); half
-  gradients within one rounding of the half dtype of the reference's fp32-then-rounded values.
+* gradients: max |err| / max |ref| <= 1e-6 against the float64 softmax formulas (issue 2).
+
+The edge cases every backend shares (empty batch, strided inputs, masked classes, all -inf rows,
+NaN / inf, ignore_index, half inputs) are tested once, for every backend, in test_energy_head*.py.
 """
 import pytest
 import torch
@@ -112,75 +114,6 @@ def test_float64_is_accumulated_in_float64():
         assert relative_max_error(g, w) <= 1e-13
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_half_inputs(dtype):
-    z0, z1, target, grad_d, grad_ce = _backward_inputs((33, 517), dtype)
-    D, ce, stats = OPS.energy_head_forward(z0, z1, target, -100)
-    D_ref, ce_ref, stats_ref = reference.forward(z0, z1, target, -100)
-    assert D.dtype == ce.dtype == stats.dtype == torch.float32
-    # the half inputs are exact in fp32, so the fp32 bound applies
-    assert scaled_error(D, z0.float(), z1.float()) <= 1e-5
-    torch.testing.assert_close(ce, ce_ref)
-    torch.testing.assert_close(stats, stats_ref)
-    dz0, dz1 = OPS.energy_head_backward(z0, z1, target, -100, stats, grad_d, grad_ce)
-    ref0, ref1 = reference.backward(z0, z1, target, -100, stats, grad_d, grad_ce)
-    assert dz0.dtype == dz1.dtype == dtype
-    eps = torch.finfo(dtype).eps
-    torch.testing.assert_close(dz0, ref0, rtol=eps, atol=eps * ref0.float().abs().max().item())
-    torch.testing.assert_close(dz1, ref1, rtol=eps, atol=eps * ref1.float().abs().max().item())
-
-
-def test_non_contiguous_and_transposed_inputs_match_contiguous():
-    base0, base1 = make_logits(600, 40, 3.0, 1e-2, seed=4)
-    cases = [
-        (base0.t().contiguous().t(), base1.t().contiguous().t()),  # column-major (transposed storage)
-        (base0[::2, ::3], base1[::2, ::3]),  # strided rows and columns
-        (base0[:, 5:35], base1[:, 5:35]),  # row stride != C
-    ]
-    target_full = torch.randint(0, 30, (600,), generator=torch.Generator().manual_seed(0))
-    for a, b in cases:
-        target = target_full[: a.shape[0]] % a.shape[1]
-        target_strided = torch.stack([target, target], 1)[:, 0]
-        got = OPS.energy_head_forward(a, b, target_strided, -100)
-        want = OPS.energy_head_forward(a.contiguous(), b.contiguous(), target, -100)
-        for g, w in zip(got, want):
-            assert torch.equal(g, w)
-        grad_d = torch.linspace(-1, 1, 2 * a.shape[0])[::2]
-        gb = OPS.energy_head_backward(a, b, target_strided, -100, got[2], grad_d, grad_d)
-        wb = OPS.energy_head_backward(a.contiguous(), b.contiguous(), target, -100, want[2],
-                                      grad_d.contiguous(), grad_d.contiguous())
-        for g, w in zip(gb, wb):
-            assert torch.equal(g, w)
-
-
-def test_empty_batch():
-    z = torch.zeros(0, 7)
-    D, ce, stats = OPS.energy_head_forward(z, z, torch.zeros(0, dtype=torch.long), -100)
-    assert D.shape == ce.shape == (0,) and stats.shape == (0, 4)
-    dz0, dz1 = OPS.energy_head_backward(z, z, None, -100, stats, D, None)
-    assert dz0.shape == dz1.shape == (0, 7)
-
-
-def test_masked_classes_give_finite_accurate_results():
-    """Classes masked (-inf) in both rows drop out: same D and gradients as without those columns."""
-    z0, z1 = make_logits(32, 300, 5.0, 1e-3, seed=6)
-    keep = torch.ones(300, dtype=torch.bool)
-    keep[::7] = False
-    a, b = z0.clone(), z1.clone()
-    a[:, ~keep] = NEG_INF
-    b[:, ~keep] = NEG_INF
-    target = torch.arange(32) * 9 % 300
-    target[~keep[target]] = -100
-    D, ce, stats = OPS.energy_head_forward(a, b, target, -100)
-    assert torch.isfinite(D).all() and torch.isfinite(ce).all()
-    assert scaled_error(D, z0[:, keep], z1[:, keep]) <= 1e-5
-    D_ref, ce_ref, _ = reference.forward(a, b, target, -100)
-    torch.testing.assert_close(ce, ce_ref)
-    dz0, dz1 = OPS.energy_head_backward(a, b, target, -100, stats, torch.ones(32), torch.ones(32))
-    assert torch.equal(dz0[:, ~keep], torch.zeros_like(dz0[:, ~keep]))
-    assert relative_max_error(dz1[:, keep], torch.softmax(z1[:, keep].double(), 1)) <= 1e-6
-
-
 def test_class_masked_in_one_row_only_uses_the_fallback():
     z0, z1 = make_logits(4, 50, 2.0, 1e-2, seed=7)
     z0[0, 3] = NEG_INF  # masked in z0 only: D grows
@@ -189,38 +122,6 @@ def test_class_masked_in_one_row_only_uses_the_fallback():
     want = torch.logsumexp(z1.double(), 1) - torch.logsumexp(z0.double(), 1)
     torch.testing.assert_close(D.double(), want, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(D, reference.forward(z0, z1, None, -100)[0])
-
-
-def test_all_neg_inf_rows_match_logsumexp():
-    """Both rows all -inf: NaN; one row all -inf: +-inf, exactly as the difference of logsumexps."""
-    z0, z1 = make_logits(4, 9, 1.0, 1e-2, seed=8)
-    z0[0] = NEG_INF
-    z1[0] = NEG_INF
-    z0[1] = NEG_INF
-    z1[2] = NEG_INF
-    D, _, _ = OPS.energy_head_forward(z0, z1, None, -100)
-    want = torch.logsumexp(z1, 1) - torch.logsumexp(z0, 1)
-    torch.testing.assert_close(D, want, equal_nan=True)
-    assert torch.isnan(D[0]) and D[1] == INF and D[2] == NEG_INF and torch.isfinite(D[3])
-
-
-@pytest.mark.parametrize("bad", [NAN, INF])
-@pytest.mark.parametrize("where", ["z0", "z1"])
-def test_nan_and_inf_propagate_as_nan(bad, where):
-    z0, z1 = make_logits(3, 1000, 1.0, 1e-2, seed=9)
-    (z0 if where == "z0" else z1)[1, 500] = bad
-    target = torch.tensor([1, 2, 3])
-    D, ce, stats = OPS.energy_head_forward(z0, z1, target, -100)
-    assert torch.isnan(D[1]) and torch.isnan(ce[1])
-    assert torch.isfinite(D[[0, 2]]).all() and torch.isfinite(ce[[0, 2]]).all()
-    D_ref, ce_ref, stats_ref = reference.forward(z0, z1, target, -100)
-    torch.testing.assert_close(D, D_ref, equal_nan=True)
-    torch.testing.assert_close(stats, stats_ref, equal_nan=True)
-    dz0, dz1 = OPS.energy_head_backward(z0, z1, target, -100, stats, torch.ones(3), torch.ones(3))
-    ref0, ref1 = reference.backward(z0, z1, target, -100, stats, torch.ones(3), torch.ones(3))
-    torch.testing.assert_close(dz0, ref0, equal_nan=True)
-    torch.testing.assert_close(dz1, ref1, equal_nan=True)
-    assert torch.isfinite(dz0[[0, 2]]).all()
 
 
 def _rows_of_every_kind(batch, classes, dtype):

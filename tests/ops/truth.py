@@ -1,4 +1,4 @@
-"""Float64 ground truth and the error metric for the fused energy head tests.
+"""Float64 ground truth and the error metrics for the fused energy head tests.
 
 Truth: with p0 = softmax(z0), d = z1 - z0 (exact in float64 for fp32 inputs), dbar = sum_k p0_k d_k
 and u = d - dbar, the identity D = dbar + log(sum_k p0_k exp(u_k)) = dbar + log1p(sum_k p0_k (expm1(u_k) - u_k))
@@ -52,3 +52,10 @@ def error_scale(z0, z1, dtype):
 def relative_max_error(x, ref):
     """max |x - ref| / max |ref|: the gradient error metric."""
     return ((x.double() - ref.double()).abs().max() / ref.double().abs().max()).item()
+
+
+def assert_stats_match_reference(stats, ref_stats):
+    """Row maxima [m0, m1] exactly as the torch reference's; log-sums within 1e-6 (a few fp32 ulps of a
+    sum taken in another order)."""
+    torch.testing.assert_close(stats[:, [0, 2]], ref_stats[:, [0, 2]], rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(stats[:, [1, 3]], ref_stats[:, [1, 3]], rtol=1e-6, atol=1e-6, equal_nan=True)

@@ -8,10 +8,12 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from margreg_fast.kit.experiments.config import METHODS
 from margreg_fast.kit.experiments.evaluation import RESULT_KEYS
 from margreg_fast.kit.experiments.runner import evaluate_all, run_experiment, train_all
+from margreg_fast.kit.experiments.training import CHECKPOINT_NAME
 
 from .conftest import TINY_FLAGS
 
@@ -88,6 +90,9 @@ def _without_timing(path: Path) -> dict:
 
 
 def test_resume_after_sigkill_gives_same_results(tmp_path):
+    """Kill -9 part-way through the regularised run (mdr, after its first of three epochs, "none"
+    being done), rerun the command: it must resume mdr from its checkpoint (not retrain it: its
+    recorded step times of the first epoch survive) and end with the uninterrupted results."""
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     ref = tmp_path / "ref"
     subprocess.run(_cli(ref), cwd=REPO, env=env, check=True, capture_output=True)
@@ -95,16 +100,21 @@ def test_resume_after_sigkill_gives_same_results(tmp_path):
     out = tmp_path / "killed"
     proc = subprocess.Popen(_cli(out), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
-    while not list(out.glob("runs/*/checkpoint.pt")):
+    while not list(out.glob(f"runs/mdr-seed0-*/{CHECKPOINT_NAME}")):
         assert proc.poll() is None, "finished before writing a checkpoint"
         assert time.monotonic() < deadline
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not (out / "results.json").exists(), "the kill came too late to interrupt anything"
-    assert not list(out.glob("runs/mdr-seed0-*/result.json"))
+    assert list(out.glob("runs/none-seed0-*/result.json"))
+    assert not list(out.glob("runs/mdr-seed0-*/result.json")), "the kill came too late to interrupt mdr"
+    checkpoint, = out.glob(f"runs/mdr-seed0-*/{CHECKPOINT_NAME}")
+    killed = torch.load(checkpoint, weights_only=True)
+    assert 1 <= killed["epoch"] < 3, killed["epoch"]
 
     done = subprocess.run(_cli(out), cwd=REPO, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+    final = torch.load(checkpoint, weights_only=True)
+    assert final["epoch"] == 3 and final["step_times"][:len(killed["step_times"])] == killed["step_times"]
     assert _without_timing(out / "results.json") == _without_timing(ref / "results.json")
     assert _without_timing(out / "results_seeds.json") == _without_timing(ref / "results_seeds.json")

@@ -1,6 +1,6 @@
-"""Worker for tests/test_models_conditions.py::test_ddp_* (started by torch.distributed.run, gloo, CPU).
+"""Worker for tests/test_distributed.py::test_ddp_* (started by torch.distributed.run, gloo, CPU).
 
-Usage: python -m torch.distributed.run --nproc_per_node 2 tests/ddp_worker.py OUT_DIR
+Usage: python -m torch.distributed.run --nproc_per_node 2 -m tests.workers.ddp OUT_DIR
 Each rank takes its half of a fixed global batch and makes one regularised SGD step on
 (1) an MLP wrapped in DDP -- rank 0 saves the updated parameters to OUT_DIR/params.pt;
 (2) a BatchNorm CNN wrapped in DDP -- each rank saves whether its buffers equal those after one
@@ -16,6 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from margreg_fast.kit import models
 from margreg_fast.regularizer import MarginalDensityRegularizer
+from tests.workers.lifecycle import finish
 
 GLOBAL_BATCH, LR, WEIGHT, STEP = 8, 0.5, 2.0, 1e-2
 
@@ -60,7 +61,7 @@ def main(out_dir):
     step(ddp_bn, xs, ys)
     same = all(torch.equal(a, b) for a, b in zip(net.buffers(), plain.buffers()))
     torch.save({"buffers_equal": same}, os.path.join(out_dir, f"bn_rank{rank}.pt"))
-    dist.destroy_process_group()
+    finish()
 
 
 if __name__ == "__main__":

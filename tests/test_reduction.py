@@ -1,0 +1,83 @@
+"""Unlabelled samples (label -100, F.cross_entropy's ignore_index): one behaviour for every penalty.
+
+The CE follows F.cross_entropy (0 per unlabelled sample, mean over the labelled ones); the marginal
+penalty needs no label and is defined and averaged over every sample; the conditional and joint
+penalties are 0 on unlabelled samples and averaged over the labelled ones. Per-sample penalties do
+not depend on the other samples of the batch (no BatchNorm here), so the labelled rows must equal
+the penalty of the labelled sub-batch alone. Float64 throughout: 1e-12 relative covers summation order.
+"""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from margreg_fast.estimators import METHODS
+from margreg_fast.penalty import input_gradient_penalty, marginal_density_penalty
+from margreg_fast.regularizer import MarginalDensityRegularizer
+
+KINDS = ("conditional", "joint")
+
+
+@pytest.fixture
+def batch():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 4)).double()
+    gen = torch.Generator().manual_seed(2)
+    x = torch.rand(7, 6, generator=gen, dtype=torch.float64)
+    y = torch.tensor([1, -100, 3, 0, -100, 2, 1])
+    return model, x, y
+
+
+def _grads(loss, model):
+    """Parameter gradient (zeros where unused: the joint penalty does not see the head's bias)."""
+    grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
+    return torch.cat([(torch.zeros_like(p) if g is None else g).flatten() for p, g in zip(model.parameters(), grads)])
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_labelled_penalties_skip_unlabelled_samples(batch, kind, method):
+    model, x, y = batch
+    keep = y != -100
+    per = input_gradient_penalty(model, x, y, kind=kind, method=method, reduction="none")
+    alone = input_gradient_penalty(model, x[keep], y[keep], kind=kind, method=method, reduction="none")
+    assert torch.equal(per[~keep], torch.zeros(2, dtype=per.dtype))
+    torch.testing.assert_close(per[keep], alone, rtol=1e-12, atol=0)
+    mean = input_gradient_penalty(model, x, y, kind=kind, method=method)
+    assert math.isclose(mean.item(), alone.mean().item(), rel_tol=1e-12)
+    assert math.isclose(input_gradient_penalty(model, x, y, kind=kind, method=method, reduction="sum").item(),
+                        alone.sum().item(), rel_tol=1e-12)
+    torch.testing.assert_close(_grads(mean, model), _grads(alone.mean(), model), rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("penalty", ("marginal",) + KINDS)
+def test_regularizer_ce_follows_cross_entropy_ignore_index(batch, penalty, method):
+    model, x, y = batch
+    keep = y != -100
+    torch.manual_seed(0)  # rfd's random signs: one draw per sample, the same in both calls
+    loss, stats = MarginalDensityRegularizer(0.5, method=method, penalty=penalty)(model, x, y)
+    ce = F.cross_entropy(model(x), y)  # ignore_index=-100: mean over the 5 labelled samples
+    torch.manual_seed(0)
+    if penalty == "marginal":  # defined for every sample
+        pen = marginal_density_penalty(model, x, method=method)
+    else:  # per sample over the whole batch, averaged over the labelled ones by hand
+        pen = input_gradient_penalty(model, x, y, kind=penalty, method=method, reduction="none")[keep].mean()
+    assert math.isclose(stats["ce"], ce.item(), rel_tol=1e-12)
+    assert math.isclose(stats["penalty"], pen.item(), rel_tol=1e-12)
+    assert math.isclose(loss.item(), (ce + 0.5 * pen).item(), rel_tol=1e-12)
+    torch.testing.assert_close(_grads(loss, model), _grads(ce + 0.5 * pen, model), rtol=1e-10, atol=1e-14)
+
+
+def test_plain_cross_entropy_ignores_unlabelled_samples(batch):
+    model, x, y = batch
+    loss, stats = MarginalDensityRegularizer(1.0, penalty="none")(model, x, y)
+    assert loss.item() == F.cross_entropy(model(x), y).item() == stats["ce"]
+
+
+def test_other_negative_labels_are_not_ignored(batch):
+    model, x, _ = batch
+    with pytest.raises((ValueError, IndexError, RuntimeError), match="-5|out of bounds"):
+        MarginalDensityRegularizer(1.0, method="fd")(model, x, torch.tensor([1, -5, 3, 0, 1, 2, 1]))
