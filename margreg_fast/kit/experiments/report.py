@@ -81,7 +81,8 @@ def markdown_table(summary: dict, seeds: dict | None = None) -> str:
     estimators = ", ".join(f"{m}={cfg['estimators'][m]}" for m in summary["methods"] if m != "none") or "-"
     lines.append(f"{summary['experiment']} on {cfg['dataset']} ({shape} images, split {cfg['split']}): model "
                  f"{cfg['model']} ({cfg['activation']}, width {cfg['width']}), {cfg['epochs']} epochs, seeds "
-                 f"{cfg['seeds']}, weights {weights or '-'}, estimators {estimators}, step {cfg['step']}, attribution {cfg['attribution']} on {cfg['eval_samples']} images.")
+                 f"{cfg['seeds']}, weights {weights or '-'}, estimators {estimators}, step {cfg['step']}, "
+                 f"attribution {cfg['attribution']} on {cfg['eval_samples']} images.")
     return "\n".join(lines) + "\n"
 
 
@@ -91,8 +92,9 @@ def paper_markdown(summary: dict) -> str:
     if not rows:
         return ""
     fmt = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731
+    steps = summary["config"]["insertion_pixels"]
     lines = ["", "Against the paper's Figure 1 (BlockMNIST; leakage: sum of min-max-normalised |attribution| on "
-             "the null block; insertion: 155 one-pixel steps, y = max(0, z_t / z_t(x)), dx = 1):", "",
+             f"the null block; insertion: {steps} one-pixel steps, y = max(0, z_t / z_t(x)), dx = 1):", "",
              "| paper row | ours | paper leakage ↓ | our leakage ↓ | paper insertion AUC ↑ | our insertion AUC ↑ "
              "| our clean acc |", "|---|---|---:|---:|---:|---:|---:|"]
     for method, name, leak, auc in rows:
