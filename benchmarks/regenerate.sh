@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Rerun every benchmark the README quotes, write benchmarks/results/*.{csv,md} (each .md names the
-# command that produced it) and copy the tables into README.md. About 15-25 minutes on 2 CPU cores.
+# command that produced it) and copy the tables into README.md. About 30-45 minutes on 2 CPU cores.
 # Usage: benchmarks/regenerate.sh [PYTHON]   (default: .venv/bin/python; `make results` runs it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,4 +10,7 @@ export PYTHONPATH=$PWD
 "$PY" benchmarks/bench_head.py --threads 1          # head_cpu_1thread
 "$PY" benchmarks/bench_head.py --no-pin-malloc      # head_cpu_nopin: glibc's default malloc
 "$PY" benchmarks/bench_train_step.py --rounds 15    # train_step
+"$PY" benchmarks/estimator_training.py              # estimator_training: the outcome of training per estimator
+"$PY" benchmarks/estimator_agreement.py             # estimator_agreement: parameter-gradient cosines with exact
+"$PY" benchmarks/estimator_agreement.py --sweep --kinds relu-max gelu-avg bn-silu --methods fd central rfd
 "$PY" benchmarks/readme_tables.py

@@ -2,8 +2,8 @@ r"""Input-gradient penalties of a classifier, differentiable in its parameters.
 
 * :func:`marginal_density_penalty` -- R(x) = ||grad_x logsumexp f(x)||^2, the squared score of the
   model's input density log p(x) = logsumexp f(x) - log Z (marginal density regularisation, MDR).
-* :func:`input_gradient_penalty` -- the baselines ||grad_x CE(f(x), y)||^2 (``kind="conditional"``,
-  input-gradient regularisation) and ||grad_x f(x)_y||^2 (``kind="joint"``).
+* :func:`input_gradient_penalty` -- the baselines ||grad_x CE(f(x), y)||^2 (``penalty="conditional"``,
+  input-gradient regularisation) and ||grad_x f(x)_y||^2 (``penalty="joint"``).
 
 Estimators (``method``; details and costs in :mod:`margreg_fast.estimators.core`): ``"rfd"`` (the
 default: the exact value, and a parameter gradient from a randomly signed finite difference along
@@ -32,12 +32,13 @@ import torch
 from torch import nn
 
 from .arguments import check_choice, check_penalty_call
-from .estimators import DEFAULT_METHOD, DEFAULT_STEP, estimate
+from .estimators import DEFAULT_METHOD, DEFAULT_STEP, PENALTIES, estimate
 from .estimators.checks import check_labels
 from .estimators.steps import Step
 from .reduction import reduce
 
-KINDS = ("conditional", "joint")
+#: The baselines of :func:`input_gradient_penalty` (every penalty but the marginal one).
+BASELINES = PENALTIES[1:]
 Model = Union[nn.Module, Callable[[torch.Tensor], torch.Tensor]]
 
 
@@ -64,14 +65,14 @@ def marginal_density_penalty(model: Model, x: torch.Tensor, *, method: str = DEF
         backend: implementation of the fused head op (``"auto"``, ``"torch"``, ``"native"``, ``"triton"``).
     """
     model, step = check_penalty_call(model, x, method, step, reduction, logits, backend)
-    est = estimate(model, x, None, quantity="marginal", method=method, step=step, logits=logits, backend=backend)
-    return reduce(est.penalty, reduction)
+    est = estimate(model, x, None, penalty="marginal", method=method, step=step, logits=logits, backend=backend)
+    return reduce(est.value, reduction)
 
 
-def input_gradient_penalty(model: Model, x: torch.Tensor, y: torch.Tensor, *, kind: str = "conditional",
+def input_gradient_penalty(model: Model, x: torch.Tensor, y: torch.Tensor, *, penalty: str = "conditional",
                            method: str = "exact", step: Step = 1e-2, reduction: str = "mean",
                            logits: Optional[torch.Tensor] = None, backend: str = "auto") -> torch.Tensor:
-    """Baselines: ||grad_x CE(model(x), y)||^2 (``kind="conditional"``) or ||grad_x model(x)_y||^2 (``"joint"``).
+    """Baselines: ||grad_x CE(model(x), y)||^2 (``penalty="conditional"``) or ||grad_x model(x)_y||^2 (``"joint"``).
 
     Same estimators and arguments as :func:`marginal_density_penalty`; ``y`` holds integer class
     indices (B,). A sample labelled -100 (``F.cross_entropy``'s ignore_index) has no label: its
@@ -79,6 +80,6 @@ def input_gradient_penalty(model: Model, x: torch.Tensor, y: torch.Tensor, *, ki
     """
     model, step = check_penalty_call(model, x, method, step, reduction, logits, backend)
     y = check_labels(y, x)
-    check_choice("kind", kind, KINDS)
-    est = estimate(model, x, y, quantity=kind, method=method, step=step, logits=logits, backend=backend)
-    return reduce(est.penalty, reduction, labels=y)
+    check_choice("penalty", penalty, BASELINES)
+    est = estimate(model, x, y, penalty=penalty, method=method, step=step, logits=logits, backend=backend)
+    return reduce(est.value, reduction, labels=y)

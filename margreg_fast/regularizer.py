@@ -22,12 +22,14 @@ from torch import nn
 
 from .arguments import check_choice, check_data, check_estimator, check_weight
 from .estimators import DEFAULT_METHOD, DEFAULT_STEP, estimate
+from .estimators import PENALTIES as ESTIMATED_PENALTIES
 from .estimators.checks import check_labels, check_output
 from .estimators.steps import Step
 from .monitor import DEFAULT_BAND, DEFAULT_WARMUP, DEFAULT_WINDOW, SecantMonitor, secant_ratio
 from .reduction import reduce
 
-PENALTIES = ("marginal", "conditional", "joint", "none")
+#: The estimators' penalties and "none" (plain cross-entropy).
+PENALTIES = ESTIMATED_PENALTIES + ("none",)
 
 
 class MarginalDensityRegularizer(nn.Module):
@@ -72,11 +74,11 @@ class MarginalDensityRegularizer(nn.Module):
         if self.penalty == "none":
             ce = F.cross_entropy(check_output(model(x), x), y)
             return ce, {"ce": ce.item(), "penalty": 0.0, "grad_norm": float("nan"), "secant_ratio": float("nan")}
-        est = estimate(model, x, y, quantity=self.penalty, method=self.method, step=self.step,
+        est = estimate(model, x, y, penalty=self.penalty, method=self.method, step=self.step,
                        backend=self.backend, with_ce=True)
         penalty_labels = None if self.penalty == "marginal" else y  # the marginal penalty needs no label
         ce = reduce(est.ce, "mean", labels=y)
-        penalty = reduce(est.penalty, "mean", labels=penalty_labels)
+        penalty = reduce(est.value, "mean", labels=penalty_labels)
         grad_norm = reduce(est.grad_norm, "mean", labels=penalty_labels)
         loss = ce + self.weight * penalty
         ratio = secant_ratio(est.slope, est.grad_norm)

@@ -74,7 +74,7 @@ def rel(a, b):
 def _penalty(model, x, y, kind, **kw):
     if kind == "marginal":
         return marginal_density_penalty(model, x, **kw)
-    return input_gradient_penalty(model, x, y, kind=kind, **kw)
+    return input_gradient_penalty(model, x, y, penalty=kind, **kw)
 
 
 @pytest.mark.parametrize("kind", ["marginal", "conditional", "joint"])
@@ -253,8 +253,8 @@ def test_bad_arguments(kwargs, err, batch):
 def test_bad_baseline_arguments(batch):
     x, y = batch
     model = _mlp().double()
-    with pytest.raises(ValueError, match="kind"):
-        input_gradient_penalty(model, x, y, kind="marginal")
+    with pytest.raises(ValueError, match="penalty"):
+        input_gradient_penalty(model, x, y, penalty="marginal")
     with pytest.raises(TypeError, match="y must hold integer class indices"):
         input_gradient_penalty(model, x, y.float())
     with pytest.raises(TypeError, match="x must be"):

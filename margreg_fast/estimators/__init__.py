@@ -1,9 +1,9 @@
 """Model-level estimators of input-gradient penalties (the machinery behind :mod:`margreg_fast.penalty`)."""
-from .core import METHODS, QUANTITIES, Estimate, estimate
+from .core import METHODS, PENALTIES, Estimate, estimate
 from .defaults import DEFAULT_METHOD, DEFAULT_STEP
 from .errors import UnsupportedEstimatorError
 from .passes import ModelPasses, frozen_running_stats
 from .steps import AUTO, resolve_step, unit_direction
 
-__all__ = ["AUTO", "DEFAULT_METHOD", "DEFAULT_STEP", "METHODS", "QUANTITIES", "Estimate", "ModelPasses",
+__all__ = ["AUTO", "DEFAULT_METHOD", "DEFAULT_STEP", "METHODS", "PENALTIES", "Estimate", "ModelPasses",
            "UnsupportedEstimatorError", "estimate", "frozen_running_stats", "resolve_step", "unit_direction"]

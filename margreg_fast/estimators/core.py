@@ -15,7 +15,9 @@ everything that was built):
   Training games it (measured: true R 50-90x its estimate on max-pool nets): sigma = ||g|| +
   (h/2) v^T H v + ..., and the net learns a negative curvature term along v, and at ReLU kinks and
   max-pool ties the one-sided secant is not the autograd directional derivative at any h.
-* ``central``: R = ((S(x + h v) - S(x - h v)) / 2h)^2, error O(h^2). One more forward than fd.
+* ``central``: R = ((S(x + h v) - S(x - h v)) / 2h)^2, error O(h^2). One more forward than fd; the
+  two probes run as one forward of the 2B inputs (BatchNorm statistics are held, so batching them
+  changes nothing).
 * ``rfd`` (the default): R = ||g||^2, exact, and the theta-gradient of ||g||^2 = 2 ||g|| d(g . v)/dtheta
   from a randomly signed secant,
 
@@ -46,7 +48,7 @@ from torch import nn
 from . import errors
 from .checks import check_output
 from .passes import ModelPasses
-from .quantities import QUANTITIES, difference, value
+from .quantities import PENALTIES, difference, value
 from .steps import Step, broadcast_step, resolve_step, unit_direction
 
 METHODS = ("exact", "jvp", "fd", "central", "rfd")
@@ -57,7 +59,7 @@ STEP_ORDER = {"fd": 1, "central": 2, "rfd": 2}
 class Estimate(NamedTuple):
     """Per-sample results, all of shape (B,)."""
 
-    penalty: torch.Tensor  #: estimate of R(x), differentiable in the model's parameters
+    value: torch.Tensor  #: estimate of R(x), differentiable in the model's parameters
     ce: Optional[torch.Tensor]  #: CE of the logits at x (only when asked for)
     grad_norm: torch.Tensor  #: ||grad_x S||, exact (detached)
     slope: torch.Tensor  #: the estimator's directional slope along v (detached); ||g|| for exact
@@ -105,10 +107,10 @@ def _exact_gradient(s: torch.Tensor, x_in: torch.Tensor, passes: ModelPasses, lo
     return g
 
 
-def _jvp_slope(passes: ModelPasses, x: torch.Tensor, v: torch.Tensor, quantity: str,
+def _jvp_slope(passes: ModelPasses, x: torch.Tensor, v: torch.Tensor, penalty: str,
                target: Optional[torch.Tensor]) -> torch.Tensor:
     try:
-        _, slope = torch.func.jvp(lambda xx: value(quantity, passes.probe(xx), target), (x,), (v,))
+        _, slope = torch.func.jvp(lambda xx: value(penalty, passes.probe(xx), target), (x,), (v,))
     except RuntimeError as err:  # NotImplementedError included
         if errors.is_derivative_error(err):
             raise errors.unsupported("jvp", err) from err
@@ -122,14 +124,14 @@ def _random_signs(x: torch.Tensor) -> torch.Tensor:
                                                                   else torch.float32).mul_(2).sub_(1)
 
 
-def estimate(model: nn.Module, x: torch.Tensor, target: Optional[torch.Tensor], *, quantity: str, method: str,
+def estimate(model: nn.Module, x: torch.Tensor, target: Optional[torch.Tensor], *, penalty: str, method: str,
              step: Step, logits: Optional[torch.Tensor] = None, backend: str = "auto",
              with_ce: bool = False) -> Estimate:
     """Estimate R(x) per sample with ``method`` (arguments validated by the caller)."""
     passes = ModelPasses(model)
     with torch.enable_grad():  # grad_x is needed even when called under torch.no_grad() (evaluation)
         x_in, z0, zg = _logits_and_grad_source(passes, x, logits)
-        s = value(quantity, zg, target)
+        s = value(penalty, zg, target)
         if method == "exact":
             errors.check_fsdp_exact(model)
             g = _exact_gradient(s, x_in, passes, logits is not None)
@@ -145,18 +147,19 @@ def estimate(model: nn.Module, x: torch.Tensor, target: Optional[torch.Tensor], 
 
     v, g_norm = unit_direction(g)
     if method == "jvp":
-        slope = _jvp_slope(passes, x, v, quantity, target)
+        slope = _jvp_slope(passes, x, v, penalty, target)
         return Estimate(slope ** 2, ce, g_norm, slope.detach())
 
     h = resolve_step(step, x, z0.dtype, order=STEP_ORDER[method])
     if method == "central":
         hv = broadcast_step(h, x) * v
-        d, _ = difference(quantity, passes.probe(x - hv), passes.probe(x + hv), target, backend, False)
+        z_minus, z_plus = passes.probe(torch.cat([x - hv, x + hv])).chunk(2)  # one forward of 2B
+        d, _ = difference(penalty, z_minus, z_plus, target, backend, False)
         slope = d / (2 * h)
         return Estimate(slope ** 2, ce, g_norm, slope.detach())
     if method == "rfd":
         h = _random_signs(x) * h
-    d, ce = difference(quantity, z0, passes.probe(x + broadcast_step(h, x) * v), target, backend, with_ce)
+    d, ce = difference(penalty, z0, passes.probe(x + broadcast_step(h, x) * v), target, backend, with_ce)
     slope = d / h
     if method == "fd":
         return Estimate(slope ** 2, ce, g_norm, slope.detach())
@@ -164,4 +167,4 @@ def estimate(model: nn.Module, x: torch.Tensor, target: Optional[torch.Tensor], 
     return Estimate(g_norm ** 2 + 2 * g_norm * (slope - slope.detach()), ce, g_norm, slope.detach())
 
 
-__all__ = ["METHODS", "QUANTITIES", "Estimate", "estimate"]
+__all__ = ["METHODS", "PENALTIES", "Estimate", "estimate"]

@@ -3,8 +3,8 @@ r"""The passes an estimate makes through the model; under train-mode BatchNorm, 
 In train mode a BatchNorm layer normalises each sample with the mean and variance of the whole batch,
 so E_i = logsumexp f(x)_i depends on every x_j. "The input gradient of sample i" is then ambiguous:
 double backprop of sum_j E_j picks up cross-sample terms through the statistics, while moving the
-whole batch along V (fd, jvp) reads another quantity again; on resnet18 the two differ 3.7x. margreg_fast
-defines, for every estimator,
+whole batch along V (fd, jvp) reads another quantity again (on timm ResNets the two differ several
+times over). margreg_fast defines, for every estimator,
 
     R_i = || d/dx_i E_i(x_i; theta, mu(theta, X), var(theta, X)) ||^2,
 

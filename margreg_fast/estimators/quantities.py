@@ -8,7 +8,7 @@ Differences S(zb) - S(za) go through the fused head op for the logsumexp part, w
 D = E(zb) - E(za) without cancellation; z_y differences are plain subtractions of the two logits.
 
 Unlabelled samples: a label equal to ``IGNORE_INDEX`` (-100, as in ``F.cross_entropy``) marks a
-sample without a label. The label-free marginal quantity is defined for it; the conditional and
+sample without a label. The label-free marginal penalty is defined for it; the conditional and
 joint quantities are not, and give S = 0 and penalty 0 there (by every estimator), just as
 ``F.cross_entropy(..., reduction="none")`` gives CE 0. Means then run over the labelled samples
 (:mod:`margreg_fast.reduction`).
@@ -22,7 +22,8 @@ import torch.nn.functional as F
 
 from ..ops import energy_penalty
 
-QUANTITIES = ("marginal", "conditional", "joint")
+#: The penalties, named by the penalty S whose input gradient they square (one list for the whole library).
+PENALTIES = ("marginal", "conditional", "joint")
 #: The label of an unlabelled sample (``F.cross_entropy``'s default ignore_index).
 IGNORE_INDEX = -100
 
@@ -32,11 +33,11 @@ def labelled(target: torch.Tensor) -> torch.Tensor:
     return target != IGNORE_INDEX
 
 
-def value(quantity: str, z: torch.Tensor, target: Optional[torch.Tensor]) -> torch.Tensor:
+def value(penalty: str, z: torch.Tensor, target: Optional[torch.Tensor]) -> torch.Tensor:
     """S(z, y) per sample, shape (B,)."""
-    if quantity == "marginal":
+    if penalty == "marginal":
         return torch.logsumexp(z, dim=1)
-    if quantity == "conditional":
+    if penalty == "conditional":
         return F.cross_entropy(z, target, reduction="none", ignore_index=IGNORE_INDEX)  # 0 where unlabelled
     return _picked(z, target)
 
@@ -48,7 +49,7 @@ def _picked(z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.where(keep, picked, torch.zeros_like(picked))
 
 
-def difference(quantity: str, za: torch.Tensor, zb: torch.Tensor, target: Optional[torch.Tensor],
+def difference(penalty: str, za: torch.Tensor, zb: torch.Tensor, target: Optional[torch.Tensor],
                backend: str, with_ce: bool) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """(S(zb) - S(za), CE(za, y) or None) per sample, differentiable in both logit rows.
 
@@ -56,11 +57,11 @@ def difference(quantity: str, za: torch.Tensor, zb: torch.Tensor, target: Option
     of za); the joint and conditional quantities add the z_y difference to it, and are 0 on
     unlabelled samples.
     """
-    if quantity == "joint":
+    if penalty == "joint":
         ce = F.cross_entropy(za, target, reduction="none", ignore_index=IGNORE_INDEX) if with_ce else None
         return _picked(zb, target) - _picked(za, target), ce
     out = energy_penalty(za, zb, 1.0, target=target if with_ce else None, ignore_index=IGNORE_INDEX, backend=backend)
-    if quantity == "marginal":
+    if penalty == "marginal":
         return out.difference, out.ce
     d = out.difference - (_picked(zb, target) - _picked(za, target)).to(out.difference.dtype)
     return torch.where(labelled(target), d, torch.zeros_like(d)), out.ce

@@ -90,11 +90,11 @@ def judge(method: str, activation: str, data: Optional[Tuple[torch.Tensor, torch
     model, warned = train(method, activation, data, step=step)
     x_test, y_test = data[0][TRAIN:], data[1][TRAIN:]
     torch.manual_seed(2)
-    est = estimate(model, x_test, None, quantity="marginal", method=method, step=step)
+    est = estimate(model, x_test, None, penalty="marginal", method=method, step=step)
     true = marginal_density_penalty(model, x_test, method="exact").item()
     with torch.no_grad():
         accuracy = (model(x_test).argmax(1) == y_test).float().mean().item()
-    return Outcome(method, activation, true, est.penalty.mean().item(), secant_ratio(est.slope, est.grad_norm),
+    return Outcome(method, activation, true, est.value.mean().item(), secant_ratio(est.slope, est.grad_norm),
                    accuracy, warned)
 
 

@@ -54,7 +54,7 @@ BAD_OUTPUTS = [("btc", ValueError, r"shape \(4, 2, 3\)"), ("bc11", ValueError, r
 def test_model_output_must_be_logits(form, err, returned, method):
     model, x, y = Reshaped(form), _x(), torch.tensor([0, 1, 2, 0])
     calls = [lambda: marginal_density_penalty(model, x, method=method),
-             lambda: input_gradient_penalty(model, x, y, kind="joint", method=method),
+             lambda: input_gradient_penalty(model, x, y, penalty="joint", method=method),
              lambda: MarginalDensityRegularizer(1.0, method=method)(model, x, y)]
     for call in calls:
         with pytest.raises(err, match=rf"model's output must be \(B, C\) logits.*got .*{returned}"):
@@ -79,7 +79,7 @@ def test_plain_function_model_works_with_every_method(method, kind):
         torch.manual_seed(0)  # rfd's random signs: the same draw for both models
         if kind == "marginal":
             return marginal_density_penalty(model, x, method=method, reduction="none")
-        return input_gradient_penalty(model, x, y, kind=kind, method=method, reduction="none")
+        return input_gradient_penalty(model, x, y, penalty=kind, method=method, reduction="none")
 
     got, want = penalty(function), penalty(module)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
