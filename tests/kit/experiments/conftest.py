@@ -3,13 +3,15 @@ import pytest
 
 from margreg_fast.kit.experiments.config import ExperimentConfig
 
-#: CLI flags of a tiny but complete experiment (all four methods, real embedded digits).
-TINY_FLAGS = ["--epochs", "1", "--max-train", "96", "--max-test", "48", "--eval-samples", "8",
+#: CLI flags of a tiny but complete experiment (every method) on the 8x8 scikit-learn digits fixture.
+TINY_FLAGS = ["--dataset", "digits", "--patch-size", "inset", "--model", "cnn", "--ig-steps", "4",
+              "--insertion-pixels", "12", "--epochs", "1", "--max-train", "96", "--max-test", "48", "--eval-samples", "8",
               "--width", "8", "--batch-size", "32", "--threads", "1", "--quiet"]
 
 
 @pytest.fixture
 def tiny_config() -> ExperimentConfig:
-    return ExperimentConfig(experiment="blockmnist", seeds=(0,), epochs=1, max_train=96, max_test=48,
+    return ExperimentConfig(experiment="blockmnist", seeds=(0,), dataset="digits", patch_size=None, model="cnn",
+                            ig_steps=4, insertion_pixels=12, epochs=1, max_train=96, max_test=48,
                             eval_samples=8, width=8, batch_size=32, pgd_steps=2, attack_steps=2,
                             density_steps=2, insertion_steps=4)

@@ -7,7 +7,7 @@ def test_round_trip_through_dict_is_exact():
     cfg = ExperimentConfig(experiment="spurious", methods=("none", "mdr"), seeds=(3, 1), weights={"mdr": 0.25})
     again = ExperimentConfig.from_dict(cfg.to_dict())
     assert again == cfg
-    assert again.weights == {**DEFAULT_WEIGHTS, "mdr": 0.25}
+    assert again.weights == {**DEFAULT_WEIGHTS, "mdr": 0.25, "mdr-exact": 0.25}
 
 
 @pytest.mark.parametrize("change, words", [
@@ -18,6 +18,13 @@ def test_round_trip_through_dict_is_exact():
     ({"seeds": (-1,)}, "seeds"),
     ({"epochs": 0}, "epochs"),
     ({"step": 0.0}, "step"),
+    ({"step": "magic"}, "step"),
+    ({"dataset": "idx"}, "data_dir"),
+    ({"dataset": "cifar"}, "dataset"),
+    ({"split": "train"}, "split"),
+    ({"patch_size": 2}, "patch_size"),
+    ({"activation": "swish"}, "activation"),
+    ({"model": "resnet"}, "model"),
     ({"weights": {"mdr": -1.0}}, "weight for mdr"),
     ({"weights": {"foo": 1.0}}, "unknown method"),
     ({"estimators": {"mdr": "magic"}}, "estimator for mdr"),
@@ -33,3 +40,10 @@ def test_bad_values_are_named(change, words):
 def test_unknown_keys_rejected():
     with pytest.raises(ValueError, match="unknown config keys"):
         ExperimentConfig.from_dict({"experiment": "blockmnist", "colour": "red"})
+
+
+def test_step_policy_name_and_mdr_exact_follows_mdr():
+    cfg = ExperimentConfig(step="auto", weights={"mdr": 3.0})
+    assert cfg.step == "auto" and ExperimentConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.weights["mdr-exact"] == 3.0 and cfg.estimators["mdr-exact"] == "exact"
+    assert ExperimentConfig(weights={"mdr": 3.0, "mdr-exact": 1.0}).weights["mdr-exact"] == 1.0

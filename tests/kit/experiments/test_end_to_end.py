@@ -40,16 +40,20 @@ def test_tiny_blockmnist_experiment(tmp_path, tiny_config):
         assert all(row[k] is not None for k in RESULT_KEYS)  # BlockMNIST has null blocks and position groups
         assert 0.0 <= row["clean_acc"] <= 1.0 and 0.0 <= row["leakage"] <= 1.0
         assert row["step_time_s"] > 0
-    assert (out / "results.md").read_text().count("\n| ") == len(METHODS)  # one row per method below the separator
+    text = (out / "results.md").read_text()
+    assert text.split("\n\n")[0].count("\n| ") == len(METHODS)  # one row per method below the separator
+    assert "paper leakage" in text and "insertion_auc_paper > none" in text  # Figure-1 table and claim checks
+    assert results["config"]["image_shape"] == [1, 16, 8] and results["config"]["dataset"] == "digits"
     seeds = json.loads((out / "results_seeds.json").read_text())
     assert len(seeds["runs"]) == len(METHODS)
-    for name in ("attributions.png", "insertion.png"):
+    for name in ("figure1.png", "attributions.png", "insertion.png"):
         assert (out / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_train_then_evaluate_equals_experiment(tmp_path, tiny_config):
+    """Also: two worker processes give the same numbers as one."""
     cfg = tiny_config.replace(experiment="spurious", methods=("none", "mdr"))
-    train_all(cfg, tmp_path / "a", quiet=True)
+    train_all(cfg, tmp_path / "a", quiet=True, jobs=2)
     assert not (tmp_path / "a" / "results.json").exists()
     split = evaluate_all(tmp_path / "a", quiet=True)
     whole = run_experiment(cfg, tmp_path / "b", quiet=True)
@@ -59,10 +63,17 @@ def test_train_then_evaluate_equals_experiment(tmp_path, tiny_config):
     assert split == whole
 
 
-def test_output_dir_of_another_config_is_refused(tmp_path, tiny_config):
-    train_all(tiny_config.replace(methods=("none",)), tmp_path, quiet=True)
-    with pytest.raises(ValueError, match="different configuration"):
-        train_all(tiny_config.replace(methods=("none",), epochs=2), tmp_path, quiet=True)
+def test_changed_settings_reuse_only_matching_runs(tmp_path, tiny_config):
+    """Runs are keyed by their own settings: another mdr estimator retrains mdr only; other epochs retrain all."""
+    cfg = tiny_config.replace(methods=("none", "mdr"))
+    train_all(cfg, tmp_path, quiet=True)
+    first = {p.name for p in (tmp_path / "runs").iterdir()}
+    train_all(cfg.replace(estimators={"mdr": "central"}), tmp_path, quiet=True)
+    second = {p.name for p in (tmp_path / "runs").iterdir()}
+    assert len(first) == 2 and len(second) == 3 and first < second
+    assert {n.split("-seed")[0] for n in second - first} == {"mdr"}
+    train_all(cfg.replace(epochs=2), tmp_path, quiet=True)
+    assert len(list((tmp_path / "runs").iterdir())) == 5
 
 
 def _cli(out: Path) -> list[str]:
@@ -87,17 +98,17 @@ def test_resume_after_sigkill_gives_same_results(tmp_path):
     subprocess.run(_cli(ref), cwd=REPO, env=env, check=True, capture_output=True)
 
     out = tmp_path / "killed"
-    checkpoint = out / "runs" / "mdr-seed0" / CHECKPOINT_NAME
     proc = subprocess.Popen(_cli(out), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
-    while not checkpoint.exists():
+    while not list(out.glob(f"runs/mdr-seed0-*/{CHECKPOINT_NAME}")):
         assert proc.poll() is None, "finished before writing a checkpoint"
         assert time.monotonic() < deadline
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert (out / "runs" / "none-seed0" / "result.json").exists()
-    assert not (out / "runs" / "mdr-seed0" / "result.json").exists(), "the kill came too late to interrupt mdr"
+    assert list(out.glob("runs/none-seed0-*/result.json"))
+    assert not list(out.glob("runs/mdr-seed0-*/result.json")), "the kill came too late to interrupt mdr"
+    checkpoint, = out.glob(f"runs/mdr-seed0-*/{CHECKPOINT_NAME}")
     killed = torch.load(checkpoint, weights_only=True)
     assert 1 <= killed["epoch"] < 3, killed["epoch"]
 

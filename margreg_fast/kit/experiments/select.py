@@ -1,0 +1,135 @@
+"""Choose the penalty weight of igr, joint and mdr on a validation split (never on test).
+
+    margreg-fast select blockmnist --grid 1 3 10 30 --out runs/select \\
+        --write margreg_fast/kit/configs/blockmnist_weights.json [any `experiment` option]
+
+Every method gets the same grid and the same budget: one model per (method, weight, seed), trained
+with the experiment's settings on the training split minus a seeded ``val_fraction`` of it, scored on
+that held-out part (``split="validation"``). Plain CE ("none") is trained once per seed as the
+reference. The rule, fixed in advance and the same for every method:
+
+    among the weights whose mean validation accuracy is at least none's minus ``ACC_BUDGET`` (1 point),
+    take the one with the lowest mean validation ``leakage_paper`` (Integrated Gradients by default);
+    if no weight keeps the accuracy, take the most accurate one.
+
+``mdr-exact`` (the reference row) gets mdr's weight. The output file holds the chosen weights, the
+grid, the rule and every validation score, and is what ``make demo`` reads (``--weights-file``).
+Each point is checkpointed and its scores are cached under a digest of the settings it depends on
+(``ExperimentConfig.run_key``),
+so a rerun resumes and a rerun with, e.g., another mdr estimator retrains only the mdr points.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from .. import metrics
+from ..attribution import attribute
+from ..paper_metrics import insertion_auc_paper, leakage_paper
+from .checkpoint import finite_or_none, load_json, save_json
+from .config import ExperimentConfig
+from .datasets import build_datasets
+from .parallel import run_tasks
+from .runner import deterministic
+from .training import train_run
+
+SELECTED_METHODS = ("igr", "joint", "mdr")
+ACC_BUDGET = 0.01
+SCORE_KEYS = ("clean_acc", "leakage_paper", "insertion_auc_paper")
+
+
+def validation_scores(model: torch.nn.Module, val, cfg: ExperimentConfig) -> dict:
+    """clean_acc on the whole validation split; leakage_paper and insertion_auc_paper on its first
+    ``eval_samples`` images, with ``cfg.attribution``; None where undefined (see evaluation)."""
+    n = min(cfg.eval_samples, len(val.y))
+    x, y = val.x[:n], val.y[:n]
+    attr = attribute(model, x, y, method=cfg.attribution, n_steps=cfg.ig_steps)
+    scores = {"clean_acc": metrics.accuracy(model, val.x, val.y),
+              "leakage_paper": leakage_paper(attr, val.null_mask[:n]),
+              "insertion_auc_paper": insertion_auc_paper(model, x, attr, y, steps=cfg.insertion_pixels)}
+    return {k: finite_or_none(v) for k, v in scores.items()}
+
+
+def _point(cfg: ExperimentConfig, method: str, weight: float, seed: int, out: Path, quiet: bool) -> dict:
+    """Validation scores of one (method, weight, seed), trained (or resumed) under OUT/runs, cached
+    under a directory named by the point's ``run_key``."""
+    point_cfg = cfg.replace(weights={**cfg.weights, method: weight})
+    rdir = out / "runs" / f"{method}-w{weight:g}-seed{seed}-{point_cfg.run_key(method)}"
+    if (rdir / "scores.json").exists():
+        return load_json(rdir / "scores.json")
+    with deterministic():
+        train_set, val_set = build_datasets(point_cfg, seed)
+        model = train_run(point_cfg, method, seed, train_set, rdir, quiet=quiet).model
+        scores = validation_scores(model, val_set, point_cfg)
+    save_json(rdir / "scores.json", scores)
+    return scores
+
+
+def choose(reference_acc: float, scores: dict[float, dict]) -> float:
+    """The weight picked by the rule of the module docstring from {weight: mean scores}."""
+    fine = [w for w, s in scores.items() if s["clean_acc"] >= reference_acc - ACC_BUDGET]
+    if fine:
+        return min(fine, key=lambda w: (math.inf if scores[w]["leakage_paper"] is None else scores[w]["leakage_paper"], w))
+    return max(scores, key=lambda w: (scores[w]["clean_acc"], -w))
+
+
+def _mean_scores(runs: list[dict]) -> dict:
+    """Mean over seeds per score; None where any seed's is undefined."""
+    return {k: None if any(r[k] is None for r in runs) else math.fsum(r[k] for r in runs) / len(runs)
+            for k in SCORE_KEYS}
+
+
+def select_weights(cfg: ExperimentConfig, grid: list[float], out: Path, *, quiet: bool = False, jobs: int = 1) -> dict:
+    """Run the selection for ``cfg`` (its split is forced to "validation"), ``jobs`` points at a time,
+    and return the selection object (also written to OUT/selection.json and OUT/selection.md)."""
+    if not grid or any(not w > 0 for w in grid) or len(set(grid)) != len(grid):
+        raise ValueError(f"the grid must hold distinct positive weights, got {grid}")
+    cfg = cfg.replace(split="validation", methods=("none", *SELECTED_METHODS))
+    out = Path(out)
+    points = [("none", 0.0)] + [(m, w) for m in SELECTED_METHODS for w in grid]
+    tasks = [(p, seed) for p in points for seed in cfg.seeds]
+    scores = run_tasks(_point, [((cfg, m, w, seed, out, quiet or jobs > 1), {}) for (m, w), seed in tasks],
+                       jobs=jobs, desc="select", quiet=quiet, names=[f"{m} w{w:g} seed {s}" for (m, w), s in tasks])
+    raw: dict[tuple[str, float], list[dict]] = {p: [] for p in points}
+    for (p, _), got in zip(tasks, scores):
+        raw[p].append(got)
+    reference = _mean_scores(raw[("none", 0.0)])
+    table = {m: {w: _mean_scores(raw[(m, w)]) for w in grid} for m in SELECTED_METHODS}
+    chosen = {m: choose(reference["clean_acc"], table[m]) for m in SELECTED_METHODS}
+    chosen["mdr-exact"] = chosen["mdr"]
+    selection = {
+        "weights": chosen, "grid": list(grid),
+        "rule": f"lowest mean validation leakage_paper among weights within {ACC_BUDGET:g} of none's mean "
+                f"validation accuracy (else the most accurate); mdr-exact takes mdr's weight",
+        "reference_none": reference,
+        "validation": {m: [{"weight": w, **table[m][w]} for w in grid] for m in SELECTED_METHODS},
+        "config": cfg.to_dict(),
+    }
+    save_json(out / "selection.json", selection)
+    (out / "selection.md").write_text(selection_markdown(selection))
+    return selection
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
+
+
+def selection_markdown(selection: dict) -> str:
+    """A table of every grid point's validation scores, the chosen weight of each method marked."""
+    cfg, ref = selection["config"], selection["reference_none"]
+    estimators = ", ".join(f"{m}={cfg['estimators'][m]}" for m in SELECTED_METHODS)
+    lines = [f"Weight selection on a validation split ({cfg['val_fraction']:g} of the training images, "
+             f"seeds {cfg['seeds']}, {cfg['epochs']} epochs, {cfg['model']} {cfg['activation']} width {cfg['width']}, "
+             f"estimators {estimators}, step {cfg['step']}).",
+             f"Rule: {selection['rule']}.", "",
+             "| method | weight | val clean acc | val leakage_paper | val insertion AUC (paper units) | chosen |",
+             "|---|---:|---:|---:|---:|---|",
+             f"| none | 0 | {ref['clean_acc']:.3f} | {ref['leakage_paper']:.3f} | {_fmt(ref['insertion_auc_paper'])} | |"]
+    for method, rows in selection["validation"].items():
+        for r in rows:
+            mark = "**yes**" if r["weight"] == selection["weights"][method] else ""
+            lines.append(f"| {method} | {r['weight']:g} | {r['clean_acc']:.3f} | {r['leakage_paper']:.3f} | "
+                         f"{_fmt(r['insertion_auc_paper'])} | {mark} |")
+    return "\n".join(lines) + "\n"
