@@ -77,16 +77,39 @@ class _HeldStatsGradient(torch.autograd.Function):
         return grad, None, None, None
 
 
-def batch_statistics(a: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and biased variance of a (N, C, ...) tensor, two-pass, differentiable.
+class _BatchStatistics(torch.autograd.Function):
+    r"""Per-channel mean and biased variance of a (N, C, L) tensor, with a fused backward.
 
-    The two passes over a (N, C, L) view are 3x faster on CPU than ``torch.var_mean`` over dims
-    (0, 2, 3), which took 13% of a training step of a BatchNorm CNN.
+    Forward: two passes (mean, then the mean of squared deviations); backward in one expression,
+    d/da = gmean / n + (a - mean) * 2 gvar / n, instead of autograd's chain through sub, pow and two
+    means (measured: the stats' backward was the largest cost the held statistics add to a step).
     """
-    v = a.reshape(a.shape[0], a.shape[1], -1)
-    mean = v.mean(dim=(0, 2))
-    var = (v - mean[None, :, None]).pow(2).mean(dim=(0, 2))
-    return mean, var
+
+    @staticmethod
+    def forward(ctx, v):
+        n = v.shape[0] * v.shape[2]
+        mean = v.mean(dim=(0, 2))
+        centred = v - mean[None, :, None]
+        var = centred.square().sum(dim=(0, 2)) / n
+        ctx.save_for_backward(v, mean)
+        return mean, var
+
+    @staticmethod
+    def backward(ctx, gmean, gvar):
+        v, mean = ctx.saved_tensors
+        n = v.shape[0] * v.shape[2]
+        gmean = torch.zeros_like(mean) if gmean is None else gmean
+        gvar = torch.zeros_like(mean) if gvar is None else gvar
+        return torch.addcmul((gmean / n)[None, :, None], v - mean[None, :, None], (2 * gvar / n)[None, :, None])
+
+
+def batch_statistics(a: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and biased variance of a (N, C, ...) tensor, differentiable.
+
+    Over an (N, C, L) view: 3x faster on CPU than ``torch.var_mean`` over dims (0, 2, 3), which took
+    13% of a training step of a BatchNorm CNN.
+    """
+    return _BatchStatistics.apply(a.reshape(a.shape[0], a.shape[1], -1))
 
 
 def _channel_shape(x: torch.Tensor) -> Tuple[int, ...]:
