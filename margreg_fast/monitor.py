@@ -7,9 +7,9 @@ sigma -> g . v = ||g|| as h -> 0, so
     secant_ratio = sqrt( sum_i sigma_i^2 / sum_i ||g_i||^2 )
 
 is 1 up to O(h) when the finite difference works. Training that games a one-sided secant drives it
-far below 1 (measured: 0.2-0.3 for ``fd`` on max-pool CNNs while the true R grew 13-29x); kinks,
-max-pool ties and too small a step in low precision move it too. ``rfd``'s randomly signed slope
-stays near 1 (0.8-0.95 in the same runs). The ratio costs nothing: both numbers are already there.
+far below 1 (``benchmarks/results/estimator_training.md``: 0.20-0.29 for ``fd`` on max-pool CNNs
+whose true R ended 12-25x its estimate); kinks, max-pool ties and too small a step in low precision
+move it too. ``rfd``'s randomly signed slope stays near 1 (0.85-0.91 in the same runs). The ratio costs nothing: both numbers are already there.
 
 :class:`SecantMonitor` keeps the ratios of the last ``window`` steps and warns once (a
 :class:`SecantWarning`) when their median leaves ``band`` (default [0.5, 2]), after ``warmup`` steps

@@ -6,7 +6,7 @@ held-out images, the true penalty (exact R) must be within 1.5x the estimator's 
 within 3x what an exact-trained twin reaches, and the regulariser's secant monitor must stay quiet.
 
 The default estimator passes. The same check fails for ``method="fd"``, which training games
-(true R 13-29x its estimate in probes), and the monitor warns: so the check can fail.
+(true R 12-25x its estimate in benchmarks/results/estimator_training.md), and the monitor warns: so the check can fail.
 """
 import pytest
 

@@ -7,13 +7,13 @@ their kinks -- and reports, on held-out images:
 
 * ``true_over_own`` = exact R / the estimator's own estimate (a gamed estimator reports far less
   than the model's true penalty);
-* ``true_over_twin`` = exact R / exact R of the same network trained with ``method="exact"``;
+* ``over_twin(twin)`` = exact R / exact R of the same network trained with ``method="exact"``;
 * ``secant_ratio``, the monitor's ratio on the held-out batch, and ``warned``, whether the
   regulariser's :class:`~margreg_fast.monitor.SecantMonitor` warned during training;
 * ``accuracy`` on the held-out images.
 
 ``tests/test_estimator_training.py`` holds the default estimator to true_over_own <= 1.5 and
-true_over_twin <= 3 and checks that ``fd`` fails; ``benchmarks/estimator_training.py`` writes the
+over_twin <= 3 and checks that ``fd`` fails; ``benchmarks/estimator_training.py`` writes the
 table for every estimator.
 """
 from __future__ import annotations
