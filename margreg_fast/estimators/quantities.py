@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from ..ops import energy_penalty
 
-#: The penalties, named by the penalty S whose input gradient they square (one list for the whole library).
+#: The penalties, named by the quantity S whose input gradient they square (one list for the whole library).
 PENALTIES = ("marginal", "conditional", "joint")
 #: The label of an unlabelled sample (``F.cross_entropy``'s default ignore_index).
 IGNORE_INDEX = -100
