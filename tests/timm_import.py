@@ -1,0 +1,25 @@
+"""Import timm next to the CPU build of torch.
+
+The package index serves torchvision 0.28.0 as a CUDA build. Its ``_C`` extension cannot load with
+the CPU torch, and torchvision then registers Python fake kernels for ``torchvision::nms`` and
+``torchvision::qnms``, whose schemas the extension would have defined: ``import torchvision`` (which
+``import timm`` does) fails with "torchvision::nms does not exist". Defining the two schemas first
+lets the import go through. Nothing here calls those ops; timm's models never do.
+"""
+import importlib
+
+import torch
+
+_SCHEMAS = {
+    "torchvision::nms": "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+    "torchvision::qnms": "(Tensor qdets, Tensor scores, float iou_threshold) -> Tensor",
+}
+
+
+def import_timm():
+    """The ``timm`` module, with torchvision's two op schemas defined when its extension cannot load."""
+    for name, schema in _SCHEMAS.items():
+        namespace, op = name.split("::")
+        if not hasattr(getattr(torch.ops, namespace), op):
+            torch.library.define(name, schema)
+    return importlib.import_module("timm")
