@@ -271,7 +271,97 @@ MF_INLINE void store_tail(const Vectorized<T>& v, T* p, int64_t count) {
   v.store(p, count);
 }
 
-// The three forward passes on one contiguous row in the accumulation type T.
+// log1p(x) for x >= 0 on a vector, as log1p_nonneg lane by lane (Sleef log1p where x >= 1e-3).
+template <typename T>
+MF_INLINE Vectorized<T> log1p_nonneg(const Vectorized<T>& x) {
+  using V = Vectorized<T>;
+  const V series = log1p_series<T>(x);
+  const V small = x < V(T(1e-3));
+  if (true_lanes(small) == (1 << V::size()) - 1) return series;
+  return V::blendv(x.log1p(), series, small);
+}
+
+// The numeric steps of the forward, each written once and shared by row_forward (one row: vectors
+// run along the classes, per-row values are scalars T) and lanes_forward (W rows: lane j is row j,
+// per-row values are vectors). Where both kinds of per-row value occur, X is T or Vectorized<T>.
+
+// The shift m of a row: its maximum where finite, else 0 (all -inf rows; NaN/+inf rows are invalid).
+template <typename T>
+MF_INLINE T finite_or_zero(T max) {
+  return std::isfinite(max) ? max : T(0);
+}
+template <typename T>
+MF_INLINE Vectorized<T> finite_or_zero(const Vectorized<T>& max) {
+  using V = Vectorized<T>;
+  return V::blendv(V(T(0)), max, max.abs() < V(std::numeric_limits<T>::infinity()));
+}
+
+// Pass 2 over the classes, one vector at a time: e0 = exp(z0 - m0) (returned, for pass 3), and the
+// sums s0 = sum e0, dsum = sum e0 d, spread = sum e0 |d|; infinite_d flags lanes where some d is
+// infinite (a class masked in one row only).
+template <typename T>
+struct Pass2Sums {
+  using V = Vectorized<T>;
+  V s0 = V(T(0)), dsum = V(T(0)), spread = V(T(0)), infinite_d = V(T(0));
+  MF_INLINE V add(const V& za, const V& zb, const V& m0) {
+    const V ea = vexp(za - m0);
+    const V d = difference(za, zb);
+    const V ad = d.abs();
+    infinite_d = infinite_d | (ad == V(std::numeric_limits<T>::infinity()));
+    s0 = s0 + ea;
+    dsum = at::vec::fmadd(ea, d, dsum);
+    spread = at::vec::fmadd(ea, ad, spread);
+    return ea;
+  }
+  // Adds these (block) sums into `total` and starts again from zero.
+  MF_INLINE void flush_into(Pass2Sums& total) {
+    total.s0 = total.s0 + s0, total.dsum = total.dsum + dsum, total.spread = total.spread + spread;
+    total.infinite_d = total.infinite_d | infinite_d;
+    *this = Pass2Sums();
+  }
+};
+
+// Pass 3 over the classes: u = d - dbar (centred_u), acc = sum e0 phi(u) (add); too_large flags
+// lanes where some u > U_MAX (exp could overflow: the row takes the max-shifted fallback).
+template <typename T>
+struct Pass3Sum {
+  using V = Vectorized<T>;
+  V acc = V(T(0)), too_large = V(T(0));
+  static MF_INLINE V centred_u(const V& za, const V& zb, const V& dbar) { return difference(za, zb) - dbar; }
+  MF_INLINE void add(const V& u, const V& ea, const Phi<T>& phi) {
+    too_large = too_large | (u > V(static_cast<T>(kUMax)));
+    acc = at::vec::fmadd(ea, phi(u), acc);
+  }
+  MF_INLINE void flush_into(Pass3Sum& total) {
+    total.acc = total.acc + acc, total.too_large = total.too_large | too_large;
+    *this = Pass3Sum();
+  }
+};
+
+// The centred form D = dbar + log1p(sum e0 phi(u) / s0), dbar = dsum / s0.
+template <typename X>
+MF_INLINE X centred_difference(const X& dbar, const X& phi_sum, const X& s0) {
+  return dbar + log1p_nonneg(phi_sum / s0);
+}
+
+// lse1 = lse0 + D, so log s1 = (m0 - m1) + log s0 + D without an exp over z1. Its absolute error
+// is that of D, a few ulps of sum_k p0_k |d_k|: no worse than the direct sum while that spread is
+// <= kDerivedSpreadMax (derives_log_s1); wider rows (and non-finite D) sum exp(z1 - m1) directly.
+template <typename X>
+MF_INLINE X derived_log_s1(const X& m0, const X& m1, const X& log_s0, const X& D) {
+  return ((m0 - m1) + log_s0) + D;
+}
+template <typename T>
+MF_INLINE bool derives_log_s1(T D, T spread, T s0) {
+  return std::isfinite(D) && spread <= static_cast<T>(kDerivedSpreadMax) * s0;
+}
+template <typename T>
+MF_INLINE Vectorized<T> derives_log_s1(const Vectorized<T>& D, const Vectorized<T>& spread, const Vectorized<T>& s0) {
+  using V = Vectorized<T>;
+  return (D.abs() < V(std::numeric_limits<T>::infinity())) & (spread <= V(static_cast<T>(kDerivedSpreadMax)) * s0);
+}
+
+// The forward passes on one contiguous row in the accumulation type T.
 // `e0` is scratch of at least C + V::size() elements.
 template <typename T>
 RowResult<T> row_forward(const T* a, const T* b, const RowTail<T>& tl, T* e0, const Phi<T>& phi) {
@@ -293,39 +383,25 @@ RowResult<T> row_forward(const T* a, const T* b, const RowTail<T>& tl, T* e0, co
   const T max0 = reduce_max_nan(vm0), max1 = reduce_max_nan(vm1);
   RowResult<T> r;
   r.invalid = std::isnan(max0) || std::isnan(max1) || max0 == inf || max1 == inf;
-  r.m0 = std::isfinite(max0) ? max0 : T(0);
-  r.m1 = std::isfinite(max1) ? max1 : T(0);
+  r.m0 = finite_or_zero(max0);
+  r.m1 = finite_or_zero(max1);
 
-  // pass 2: e0 = exp(z0 - m0) and the p0-weighted sums of d and |d|
-  const V vm0s(r.m0), vinf(inf), zero(T(0));
-  V s0(T(0)), dsum(T(0)), spread(T(0)), infinite_d(T(0));  // row totals
-  V bs0(T(0)), bdsum(T(0)), bspread(T(0));                 // block partials
-  auto step2 = [&](const V& za, const V& zb, T* out) {
-    const V ea = vexp(za - vm0s);
-    const V d = difference(za, zb);
-    const V ad = d.abs();
-    infinite_d = infinite_d | (ad == vinf);
-    bs0 = bs0 + ea;
-    bdsum = at::vec::fmadd(ea, d, bdsum);
-    bspread = at::vec::fmadd(ea, ad, bspread);
-    ea.store(out);
-  };
-  auto flush2 = [&] {
-    s0 = s0 + bs0, dsum = dsum + bdsum, spread = spread + bspread;
-    bs0 = bdsum = bspread = zero;
-  };
-  blocked(body, W, [&](int64_t k) { step2(V::loadu(a + k), V::loadu(b + k), e0 + k); }, flush2);
+  // pass 2, summed in blocks (`block`, then added to `total`)
+  const V vm0s(r.m0);
+  Pass2Sums<T> total, block;
+  blocked(body, W, [&](int64_t k) { block.add(V::loadu(a + k), V::loadu(b + k), vm0s).store(e0 + k); },
+          [&] { block.flush_into(total); });
   if (tail) {
-    step2(tl.load(a), tl.load(b), e0 + body);
-    flush2();
+    block.add(tl.load(a), tl.load(b), vm0s).store(e0 + body);
+    block.flush_into(total);
   }
-  const T sum0 = reduce_sum(s0);
+  const T sum0 = reduce_sum(total.s0);
   r.log_s0 = std::log(sum0);
-  const bool mismatch = true_lanes(infinite_d) != 0;
+  const bool mismatch = true_lanes(total.infinite_d) != 0;
 
-  // log s1 = log sum exp(z1 - m1) by one more pass (pass 4), or derived from D, see below.
+  // log s1 = log sum exp(z1 - m1) by one more pass (pass 4), or derived from D.
   auto direct_log_s1 = [&] {
-    const V vm1s(r.m1);
+    const V vm1s(r.m1), zero(T(0));
     V s1(T(0)), bs1(T(0));
     blocked(body, W, [&](int64_t k) { bs1 = bs1 + vexp(V::loadu(b + k) - vm1s); }, [&] {
       s1 = s1 + bs1;
@@ -347,50 +423,25 @@ RowResult<T> row_forward(const T* a, const T* b, const RowTail<T>& tl, T* e0, co
   }
 
   // pass 3: centred phi sum
-  const T dbar = reduce_sum(dsum) / sum0;
-  const V vdbar(dbar), umax(static_cast<T>(kUMax));
-  V acc(T(0)), block_acc(T(0)), too_large(T(0));
-  auto step3 = [&](const V& za, const V& zb, const V& ea, bool is_tail) {
-    const V d = difference(za, zb);
-    V u = d - vdbar;
-    if (is_tail) u = u & tl.keep;  // lanes outside the tail take no part in the u > U_MAX test
-    too_large = too_large | (u > umax);
-    block_acc = at::vec::fmadd(ea, phi(u), block_acc);
-  };
-  auto flush3 = [&] {
-    acc = acc + block_acc;
-    block_acc = zero;
-  };
-  blocked(body, W, [&](int64_t k) { step3(V::loadu(a + k), V::loadu(b + k), V::loadu(e0 + k), false); }, flush3);
-  if (tail) {
-    step3(tl.load(a), tl.load(b), V::loadu(e0 + body), true);
-    flush3();
+  const T dbar = reduce_sum(total.dsum) / sum0;
+  const V vdbar(dbar);
+  Pass3Sum<T> phi_total, phi_block;
+  blocked(body, W, [&](int64_t k) {
+    phi_block.add(Pass3Sum<T>::centred_u(V::loadu(a + k), V::loadu(b + k), vdbar), V::loadu(e0 + k), phi);
+  }, [&] { phi_block.flush_into(phi_total); });
+  if (tail) {  // lanes outside the tail take u = 0: no part in the u > U_MAX test
+    phi_block.add(Pass3Sum<T>::centred_u(tl.load(a), tl.load(b), vdbar) & tl.keep, V::loadu(e0 + body), phi);
+    phi_block.flush_into(phi_total);
   }
-  if (true_lanes(too_large) != 0) {
+  if (true_lanes(phi_total.too_large) != 0) {
     r.log_s1 = direct_log_s1();
     r.D = shifted();
     return r;
   }
-  r.D = dbar + log1p_nonneg(reduce_sum(acc) / sum0);
-  // lse1 = lse0 + D, so log s1 = (m0 - m1) + log s0 + D without an exp over z1. Its absolute error
-  // is that of D, a few ulps of sum_k p0_k |d_k|: no worse than the direct sum while that spread is
-  // <= kDerivedSpreadMax; wider rows (and non-finite D) take the direct pass.
-  if (std::isfinite(r.D) && reduce_sum(spread) <= static_cast<T>(kDerivedSpreadMax) * sum0) {
-    r.log_s1 = ((r.m0 - r.m1) + r.log_s0) + r.D;
-  } else {
-    r.log_s1 = direct_log_s1();
-  }
+  r.D = centred_difference(dbar, reduce_sum(phi_total.acc), sum0);
+  r.log_s1 = derives_log_s1(r.D, reduce_sum(total.spread), sum0) ? derived_log_s1(r.m0, r.m1, r.log_s0, r.D)
+                                                                   : direct_log_s1();
   return r;
-}
-
-// log1p(x) for x >= 0 on a vector, as log1p_nonneg lane by lane (Sleef log1p where x >= 1e-3).
-template <typename T>
-MF_INLINE Vectorized<T> log1p_nonneg(const Vectorized<T>& x) {
-  using V = Vectorized<T>;
-  const V series = log1p_series<T>(x);
-  const V small = x < V(T(1e-3));
-  if (true_lanes(small) == (1 << V::size()) - 1) return series;
-  return V::blendv(x.log1p(), series, small);
 }
 
 // Lane-parallel results for W rows: lane j holds row j of the group.
@@ -400,15 +451,15 @@ struct LaneResult {
   int special;  // bit j set: row j needs row_forward (invalid, a one-row mask, or some u > U_MAX)
 };
 
-// The forward on W short rows at once, lane j holding row j: the same arithmetic as row_forward,
-// but every per-row step (maxima, sums, log, log1p) is one vector operation for all W rows, with no
-// horizontal reductions. `a`, `b` hold the rows transposed (element k of row j at [k * W + j]);
-// `e0` is scratch of C * W elements. Rows flagged in `special` take row_forward instead.
+// The forward on W short rows at once, lane j holding row j: the steps of row_forward, with every
+// per-row step (maxima, sums, log, log1p) one vector operation for all W rows and no horizontal
+// reductions. `a`, `b` hold the rows transposed (element k of row j at [k * W + j]); `e0` is
+// scratch of C * W elements. Rows flagged in `special` take row_forward instead.
 template <typename T>
 LaneResult<T> lanes_forward(const T* a, const T* b, int64_t C, T* e0, const Phi<T>& phi) {
   using V = Vectorized<T>;
   constexpr int64_t W = V::size();
-  const V inf(std::numeric_limits<T>::infinity()), zero(T(0));
+  const V inf(std::numeric_limits<T>::infinity());
   V max0(-std::numeric_limits<T>::infinity()), max1 = max0;
   for (int64_t k = 0; k < C; ++k) {
     max0 = at::vec::maximum(max0, V::loadu(a + k * W));
@@ -416,37 +467,23 @@ LaneResult<T> lanes_forward(const T* a, const T* b, int64_t C, T* e0, const Phi<
   }
   LaneResult<T> r;
   const V invalid = (max0 != max0) | (max1 != max1) | (max0 == inf) | (max1 == inf);
-  r.m0 = V::blendv(zero, max0, max0.abs() < inf);
-  r.m1 = V::blendv(zero, max1, max1.abs() < inf);
+  r.m0 = finite_or_zero(max0);
+  r.m1 = finite_or_zero(max1);
 
-  V s0(zero), dsum(zero), spread(zero), infinite_d(zero);
+  Pass2Sums<T> sums;
+  for (int64_t k = 0; k < C; ++k) sums.add(V::loadu(a + k * W), V::loadu(b + k * W), r.m0).store(e0 + k * W);
+  r.log_s0 = sums.s0.log();
+  const V dbar = sums.dsum / sums.s0;
+  Pass3Sum<T> phi_sum;
   for (int64_t k = 0; k < C; ++k) {
-    const V za = V::loadu(a + k * W), zb = V::loadu(b + k * W);
-    const V ea = vexp(za - r.m0);
-    const V d = difference(za, zb);
-    const V ad = d.abs();
-    infinite_d = infinite_d | (ad == inf);
-    s0 = s0 + ea;
-    dsum = at::vec::fmadd(ea, d, dsum);
-    spread = at::vec::fmadd(ea, ad, spread);
-    ea.store(e0 + k * W);
+    phi_sum.add(Pass3Sum<T>::centred_u(V::loadu(a + k * W), V::loadu(b + k * W), dbar), V::loadu(e0 + k * W), phi);
   }
-  r.log_s0 = s0.log();
-  const V dbar = dsum / s0, umax(static_cast<T>(kUMax));
-  V acc(zero), too_large(zero);
-  for (int64_t k = 0; k < C; ++k) {
-    const V d = difference(V::loadu(a + k * W), V::loadu(b + k * W));
-    const V u = d - dbar;
-    too_large = too_large | (u > umax);
-    acc = at::vec::fmadd(V::loadu(e0 + k * W), phi(u), acc);
-  }
-  r.D = dbar + log1p_nonneg(acc / s0);
-  r.special = true_lanes(invalid | infinite_d | too_large);
-  // log s1 derived from D as in row_forward; rows with a wide spread or a non-finite D sum it directly.
-  r.log_s1 = ((r.m0 - r.m1) + r.log_s0) + r.D;
-  const V derived = (r.D.abs() < inf) & (spread <= V(static_cast<T>(kDerivedSpreadMax)) * s0);
+  r.D = centred_difference(dbar, phi_sum.acc, sums.s0);
+  r.special = true_lanes(invalid | sums.infinite_d | phi_sum.too_large);
+  r.log_s1 = derived_log_s1(r.m0, r.m1, r.log_s0, r.D);
+  const V derived = derives_log_s1(r.D, sums.spread, sums.s0);
   if (true_lanes(derived) != (1 << W) - 1) {
-    V s1(zero);
+    V s1(T(0));
     for (int64_t k = 0; k < C; ++k) s1 = s1 + vexp(V::loadu(b + k * W) - r.m1);
     r.log_s1 = V::blendv(s1.log(), r.log_s1, derived);
   }

@@ -6,10 +6,11 @@ functions; no other module repeats a rule.
 
 * :func:`as_model` -- any callable is a model. A plain function (e.g. a ``functional_call`` lambda)
   is wrapped in an ``nn.Module`` with no submodules, so every estimator runs on it; the BatchNorm
-  handling of :mod:`.probe` then has no modules to act on.
+  handling of :mod:`.passes` then has no modules to act on.
 * :func:`check_input` -- x is a floating tensor (B, ...) with at least one feature dimension.
-* :func:`check_class_indices` / :func:`check_labels` -- y holds integer class indices (never
-  truncated floats), one per sample of x (ignore_index allowed).
+* :func:`check_labels` -- y holds integer class indices (never truncated floats; the rule is
+  :func:`margreg_fast.ops.validation.check_class_indices`, shared with the head op), one per sample
+  of x (ignore_index allowed).
 * :func:`check_output` -- the model returned logits of shape (B, C) (not (B, T, C), (B, C, 1, 1),
   a tuple or a dict).
 * :func:`real_number` -- a Python, NumPy or 0-d tensor real number as a float (weights, steps).
@@ -21,6 +22,8 @@ from typing import Callable
 
 import torch
 from torch import nn
+
+from ..ops.validation import check_class_indices
 
 
 class FunctionModel(nn.Module):
@@ -49,14 +52,6 @@ def check_input(x) -> None:
         raise TypeError(f"x must be a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}")
     if x.dim() < 2:
         raise ValueError(f"x must have a batch dimension and at least one feature dimension, got shape {tuple(x.shape)}")
-
-
-def check_class_indices(y, name: str = "y") -> None:
-    """``y`` must be a tensor of integer class indices (not float, complex or bool: never truncated)."""
-    if not isinstance(y, torch.Tensor):
-        raise TypeError(f"{name} must be a tensor of integer class indices, got {type(y).__name__}")
-    if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
-        raise TypeError(f"{name} must hold integer class indices, got dtype {y.dtype}")
 
 
 def check_labels(y, x: torch.Tensor, name: str = "y") -> torch.Tensor:

@@ -20,12 +20,11 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from ..ops import energy_penalty
+from ..ops import energy_difference
+from ..ops.validation import IGNORE_INDEX
 
 #: The penalties, named by the quantity S whose input gradient they square (one list for the whole library).
 PENALTIES = ("marginal", "conditional", "joint")
-#: The label of an unlabelled sample (``F.cross_entropy``'s default ignore_index).
-IGNORE_INDEX = -100
 
 
 def labelled(target: torch.Tensor) -> torch.Tensor:
@@ -53,14 +52,14 @@ def difference(penalty: str, za: torch.Tensor, zb: torch.Tensor, target: Optiona
                backend: str, with_ce: bool) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """(S(zb) - S(za), CE(za, y) or None) per sample, differentiable in both logit rows.
 
-    The logsumexp part comes from the fused head op (``energy_penalty``; one pass also gives the CE
+    The logsumexp part comes from the fused head op (``energy_difference``; one pass also gives the CE
     of za); the joint and conditional quantities add the z_y difference to it, and are 0 on
     unlabelled samples.
     """
     if penalty == "joint":
         ce = F.cross_entropy(za, target, reduction="none", ignore_index=IGNORE_INDEX) if with_ce else None
         return _picked(zb, target) - _picked(za, target), ce
-    out = energy_penalty(za, zb, 1.0, target=target if with_ce else None, ignore_index=IGNORE_INDEX, backend=backend)
+    out = energy_difference(za, zb, target if with_ce else None, ignore_index=IGNORE_INDEX, backend=backend)
     if penalty == "marginal":
         return out.difference, out.ce
     d = out.difference - (_picked(zb, target) - _picked(za, target)).to(out.difference.dtype)

@@ -11,7 +11,11 @@ from typing import Optional, Union
 
 import torch
 
-Step = Union[float, int, torch.Tensor]
+#: A step h as the head op takes it: a Python number, a 0-d tensor or a tensor of shape (B,).
+HeadStep = Union[float, int, torch.Tensor]
+#: The label of an unlabelled row (``F.cross_entropy``'s default ignore_index), the one the whole
+#: library uses.
+IGNORE_INDEX = -100
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -20,6 +24,7 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def check_logits(z0: torch.Tensor, z1: torch.Tensor) -> None:
+    """z0 and z1: floating (B, C) tensors, C >= 1, of one shape, dtype and device."""
     for name, z in (("z0", z0), ("z1", z1)):
         if not isinstance(z, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(z).__name__}")
@@ -37,8 +42,22 @@ def check_logits(z0: torch.Tensor, z1: torch.Tensor) -> None:
         raise ValueError("logits must have at least one class (got C = 0)")
 
 
+def check_class_indices(y, name: str = "y") -> None:
+    """``y`` must be a tensor of integer class indices (not float, complex or bool: never truncated)."""
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"{name} must be a tensor of integer class indices, got {type(y).__name__}")
+    if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer class indices, got dtype {y.dtype}")
+
+
+def check_ignore_index(ignore_index) -> None:
+    """ignore_index must be a Python int (not bool)."""
+    if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
+        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
+
+
 def check_head_target(target: Optional[torch.Tensor], z0: torch.Tensor, ignore_index: int,
-                 check_range: bool = True) -> Optional[torch.Tensor]:
+                      check_range: bool = True) -> Optional[torch.Tensor]:
     """Validate integer class targets of shape (B,); returns them as int64 on z0's device.
 
     ``check_range=False`` leaves the value check (every target in [0, C) or ignore_index) to a
@@ -46,10 +65,7 @@ def check_head_target(target: Optional[torch.Tensor], z0: torch.Tensor, ignore_i
     """
     if target is None:
         return None
-    if not isinstance(target, torch.Tensor):
-        raise TypeError(f"target must be a torch.Tensor or None, got {type(target).__name__}")
-    if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
-        raise TypeError(f"target must hold integer class indices, got dtype {target.dtype}")
+    check_class_indices(target, "target")
     if target.dim() != 1 or target.shape[0] != z0.shape[0]:
         raise ValueError(f"target must have shape ({z0.shape[0]},), got {tuple(target.shape)}")
     if target.device != z0.device:
@@ -67,7 +83,7 @@ def check_head_target(target: Optional[torch.Tensor], z0: torch.Tensor, ignore_i
     return target.long()
 
 
-def check_head_step(step: Step, batch: int, device: torch.device) -> Union[float, torch.Tensor]:
+def check_head_step(step: HeadStep, batch: int, device: torch.device) -> Union[float, torch.Tensor]:
     """A finite step h > 0: a Python number, a 0-d tensor or a tensor of shape (B,)."""
     if isinstance(step, bool) or not isinstance(step, (int, float, torch.Tensor)):
         raise TypeError(f"step must be a float or a tensor, got {type(step).__name__}")

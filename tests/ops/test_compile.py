@@ -15,7 +15,7 @@ OPS = torch.ops.margreg_fast
 
 def _loss(z0, z1, target):
     out = mf.energy_penalty(z0, z1, 0.1, target, backend="native")
-    return out.penalty.mean() + out.ce.mean() + mf.energy_difference(z0, z1, backend="native").sum()
+    return out.penalty.mean() + out.ce.mean() + mf.energy_difference(z0, z1, backend="native").difference.sum()
 
 
 def _run(fn, z0, z1, target):
