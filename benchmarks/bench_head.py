@@ -1,9 +1,10 @@
-"""Benchmark of the fused energy head: fwd+bwd of ``energy_penalty`` with targets, per backend.
+"""Benchmark of the fused energy head: fwd+bwd of ``energy_difference`` with targets, per backend.
 
 For each (B, C) case the script times, in the same run and on the same tensors:
 
 * ``floor``: two plain ``torch.logsumexp`` calls (forward only), the least any head could cost;
-* fwd+bwd of ``energy_penalty(z0, z1, h, target, backend=...)`` for ``native`` and ``torch`` on CPU
+* fwd+bwd of ``energy_difference(z0, z1, target, backend=...)`` (D and the CE of z0, the call the
+  estimators make) for ``native`` and ``torch`` on CPU
   (and ``triton`` and ``torch`` on CUDA when a GPU is present).
 
 Times are medians over repeats; each is also given as a ratio to the floor, and the torch time as a
@@ -41,7 +42,6 @@ import margreg_fast as mf  # noqa: E402
 from benchmarks import report  # noqa: E402
 
 CASES: List[Tuple[int, int]] = [(4096, 10), (4096, 1000), (512, 32000)]
-STEP = 0.01
 
 
 def pin_malloc() -> bool:
@@ -109,8 +109,8 @@ def floor_fn(z0, z1) -> Callable[[], None]:
 def head_fn(z0, z1, target, backend: str) -> Callable[[], None]:
     def run():
         z0.grad = z1.grad = None
-        out = mf.energy_penalty(z0, z1, STEP, target, backend=backend)
-        (out.penalty.sum() + out.ce.sum()).backward()
+        out = mf.energy_difference(z0, z1, target, backend=backend)
+        (out.difference.sum() + out.ce.sum()).backward()
 
     return run
 
@@ -182,7 +182,7 @@ def config_name(device: torch.device, malloc_pinned: bool, threads) -> str:
 
 def write_results(rows: List[dict], out: Path, name: str, repeats: int, command: str) -> None:
     r = rows[0]
-    title = (f"Fused head op on {r['device']}, fwd+bwd of `energy_penalty(z0, z1, h, target)`: median of {repeats}, "
+    title = (f"Fused head op on {r['device']}, fwd+bwd of `energy_difference(z0, z1, target)`: median of {repeats}, "
              f"{r['threads']} thread(s), malloc thresholds {'pinned' if r['malloc_pinned'] else 'at glibc defaults'}. "
              "x floor: ratio to two plain `torch.logsumexp` calls (forward only) on the same tensors, in the same run.")
     report.write_csv(out / f"{name}.csv", rows)

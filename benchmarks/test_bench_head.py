@@ -2,7 +2,7 @@
 
 Run with ``.venv/bin/python -m pytest benchmarks/test_bench_head.py`` (kept out of tests/ so the
 unit suite stays fast). Cases and timed functions are those of bench_head.py: per (B, C), the floor
-(two torch.logsumexp calls) and fwd+bwd of energy_penalty for each backend on CPU (native, torch)
+(two torch.logsumexp calls) and fwd+bwd of energy_difference for each backend on CPU (native, torch)
 and, when a GPU is present, on CUDA (triton, torch). Compare within one group: ``--benchmark-group-by=param:case``.
 """
 import pytest

@@ -11,8 +11,9 @@ v = g / ||g|| at the cost of one extra forward; training cannot game it), ``"exa
 backprop), ``"jvp"`` (exact, forward mode over the reverse-mode input gradient), ``"fd"`` (one-sided
 forward difference, error O(h); training games it) and ``"central"`` (error O(h^2), one more
 forward). ``step`` is h of the finite differences: a positive float, or ``"auto"`` (see
-:mod:`margreg_fast.estimators.steps`). The finite differences go through the fused head op
-:func:`margreg_fast.energy_penalty` (``backend`` picks its implementation).
+:mod:`margreg_fast.estimators.steps`). Both functions default to ``method="rfd"``, ``step="auto"``
+(:mod:`margreg_fast.estimators.defaults`). The finite differences go through the fused head op
+:func:`margreg_fast.energy_difference` (``backend`` picks its implementation).
 
 ``model`` is an ``nn.Module`` or any function of x returning (B, C) logits; anything else (a
 (B, T, C) or (B, C, 1, 1) tensor, a tuple, a dict) raises, whatever the method.
@@ -26,20 +27,31 @@ Example::
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
-from .arguments import check_choice, check_penalty_call
 from .estimators import DEFAULT_METHOD, DEFAULT_STEP, PENALTIES, estimate
-from .estimators.checks import check_labels
+from .estimators.checks import (check_choice, check_data, check_estimator_options, check_labels, check_output,
+                                check_step)
 from .estimators.steps import Step
-from .reduction import reduce
+from .reduction import REDUCTIONS, reduce
 
 #: The baselines of :func:`input_gradient_penalty` (every penalty but the marginal one).
 BASELINES = PENALTIES[1:]
 Model = Union[nn.Module, Callable[[torch.Tensor], torch.Tensor]]
+
+
+def _check_call(model, x, method: str, step: Step, reduction: str, logits: Optional[torch.Tensor],
+                backend: str) -> Tuple[nn.Module, Step]:
+    """The arguments both penalty functions share; returns (model as a module, step as a float or "auto")."""
+    model = check_data(model, x)
+    check_estimator_options(method, backend)
+    check_choice("reduction", reduction, REDUCTIONS)
+    if logits is not None:
+        check_output(logits, x, name="logits")
+    return model, check_step(step)
 
 
 def marginal_density_penalty(model: Model, x: torch.Tensor, *, method: str = DEFAULT_METHOD, step: Step = DEFAULT_STEP,
@@ -64,21 +76,22 @@ def marginal_density_penalty(model: Model, x: torch.Tensor, *, method: str = DEF
             shape-checked (a detached copy, or logits of another x, cannot skew the result).
         backend: implementation of the fused head op (``"auto"``, ``"torch"``, ``"native"``, ``"triton"``).
     """
-    model, step = check_penalty_call(model, x, method, step, reduction, logits, backend)
+    model, step = _check_call(model, x, method, step, reduction, logits, backend)
     est = estimate(model, x, None, penalty="marginal", method=method, step=step, logits=logits, backend=backend)
     return reduce(est.value, reduction)
 
 
 def input_gradient_penalty(model: Model, x: torch.Tensor, y: torch.Tensor, *, penalty: str = "conditional",
-                           method: str = "exact", step: Step = 1e-2, reduction: str = "mean",
+                           method: str = DEFAULT_METHOD, step: Step = DEFAULT_STEP, reduction: str = "mean",
                            logits: Optional[torch.Tensor] = None, backend: str = "auto") -> torch.Tensor:
     """Baselines: ||grad_x CE(model(x), y)||^2 (``penalty="conditional"``) or ||grad_x model(x)_y||^2 (``"joint"``).
 
-    Same estimators and arguments as :func:`marginal_density_penalty`; ``y`` holds integer class
+    Same estimators, defaults and arguments as :func:`marginal_density_penalty` (the default method
+    is ``"rfd"``, as there; it used to be ``"exact"`` with step 1e-2 here); ``y`` holds integer class
     indices (B,). A sample labelled -100 (``F.cross_entropy``'s ignore_index) has no label: its
     penalty is 0 and ``reduction="mean"`` averages over the labelled samples only.
     """
-    model, step = check_penalty_call(model, x, method, step, reduction, logits, backend)
+    model, step = _check_call(model, x, method, step, reduction, logits, backend)
     y = check_labels(y, x)
     check_choice("penalty", penalty, BASELINES)
     est = estimate(model, x, y, penalty=penalty, method=method, step=step, logits=logits, backend=backend)

@@ -27,19 +27,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .arguments import check_choice, check_data, check_estimator, check_fraction, check_generator, check_weight
-from .estimators import DEFAULT_METHOD, DEFAULT_STEP, Estimate, estimate
-from .estimators import PENALTIES as ESTIMATED_PENALTIES
-from .estimators.checks import check_labels, check_output
+from .estimators import DEFAULT_METHOD, DEFAULT_STEP, PENALTIES, Estimate, estimate
+from .estimators.checks import (check_choice, check_data, check_estimator_options, check_fraction, check_generator,
+                                check_labels, check_output, check_step, check_weight)
 from .estimators.passes import ModelPasses
-from .estimators.quantities import IGNORE_INDEX
+from .ops import IGNORE_INDEX
 from .estimators.steps import Step
 from .monitor import DEFAULT_BAND, DEFAULT_WARMUP, DEFAULT_WINDOW, SecantMonitor, secant_ratio
 from .reduction import reduce
 from .subsample import draw_subset, subset_mean
 
-#: The estimators' penalties and "none" (plain cross-entropy).
-PENALTIES = ESTIMATED_PENALTIES + ("none",)
+#: What ``penalty=`` accepts: the estimators' PENALTIES and "none" (plain cross-entropy).
+PENALTY_OPTIONS = PENALTIES + ("none",)
 
 
 class MarginalDensityRegularizer(nn.Module):
@@ -76,10 +75,11 @@ class MarginalDensityRegularizer(nn.Module):
                  generator: Optional[torch.Generator] = None, monitor_window: int = DEFAULT_WINDOW,
                  monitor_band: Tuple[float, float] = DEFAULT_BAND, monitor_warmup: int = DEFAULT_WARMUP) -> None:
         super().__init__()
-        self.weight, self.step = check_weight(weight), check_estimator(method, step, backend)
+        check_estimator_options(method, backend)
+        self.weight, self.step = check_weight(weight), check_step(step)
         self.method, self.backend = method, backend
         self.fraction, self.generator = check_fraction(fraction), check_generator(generator)
-        self.penalty = check_choice("penalty", penalty, PENALTIES)
+        self.penalty = check_choice("penalty", penalty, PENALTY_OPTIONS)
         self.monitor = SecantMonitor(method, monitor_window, monitor_band, monitor_warmup)
 
     def extra_repr(self) -> str:

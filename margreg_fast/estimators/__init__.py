@@ -1,9 +1,9 @@
 """Model-level estimators of input-gradient penalties (the machinery behind :mod:`margreg_fast.penalty`)."""
-from .core import METHODS, PENALTIES, Estimate, estimate
-from .defaults import DEFAULT_METHOD, DEFAULT_STEP
+from .core import PENALTIES, Estimate, estimate
+from .defaults import AUTO, DEFAULT_METHOD, DEFAULT_STEP, METHODS
 from .errors import UnsupportedEstimatorError
 from .passes import ModelPasses
-from .steps import AUTO, resolve_step, unit_direction
+from .steps import resolve_step, unit_direction
 
 __all__ = ["AUTO", "DEFAULT_METHOD", "DEFAULT_STEP", "METHODS", "PENALTIES", "Estimate", "ModelPasses",
            "UnsupportedEstimatorError", "estimate", "resolve_step", "unit_direction"]

@@ -1,29 +1,37 @@
-r"""What the model, its inputs, labels and outputs must look like: one check per rule.
+r"""The public layer's argument checks: every rule on what a user passes, written once.
 
-Every check raises ``TypeError`` (wrong kind of object or dtype) or ``ValueError`` (wrong shape or
-value) and names what it received. The penalties, the regulariser and the kit's attacks call these
-functions; no other module repeats a rule.
+The penalty functions, the regulariser and the experiment kit call these functions; no other module
+repeats a rule. (The tensors that reach the fused head op are checked by the ops layer,
+:mod:`margreg_fast.ops.validation`, whose class-index rule :func:`check_labels` reuses.) Every check
+raises ``TypeError`` (wrong kind of object or dtype) or ``ValueError`` (wrong shape or value) and
+names what it received; a check that normalises its argument returns it.
 
 * :func:`as_model` -- any callable is a model. A plain function (e.g. a ``functional_call`` lambda)
   is wrapped in an ``nn.Module`` with no submodules, so every estimator runs on it; the BatchNorm
   handling of :mod:`.passes` then has no modules to act on.
-* :func:`check_input` -- x is a floating tensor (B, ...) with at least one feature dimension.
-* :func:`check_labels` -- y holds integer class indices (never truncated floats; the rule is
-  :func:`margreg_fast.ops.validation.check_class_indices`, shared with the head op), one per sample
+* :func:`check_input` / :func:`check_data` -- x is a floating tensor (B, ...) with at least one
+  feature dimension (and the model a model).
+* :func:`check_labels` -- y holds integer class indices (never truncated floats), one per sample
   of x (ignore_index allowed).
 * :func:`check_output` -- the model returned logits of shape (B, C) (not (B, T, C), (B, C, 1, 1),
   a tuple or a dict).
-* :func:`real_number` -- a Python, NumPy or 0-d tensor real number as a float (weights, steps).
+* :func:`check_choice` -- an option is one of its names (method, backend, penalty, reduction).
+* :func:`check_estimator_options` -- method and head-op backend.
+* :func:`real_number`, :func:`check_weight`, :func:`check_step`, :func:`check_fraction` -- numbers
+  (Python, NumPy or 0-d tensor) returned as floats; :func:`check_generator` -- a ``torch.Generator``.
 """
 from __future__ import annotations
 
+import math
 import numbers
-from typing import Callable
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import nn
 
+from ..ops.backends import BACKEND_NAMES
 from ..ops.validation import check_class_indices
+from .defaults import AUTO, METHODS, Step
 
 
 class FunctionModel(nn.Module):
@@ -52,6 +60,12 @@ def check_input(x) -> None:
         raise TypeError(f"x must be a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}")
     if x.dim() < 2:
         raise ValueError(f"x must have a batch dimension and at least one feature dimension, got shape {tuple(x.shape)}")
+
+
+def check_data(model, x) -> nn.Module:
+    """The model (returned as a module, see :func:`as_model`) and the input batch x."""
+    check_input(x)
+    return as_model(model)
 
 
 def check_labels(y, x: torch.Tensor, name: str = "y") -> torch.Tensor:
@@ -87,3 +101,51 @@ def real_number(value, name: str) -> float:
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
         return float(value)
     raise TypeError(f"{name} must be a real number, got {_describe(value)}")
+
+
+def check_choice(name: str, value, choices: Sequence[str]) -> str:
+    """``value`` must be one of ``choices``."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+    return value
+
+
+def check_estimator_options(method: str, backend: str) -> None:
+    """The estimator (one of :data:`.defaults.METHODS`) and the head op's backend name."""
+    check_choice("method", method, METHODS)
+    check_choice("backend", backend, BACKEND_NAMES)
+
+
+def check_weight(weight) -> float:
+    """lambda: a finite real number >= 0, as a float."""
+    weight = real_number(weight, "weight")
+    if not math.isfinite(weight) or weight < 0:
+        raise ValueError(f"weight must be finite and >= 0, got {weight!r}")
+    return weight
+
+
+def check_step(step: Step) -> Step:
+    """A user step: ``"auto"``, or a positive finite real number returned as a float."""
+    if isinstance(step, str):
+        if step != AUTO:
+            raise ValueError(f"step must be a positive float or {AUTO!r}, got {step!r}")
+        return step
+    step = real_number(step, f"step (a positive float or {AUTO!r})")
+    if not (step > 0 and step < float("inf")):
+        raise ValueError(f"step must be positive and finite, got {step!r}")
+    return step
+
+
+def check_fraction(fraction) -> float:
+    """The penalised share of each batch: a real number in (0, 1], as a float."""
+    fraction = real_number(fraction, "fraction")
+    if not (math.isfinite(fraction) and 0 < fraction <= 1):
+        raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+    return fraction
+
+
+def check_generator(generator) -> Optional[torch.Generator]:
+    """None (torch's global generator) or a ``torch.Generator``."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    return generator

@@ -51,7 +51,6 @@ from .passes import ModelPasses
 from .quantities import PENALTIES, difference, value
 from .steps import Step, broadcast_step, resolve_step, unit_direction
 
-METHODS = ("exact", "jvp", "fd", "central", "rfd")
 #: Order of the truncation error of each finite difference's value (fd) or expected gradient.
 STEP_ORDER = {"fd": 1, "central": 2, "rfd": 2}
 
@@ -179,4 +178,4 @@ def estimate(model: nn.Module, x: torch.Tensor, target: Optional[torch.Tensor], 
     return Estimate(g_norm ** 2 + 2 * g_norm * (slope - slope.detach()), ce, g_norm, slope.detach())
 
 
-__all__ = ["METHODS", "PENALTIES", "Estimate", "estimate"]
+__all__ = ["PENALTIES", "Estimate", "estimate"]

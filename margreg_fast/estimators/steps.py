@@ -29,12 +29,10 @@ from typing import Tuple, Union
 
 import torch
 
-from .checks import real_number
+from .defaults import AUTO, Step
 
-AUTO = "auto"
 #: c_p of the ``"auto"`` rule per truncation order p (see the module docstring).
 AUTO_FACTOR = {1: 1.0, 2: 4.0}
-Step = Union[float, str]
 
 
 def unit_direction(g: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -48,18 +46,6 @@ def unit_direction(g: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     unorm = torch.where(scale > 0, unorm, torch.ones_like(unorm))
     v = (u / unorm[:, None]).view_as(g)
     return v, scale * unorm
-
-
-def check_step(step: Step) -> Step:
-    """Validate a user step: ``"auto"`` or a positive finite real number (NumPy and 0-d tensors too), as a float."""
-    if isinstance(step, str):
-        if step != AUTO:
-            raise ValueError(f"step must be a positive float or 'auto', got {step!r}")
-        return step
-    step = real_number(step, "step (a positive float or 'auto')")
-    if not (step > 0 and step < float("inf")):
-        raise ValueError(f"step must be positive and finite, got {step!r}")
-    return step
 
 
 def resolve_step(step: Step, x: torch.Tensor, logits_dtype: torch.dtype, order: int) -> Union[float, torch.Tensor]:

@@ -15,7 +15,7 @@ import numbers
 import torch
 from captum.attr import FeatureAblation, IntegratedGradients, Saliency
 
-from ..estimators.checks import check_class_indices
+from ..ops.validation import check_class_indices
 from .metrics import evaluating
 
 METHODS = ("saliency", "integrated_gradients", "ablation")

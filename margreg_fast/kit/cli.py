@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..estimators.steps import check_step
+from ..estimators.checks import check_step
 from .experiments.config import (ATTRIBUTIONS, DATASETS, DEFAULT_ESTIMATORS, DEFAULT_WEIGHTS, ESTIMATORS, EXPERIMENTS,
                                  METHODS, MODELS, ExperimentConfig)
 from .models import ACTIVATIONS
@@ -73,7 +73,7 @@ _positive_float = _number_type(float, lambda v: v > 0, "a positive number")
 
 
 def _step(text: str):
-    """--step: a positive float or a step-policy name, validated by margreg_fast.estimators.steps.check_step."""
+    """--step: a positive float or a step-policy name, validated by margreg_fast.estimators.checks.check_step."""
     try:
         value = float(text)
     except ValueError:

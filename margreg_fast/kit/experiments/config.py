@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from ..models import ACTIVATIONS
 from ...estimators import DEFAULT_METHOD, DEFAULT_STEP
 from ...estimators import METHODS as ESTIMATOR_METHODS
-from ...estimators.steps import Step, check_step
+from ...estimators.checks import Step, check_step
 
 #: Training methods and the penalty each one trains with (``MarginalDensityRegularizer(penalty=...)``).
 #: ``mdr-exact`` is the reference row: the marginal penalty by double backprop, at mdr's weight.
