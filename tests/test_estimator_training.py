@@ -2,11 +2,15 @@
 
 Small max-pool CNNs (ReLU, and GELU as the smooth activation) train for 8 epochs at weight 10 on
 8x8 digits placed on a zero 20x20 canvas, where max-pool windows hold exact ties. Afterwards, on
-held-out images, the true penalty (exact R) must be within 1.5x the estimator's own estimate and
-within 3x what an exact-trained twin reaches, and the regulariser's secant monitor must stay quiet.
+held-out images, the true penalty (exact R) must be within 3x what an exact-trained twin reaches,
+and the regulariser's secant monitor must stay quiet.
 
-The default estimator passes. The same check fails for ``method="fd"``, which training games
-(true R 12-25x its estimate in benchmarks/results/estimator_training.md), and the monitor warns: so the check can fail.
+The default estimator, rfd, is held to those two checks only: its own estimate is ||g||^2, the true
+R itself, so "true R / own estimate" is 1 by construction and tells nothing about it. What can fail
+for rfd is the model its parameter gradient trains (the twin ratio) and the secant slope that the
+monitor watches. fd, whose estimate is its secant squared, is held to the own-estimate check too:
+training games it (true R 12-25x its estimate in benchmarks/results/estimator_training.md), and
+the monitor warns.
 """
 import pytest
 
@@ -32,9 +36,8 @@ def twins(data):
 @pytest.mark.parametrize("activation", ["relu", "gelu"])
 def test_default_estimator_trains_what_exact_trains(data, twins, activation):
     got = judge(DEFAULT_METHOD, activation, data)
-    assert got.true_over_own <= MAX_TRUE_OVER_OWN, f"true R is {got.true_over_own:.2f}x the estimate"
     assert got.over_twin(twins[activation]) <= MAX_TRUE_OVER_TWIN, f"{got.over_twin(twins[activation]):.2f}x the twin"
-    assert not got.warned
+    assert not got.warned, got
 
 
 @pytest.mark.slow

@@ -1,5 +1,7 @@
 """Unlabelled samples (label -100, F.cross_entropy's ignore_index): one behaviour for every penalty.
 
+(The regulariser's loss on such a batch, for every method and penalty: tests/test_regularizer.py.)
+
 The CE follows F.cross_entropy (0 per unlabelled sample, mean over the labelled ones); the marginal
 penalty needs no label and is defined and averaged over every sample; the conditional and joint
 penalties are 0 on unlabelled samples and averaged over the labelled ones. Per-sample penalties do
@@ -15,7 +17,7 @@ from torch import nn
 
 from margreg_fast.estimators import METHODS
 from margreg_fast.penalty import BASELINES as KINDS
-from margreg_fast.penalty import input_gradient_penalty, marginal_density_penalty
+from margreg_fast.penalty import input_gradient_penalty
 from margreg_fast.regularizer import MarginalDensityRegularizer
 
 
@@ -55,25 +57,6 @@ def test_labelled_penalties_skip_unlabelled_samples(batch, kind, method):
     assert math.isclose(input_gradient_penalty(model, x, y, reduction="sum", **kw).item(), alone.sum().item(),
                         rel_tol=1e-12)
     torch.testing.assert_close(_grads(mean, model), _grads(alone.mean(), model), rtol=1e-10, atol=1e-14)
-
-
-@pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("penalty", ("marginal",) + KINDS)
-def test_regularizer_ce_follows_cross_entropy_ignore_index(batch, penalty, method):
-    model, x, y = batch
-    keep = y != -100
-    torch.manual_seed(0)  # rfd's random signs: one draw per sample, the same in both calls
-    loss, stats = MarginalDensityRegularizer(0.5, method=method, step=STEP, penalty=penalty)(model, x, y)
-    ce = F.cross_entropy(model(x), y)  # ignore_index=-100: mean over the 5 labelled samples
-    torch.manual_seed(0)
-    if penalty == "marginal":  # defined for every sample
-        pen = marginal_density_penalty(model, x, method=method, step=STEP)
-    else:  # per sample over the whole batch, averaged over the labelled ones by hand
-        pen = input_gradient_penalty(model, x, y, penalty=penalty, method=method, step=STEP, reduction="none")[keep].mean()
-    assert math.isclose(stats["ce"], ce.item(), rel_tol=1e-12)
-    assert math.isclose(stats["penalty"], pen.item(), rel_tol=1e-12)
-    assert math.isclose(loss.item(), (ce + 0.5 * pen).item(), rel_tol=1e-12)
-    torch.testing.assert_close(_grads(loss, model), _grads(ce + 0.5 * pen, model), rtol=1e-10, atol=1e-14)
 
 
 def test_plain_cross_entropy_ignores_unlabelled_samples(batch):

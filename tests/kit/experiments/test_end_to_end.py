@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -76,9 +75,36 @@ def test_changed_settings_reuse_only_matching_runs(tmp_path, tiny_config):
     assert len(list((tmp_path / "runs").iterdir())) == 5
 
 
+def _args(out: Path) -> list[str]:
+    return ["experiment", "blockmnist", "--out", str(out), "--methods", "none", "mdr", *TINY_FLAGS,
+            "--epochs", "3", "--max-train", "160"]
+
+
 def _cli(out: Path) -> list[str]:
-    return [sys.executable, "-m", "margreg_fast", "experiment", "blockmnist", "--out", str(out),
-            "--methods", "none", "mdr", *TINY_FLAGS, "--epochs", "3", "--max-train", "160"]
+    return [sys.executable, "-m", "margreg_fast", *_args(out)]
+
+
+#: The command-line tool, except that right after saving mdr's checkpoint of epoch 1 it prints
+#: PAUSED and blocks reading stdin (which the test never writes): a state the test can wait for.
+PAUSED = "saved mdr epoch 1"
+_PAUSE_AFTER_FIRST_MDR_CHECKPOINT = f"""
+import sys
+from margreg_fast.__main__ import main
+from margreg_fast.kit.experiments import training
+
+save = training.save_checkpoint
+
+
+def save_then_pause(path, **kw):
+    save(path, **kw)
+    if path.parent.name.startswith("mdr-") and kw["epoch"] == 1:
+        print({PAUSED!r}, flush=True)
+        sys.stdin.readline()
+
+
+training.save_checkpoint = save_then_pause
+sys.exit(main(sys.argv[1:]))
+"""
 
 
 def _without_timing(path: Path) -> dict:
@@ -90,27 +116,30 @@ def _without_timing(path: Path) -> dict:
 
 
 def test_resume_after_sigkill_gives_same_results(tmp_path):
-    """Kill -9 part-way through the regularised run (mdr, after its first of three epochs, "none"
-    being done), rerun the command: it must resume mdr from its checkpoint (not retrain it: its
-    recorded step times of the first epoch survive) and end with the uninterrupted results."""
+    """Kill -9 part-way through the regularised run (mdr, right after the checkpoint of its first of
+    three epochs, "none" being done: the run pauses there and says so, so the kill lands at that
+    state, not in a timing window), rerun the command: it must resume mdr from its checkpoint (not
+    retrain it: its recorded step times of the first epoch survive) and end with the uninterrupted
+    results."""
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     ref = tmp_path / "ref"
     subprocess.run(_cli(ref), cwd=REPO, env=env, check=True, capture_output=True)
 
     out = tmp_path / "killed"
-    proc = subprocess.Popen(_cli(out), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not list(out.glob(f"runs/mdr-seed0-*/{CHECKPOINT_NAME}")):
-        assert proc.poll() is None, "finished before writing a checkpoint"
-        assert time.monotonic() < deadline
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc = subprocess.Popen([sys.executable, "-c", _PAUSE_AFTER_FIRST_MDR_CHECKPOINT, *_args(out)], cwd=REPO, env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        lines = iter(proc.stdout.readline, "")  # ends if the run exits without pausing
+        assert any(line.strip() == PAUSED for line in lines), "the run ended before mdr's first checkpoint"
+    finally:
+        proc.send_signal(signal.SIGKILL)  # the run is blocked right after that checkpoint
+        proc.wait()
+        proc.stdout.close(), proc.stdin.close()
     assert list(out.glob("runs/none-seed0-*/result.json"))
-    assert not list(out.glob("runs/mdr-seed0-*/result.json")), "the kill came too late to interrupt mdr"
+    assert not list(out.glob("runs/mdr-seed0-*/result.json"))
     checkpoint, = out.glob(f"runs/mdr-seed0-*/{CHECKPOINT_NAME}")
     killed = torch.load(checkpoint, weights_only=True)
-    assert 1 <= killed["epoch"] < 3, killed["epoch"]
+    assert killed["epoch"] == 1, killed["epoch"]
 
     done = subprocess.run(_cli(out), cwd=REPO, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
