@@ -55,9 +55,9 @@ constexpr double kDerivedSpreadMax = 1.0;
 constexpr int64_t kBlockVecs = 64;
 // Rows per parallel chunk are chosen so a chunk holds at least this many elements.
 constexpr int64_t kGrainElements = 32768;
-// Forward rows of at most this many classes run W at a time, one per vector lane (lanes_forward).
-// Measured on Zen 4 (fp32 forward, one thread, ns per row, lanes vs rows): C = 10: 33-45 vs 120-135;
-// C = 64: 120-125 vs 160; C = 128: 225-245 vs 260-315; C = 256: 455-480 vs 445-455.
+// Forward rows of at most this many classes run W at a time, one per vector lane (lanes_forward): a
+// tuning constant, the largest C at which the lane path was timed faster per row than the row path
+// when it was introduced (commit 73b94a1; no result file holds those timings: rerun before changing it).
 constexpr int64_t kLaneMaxClasses = 128;
 
 template <typename T>

@@ -107,7 +107,7 @@ def test_sdpa_model_trains_with_finite_differences(vit, method, monkeypatch):
 
 @pytest.mark.parametrize("method", ["exact", "jvp"])
 def test_sdpa_exact_methods_raise_a_clear_error(vit, method):
-    """On CPU torch 2.13 SDPA dispatches to aten::_scaled_dot_product_flash_attention_for_cpu: its
+    """On CPU the pinned torch's SDPA dispatches to aten::_scaled_dot_product_flash_attention_for_cpu: its
     backward has no derivative (exact) and it has no forward-AD formula (jvp). The exact failure
     would otherwise surface only in loss.backward(); it must be raised at the estimator call."""
     with pytest.raises(UnsupportedEstimatorError) as info:

@@ -2,8 +2,8 @@ r"""Clear errors for the exact estimators (``exact``, ``jvp``) on models whose o
 
 ``exact`` needs the derivative of every op's backward (double backprop); ``jvp`` needs forward-mode
 AD. Neither exists for some ops, notably ``torch.nn.functional.scaled_dot_product_attention`` on
-its fused kernels (on CPU, torch 2.13 runs ``aten::_scaled_dot_product_flash_attention_for_cpu``,
-whose backward has no derivative and which has no forward-AD formula), and any ``torch.compile``'d
+its fused kernels (on CPU, the pinned torch runs ``aten::_scaled_dot_product_flash_attention_for_cpu``,
+whose backward has no derivative and which has no forward-AD formula: tests/test_models_conditions.py), and any ``torch.compile``'d
 model (AOTAutograd has no double backward). PyTorch reports the missing double-backward only when
 the *training* backward reaches it, far from the estimator call; :func:`check_twice_differentiable`
 finds the placeholder node (``NotImplemented``, or AOTAutograd's ``CompiledFunctionBackwardBackward``)

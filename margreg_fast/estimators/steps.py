@@ -13,12 +13,13 @@ and p is the order of the truncation error that h trades against rounding:
   expected gradient is the central secant's, with bias ~ h^2, and its rounding error is that of two
   backward passes through the whole network subtracted and divided by h: eps_grad / h, with eps_grad
   well above the logits' eps (every layer's accumulations add to it). Minimising
-  eps_grad / h + h^2 gives h ~ eps_grad^(1/3). Measured (``benchmarks/estimator_agreement.py
-  --sweep``, GELU/avg-pool and BatchNorm/SiLU CNNs, fp32, at init and trained): the cosine with
-  exact's gradient is >= 0.9999 for c from 1 to 16 and falls outside (0.9997 at c = 1/4 from
-  rounding, 0.998 at c = 64 from truncation). c = 4 sits in the middle of that plateau in log scale,
-  i.e. eps_grad ~ 64 eps. Under bf16 autocast the same rule gives h ~ 0.8 RMS, where the SDPA ViT's rfd
-  gradient keeps a cosine >= 0.997 with the fp32 one, while h = 0.01 gives 0.79.
+  eps_grad / h + h^2 gives h ~ eps_grad^(1/3); c = 4 (i.e. eps_grad ~ 64 eps) sits in the middle,
+  in log scale, of the range of h over which rfd's and central's parameter gradients keep their
+  cosine with exact's on smooth CNNs, fp32 and float64, at init and trained
+  (``benchmarks/results/estimator_step_sweep.md``, from ``benchmarks/estimator_agreement.py --sweep``).
+  Under bf16 autocast the same rule gives h ~ 0.8 RMS, at which the default estimator's parameter
+  gradient on an SDPA ViT stays aligned with the fp32 one while h = 0.01 does not
+  (``tests/estimators/test_steps.py``).
 
 fp32 logits give h = 3.5e-4 RMS (fd) / 2.0e-2 RMS (central, rfd), bf16 logits 0.088 RMS / 0.79 RMS,
 fp64 1.5e-8 RMS / 2.4e-5 RMS. h is detached.
