@@ -22,6 +22,7 @@ from torch.func import functional_call, grad, vmap
 from margreg_fast.estimators import METHODS
 from margreg_fast.kit import models
 from margreg_fast.penalty import input_gradient_penalty, marginal_density_penalty
+from tests.gradients import parameter_gradient
 
 SIDE = 10
 
@@ -103,21 +104,16 @@ def test_fd_first_order_central_second_order(model, batch, kind):
     assert err["central"][-1] < err["fd"][-1]
 
 
-def _param_grad(model, loss):
-    grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)  # joint: z_y ignores other biases
-    return torch.cat([(torch.zeros_like(p) if g is None else g).flatten() for p, g in zip(model.parameters(), grads)])
-
-
 @pytest.mark.parametrize("step", [1e-4, 1e-2])
 @pytest.mark.parametrize("kind", ["marginal", "conditional", "joint"])
 def test_secant_parameter_gradients_align_with_exact(model, batch, kind, step):
     """fd's and rfd's theta-gradients (secants along v, one-sided per sample) against exact's."""
     x, y = batch
-    g_exact = _param_grad(model, _penalty(model, x, y, kind, method="exact"))
+    g_exact = parameter_gradient(model, _penalty(model, x, y, kind, method="exact"))
     for method in ("fd", "rfd"):
-        g = _param_grad(model, _penalty(model, x, y, kind, method=method, step=step))
+        g = parameter_gradient(model, _penalty(model, x, y, kind, method=method, step=step))
         assert F.cosine_similarity(g, g_exact, dim=0) > 0.999, method
-    g_jvp = _param_grad(model, _penalty(model, x, y, kind, method="jvp"))
+    g_jvp = parameter_gradient(model, _penalty(model, x, y, kind, method="jvp"))
     assert rel(g_jvp, g_exact) < 1e-10  # jvp's gradient is exact too (v parallel to g: envelope argument)
 
 
@@ -150,14 +146,14 @@ def test_parameter_gradient_at_relu_kinks_and_max_pool_switches(make, batch, kin
     model = make().double()
     x, y = batch
     exact = _penalty(model, x, y, kind, method="exact")
-    g_exact = _param_grad(model, exact)
-    assert rel(_param_grad(model, _penalty(model, x, y, kind, method="jvp")), g_exact) < 1e-10
-    assert F.cosine_similarity(_param_grad(model, _penalty(model, x, y, kind, method="fd", step=1e-4)),
+    g_exact = parameter_gradient(model, exact)
+    assert rel(parameter_gradient(model, _penalty(model, x, y, kind, method="jvp")), g_exact) < 1e-10
+    assert F.cosine_similarity(parameter_gradient(model, _penalty(model, x, y, kind, method="fd", step=1e-4)),
                                g_exact, dim=0) > 0.999
     for method in ("fd", "central"):
         value = _penalty(model, x, y, kind, method=method, step=1e-2)
         assert rel(value.detach(), exact.detach()) < 0.05, method
-        assert F.cosine_similarity(_param_grad(model, value), g_exact, dim=0) < 0.5, method
+        assert F.cosine_similarity(parameter_gradient(model, value), g_exact, dim=0) < 0.5, method
     assert rel(_penalty(model, x, y, kind, method="rfd", step=1e-2).detach(), exact.detach()) < 1e-10
 
 
@@ -221,11 +217,11 @@ def test_given_logits_cannot_skew_value_or_parameter_gradient(model, batch, meth
     x, _ = batch
     torch.manual_seed(0)  # rfd's random signs: the same draw in every call
     ref = marginal_density_penalty(model, x, method=method, reduction="none")
-    g_ref = _param_grad(model, ref.sum())
+    g_ref = parameter_gradient(model, ref.sum())
     for logits in (model(x).detach(), model(x + 0.5)):
         torch.manual_seed(0)
         got = marginal_density_penalty(model, x, method=method, logits=logits, reduction="none")
-        assert rel(got, ref) < 1e-12 and rel(_param_grad(model, got.sum()), g_ref) < 1e-12
+        assert rel(got, ref) < 1e-12 and rel(parameter_gradient(model, got.sum()), g_ref) < 1e-12
 
 
 @pytest.mark.parametrize("method", METHODS)

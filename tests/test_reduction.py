@@ -19,6 +19,7 @@ from margreg_fast.estimators import METHODS
 from margreg_fast.penalty import BASELINES as KINDS
 from margreg_fast.penalty import input_gradient_penalty
 from margreg_fast.regularizer import MarginalDensityRegularizer
+from tests.gradients import parameter_gradient
 
 
 @pytest.fixture
@@ -36,12 +37,6 @@ def batch():
 STEP = 1e-2
 
 
-def _grads(loss, model):
-    """Parameter gradient (zeros where unused: the joint penalty does not see the head's bias)."""
-    grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
-    return torch.cat([(torch.zeros_like(p) if g is None else g).flatten() for p, g in zip(model.parameters(), grads)])
-
-
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("kind", KINDS)
 def test_labelled_penalties_skip_unlabelled_samples(batch, kind, method):
@@ -56,7 +51,8 @@ def test_labelled_penalties_skip_unlabelled_samples(batch, kind, method):
     assert math.isclose(mean.item(), alone.mean().item(), rel_tol=1e-12)
     assert math.isclose(input_gradient_penalty(model, x, y, reduction="sum", **kw).item(), alone.sum().item(),
                         rel_tol=1e-12)
-    torch.testing.assert_close(_grads(mean, model), _grads(alone.mean(), model), rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(parameter_gradient(model, mean), parameter_gradient(model, alone.mean()),
+                               rtol=1e-10, atol=1e-14)
 
 
 def test_plain_cross_entropy_ignores_unlabelled_samples(batch):

@@ -14,6 +14,7 @@ from margreg_fast.estimators import METHODS, PENALTIES
 from margreg_fast.kit import models
 from margreg_fast.penalty import input_gradient_penalty, marginal_density_penalty
 from margreg_fast.regularizer import MarginalDensityRegularizer
+from tests.gradients import parameter_gradient
 
 
 class CountingModel(torch.nn.Module):
@@ -43,12 +44,6 @@ def setup():
 STEP = 1e-2
 
 
-def _grads(loss, model):
-    """Parameter gradient (zeros where unused: the joint penalty does not see the head's bias)."""
-    grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
-    return torch.cat([(torch.zeros_like(p) if g is None else g).flatten() for p, g in zip(model.parameters(), grads)])
-
-
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("penalty", PENALTIES)
 def test_loss_is_ce_plus_weighted_penalty(setup, penalty, method):
@@ -67,12 +62,15 @@ def test_loss_is_ce_plus_weighted_penalty(setup, penalty, method):
     if penalty == "marginal":  # defined for every sample
         pen = marginal_density_penalty(model, x, method=method, step=STEP)
     else:  # per sample over the whole batch, averaged over the labelled ones by hand
-        pen = input_gradient_penalty(model, x, y, penalty=penalty, method=method, step=STEP, reduction="none")[keep].mean()
-    assert set(stats) == {"ce", "penalty", "grad_norm", "secant_ratio"} and all(type(v) is float for v in stats.values())
+        per_sample = input_gradient_penalty(model, x, y, penalty=penalty, method=method, step=STEP, reduction="none")
+        pen = per_sample[keep].mean()
+    assert set(stats) == {"ce", "penalty", "grad_norm", "secant_ratio"}
+    assert all(type(v) is float for v in stats.values())
     assert math.isclose(stats["ce"], ce.item(), rel_tol=1e-12)
     assert math.isclose(stats["penalty"], pen.item(), rel_tol=1e-12)
     assert math.isclose(loss.item(), (ce + 0.7 * pen).item(), rel_tol=1e-12)
-    torch.testing.assert_close(_grads(loss, model), _grads(ce + 0.7 * pen, model), rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(parameter_gradient(model, loss), parameter_gradient(model, ce + 0.7 * pen),
+                               rtol=1e-10, atol=1e-14)
 
 
 def test_grad_norm_is_mean_input_gradient_norm(setup):

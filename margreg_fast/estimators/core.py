@@ -12,7 +12,8 @@ everything that was built):
   d/dtheta (g . v)^2 = 2 (g . v)(dg/dtheta . v) = d||g||^2/dtheta since v is parallel to g.
   F + B_x + a forward with tangents + B.
 * ``fd``: R = sigma^2 with the forward secant sigma = (S(x + h v) - S(x)) / h. F + B_x + F + B.
-  Training games it (measured: true R 50-90x its estimate on max-pool nets): sigma = ||g|| +
+  Training games it (true R against its estimate after training on max-pool nets:
+  ``benchmarks/results/estimator_training.md``): sigma = ||g|| +
   (h/2) v^T H v + ..., and the net learns a negative curvature term along v, and at ReLU kinks and
   max-pool ties the one-sided secant is not the autograd directional derivative at any h.
 * ``central``: R = ((S(x + h v) - S(x - h v)) / 2h)^2, error O(h^2). One more forward than fd; the

@@ -1,7 +1,9 @@
-"""Argument checks for the fused energy head op.
+"""The ops layer's checks: the tensors and options that reach the fused energy head op's kernels.
 
-Every check raises ``TypeError`` (wrong kind of object or dtype) or ``ValueError`` (wrong shape,
-device or value) naming the offending argument. Value checks that need the data (step positivity,
+One function per rule; the public layer (:mod:`margreg_fast.estimators.checks`) checks what users
+pass to the penalties and the regulariser and reuses :func:`check_class_indices` from here. Every
+check raises ``TypeError`` (wrong kind of object or dtype) or ``ValueError`` (wrong shape, device or
+value) naming the offending argument. Value checks that need the data (step positivity,
 target range) are skipped while ``torch.compile`` traces, so they never cause a graph break.
 """
 from __future__ import annotations
