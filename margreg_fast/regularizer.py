@@ -31,9 +31,9 @@ from .estimators import DEFAULT_METHOD, DEFAULT_STEP, PENALTIES, Estimate, estim
 from .estimators.checks import (check_choice, check_data, check_estimator_options, check_fraction, check_generator,
                                 check_labels, check_output, check_step, check_weight)
 from .estimators.passes import ModelPasses
-from .ops import IGNORE_INDEX
 from .estimators.steps import Step
 from .monitor import DEFAULT_BAND, DEFAULT_WARMUP, DEFAULT_WINDOW, SecantMonitor, secant_ratio
+from .ops import IGNORE_INDEX
 from .reduction import reduce
 from .subsample import draw_subset, subset_mean
 
