@@ -16,8 +16,8 @@ everything that was built):
   (h/2) v^T H v + ..., and the net learns a negative curvature term along v, and at ReLU kinks and
   max-pool ties the one-sided secant is not the autograd directional derivative at any h.
 * ``central``: R = ((S(x + h v) - S(x - h v)) / 2h)^2, error O(h^2). One more forward than fd; the
-  two probes run as one forward of the 2B inputs (BatchNorm statistics are held, so batching them
-  changes nothing).
+  two probes run as two forwards of B inputs, each replaying the clean pass's random draws (one
+  forward of 2B would draw masks of another shape).
 * ``rfd`` (the default): R = ||g||^2, exact, and the theta-gradient of ||g||^2 = 2 ||g|| d(g . v)/dtheta
   from a randomly signed secant,
 
@@ -161,7 +161,8 @@ def estimate(model: nn.Module, x: torch.Tensor, target: Optional[torch.Tensor], 
     h = resolve_step(step, x, z0.dtype, order=STEP_ORDER[method])
     if method == "central":
         hv = broadcast_step(h, x) * v
-        z_minus, z_plus = passes.probe(torch.cat([x - hv, x + hv])).chunk(2)  # one forward of 2B
+        # two forwards of B, not one of 2B: each must draw the clean pass's dropout masks
+        z_minus, z_plus = passes.probe(x - hv), passes.probe(x + hv)
         d, _ = difference(penalty, z_minus, z_plus, target, backend, False)
         slope = d / (2 * h)
         return Estimate(slope ** 2, ce, g_norm, slope.detach())

@@ -218,7 +218,6 @@ class RandomState:
         if self.accelerator is not None:
             self.accelerator.set_rng_state(states[1], self.device)
 
-    @contextmanager
     def unchanged(self) -> bool:
         """Are the generators in the recorded states (nothing drawn since)?"""
         return all(a is b or torch.equal(a, b) for a, b in zip(self._get(), self.states))
