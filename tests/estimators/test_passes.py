@@ -91,6 +91,28 @@ def test_running_statistics_move_once_per_estimate(functional_bn):
             assert torch.equal(a, b), method
 
 
+class FunctionalRunningStats(nn.Module):
+    """F.batch_norm with running buffers of its own (no BatchNorm module to freeze)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 3)
+        self.register_buffer("mean", torch.zeros(4))
+        self.register_buffer("var", torch.ones(4))
+
+    def forward(self, x):
+        return self.lin(F.batch_norm(x, self.mean, self.var, training=True))
+
+
+def test_recomputing_given_logits_moves_no_running_statistic():
+    model, x = FunctionalRunningStats(), torch.rand(6, 4)
+    logits = model(x)  # the caller's forward updates the buffers, once
+    mean, var = model.mean.clone(), model.var.clone()
+    for method in ("exact", "rfd", "central"):
+        marginal_density_penalty(model, x, logits=logits, method=method)  # x without grad: recomputed
+        assert torch.equal(model.mean, mean) and torch.equal(model.var, var), method
+
+
 class Flaky(nn.Module):
     """Makes one more batch-norm call on every other forward."""
 
