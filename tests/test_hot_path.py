@@ -42,10 +42,11 @@ def bn_model():
     return ResidualCNN(in_channels=3, width=4, blocks=1).train(), torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 2, 3])
 
 
+@pytest.mark.parametrize("fraction", [1.0, 0.5])
 @pytest.mark.parametrize("method", ["rfd", "exact", "central", "fd", "jvp"])
-def test_one_host_transfer_per_step(bn_model, monkeypatch, method):
+def test_one_host_transfer_per_step(bn_model, monkeypatch, method, fraction):
     model, x, y = bn_model
-    reg = MarginalDensityRegularizer(1.0, method=method)
+    reg = MarginalDensityRegularizer(1.0, method=method, fraction=fraction)
     reg(model, x, y)  # warm: first-call work (e.g. backend selection) is not the steady state
     with host_transfers(monkeypatch) as calls:
         loss, stats = reg(model, x, y)
