@@ -69,6 +69,7 @@ compiled graph as a constant.
 """
 from __future__ import annotations
 
+import contextlib
 from contextlib import contextmanager
 from typing import Iterator, List, NamedTuple, Optional, Tuple
 
@@ -308,8 +309,11 @@ class ModelPasses:
         if self.random is None:
             raise RuntimeError("ModelPasses.probe needs a clean pass, capture or share first")
         self._replayed = 0
+        # Without held statistics there is nothing to replay: the probe runs without the mode (whose
+        # per-op Python dispatch is the mechanism's only cost on a model without batch-norm calls).
+        mode = _BatchNormMode(self._replay_call) if self.stats else contextlib.nullcontext()
         with self.random.replayed():
-            with frozen_running_stats(self.inner), _BatchNormMode(self._replay_call):
+            with frozen_running_stats(self.inner), mode:
                 out = self.inner(x)
             drew = self._shared and not self.random.unchanged()
         hint = " (logits= was given: omit it)" if self._shared else ""
