@@ -349,7 +349,9 @@ class ModelPasses:
 
     def _hold(self, call: _BatchNormCall, out: torch.Tensor) -> torch.Tensor:
         a = call.input
-        mean, var = batch_statistics(a)
+        # fp16/bf16 activations (autocast): statistics in fp32, as batch_norm accumulates them and as
+        # its mixed-precision form wants its running statistics next to fp32 parameters
+        mean, var = batch_statistics(a if a.dtype in (torch.float32, torch.float64) else a.float())
         self.stats.append(_HeldStats(mean, var))
         scale = torch.rsqrt(var + call.eps)
         if call.weight is not None:
