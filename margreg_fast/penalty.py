@@ -33,8 +33,8 @@ import torch
 from torch import nn
 
 from .estimators import DEFAULT_METHOD, DEFAULT_STEP, PENALTIES, estimate
-from .estimators.checks import (check_choice, check_data, check_estimator_options, check_labels, check_output,
-                                check_step)
+from .estimators.checks import (check_choice, check_data, check_estimator_options, check_generator, check_labels,
+                                check_output, check_step)
 from .estimators.steps import Step
 from .reduction import REDUCTIONS, reduce
 
@@ -44,9 +44,10 @@ Model = Union[nn.Module, Callable[[torch.Tensor], torch.Tensor]]
 
 
 def _check_call(model, x, method: str, step: Step, reduction: str, logits: Optional[torch.Tensor],
-                backend: str) -> Tuple[nn.Module, Step]:
+                backend: str, generator: Optional[torch.Generator]) -> Tuple[nn.Module, Step]:
     """The arguments both penalty functions share; returns (model as a module, step as a float or "auto")."""
     model = check_data(model, x)
+    check_generator(generator, x)
     check_estimator_options(method, backend)
     check_choice("reduction", reduction, REDUCTIONS)
     if logits is not None:
@@ -56,7 +57,7 @@ def _check_call(model, x, method: str, step: Step, reduction: str, logits: Optio
 
 def marginal_density_penalty(model: Model, x: torch.Tensor, *, method: str = DEFAULT_METHOD, step: Step = DEFAULT_STEP,
                              reduction: str = "mean", logits: Optional[torch.Tensor] = None,
-                             backend: str = "auto") -> torch.Tensor:
+                             backend: str = "auto", generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """R(x) = ||grad_x logsumexp(model(x))||^2 per sample (``reduction="none"``), or its mean / sum.
 
     Args:
@@ -75,15 +76,19 @@ def marginal_density_penalty(model: Model, x: torch.Tensor, *, method: str = DEF
             estimator needs anyway recomputes them and serves every role: ``logits`` is then only
             shape-checked (a detached copy, or logits of another x, cannot skew the result).
         backend: implementation of the fused head op (``"auto"``, ``"torch"``, ``"native"``, ``"triton"``).
+        generator: a ``torch.Generator`` on x's device for ``rfd``'s random signs (None: torch's
+            global generator). Under ``torch.no_grad()`` ``rfd`` draws nothing and runs no probe.
     """
-    model, step = _check_call(model, x, method, step, reduction, logits, backend)
-    est = estimate(model, x, None, penalty="marginal", method=method, step=step, logits=logits, backend=backend)
+    model, step = _check_call(model, x, method, step, reduction, logits, backend, generator)
+    est = estimate(model, x, None, penalty="marginal", method=method, step=step, logits=logits, backend=backend,
+                   generator=generator)
     return reduce(est.value, reduction)
 
 
 def input_gradient_penalty(model: Model, x: torch.Tensor, y: torch.Tensor, *, penalty: str = "conditional",
                            method: str = DEFAULT_METHOD, step: Step = DEFAULT_STEP, reduction: str = "mean",
-                           logits: Optional[torch.Tensor] = None, backend: str = "auto") -> torch.Tensor:
+                           logits: Optional[torch.Tensor] = None, backend: str = "auto",
+                           generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Baselines: ||grad_x CE(model(x), y)||^2 (``penalty="conditional"``) or ||grad_x model(x)_y||^2 (``"joint"``).
 
     Same estimators, defaults and arguments as :func:`marginal_density_penalty` (the default method
@@ -91,8 +96,9 @@ def input_gradient_penalty(model: Model, x: torch.Tensor, y: torch.Tensor, *, pe
     indices (B,). A sample labelled -100 (``F.cross_entropy``'s ignore_index) has no label: its
     penalty is 0 and ``reduction="mean"`` averages over the labelled samples only.
     """
-    model, step = _check_call(model, x, method, step, reduction, logits, backend)
+    model, step = _check_call(model, x, method, step, reduction, logits, backend, generator)
     y = check_labels(y, x)
     check_choice("penalty", penalty, BASELINES)
-    est = estimate(model, x, y, penalty=penalty, method=method, step=step, logits=logits, backend=backend)
+    est = estimate(model, x, y, penalty=penalty, method=method, step=step, logits=logits, backend=backend,
+                   generator=generator)
     return reduce(est.value, reduction, labels=y)

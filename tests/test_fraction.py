@@ -98,6 +98,21 @@ def test_every_estimator_runs_on_the_subset_and_agrees_with_exact(monkeypatch, m
     assert math.isclose(stats["penalty"], reference, rel_tol=1e-3), (stats, reference)  # O(h) for fd at h = 1e-4
 
 
+def test_dropout_masks_are_shared_by_the_subset_passes(monkeypatch):
+    """Every pass over the subset replays one draw: rfd's secant measures the gradient of that network."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.Tanh(), torch.nn.Dropout(0.5),
+                                torch.nn.Linear(32, 10)).double()
+    x, y = _data(batch=8)
+    monkeypatch.setattr(regularizer_module, "draw_subset", lambda *args: torch.tensor([1, 2, 6, 7]))
+    torch.manual_seed(1)
+    exact = MarginalDensityRegularizer(1.0, method="exact", fraction=0.5)(model, x, y)[1]
+    torch.manual_seed(1)
+    rfd = MarginalDensityRegularizer(1.0, method="rfd", fraction=0.5, step=1e-4)(model, x, y)[1]
+    assert math.isclose(rfd["penalty"], exact["penalty"], rel_tol=1e-12)  # rfd's value is the exact one
+    assert abs(rfd["secant_ratio"] - 1) <= 1e-3
+
+
 def test_subset_draw_is_uniform_without_replacement_and_follows_the_generator():
     batch, fraction = 8, 0.25
     gen = torch.Generator().manual_seed(0)

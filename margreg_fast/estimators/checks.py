@@ -144,8 +144,14 @@ def check_fraction(fraction) -> float:
     return fraction
 
 
-def check_generator(generator) -> Optional[torch.Generator]:
-    """None (torch's global generator) or a ``torch.Generator``."""
-    if generator is not None and not isinstance(generator, torch.Generator):
+def check_generator(generator: Optional[torch.Generator], x: Optional[torch.Tensor] = None
+                    ) -> Optional[torch.Generator]:
+    """None (torch's global generator) or a ``torch.Generator``, on the device type of x when x is given."""
+    if generator is None:
+        return None
+    if not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    if x is not None and generator.device.type != x.device.type:
+        raise ValueError(f"generator is on {generator.device}, the inputs on {x.device}: rfd draws its signs "
+                         "on the inputs' device")
     return generator

@@ -56,7 +56,7 @@ def unsupported(method: str, err: BaseException) -> UnsupportedEstimatorError:
         what += " (torch.nn.functional.scaled_dot_product_attention)"
     return UnsupportedEstimatorError(
         f"method={method!r} needs {need}, which {what} of this model does not provide "
-        f"(PyTorch said: {message}). Use method='fd' or method='central', which need only first derivatives."
+        f"(PyTorch said: {message}). Use the default method='rfd' (or 'central'), which needs only first derivatives."
     )
 
 
@@ -106,7 +106,7 @@ def check_fsdp_exact(model: nn.Module) -> None:
     if any(isinstance(m, FSDPModule) and _reshards_after_backward(m) for m in model.modules()):
         raise UnsupportedEstimatorError(
             "method='exact' under FSDP2 (fully_shard) needs the parameters unsharded through the double "
-            "backward, but FSDP reshards them after the input-gradient backward. Use method='fd', 'central' "
+            "backward, but FSDP reshards them after the input-gradient backward. Use the default method='rfd', 'central' "
             "or 'jvp', which work with FSDP's defaults, or call model.set_reshard_after_backward(False) once "
             "and, after every optimizer step, m.reshard() for each FSDPModule m in model.modules() (otherwise "
             "the next forward reuses the stale gathered parameters)."
