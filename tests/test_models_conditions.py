@@ -113,7 +113,7 @@ def test_sdpa_exact_methods_raise_a_clear_error(vit, method):
     with pytest.raises(UnsupportedEstimatorError) as info:
         marginal_density_penalty(vit, torch.rand(2, 1, 8, 8), method=method)
     message = str(info.value)
-    assert "scaled_dot_product" in message and "method='fd'" in message
+    assert "scaled_dot_product" in message and "method='rfd'" in message  # points at the default
     assert isinstance(info.value, RuntimeError) and isinstance(info.value.__cause__, RuntimeError)
 
 
