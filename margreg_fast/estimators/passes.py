@@ -338,7 +338,10 @@ class ModelPasses:
 
     def _hold(self, call: _BatchNormCall, out: torch.Tensor) -> torch.Tensor:
         a = call.input
-        mean, var = batch_statistics(a)
+        # A bf16 / fp16 input with fp32 parameters (autocast) is normalised in fp32, and the replay's
+        # eval-mode batch_norm needs statistics of its parameters' dtype: hold them in that dtype.
+        param = call.weight if call.weight is not None else call.running_mean
+        mean, var = batch_statistics(a if param is None else a.to(param.dtype))
         self.stats.append(_HeldStats(mean, var))
         scale = torch.rsqrt(var + call.eps)
         if call.weight is not None:
