@@ -16,11 +16,15 @@ every Linear / Conv layer and on the root, and the sharded model is compiled.
 Which cells must raise (``expected_error``), with an error that says what to do instead:
 ``exact`` on SDPA (no double backward of the fused kernel), on a compiled model (AOTAutograd has no
 double backward) and under FSDP2 with its defaults (parameters resharded before the double backward).
+
+Device: CPU, or the device named by ``MARGREG_MATRIX_DEVICE`` (``scripts/gpu_check.sh`` runs the
+1-process cells on ``cuda``; the 2-process kinds use gloo on CPU).
 """
 from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import traceback
 from typing import Dict, NamedTuple, Optional
 
@@ -36,6 +40,7 @@ PRECISIONS = ("fp32", "bf16")
 MODELS = ("bn", "dropout", "sdpa")
 METHODS = ("default", "exact")
 GLOBAL_BATCH, WORLD, WEIGHT, SEED = 8, 2, 1.0, 7
+DEVICE = torch.device(os.environ.get("MARGREG_MATRIX_DEVICE", "cpu"))
 
 
 class Cell(NamedTuple):
@@ -73,16 +78,19 @@ def expected_error(cell: Cell) -> Optional[str]:
 def build(model: str) -> nn.Module:
     torch.manual_seed(0)
     if model == "bn":
-        return models.SmallCNN(width=4, image_size=8, batchnorm=True, activation="silu")
-    if model == "dropout":
-        return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.Tanh(), nn.Dropout(0.3), nn.Linear(32, 32), nn.Tanh(),
-                             nn.Linear(32, 10))
-    return models.SmallViT(dim=16, image_size=8, heads=2, depth=1)
+        net = models.SmallCNN(width=4, image_size=8, batchnorm=True, activation="silu")
+    elif model == "dropout":
+        net = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.Tanh(), nn.Dropout(0.3), nn.Linear(32, 32), nn.Tanh(),
+                            nn.Linear(32, 10))
+    else:
+        net = models.SmallViT(dim=16, image_size=8, heads=2, depth=1)
+    return net.to(DEVICE)
 
 
 def data():
     gen = torch.Generator().manual_seed(11)
-    return torch.rand(GLOBAL_BATCH, 1, 8, 8, generator=gen), torch.randint(0, 10, (GLOBAL_BATCH,), generator=gen)
+    x, y = torch.rand(GLOBAL_BATCH, 1, 8, 8, generator=gen), torch.randint(0, 10, (GLOBAL_BATCH,), generator=gen)
+    return x.to(DEVICE), y.to(DEVICE)
 
 
 def shard(x: torch.Tensor, rank: int) -> torch.Tensor:
@@ -95,7 +103,7 @@ def _fully_shard(model: nn.Module) -> nn.Module:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    mesh = init_device_mesh(DEVICE.type, (dist.get_world_size(),))
     for m in model.modules():
         if isinstance(m, (nn.Linear, nn.Conv2d)):
             fully_shard(m, mesh=mesh)
@@ -127,7 +135,7 @@ def step(cell: Cell, x: torch.Tensor, y: torch.Tensor, seed: int = SEED) -> Dict
     net = wrap(model, cell.mode, cell.processes)
     reg = MarginalDensityRegularizer(WEIGHT) if cell.method == "default" else \
         MarginalDensityRegularizer(WEIGHT, method=cell.method)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if cell.precision == "bf16" else contextlib.nullcontext()
+    autocast = torch.autocast(DEVICE.type, dtype=torch.bfloat16) if cell.precision == "bf16" else contextlib.nullcontext()
     import torch._inductor.config as inductor_config
 
     try:
