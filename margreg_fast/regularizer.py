@@ -10,22 +10,24 @@ Usage (a training loop changes by one line)::
 The logits of x are computed once and serve both the CE and the penalty; for ``rfd`` and ``fd`` the
 CE of those logits comes out of the same fused head pass as the finite difference. Every step the
 regulariser feeds the estimator's secant ratio to a :class:`~margreg_fast.monitor.SecantMonitor`,
-which warns once if the finite difference stops measuring the gradient (see :mod:`.monitor`).
+which warns once if the finite difference stops measuring the gradient, and at once if the penalty
+diverges (see :mod:`.monitor`). A step synchronises with the device once: the statistics and the
+monitor's two sums are stacked into one tensor and transferred together.
 """
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .arguments import check_choice, check_data, check_estimator, check_weight
+from .arguments import check_choice, check_data, check_estimator, check_generator, check_weight
 from .estimators import DEFAULT_METHOD, DEFAULT_STEP, estimate
 from .estimators import PENALTIES as ESTIMATED_PENALTIES
 from .estimators.checks import check_labels, check_output
 from .estimators.steps import Step
-from .monitor import DEFAULT_BAND, DEFAULT_WARMUP, DEFAULT_WINDOW, SecantMonitor, secant_ratio
+from .monitor import DEFAULT_BAND, DEFAULT_WARMUP, DEFAULT_WINDOW, SecantMonitor, ratio_of_sums, secant_sums
 from .reduction import reduce
 
 #: The estimators' penalties and "none" (plain cross-entropy).
@@ -44,6 +46,8 @@ class MarginalDensityRegularizer(nn.Module):
             IGR), ``"joint"`` (||grad_x f_y||^2) or ``"none"`` (plain CE).
         backend: implementation of the fused head op.
         monitor_window, monitor_band, monitor_warmup: the :class:`~margreg_fast.monitor.SecantMonitor`'s settings.
+        generator: a ``torch.Generator`` (on the inputs' device) for ``rfd``'s random signs; None
+            draws them from torch's global generator.
 
     ``stats`` holds detached Python floats: ``ce`` (mean CE), ``penalty`` (mean R),
     ``grad_norm`` (mean ||grad_x S|| of the penalised quantity S) and ``secant_ratio``
@@ -58,8 +62,10 @@ class MarginalDensityRegularizer(nn.Module):
 
     def __init__(self, weight: float, method: str = DEFAULT_METHOD, step: Step = DEFAULT_STEP,
                  penalty: str = "marginal", backend: str = "auto", monitor_window: int = DEFAULT_WINDOW,
-                 monitor_band: Tuple[float, float] = DEFAULT_BAND, monitor_warmup: int = DEFAULT_WARMUP) -> None:
+                 monitor_band: Tuple[float, float] = DEFAULT_BAND, monitor_warmup: int = DEFAULT_WARMUP,
+                 generator: Optional[torch.Generator] = None) -> None:
         super().__init__()
+        self.generator = check_generator(generator)
         self.weight, self.step = check_weight(weight), check_estimator(method, step, backend)
         self.method, self.backend = method, backend
         self.penalty = check_choice("penalty", penalty, PENALTIES)
@@ -70,17 +76,20 @@ class MarginalDensityRegularizer(nn.Module):
 
     def forward(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, float]]:
         model = check_data(model, x)
+        check_generator(self.generator, x)
         y = check_labels(y, x)
         if self.penalty == "none":
             ce = F.cross_entropy(check_output(model(x), x), y)
             return ce, {"ce": ce.item(), "penalty": 0.0, "grad_norm": float("nan"), "secant_ratio": float("nan")}
         est = estimate(model, x, y, penalty=self.penalty, method=self.method, step=self.step,
-                       backend=self.backend, with_ce=True)
+                       backend=self.backend, with_ce=True, generator=self.generator)
         penalty_labels = None if self.penalty == "marginal" else y  # the marginal penalty needs no label
         ce = reduce(est.ce, "mean", labels=y)
         penalty = reduce(est.value, "mean", labels=penalty_labels)
         grad_norm = reduce(est.grad_norm, "mean", labels=penalty_labels)
         loss = ce + self.weight * penalty
-        ratio = secant_ratio(est.slope, est.grad_norm)
-        self.monitor.update(ratio)
-        return loss, {"ce": ce.item(), "penalty": penalty.item(), "grad_norm": grad_norm.item(), "secant_ratio": ratio}
+        means = torch.stack([t.detach().double() for t in (ce, penalty, grad_norm)])
+        ce_v, penalty_v, grad_norm_v, slope_sq, grad_sq = torch.cat([means, secant_sums(est.slope, est.grad_norm)]).tolist()
+        ratio = ratio_of_sums(slope_sq, grad_sq)
+        self.monitor.update(ratio, penalty_v, grad_norm_v)
+        return loss, {"ce": ce_v, "penalty": penalty_v, "grad_norm": grad_norm_v, "secant_ratio": ratio}
