@@ -127,7 +127,7 @@ def _rel(a, b):
 
 
 @pytest.mark.parametrize("cell", cells.cells(), ids=[c.id for c in cells.cells()])
-def test_cell_matches_the_single_process_eager_fp32_step_or_raises_clearly(cell, outcomes, references):
+def test_cell_matches_the_one_process_eager_fp32_step_or_raises_clearly(cell, outcomes, references):
     runs = outcomes(cell.processes)
     expected = cells.expected_error(cell)
     for rank, results in runs.items():
