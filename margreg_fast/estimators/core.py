@@ -17,7 +17,7 @@ everything that was built):
   max-pool ties the one-sided secant is not the autograd directional derivative at any h.
 * ``central``: R = ((S(x + h v) - S(x - h v)) / 2h)^2, error O(h^2). One more forward than fd; the
   two probes run as two forwards of B inputs, each replaying the clean pass's random draws (one
-  forward of 2B would draw masks of another shape).
+  forward of 2B would draw masks of another shape, and recompile a compiled model for a new shape).
 * ``rfd`` (the default): R = ||g||^2, exact, and the theta-gradient of ||g||^2 = 2 ||g|| d(g . v)/dtheta
   from a randomly signed secant,
 
@@ -161,7 +161,8 @@ def estimate(model: nn.Module, x: torch.Tensor, target: Optional[torch.Tensor], 
     h = resolve_step(step, x, z0.dtype, order=STEP_ORDER[method])
     if method == "central":
         hv = broadcast_step(h, x) * v
-        # two forwards of B, not one of 2B: each must draw the clean pass's dropout masks
+        # two forwards of B, not one of 2B: each replays the clean pass's draws (masks of 2B rows would
+        # differ), and a compiled model sees the shape it compiled for
         z_minus, z_plus = passes.probe(x - hv), passes.probe(x + hv)
         d, _ = difference(penalty, z_minus, z_plus, target, backend, False)
         slope = d / (2 * h)

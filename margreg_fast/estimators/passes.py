@@ -47,7 +47,8 @@ call: ``training=True``, which modules also pass when they keep no running stati
   raises :class:`HeldStatisticsError`.
 * **Capture** (:meth:`ModelPasses.capture`): the clean pass at x changing no state (when the caller
   brought its own logits). Captures and probes run with the BatchNorm modules'
-  ``track_running_stats`` off (:func:`frozen_running_stats`): no running statistic or counter moves.
+  ``track_running_stats`` off (:func:`frozen_running_stats`), and a capture's functional train-mode
+  calls run without the running buffers they pass: no running statistic or counter moves.
 
 Multi-process ``SyncBatchNorm`` (CUDA, world size > 1) computes its statistics with
 ``torch.batch_norm_stats`` and gathers them across processes; holding such statistics is not
@@ -296,7 +297,7 @@ class ModelPasses:
 
     def capture(self, x: torch.Tensor) -> torch.Tensor:
         self.random = RandomState(x.device)
-        with frozen_running_stats(self.inner), _BatchNormMode(self._capture_call):
+        with frozen_running_stats(self.inner), _BatchNormMode(self._capture_call_without_update):
             return self.inner(x)
 
     def share(self, x: torch.Tensor) -> None:
@@ -335,6 +336,12 @@ class ModelPasses:
     def _capture_call(self, func, call: _BatchNormCall, args, kwargs):
         out = func(*args, **kwargs)
         return self._hold(call, out) if call.training else out
+
+    def _capture_call_without_update(self, func, call: _BatchNormCall, args, kwargs):
+        if not call.training:
+            return func(*args, **kwargs)
+        # running buffers passed by a functional call (no module to freeze) are left alone too
+        return self._hold(call, F.batch_norm(call.input, None, None, call.weight, call.bias, True, 0.0, call.eps))
 
     def _hold(self, call: _BatchNormCall, out: torch.Tensor) -> torch.Tensor:
         a = call.input

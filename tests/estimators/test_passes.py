@@ -13,48 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from margreg_fast import marginal_density_penalty
-from margreg_fast.estimators import estimate
 from margreg_fast.estimators.passes import HeldStatisticsError, ModelPasses
-from margreg_fast.monitor import secant_ratio
-
-#: float64 steps small enough that truncation is far below the tolerances (as in test_batchnorm.py).
-STEPS = {"fd": 1e-6, "central": 1e-4, "rfd": 1e-4}
-
-
-def per_sample(model, x, method, seed=3):
-    torch.manual_seed(seed)
-    return marginal_density_penalty(model, x, method=method, step=STEPS.get(method, 1e-2), reduction="none")
-
-
-def flat_grad(model, value):
-    return torch.cat([g.flatten() for g in torch.autograd.grad(value, list(model.parameters()))])
-
-
-def cosine(a, b):
-    return (a @ b / (a.norm() * b.norm())).item()
-
-
-def ratio(model, x, method, seed=3):
-    torch.manual_seed(seed)
-    est = estimate(model, x, None, penalty="marginal", method=method, step=STEPS[method])
-    return secant_ratio(est.slope, est.grad_norm)
-
-
-def batch_statistics_copy(model, x):
-    """An eval-mode copy whose BatchNorm modules hold the batch's biased statistics as running statistics."""
-    frozen = copy.deepcopy(model)
-    stats = {}
-    hooks = [m.register_forward_pre_hook(lambda m, i: stats.__setitem__(m, torch.var_mean(
-        i[0].transpose(0, 1).flatten(1), dim=1, unbiased=False)))
-        for m in frozen.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    with torch.no_grad():
-        frozen(x)
-    for h in hooks:
-        h.remove()
-    for m, (var, mean) in stats.items():
-        m.running_mean.copy_(mean)
-        m.running_var.copy_(var)
-    return frozen.eval()
+from tests.estimators.references import batch_statistics_copy, cosine, flat_grad, per_sample, ratio
 
 
 class BatchNormAct(nn.BatchNorm2d):
@@ -129,6 +89,28 @@ def test_running_statistics_move_once_per_estimate(functional_bn):
         per_sample(twin, x, method)
         for a, b in zip(twin.buffers(), plain.buffers()):
             assert torch.equal(a, b), method
+
+
+class FunctionalRunningStats(nn.Module):
+    """F.batch_norm with running buffers of its own (no BatchNorm module to freeze)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 3)
+        self.register_buffer("mean", torch.zeros(4))
+        self.register_buffer("var", torch.ones(4))
+
+    def forward(self, x):
+        return self.lin(F.batch_norm(x, self.mean, self.var, training=True))
+
+
+def test_recomputing_given_logits_moves_no_running_statistic():
+    model, x = FunctionalRunningStats(), torch.rand(6, 4)
+    logits = model(x)  # the caller's forward updates the buffers, once
+    mean, var = model.mean.clone(), model.var.clone()
+    for method in ("exact", "rfd", "central"):
+        marginal_density_penalty(model, x, logits=logits, method=method)  # x without grad: recomputed
+        assert torch.equal(model.mean, mean) and torch.equal(model.var, var), method
 
 
 class Flaky(nn.Module):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from margreg_fast import MarginalDensityRegularizer
-from tests.estimators.test_passes import batch_statistics_copy, cosine, flat_grad, per_sample, ratio
+from tests.estimators.references import batch_statistics_copy, cosine, flat_grad, per_sample, ratio
 from tests.timm_import import import_timm
 
 timm = import_timm()
