@@ -18,12 +18,12 @@ For each model:
     and any secant over a step h averages the pieces it crosses; in float32 the default step is
     large enough for the probe to cross ReLU kinks, and the cosine there is not an accuracy
     measure (README "Estimators, judged by the model they train", and the relu-max columns of the
-    committed benchmarks/results/estimator_agreement.md). In float64 the default step is 4 eps^(1/3) RMS(x), ~1e-5 of the input scale, small
-    enough to stay on one piece for almost every unit, and the cosine must reach 0.99 there too.
-    Every model is checked in float64.
+    committed benchmarks/results/estimator_agreement.md). In float64 the default step,
+    4 eps^(1/3) RMS(x) = 2.4e-5 RMS(x), is small enough to stay on one piece for almost every unit,
+    and the cosine must reach 0.99 there too. Every model is checked in float64.
 
-Each model's tests share one module-scoped build. The suite's time is measured in the report of
-issue 14 (``pytest --durations``), not asserted.
+Every test builds its model afresh (seeded), so each can run alone. The suite's time is measured
+(``pytest --durations``), not asserted.
 """
 from __future__ import annotations
 
