@@ -135,7 +135,8 @@ def step(cell: Cell, x: torch.Tensor, y: torch.Tensor, seed: int = SEED) -> Dict
     net = wrap(model, cell.mode, cell.processes)
     reg = MarginalDensityRegularizer(WEIGHT) if cell.method == "default" else \
         MarginalDensityRegularizer(WEIGHT, method=cell.method)
-    autocast = torch.autocast(DEVICE.type, dtype=torch.bfloat16) if cell.precision == "bf16" else contextlib.nullcontext()
+    bf16 = cell.precision == "bf16"
+    autocast = torch.autocast(DEVICE.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     import torch._inductor.config as inductor_config
 
     try:
