@@ -10,6 +10,8 @@ export PYTHONPATH=$PWD
 "$PY" benchmarks/bench_head.py --threads 1          # head_cpu_1thread
 "$PY" benchmarks/bench_head.py --no-pin-malloc      # head_cpu_nopin: glibc's default malloc
 "$PY" benchmarks/bench_train_step.py --rounds 15    # train_step
+"$PY" benchmarks/bench_train_step.py --models resnet18 convnext_atto --modes eager --methods floor exact rfd \
+    --rounds 10 --name train_step_timm              # train_step_timm: real timm models, 3x224x224, batch 8
 "$PY" benchmarks/estimator_training.py              # estimator_training: the outcome of training per estimator
 "$PY" benchmarks/estimator_agreement.py             # estimator_agreement: parameter-gradient cosines with exact
 "$PY" benchmarks/estimator_agreement.py --sweep --kinds relu-max gelu-avg bn-silu --methods fd central rfd

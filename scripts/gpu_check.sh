@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
 # One command for a CUDA machine, with the Python it has (no packages fetched): build the native
-# extension in place, run the head-op tests (tests/ops: Triton compiled for the GPU) and the head-op
-# and training-step benchmarks with short settings, every step under a timeout. Sized to finish
-# in under 8 minutes on one GPU. It needs torch, triton, numpy, pytest, pytest-timeout and ninja;
+# extension in place, run the head-op tests (tests/ops: Triton compiled for the GPU), the 1-process
+# cells of the matrix test (tests/matrix) on the GPU, and the head-op and training-step benchmarks
+# with short settings, every step under a timeout (the limits below add up to 750 s). It needs torch, triton, numpy, pytest, pytest-timeout and ninja;
 # not the experiment kit's extras (captum, scikit-learn, matplotlib, tqdm).
 #
 # Without a GPU it still runs, on CPU: the Triton tests go through the Triton interpreter and the
 # benchmarks time the CPU once, briefly; it says what it skipped and why (in OUTDIR/summary.txt too).
 #
 # Usage: scripts/gpu_check.sh OUTDIR [PYTHON]        (PYTHON default: python3)
-# Writes to OUTDIR: env.txt, summary.txt, build.log, tests_ops.{log,xml}, bench_head.log,
+# Writes to OUTDIR: env.txt, summary.txt, build.log, tests_ops.{log,xml}, tests_matrix.{log,xml}, bench_head.log,
 # head_<device>.{csv,md}, bench_train_step_{eager,compile}.log and {eager,compile}/train_step[_cuda].{csv,md}.
-# Per-step limits in seconds, overridable: BUILD_LIMIT (120), TEST_LIMIT (180), BENCH_LIMIT (90, each of
-# the three benchmark steps): at most 570 s in all.
+# Per-step limits in seconds, overridable: BUILD_LIMIT (120), TEST_LIMIT (180, each of the two test
+# steps), BENCH_LIMIT (90, each of the three benchmark steps): at most 750 s in all.
 # Exit status: 0 if every step passed, else 1.
 set -uo pipefail
 if [ $# -lt 1 ]; then
@@ -68,6 +68,15 @@ fi
 step build "${BUILD_LIMIT:-120}" "$PY" setup.py build_ext --inplace
 step tests_ops "${TEST_LIMIT:-180}" "$PY" -m pytest -q -rs tests/ops --junitxml="$OUT/tests_ops.xml"
 grep -E "SKIPPED|passed|failed" "$OUT/tests_ops.log" | tail -n 8 | sed 's/^/    /' | tee -a "$OUT/summary.txt"
+# The matrix of wrappers x precisions x models x methods (tests/matrix): its 1-process cells on the GPU
+# (the 2-process kinds run gloo on CPU in `make test`: two ranks cannot share one GPU under NCCL).
+if [ $CUDA -eq 1 ]; then
+    step tests_matrix "${TEST_LIMIT:-180}" env MARGREG_MATRIX_DEVICE=cuda "$PY" -m pytest -q -rs tests/matrix -k single \
+        --junitxml="$OUT/tests_matrix.xml"
+    grep -E "passed|failed" "$OUT/tests_matrix.log" | tail -n 4 | sed 's/^/    /' | tee -a "$OUT/summary.txt"
+else
+    say "no CUDA GPU: SKIPPED the matrix test on CUDA (make test runs it on CPU)"
+fi
 
 # Training step: every method in eager mode (with peak memory); under torch.compile only plain and fd
 # (each compiled method costs a compilation).

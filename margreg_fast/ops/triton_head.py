@@ -269,7 +269,27 @@ def _launch_config(n_rows: int, n_cols: int) -> Tuple[int, int, int, int]:
     rows = 1
     if _INTERPRETED:
         rows = min(triton.next_power_of_2(n_rows), 1 << (max(INTERPRETER_TILE // block, 1).bit_length() - 1))
-    return triton.cdiv(n_rows, rows), rows, block, min(max(block // 256, 1), 16)
+    return triton.cdiv(n_rows, rows), rows, block, num_warps(block)
+
+
+def num_warps(block: int) -> int:
+    """Warps per program for a column block: one per 256 columns, 1 to 8.
+
+    Not 16 at BLOCK 4096: with 512 threads ptxas caps a thread at 64 registers and the bf16 forward
+    spilled on sm_90 (tests/ops/test_triton_aot.py builds every configuration and fails on spills).
+    """
+    return min(max(block // 256, 1), 8)
+
+
+def forward_constants(has_target: bool, acc: torch.dtype, rows: int, block: int) -> dict:
+    """The constexpr arguments of ``_forward_kernel`` (also what ahead-of-time builds compile)."""
+    return dict(HAS_TARGET=has_target, ACC=_tl_acc(acc), ROWS=rows, BLOCK=block, U_CAP=U_MAX,
+                PHI_CUTOFF=PHI_SERIES_CUTOFF, LOG1P_CUTOFF=LOG1P_SERIES_CUTOFF, PRECISE_EXP=not _INTERPRETED)
+
+
+def backward_constants(has_ce: bool, acc: torch.dtype, rows: int, block: int) -> dict:
+    """The constexpr arguments of ``_backward_kernel``."""
+    return dict(HAS_CE=has_ce, ACC=_tl_acc(acc), ROWS=rows, BLOCK=block, PRECISE_EXP=not _INTERPRETED)
 
 
 def _quiet():
@@ -307,13 +327,11 @@ def forward(
         return D, ce, stats
     z0, z1 = z0.contiguous(), z1.contiguous()
     target_arg = D if target is None else target.contiguous()  # never read without a target
-    grid, rows, block, num_warps = _launch_config(batch, n_cols)
+    grid, rows, block, warps = _launch_config(batch, n_cols)
     with _launching(z0.device):
         _forward_kernel[(grid,)](
             z0, z1, target_arg, D, ce, stats, batch, n_cols, ignore_index,
-            HAS_TARGET=target is not None, ACC=_tl_acc(acc), ROWS=rows, BLOCK=block,
-            U_CAP=U_MAX, PHI_CUTOFF=PHI_SERIES_CUTOFF, LOG1P_CUTOFF=LOG1P_SERIES_CUTOFF,
-            PRECISE_EXP=not _INTERPRETED, num_warps=num_warps,
+            **forward_constants(target is not None, acc, rows, block), num_warps=warps,
         )
     return D, ce, stats
 
@@ -341,11 +359,10 @@ def backward(
     stats, grad_d = stats.contiguous(), grad_d.to(stats.dtype).contiguous()
     target_arg = target.contiguous() if has_ce else grad_d  # never read without CE
     grad_ce_arg = grad_ce.to(stats.dtype).contiguous() if has_ce else grad_d
-    grid, rows, block, num_warps = _launch_config(batch, n_cols)
+    grid, rows, block, warps = _launch_config(batch, n_cols)
     with _launching(z0.device):
         _backward_kernel[(grid,)](
             z0, z1, target_arg, stats, grad_d, grad_ce_arg, dz0, dz1, batch, n_cols, ignore_index,
-            HAS_CE=has_ce, ACC=_tl_acc(stats.dtype), ROWS=rows, BLOCK=block, PRECISE_EXP=not _INTERPRETED,
-            num_warps=num_warps,
+            **backward_constants(has_ce, stats.dtype, rows, block), num_warps=warps,
         )
     return dz0.to(z0.dtype), dz1.to(z1.dtype)

@@ -7,7 +7,9 @@ Each rank takes its half of a fixed global batch and makes one regularised SGD s
 plain forward of an unwrapped copy on its local batch (OUT_DIR/bn_rank{r}.pt);
 (3) the same CNN as DDP(torch.compile(model)) and as DDP(model), one rfd step each -- each rank saves
 both updated parameter sets and the number of graphs the compiling backend received
-(OUT_DIR/compiled_rank{r}.pt). Different local data: only an all-reduce makes the ranks agree.
+(OUT_DIR/compiled_rank{r}.pt). Different local data: only an all-reduce makes the ranks agree;
+(4) the BatchNorm CNN in DDP with fraction=0.5 (exact, each rank's subset drawn from a generator seeded
+with FRACTION_SEED + rank) -- rank 0 saves the updated parameters (OUT_DIR/fraction.pt).
 """
 import copy
 import os
@@ -22,6 +24,7 @@ from margreg_fast.regularizer import MarginalDensityRegularizer
 from tests.workers.lifecycle import finish
 
 GLOBAL_BATCH, LR, WEIGHT, STEP = 8, 0.5, 2.0, 1e-2
+FRACTION, FRACTION_SEED = 0.5, 100
 
 
 def data():
@@ -39,9 +42,16 @@ def bn_cnn():
     return models.SmallCNN(width=4, image_size=8, batchnorm=True)
 
 
-def step(model, x, y, method="fd"):
+def fraction_regularizer(rank):
+    """The regulariser of case (4) on ``rank``: exact, fraction 0.5, its own seeded generator."""
+    return MarginalDensityRegularizer(WEIGHT, method="exact", fraction=FRACTION,
+                                      generator=torch.Generator().manual_seed(FRACTION_SEED + rank))
+
+
+def step(model, x, y, method="fd", reg=None):
     opt = torch.optim.SGD(model.parameters(), lr=LR)
-    loss, _ = MarginalDensityRegularizer(WEIGHT, method=method, step=STEP)(model, x, y)
+    reg = reg or MarginalDensityRegularizer(WEIGHT, method=method, step=STEP)
+    loss, _ = reg(model, x, y)
     loss.backward()
     opt.step()
 
@@ -79,6 +89,11 @@ def main(out_dir):
     torch.save({"compiled": [p.detach() for p in compiled_net.parameters()],
                 "eager": [p.detach() for p in eager_net.parameters()], "graphs": len(graphs)},
                os.path.join(out_dir, f"compiled_rank{rank}.pt"))
+
+    fraction_net = bn_cnn()
+    step(DistributedDataParallel(fraction_net), xs, ys, reg=fraction_regularizer(rank))
+    if rank == 0:
+        torch.save([p.detach() for p in fraction_net.parameters()], os.path.join(out_dir, "fraction.pt"))
     finish()
 
 

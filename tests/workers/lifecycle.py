@@ -25,11 +25,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(module: str, out_dir: Path, nproc: int = 2, timeout: float = 240) -> subprocess.CompletedProcess:
-    """Run ``python -m module out_dir`` on ``nproc`` gloo processes from the repository root."""
+def launch(module: str, out_dir: Path, *args: str, nproc: int = 2, timeout: float = 240) -> subprocess.CompletedProcess:
+    """Run ``python -m module out_dir *args`` on ``nproc`` gloo processes from the repository root."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", module, str(out_dir)]
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", module, str(out_dir), *args]
     return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
