@@ -163,3 +163,19 @@ def test_compiled_model_with_fraction_matches_eager(monkeypatch):
     _, c_stats, c_grad = _loss_and_grads(torch.compile(model), compiled, x, y)
     assert math.isclose(e_stats["penalty"], c_stats["penalty"], rel_tol=1e-9)
     assert (e_grad - c_grad).abs().max() <= 1e-9 * e_grad.abs().max()
+
+
+def test_compiled_cnn_with_fraction_matches_eager_across_recompiles():
+    """The subset's batch size recompiles the model with dynamic shapes; its retained input-gradient
+    graph must keep its saved tensors (a donated buffer would be refused, or read after being freed)."""
+    torch.manual_seed(0)
+    model = models.SmallCNN(width=4, image_size=8, activation="silu").double()
+    compiled = torch.compile(model)
+    x, y = _data(batch=8)
+    for fraction in (1.0, 0.25, 0.5):
+        runs = [_loss_and_grads(net, MarginalDensityRegularizer(1.0, fraction=fraction,
+                                                                generator=torch.Generator().manual_seed(4)), x, y)
+                for net in (model, compiled)]
+        (e_loss, _, e_grad), (c_loss, _, c_grad) = runs
+        assert math.isclose(e_loss.item(), c_loss.item(), rel_tol=1e-9), fraction
+        assert (e_grad - c_grad).abs().max() <= 1e-9 * e_grad.abs().max(), fraction

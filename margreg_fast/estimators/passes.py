@@ -74,6 +74,7 @@ from contextlib import contextmanager
 from typing import Iterator, List, NamedTuple, Optional, Tuple
 
 import torch
+import torch._functorch.config
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -261,6 +262,18 @@ def frozen_running_stats(model) -> Iterator[None]:
             m.track_running_stats = True
 
 
+def _compiled_graphs_retainable():
+    """Graphs that torch.compile builds inside a pass keep their saved tensors (no donated buffers).
+
+    The input-gradient backward retains its graph for the training backward. AOTAutograd may compile
+    a backward that frees ("donates") its saved tensors, and then refuses ``retain_graph``; it does so
+    when a pass's new batch size (the regulariser's ``fraction``, central's probes) recompiles a
+    model with dynamic shapes. Forwards compiled inside a pass are built without donation, and the
+    input-gradient backward runs under the same setting (AOTAutograd checks it again at backward).
+    """
+    return torch._functorch.config.patch(donated_buffer=False)
+
+
 def _unwrapped(model):
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
@@ -293,12 +306,13 @@ class ModelPasses:
 
     def clean(self, x: torch.Tensor) -> torch.Tensor:
         self.random = RandomState(x.device)
-        with _BatchNormMode(self._capture_call):
+        with _compiled_graphs_retainable(), _BatchNormMode(self._capture_call):
             return self.model(x)
 
     def capture(self, x: torch.Tensor) -> torch.Tensor:
         self.random = RandomState(x.device)
-        with frozen_running_stats(self.inner), _BatchNormMode(self._capture_call_without_update):
+        with _compiled_graphs_retainable(), frozen_running_stats(self.inner), \
+                _BatchNormMode(self._capture_call_without_update):
             return self.inner(x)
 
     def share(self, x: torch.Tensor) -> None:
@@ -313,7 +327,7 @@ class ModelPasses:
         # per-op Python dispatch is the mechanism's only cost on a model without batch-norm calls).
         mode = _BatchNormMode(self._replay_call) if self.stats else contextlib.nullcontext()
         with self.random.replayed():
-            with frozen_running_stats(self.inner), mode:
+            with _compiled_graphs_retainable(), frozen_running_stats(self.inner), mode:
                 out = self.inner(x)
             drew = self._shared and not self.random.unchanged()
         hint = " (logits= was given: omit it)" if self._shared else ""
@@ -329,10 +343,11 @@ class ModelPasses:
 
     @contextmanager
     def input_gradient(self) -> Iterator[None]:
-        """Backward passes inside this block see batch-norm with the statistics held fixed."""
+        """Backward passes inside this block see batch-norm with the statistics held fixed (and may retain graphs)."""
         self.switch.input_gradient = True
         try:
-            yield
+            with _compiled_graphs_retainable():
+                yield
         finally:
             self.switch.input_gradient = False
 
