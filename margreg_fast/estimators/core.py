@@ -150,11 +150,13 @@ def estimate(model: nn.Module, x: torch.Tensor, target: Optional[torch.Tensor], 
     held = passes is not None
     passes = passes if held else ModelPasses(model)
     probe_free = method == "exact" or (method == "rfd" and not torch.is_grad_enabled())
+    if method == "exact":  # before any pass: a failed estimate changes no state
+        errors.check_fsdp_exact(model)
+        errors.check_compiled_exact(model)
     with torch.enable_grad():  # grad_x is needed even when called under torch.no_grad() (evaluation)
         x_in, z0, zg = _logits_and_grad_source(passes, x, logits, held)
         s = value(penalty, zg, target)
         if method == "exact":
-            errors.check_fsdp_exact(model)
             g = _exact_gradient(s, x_in, passes, logits is not None)
         else:
             g = _input_gradient(s, x_in, passes, logits is not None, create_graph=False)

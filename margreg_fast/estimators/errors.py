@@ -97,6 +97,20 @@ def _reshards_after_backward(module: nn.Module) -> bool:
     return any(getattr(group, "reshard_after_backward", False) for group in groups)
 
 
+def check_compiled_exact(model: nn.Module) -> None:
+    """Raise :class:`UnsupportedEstimatorError` before any pass if ``exact`` would differentiate a compiled backward.
+
+    AOTAutograd's compiled backward is once differentiable. Differentiating it again fails, and
+    not always with its own message (a train-mode BatchNorm model graph-breaks at each batch-norm
+    call, and a retained compiled segment can fail on its tangents first), so the check looks for
+    compiled modules instead of waiting for the error.
+    """
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    if any(isinstance(m, OptimizedModule) for m in model.modules()):
+        raise unsupported("exact", RuntimeError(_COMPILED_DOUBLE_BACKWARD_MESSAGE))
+
+
 def check_fsdp_exact(model: nn.Module) -> None:
     """Raise :class:`UnsupportedEstimatorError` if ``exact`` would hit parameters FSDP2 has resharded."""
     try:
