@@ -1,0 +1,234 @@
+"""Write the claims: OUT/claims.json, OUT/claims.md, OUT/figures/frontier.png and the BlockMNIST reports
+(OUT/blockmnist/results.{json,md}, results_seeds.json and figures/, figure1.png the single-image panel).
+
+claims.md holds, in order: the claims table (mdr against none, igr and joint: mean paired difference,
+95% bootstrap interval, verdict), the count that reads "marginal beats conditional / joint" from it,
+every seed's value of every claim metric (the spread), the single-image panel next to the dataset
+means, the fractions (mdr@F against mdr and none), and the weight frontier. Every number in it is
+computed here from the records of claims.run_claims; nothing is typed in.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from .checkpoint import save_json
+from .claims import CLAIMS, KEEP_MARGIN, ClaimsPlan, frontier_rows, seed_values
+from .config import ExperimentConfig
+from .figures import _save, plt, write_figures
+from .intervals import CONFIDENCE, RESAMPLES
+from .report import write_reports
+
+ARROW = {1: "↑", -1: "↓"}
+
+
+def _g(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3g}"
+
+
+def _cell(c: dict) -> str:
+    if c["mean"] is None:
+        return "n/a"
+    interval = "" if c["low"] is None else f" [{c['low']:+.3g}, {c['high']:+.3g}]"
+    return f"{c['mean']:+.3g}{interval} {c['verdict']}"
+
+
+def _metric(row: dict) -> str:
+    margin = f", margin {row['margin']:g}" if row["margin"] else ""
+    return f"{row['metric']} {ARROW[row['better']]}{margin}"
+
+
+def claims_table(claims: list[dict], subject: str) -> str:
+    comparators = [c["comparator"] for c in claims[0]["versus"]] if claims else []
+    lines = ["| claim | metric | "
+             + " | ".join(f"{subject} − {c}" for c in comparators) + " |",
+             "|---|---|" + "---|" * len(comparators)]
+    for row in claims:
+        lines.append(f"| {row['claim']} | {row['experiment']}: {_metric(row)} | "
+                     + " | ".join(_cell(c) for c in row["versus"]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def beats_summary(claims: list[dict], subject: str) -> str:
+    """The claim "marginal beats conditional / joint", read from the igr and joint columns."""
+    lines = []
+    for other in ("igr", "joint"):
+        cells = [(row["metric"], c) for row in claims for c in row["versus"]
+                 if c["comparator"] == other and not row["margin"]]  # non-inferiority rows claim no gain
+        if not cells:
+            continue
+        count = {v: [m for m, c in cells if c["verdict"] == v] for v in ("SUPPORTED", "CONTRADICTED", "INCONCLUSIVE")}
+        lines.append(f"- {subject} better than {other}: SUPPORTED on {len(count['SUPPORTED'])} of {len(cells)} rows "
+                     f"({', '.join(count['SUPPORTED']) or '-'}); CONTRADICTED on {len(count['CONTRADICTED'])} "
+                     f"({', '.join(count['CONTRADICTED']) or '-'}); INCONCLUSIVE on {len(count['INCONCLUSIVE'])}.")
+    return "\n".join(lines) + "\n"
+
+
+def spread_table(records: list[dict], weights: dict, methods: list[str], seeds: list[int]) -> str:
+    """Every seed's value of every claim metric, per method (seed order), and the mean."""
+    lines = ["| metric | method | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |",
+             "|---|---|" + "---:|" * (len(seeds) + 1)]
+    for claim in CLAIMS:
+        for m in methods:
+            vals = seed_values(records, claim.experiment, m, weights[m], claim.metric, set(seeds))
+            if not vals:
+                continue
+            got = [vals.get(s) for s in seeds]
+            mean = None if any(v is None for v in got) else math.fsum(got) / len(got)
+            lines.append(f"| {claim.experiment}: {claim.metric} | {m} | " + " | ".join(_g(v) for v in got)
+                         + f" | {_g(mean)} |")
+    return "\n".join(lines) + "\n"
+
+
+def panel_table(results: list[dict], seed: int, methods: list[str]) -> str:
+    """The single image's leakage and insertion next to the dataset means over seeds (paper units)."""
+    by = {r["method"]: r for r in results if r["seed"] == seed}
+    rows = [m for m in methods if m in by and by[m].get("panel")]
+    if not rows:
+        return ""
+    panel = by[rows[0]]["panel"]
+    lines = [f"Single image: test image {panel['index']} of seed {seed}'s split, the first whose label is "
+             f"{panel['label']}; the models of seed {seed}. Dataset: means over every seed and evaluated image.", "",
+             "| method | leakage_paper, this image | leakage_paper, dataset mean | insertion AUC (paper units), "
+             "this image | insertion AUC (paper units), dataset mean |", "|---|---:|---:|---:|---:|"]
+    for m in rows:
+        runs = [r for r in results if r["method"] == m]
+        mean = {k: None if any(r["metrics"][k] is None for r in runs) else
+                math.fsum(r["metrics"][k] for r in runs) / len(runs) for k in ("leakage_paper", "insertion_auc_paper")}
+        p = by[m]["panel"]
+        lines.append(f"| {m} | {_g(p.get('leakage_paper'))} | {_g(mean['leakage_paper'])} | "
+                     f"{_g(p['insertion_auc_paper'])} | {_g(mean['insertion_auc_paper'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def fractions_section(fractions: list[dict], records: list[dict], weights: dict, subject: str) -> str:
+    if not fractions:
+        return ""
+    lines = [f"mdr@F penalises a random fraction F of each batch (weight and estimator of {subject}); each row "
+             f"compares it with {subject} (F = 1) and with none on the same seeds. \"Keeps the leakage cut\": "
+             f"mdr@F − {subject} in leakage_paper SUPPORTED as at most {KEEP_MARGIN:g} x the cut of F = 1 "
+             "(none − mdr, mean over seeds) worse.", ""]
+    step = {m: seed_values(records, "blockmnist", m, weights[m], "step_time_s") for m in (subject, "none")}
+    for f in fractions:
+        m = f["method"]
+        own = seed_values(records, "blockmnist", m, weights[m], "step_time_s")
+        ratio = _median_ratio(own, step[subject])
+        keep = f["keeps_leakage_cut"]
+        lines.append(f"**{m}** (median training step {_g(ratio)} x {subject}'s, {_g(_median_ratio(own, step['none']))}"
+                     f" x none's, from the runs' own timings): keeps the leakage cut: {keep['verdict']} "
+                     f"(mdr@F − {subject} {_cell(keep)}; margin {keep['margin']:.3g}).")
+        lines.append("")
+        lines.append(claims_table(f["rows"], m))
+    return "\n".join(lines)
+
+
+def _median_ratio(a: dict, b: dict) -> float | None:
+    pairs = sorted(a[s] / b[s] for s in a if s in b and a[s] and b[s])
+    if not pairs:
+        return None
+    k = len(pairs)
+    return pairs[k // 2] if k % 2 else (pairs[k // 2 - 1] + pairs[k // 2]) / 2
+
+
+def frontier_table(rows: list[dict]) -> str:
+    lines = ["| method | weight | clean acc | Δ acc vs none [95% CI] | leakage_paper | Δ leakage_paper vs none [95% CI] "
+             "| median step ms |", "|---|---:|---:|---|---:|---|---:|"]
+    for r in rows:
+        d = {k: r.get(f"{k}_vs_none") for k in ("clean_acc", "leakage_paper")}
+        fmt = {k: "" if d[k] is None or d[k]["mean"] is None else
+               f"{d[k]['mean']:+.3g}" + ("" if d[k]["low"] is None else f" [{d[k]['low']:+.3g}, {d[k]['high']:+.3g}]")
+               for k in d}
+        mark = " (selected)" if r["selected"] and r["method"] != "none" else ""
+        step = "n/a" if r["step_time_s"] is None else f"{1000 * r['step_time_s']:.0f}"
+        lines.append(f"| {r['method']} | {r['weight']:g}{mark} | {_g(r['clean_acc'])} | {fmt['clean_acc']} | "
+                     f"{_g(r['leakage_paper'])} | {fmt['leakage_paper']} | {step} |")
+    return "\n".join(lines) + "\n"
+
+
+def frontier_figure(rows: list[dict], path: Path, seeds: list[int]) -> None:
+    """leakage_paper against clean accuracy, one line per method through its weights; the bars are the
+    95% paired intervals against none, placed at none's mean (mean(none) + interval of the difference)."""
+    none = next(r for r in rows if r["method"] == "none")
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    ax.plot(none["clean_acc"], none["leakage_paper"], "k*", ms=12, label="none")
+    for method in dict.fromkeys(r["method"] for r in rows if r["method"] != "none"):
+        pts = [r for r in rows if r["method"] == method and r["clean_acc"] is not None and r["leakage_paper"] is not None]
+        if not pts:
+            continue
+        xs, ys = [r["clean_acc"] for r in pts], [r["leakage_paper"] for r in pts]
+        xerr = [[_err(r, none, "clean_acc", lo) for r in pts] for lo in (True, False)]
+        yerr = [[_err(r, none, "leakage_paper", lo) for r in pts] for lo in (True, False)]
+        line = ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, marker="o", ms=4, capsize=2, lw=1, label=method)
+        for r in pts:
+            ax.annotate(f"{r['weight']:g}", (r["clean_acc"], r["leakage_paper"]), fontsize=6,
+                        color=line[0].get_color(), xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("clean accuracy")
+    ax.set_ylabel("leakage_paper (lower is better)")
+    ax.set_title(f"Weight frontier, BlockMNIST, seeds {seeds} (labels: weights)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def _err(row: dict, none: dict, key: str, low: bool) -> float:
+    d = row.get(f"{key}_vs_none")
+    if d is None or d["low"] is None:
+        return 0.0
+    at = none[key] + (d["low"] if low else d["high"])
+    return max(0.0, row[key] - at) if low else max(0.0, at - row[key])
+
+
+def write_claims(plan: ClaimsPlan, claims: dict, out: Path) -> str:
+    """Write everything listed in the module docstring; return the text of claims.md."""
+    out = Path(out)
+    cfg: ExperimentConfig = plan.experiment_config("blockmnist")
+    full_methods = [*plan.config.methods, *plan.fraction_methods]
+    report_cfg = cfg.replace(methods=tuple(full_methods))
+    write_reports(report_cfg, claims["results"], out / "blockmnist")
+    write_figures(report_cfg, claims["results"], out / "blockmnist" / "figures")
+    frontier = frontier_rows(plan, claims["records"]) if plan.grid else []
+    save_json(out / "claims.json", {k: v for k, v in claims.items() if k != "results"} | {"frontier": frontier})
+    seeds = list(cfg.seeds)
+    text = [f"# Claims of the paper, measured (seeds {seeds}, {cfg.eval_samples} evaluation images)", "",
+            f"Each cell: mean over seeds of the paired difference ({plan.subject} − comparator, same seed, same data), "
+            f"its {CONFIDENCE:.0%} percentile bootstrap interval over seeds ({RESAMPLES} resamples), and the verdict "
+            "(SUPPORTED: the interval excludes 0, or the margin, on the claimed side; CONTRADICTED: on the other "
+            "side; INCONCLUSIVE: otherwise). Weights: " + ", ".join(f"{m}={cfg.weights[m]:g}" for m in full_methods
+                                                               if m != "none") + ".", "",
+            claims_table(claims["claims"], plan.subject), "Marginal beats conditional / joint:", "",
+            beats_summary(claims["claims"], plan.subject), "## Every seed", "",
+            spread_table(claims["records"], cfg.weights, full_methods, seeds), "## Figure 1, like for like", "",
+            panel_table(claims["results"], seeds[0], ["none", "igr", "mdr"])]
+    if claims["fractions"]:
+        text += ["## Fractions of each batch", "", fractions_section(claims["fractions"], claims["records"],
+                                                                     cfg.weights, plan.subject)]
+    if frontier:
+        frontier_figure(frontier, out / "figures" / "frontier.png", list(plan.frontier_seeds))
+        text += [f"## Weight frontier (seeds {list(plan.frontier_seeds)})", "",
+                 "Differences against none are paired over the frontier seeds; bootstrap intervals as above.", "",
+                 frontier_table(frontier)]
+    body = "\n".join(text)
+    (out / "claims.md").write_text(body)
+    return body
+
+
+def stability_markdown(reference: dict, rerun: dict, reference_name: str) -> str:
+    """For every claim row and comparator in both: the reference's mean, interval and verdict, the
+    rerun's mean and verdict, and whether the rerun's mean lies inside the reference interval."""
+    ref = {(r["metric"], c["comparator"]): c for r in reference["claims"] for c in r["versus"]}
+    lines = [f"Rerun against {reference_name}: paired mean differences (subject − comparator).", "",
+             "| metric | comparator | reference mean [95% CI] | reference verdict | rerun mean [95% CI] | rerun verdict "
+             "| rerun mean inside the reference interval |", "|---|---|---|---|---|---|---|"]
+    for row in rerun["claims"]:
+        for c in row["versus"]:
+            r = ref.get((row["metric"], c["comparator"]))
+            if r is None or r["low"] is None or c["mean"] is None:
+                continue
+            inside = "yes" if r["low"] <= c["mean"] <= r["high"] else "no"
+            lines.append(f"| {row['metric']} | {c['comparator']} | {_interval(r)} | {r['verdict']} | {_interval(c)} | "
+                         f"{c['verdict']} | {inside} |")
+    return "\n".join(lines) + "\n"
+
+
+def _interval(c: dict) -> str:
+    return f"{c['mean']:+.3g}" + ("" if c["low"] is None else f" [{c['low']:+.3g}, {c['high']:+.3g}]")
