@@ -7,7 +7,9 @@ blocks, BatchNorm in train mode, SiLU) on 3x32x32, batch 64; eager and ``torch.c
 ``exact``, ``jvp``, ``fd``, ``central`` and ``rfd`` (the default) at the library's default step, all
 through ``MarginalDensityRegularizer``; ``floor`` is the structural floor of fd and rfd written in
 plain torch ops with no library code: a forward at x, a backward to x only, a forward at x + h v and
-the training backward through both graphs.
+the training backward through both graphs. ``rfd@f`` is the default estimator with the regulariser's
+``fraction=f`` (the penalty on max(1, round(f B)) samples, the CE on the whole batch) and ``floor@f``
+its floor: a forward of the whole batch for the CE plus the floor's passes on the subset.
 
 * Time: for each (model, mode) one process builds the model (and one compiled wrapper), warms every
   method up (compilation happens here), then runs ``--rounds`` rounds, each timing one step of every
@@ -50,9 +52,13 @@ from benchmarks import report  # noqa: E402
 from margreg_fast.kit import models  # noqa: E402
 from margreg_fast.estimators import DEFAULT_METHOD, DEFAULT_STEP, UnsupportedEstimatorError  # noqa: E402
 from margreg_fast.regularizer import MarginalDensityRegularizer  # noqa: E402
+from margreg_fast.subsample import subset_size  # noqa: E402
 
 MODELS, MODES = ("cnn", "vit", "resnet"), ("eager", "compile")
-METHODS = ("plain", "floor", "exact", "jvp", "fd", "central", "rfd")
+#: The regulariser's penalised fractions below 1 (issue 16), each timed with the default estimator next to its floor.
+FRACTIONS = (0.5, 0.25, 0.125)
+METHODS = (("plain", "floor", "exact", "jvp", "fd", "central", "rfd")
+           + tuple(f"{kind}@{f:g}" for f in FRACTIONS for kind in ("floor", DEFAULT_METHOD)))
 MEMORY_STEPS = 3
 #: (batch, input shape) per model
 SHAPES = {"cnn": (128, (1, 28, 28)), "vit": (128, (1, 28, 28)), "resnet": (64, (3, 32, 32))}
@@ -76,28 +82,51 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def floor_loss(net, x, y, h: float = 1e-2):
-    """CE + ((E(x + h v) - E(x)) / h)^2 in plain torch ops: the passes fd and rfd cannot avoid."""
-    x_in = x.detach().requires_grad_(True)
-    z0 = net(x_in)
+def _secant_penalty(net, x_in, z0, h: float):
+    """((E(x + h v) - E(x)) / h)^2 per sample from the logits z0 = net(x_in): a backward to x, a forward at x + h v."""
     e0 = torch.logsumexp(z0, dim=1)
     (g,) = torch.autograd.grad(e0.sum(), x_in, retain_graph=True)
-    v = g / g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
-    e1 = torch.logsumexp(net(x + h * v), dim=1)
-    return torch.nn.functional.cross_entropy(z0, y) + (((e1 - e0) / h) ** 2).mean()
+    v = g / g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x_in.dim() - 1)))
+    e1 = torch.logsumexp(net(x_in.detach() + h * v), dim=1)
+    return ((e1 - e0) / h) ** 2
+
+
+def floor_loss(net, x, y, fraction: float = 1.0, h: float = 1e-2):
+    """CE + the secant penalty in plain torch ops: the passes fd and rfd cannot avoid.
+
+    At fraction 1 the forward at x serves the CE and the penalty (F + B_x + F + B over two graphs).
+    Below 1 the CE takes a forward of the whole batch and the penalty a forward of the first
+    max(1, round(fraction B)) samples of its own, a backward to them and a forward at x + h v (a
+    floor in cost, not in meaning: under train-mode BatchNorm these plain passes use the subset's
+    statistics).
+    """
+    if fraction == 1.0:
+        x_in = x.detach().requires_grad_(True)
+        z0 = net(x_in)
+        return torch.nn.functional.cross_entropy(z0, y) + _secant_penalty(net, x_in, z0, h).mean()
+    x_sub = x[:subset_size(x.shape[0], fraction)].detach().requires_grad_(True)
+    return torch.nn.functional.cross_entropy(net(x), y) + _secant_penalty(net, x_sub, net(x_sub), h).mean()
+
+
+def split_method(method: str):
+    """("rfd", 0.25) from "rfd@0.25"; (method, 1.0) without a fraction."""
+    name, _, fraction = method.partition("@")
+    return name, float(fraction) if fraction else 1.0
 
 
 def make_step(model, net, x, y, method: str):
     """One training step of ``method`` (lr 0: the weights, hence the work, stay the same)."""
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    method, fraction = split_method(method)
     if method == "floor":
         def floor_step():
             opt.zero_grad(set_to_none=True)
-            floor_loss(net, x, y).backward()
+            floor_loss(net, x, y, fraction).backward()
             opt.step()
         return floor_step
     reg = MarginalDensityRegularizer(0.0 if method == "plain" else 1.0, method=DEFAULT_METHOD if method == "plain"
-                                     else method, step=DEFAULT_STEP, penalty="none" if method == "plain" else "marginal")
+                                     else method, step=DEFAULT_STEP, penalty="none" if method == "plain" else "marginal",
+                                     fraction=fraction, generator=torch.Generator(x.device).manual_seed(0))
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -207,7 +236,15 @@ def goals(rows: list) -> list:
         (f"ViT eager: {d} time / plain time (exact cannot run)", ms("vit", "eager", d) / ms("vit", "eager", "plain"),
          "report"),
         (f"ViT compiled: {d} time / plain time", ms("vit", "compile", d) / ms("vit", "compile", "plain"), "report"),
+        (f"CNN eager: {d}@0.25 time / plain time", ms("cnn", "eager", f"{d}@0.25") / ms("cnn", "eager", "plain"),
+         "<= 1.5"),
+        (f"ResNet-BN eager: {d}@0.25 time / plain time",
+         ms("resnet", "eager", f"{d}@0.25") / ms("resnet", "eager", "plain"), "<= 1.7"),
     ]
+    for model in ("cnn", "resnet"):
+        for f in FRACTIONS:
+            out.append((f"{model} eager: {d}@{f:g} time / its floor's",
+                        ms(model, "eager", f"{d}@{f:g}") / ms(model, "eager", f"floor@{f:g}"), "report"))
     return [(text, value, target, target == "report" or value <= float(target.split()[-1]))
             for text, value, target in out]
 

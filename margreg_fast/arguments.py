@@ -40,6 +40,21 @@ def check_weight(weight) -> float:
     return weight
 
 
+def check_fraction(fraction) -> float:
+    """The penalised share of each batch: a real number in (0, 1], as a float."""
+    fraction = real_number(fraction, "fraction")
+    if not (math.isfinite(fraction) and 0 < fraction <= 1):
+        raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+    return fraction
+
+
+def check_generator(generator) -> Optional[torch.Generator]:
+    """None (torch's global generator) or a ``torch.Generator``."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    return generator
+
+
 def check_data(model, x) -> nn.Module:
     """The model (returned as a module, see :func:`.estimators.checks.as_model`) and the input batch x."""
     check_input(x)

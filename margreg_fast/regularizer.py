@@ -11,22 +11,32 @@ The logits of x are computed once and serve both the CE and the penalty; for ``r
 CE of those logits comes out of the same fused head pass as the finite difference. Every step the
 regulariser feeds the estimator's secant ratio to a :class:`~margreg_fast.monitor.SecantMonitor`,
 which warns once if the finite difference stops measuring the gradient (see :mod:`.monitor`).
+
+With ``fraction`` f < 1 the CE still runs on the whole batch (one ordinary forward, through the model
+the caller passed), and the penalty on a random subset of max(1, round(f B)) samples, scaled so that
+its expectation, and so the expected parameter gradient, is fraction 1's at the same weight
+(:mod:`.subsample`). Train-mode BatchNorm normalises the subset with the whole batch's statistics
+(held from that forward), so the penalty keeps the one documented meaning. Cost on top of a plain
+step: about f (2F + B_x + 2B) instead of (F + B_x + 2B) at f = 1, whose forward at x is shared with the CE.
 """
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .arguments import check_choice, check_data, check_estimator, check_weight
-from .estimators import DEFAULT_METHOD, DEFAULT_STEP, estimate
+from .arguments import check_choice, check_data, check_estimator, check_fraction, check_generator, check_weight
+from .estimators import DEFAULT_METHOD, DEFAULT_STEP, Estimate, estimate
 from .estimators import PENALTIES as ESTIMATED_PENALTIES
 from .estimators.checks import check_labels, check_output
+from .estimators.passes import ModelPasses
+from .estimators.quantities import IGNORE_INDEX
 from .estimators.steps import Step
 from .monitor import DEFAULT_BAND, DEFAULT_WARMUP, DEFAULT_WINDOW, SecantMonitor, secant_ratio
 from .reduction import reduce
+from .subsample import draw_subset, subset_mean
 
 #: The estimators' penalties and "none" (plain cross-entropy).
 PENALTIES = ESTIMATED_PENALTIES + ("none",)
@@ -43,6 +53,11 @@ class MarginalDensityRegularizer(nn.Module):
         penalty: ``"marginal"`` (||grad_x logsumexp f||^2, MDR), ``"conditional"`` (||grad_x CE||^2,
             IGR), ``"joint"`` (||grad_x f_y||^2) or ``"none"`` (plain CE).
         backend: implementation of the fused head op.
+        fraction: share f in (0, 1] of each batch that the penalty is computed on (a random subset of
+            max(1, round(f B)) samples, the penalty scaled to keep its expectation; see :mod:`.subsample`).
+            The CE always covers the whole batch.
+        generator: ``torch.Generator`` for the random draws (the subset, rfd's signs); None: torch's
+            global generator.
         monitor_window, monitor_band, monitor_warmup: the :class:`~margreg_fast.monitor.SecantMonitor`'s settings.
 
     ``stats`` holds detached Python floats: ``ce`` (mean CE), ``penalty`` (mean R),
@@ -57,16 +72,19 @@ class MarginalDensityRegularizer(nn.Module):
     """
 
     def __init__(self, weight: float, method: str = DEFAULT_METHOD, step: Step = DEFAULT_STEP,
-                 penalty: str = "marginal", backend: str = "auto", monitor_window: int = DEFAULT_WINDOW,
+                 penalty: str = "marginal", backend: str = "auto", fraction: float = 1.0,
+                 generator: Optional[torch.Generator] = None, monitor_window: int = DEFAULT_WINDOW,
                  monitor_band: Tuple[float, float] = DEFAULT_BAND, monitor_warmup: int = DEFAULT_WARMUP) -> None:
         super().__init__()
         self.weight, self.step = check_weight(weight), check_estimator(method, step, backend)
         self.method, self.backend = method, backend
+        self.fraction, self.generator = check_fraction(fraction), check_generator(generator)
         self.penalty = check_choice("penalty", penalty, PENALTIES)
         self.monitor = SecantMonitor(method, monitor_window, monitor_band, monitor_warmup)
 
     def extra_repr(self) -> str:
-        return f"weight={self.weight}, method={self.method!r}, step={self.step!r}, penalty={self.penalty!r}"
+        return (f"weight={self.weight}, method={self.method!r}, step={self.step!r}, penalty={self.penalty!r}, "
+                f"fraction={self.fraction}")
 
     def forward(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, float]]:
         model = check_data(model, x)
@@ -74,13 +92,26 @@ class MarginalDensityRegularizer(nn.Module):
         if self.penalty == "none":
             ce = F.cross_entropy(check_output(model(x), x), y)
             return ce, {"ce": ce.item(), "penalty": 0.0, "grad_norm": float("nan"), "secant_ratio": float("nan")}
-        est = estimate(model, x, y, penalty=self.penalty, method=self.method, step=self.step,
-                       backend=self.backend, with_ce=True)
-        penalty_labels = None if self.penalty == "marginal" else y  # the marginal penalty needs no label
-        ce = reduce(est.ce, "mean", labels=y)
-        penalty = reduce(est.value, "mean", labels=penalty_labels)
-        grad_norm = reduce(est.grad_norm, "mean", labels=penalty_labels)
+        needs_label = self.penalty != "marginal"  # the marginal penalty needs no label
+        if self.fraction == 1.0:
+            est = estimate(model, x, y, penalty=self.penalty, method=self.method, step=self.step,
+                           backend=self.backend, with_ce=True, generator=self.generator)
+            ce, est_y = reduce(est.ce, "mean", labels=y), y
+            penalty = reduce(est.value, "mean", labels=y if needs_label else None)
+        else:
+            ce, est, est_y = self._subset_estimate(model, x, y)
+            penalty = subset_mean(est.value, x.shape[0], labels=y if needs_label else None)
+        grad_norm = reduce(est.grad_norm, "mean", labels=est_y if needs_label else None)
         loss = ce + self.weight * penalty
         ratio = secant_ratio(est.slope, est.grad_norm)
         self.monitor.update(ratio)
         return loss, {"ce": ce.item(), "penalty": penalty.item(), "grad_norm": grad_norm.item(), "secant_ratio": ratio}
+
+    def _subset_estimate(self, model, x: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, Estimate, torch.Tensor]:
+        """(mean CE over the whole batch, the estimate on a drawn subset, the subset's labels)."""
+        passes = ModelPasses(model)
+        ce = F.cross_entropy(check_output(passes.clean(x), x), y, ignore_index=IGNORE_INDEX)
+        idx = draw_subset(x.shape[0], self.fraction, x.device, self.generator)
+        est = estimate(model, x[idx], y[idx], penalty=self.penalty, method=self.method, step=self.step,
+                       backend=self.backend, generator=self.generator, passes=passes)
+        return ce, est, y[idx]

@@ -29,7 +29,7 @@ everything that was built):
   in expectation: E_s[dsigma_s/dtheta] = d/dtheta of the central secant (S(x + hv) - S(x - hv)) / 2h,
   i.e. the gradient of ||g||^2 with O(h^2) bias, at fd's cost (F + B_x + F + B). Across kinks and
   ties it averages the two one-sided slopes instead of always taking the same one. s is drawn from
-  torch's global generator (seed it for reproducibility).
+  the ``generator`` passed in, torch's global one by default.
 
 Every estimate also returns the secant slope sigma next to ||g|| (detached), so a training loop can
 watch sigma / ||g||, which is 1 when the finite difference measures what it should
@@ -65,7 +65,7 @@ class Estimate(NamedTuple):
     slope: torch.Tensor  #: the estimator's directional slope along v (detached); ||g|| for exact
 
 
-def _logits_and_grad_source(passes: ModelPasses, x: torch.Tensor, logits: Optional[torch.Tensor]
+def _logits_and_grad_source(passes: ModelPasses, x: torch.Tensor, logits: Optional[torch.Tensor], held: bool
                             ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(x_in, z0, zg): z0 = the logits at x; zg = logits computed from x_in (requires grad) for grad_x.
 
@@ -73,8 +73,13 @@ def _logits_and_grad_source(passes: ModelPasses, x: torch.Tensor, logits: Option
     grad they serve both too, unless train-mode BatchNorm statistics must be captured. Otherwise the
     gradient needs one more forward of a grad-enabled copy (changing no state), and its logits serve
     as z0 too: given logits that were detached, or computed from another x, would give the finite
-    differences a wrong base point and parameter gradient.
+    differences a wrong base point and parameter gradient. With ``held`` the batch statistics were
+    captured by an earlier clean pass over a larger batch: the forward at x is then a probe too.
     """
+    if held:
+        x_in = x.detach().requires_grad_(True)
+        z0 = check_output(passes.probe(x_in), x)
+        return x_in, z0, z0
     if x.requires_grad and logits is not None and not passes.held:
         return x, logits, logits
     x_in = x if x.requires_grad else x.detach().requires_grad_(True)
@@ -118,19 +123,26 @@ def _jvp_slope(passes: ModelPasses, x: torch.Tensor, v: torch.Tensor, penalty: s
     return slope
 
 
-def _random_signs(x: torch.Tensor) -> torch.Tensor:
-    """s = +-1 per sample, from torch's global generator."""
-    return torch.randint(0, 2, (x.shape[0],), device=x.device).to(torch.float64 if x.dtype == torch.float64
+def _random_signs(x: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+    """s = +-1 per sample, from ``generator`` (torch's global generator when None)."""
+    return torch.randint(0, 2, (x.shape[0],), device=x.device, generator=generator).to(torch.float64 if x.dtype == torch.float64
                                                                   else torch.float32).mul_(2).sub_(1)
 
 
 def estimate(model: nn.Module, x: torch.Tensor, target: Optional[torch.Tensor], *, penalty: str, method: str,
              step: Step, logits: Optional[torch.Tensor] = None, backend: str = "auto",
-             with_ce: bool = False) -> Estimate:
-    """Estimate R(x) per sample with ``method`` (arguments validated by the caller)."""
-    passes = ModelPasses(model)
+             with_ce: bool = False, generator: Optional[torch.Generator] = None,
+             passes: Optional[ModelPasses] = None) -> Estimate:
+    """Estimate R(x) per sample with ``method`` (arguments validated by the caller).
+
+    ``passes``: the :class:`.passes.ModelPasses` of ``model`` whose clean pass already ran over a
+    batch that contains x (the regulariser's ``fraction`` < 1). Every pass of this estimate is then a
+    probe: train-mode BatchNorm normalises x with that whole batch's statistics.
+    """
+    held = passes is not None
+    passes = passes if held else ModelPasses(model)
     with torch.enable_grad():  # grad_x is needed even when called under torch.no_grad() (evaluation)
-        x_in, z0, zg = _logits_and_grad_source(passes, x, logits)
+        x_in, z0, zg = _logits_and_grad_source(passes, x, logits, held)
         s = value(penalty, zg, target)
         if method == "exact":
             errors.check_fsdp_exact(model)
@@ -158,7 +170,7 @@ def estimate(model: nn.Module, x: torch.Tensor, target: Optional[torch.Tensor], 
         slope = d / (2 * h)
         return Estimate(slope ** 2, ce, g_norm, slope.detach())
     if method == "rfd":
-        h = _random_signs(x) * h
+        h = _random_signs(x, generator) * h
     d, ce = difference(penalty, z0, passes.probe(x + broadcast_step(h, x) * v), target, backend, with_ce)
     slope = d / h
     if method == "fd":

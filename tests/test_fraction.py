@@ -1,0 +1,150 @@
+"""The regulariser's ``fraction``: penalty on a random subset, CE on the whole batch, expectation kept.
+
+Float64 throughout; exact is the reference estimator. Averaged over every subset the subset's
+penalty term equals the whole batch's mean penalty (value and parameter gradient), so those checks
+hold to summation-order rounding (1e-10 relative). Train-mode BatchNorm normalises the subset with
+the whole batch's statistics, so each subset sample's penalty is the one it has at fraction 1.
+"""
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from margreg_fast import regularizer as regularizer_module
+from margreg_fast.estimators import METHODS
+from margreg_fast.kit import models
+from margreg_fast.penalty import marginal_density_penalty
+from margreg_fast.regularizer import MarginalDensityRegularizer
+from margreg_fast.subsample import draw_subset, subset_size
+
+
+def _bn_model():
+    torch.manual_seed(0)
+    return models.SmallCNN(width=4, image_size=8, activation="silu", batchnorm=True).double()
+
+
+def _data(batch=6, unlabelled=()):
+    gen = torch.Generator().manual_seed(3)
+    x = torch.rand(batch, 1, 8, 8, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 10, (batch,), generator=gen)
+    y[list(unlabelled)] = -100
+    return x, y
+
+
+def _loss_and_grads(model, reg, x, y):
+    loss, stats = reg(model, x, y)
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    return loss.detach(), stats, torch.cat([g.flatten() for g in grads])
+
+
+@pytest.mark.parametrize("penalty,unlabelled", [("marginal", ()), ("marginal", (1,)), ("conditional", (1, 4)),
+                                                ("joint", (2,))])
+def test_average_over_all_subsets_equals_fraction_one(monkeypatch, penalty, unlabelled):
+    model, (x, y) = _bn_model(), _data(unlabelled=unlabelled)
+    full_loss, _, full_grad = _loss_and_grads(model, MarginalDensityRegularizer(0.7, method="exact", penalty=penalty),
+                                              x, y)
+    reg = MarginalDensityRegularizer(0.7, method="exact", penalty=penalty, fraction=0.5)
+    subsets = list(itertools.combinations(range(x.shape[0]), subset_size(x.shape[0], 0.5)))
+    losses, grads = [], []
+    for subset in subsets:
+        monkeypatch.setattr(regularizer_module, "draw_subset", lambda *args, s=subset: torch.tensor(s))
+        loss, _, grad = _loss_and_grads(model, reg, x, y)
+        losses.append(loss)
+        grads.append(grad)
+    assert math.isclose(torch.stack(losses).mean().item(), full_loss.item(), rel_tol=1e-10)
+    mean_grad = torch.stack(grads).mean(0)
+    assert (mean_grad - full_grad).abs().max() <= 1e-10 * full_grad.abs().max()
+
+
+def test_subset_penalties_are_the_whole_batch_ones_under_train_mode_batchnorm(monkeypatch):
+    """BatchNorm normalises the subset with the whole batch's statistics, not the subset's own."""
+    model, (x, y) = _bn_model(), _data()
+    per_sample = marginal_density_penalty(model, x, method="exact", reduction="none")
+    subset = torch.tensor([4, 1])
+    monkeypatch.setattr(regularizer_module, "draw_subset", lambda *args: subset)
+    reg = MarginalDensityRegularizer(1.0, method="exact", fraction=2 / 6)
+    _, stats = reg(model, x, y)
+    assert math.isclose(stats["penalty"], per_sample[subset].mean().item(), rel_tol=1e-12)
+    own_statistics = marginal_density_penalty(model, x[subset], method="exact").item()
+    assert not math.isclose(stats["penalty"], own_statistics, rel_tol=1e-3)  # the check can tell them apart
+
+
+def test_ce_covers_the_whole_batch_and_updates_running_statistics_once():
+    model, (x, y) = _bn_model(), _data()
+    plain = _bn_model()
+    reg = MarginalDensityRegularizer(0.0, fraction=0.25)
+    loss, stats = reg(model, x, y)
+    ce = F.cross_entropy(plain(x), y)
+    assert math.isclose(stats["ce"], ce.item(), rel_tol=1e-12) and math.isclose(loss.item(), ce.item(), rel_tol=1e-12)
+    grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
+    plain_grads = torch.autograd.grad(ce, list(plain.parameters()))
+    for g, p in zip(grads, plain_grads):
+        assert torch.allclose(g if g is not None else torch.zeros_like(p), p, rtol=1e-10, atol=1e-12)
+    for a, b in zip(model.buffers(), plain.buffers()):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_estimator_runs_on_the_subset_and_agrees_with_exact(monkeypatch, method):
+    model, (x, y) = _bn_model(), _data()
+    monkeypatch.setattr(regularizer_module, "draw_subset", lambda *args: torch.tensor([0, 3, 5]))
+    reference = MarginalDensityRegularizer(1.0, method="exact", fraction=0.5)(model, x, y)[1]["penalty"]
+    torch.manual_seed(0)
+    loss, stats = MarginalDensityRegularizer(1.0, method=method, fraction=0.5, step=1e-4)(model, x, y)
+    loss.backward()
+    assert math.isfinite(loss.item())
+    assert math.isclose(stats["penalty"], reference, rel_tol=1e-3), (stats, reference)  # O(h) for fd at h = 1e-4
+
+
+def test_subset_draw_is_uniform_without_replacement_and_follows_the_generator():
+    batch, fraction = 8, 0.25
+    gen = torch.Generator().manual_seed(0)
+    counts = torch.zeros(batch)
+    draws = 4000
+    for _ in range(draws):
+        idx = draw_subset(batch, fraction, torch.device("cpu"), gen)
+        assert idx.shape == (2,) and idx.unique().numel() == 2
+        counts[idx] += 1
+    expected = draws * 2 / batch
+    assert (counts - expected).abs().max() <= 5 * math.sqrt(expected)  # 5 sigma of a binomial count
+    a = draw_subset(batch, fraction, torch.device("cpu"), torch.Generator().manual_seed(7))
+    b = draw_subset(batch, fraction, torch.device("cpu"), torch.Generator().manual_seed(7))
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("batch,fraction,size", [(64, 0.25, 16), (8, 0.125, 1), (3, 0.1, 1), (10, 0.25, 2),
+                                                 (5, 1.0, 5)])
+def test_subset_size_is_max_one_round(batch, fraction, size):
+    assert subset_size(batch, fraction) == size
+
+
+def test_generator_makes_the_step_reproducible():
+    model, (x, y) = _bn_model(), _data()
+    runs = [MarginalDensityRegularizer(1.0, fraction=0.5, generator=torch.Generator().manual_seed(1))(model, x, y)[0]
+            for _ in range(2)]
+    assert runs[0].item() == runs[1].item()
+
+
+@pytest.mark.parametrize("fraction,error", [(0, ValueError), (1.5, ValueError), (float("nan"), ValueError),
+                                            (-0.1, ValueError), ("0.5", TypeError), (True, TypeError)])
+def test_bad_fraction_raises(fraction, error):
+    with pytest.raises(error, match="fraction"):
+        MarginalDensityRegularizer(1.0, fraction=fraction)
+
+
+def test_bad_generator_raises():
+    with pytest.raises(TypeError, match="generator"):
+        MarginalDensityRegularizer(1.0, generator=0)
+
+
+def test_compiled_model_with_fraction_matches_eager(monkeypatch):
+    model, (x, y) = _bn_model(), _data()
+    monkeypatch.setattr(regularizer_module, "draw_subset", lambda *args: torch.tensor([2, 5]))
+    eager = MarginalDensityRegularizer(1.0, method="rfd", fraction=0.3, generator=torch.Generator().manual_seed(0))
+    compiled = MarginalDensityRegularizer(1.0, method="rfd", fraction=0.3, generator=torch.Generator().manual_seed(0))
+    _, e_stats, e_grad = _loss_and_grads(model, eager, x, y)
+    _, c_stats, c_grad = _loss_and_grads(torch.compile(model), compiled, x, y)
+    assert math.isclose(e_stats["penalty"], c_stats["penalty"], rel_tol=1e-9)
+    assert (e_grad - c_grad).abs().max() <= 1e-9 * e_grad.abs().max()
