@@ -213,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="frontier weights (with --frontier-seeds)")
     cl.add_argument("--frontier-seeds", nargs="+", type=_nonneg_int, default=[], metavar="SEED")
     cl.add_argument("--no-spurious", action="store_true", help="leave out the spurious-shortcut rows")
+    cl.add_argument("--report-only", action="store_true",
+                    help="train nothing: write the report from the runs already finished in OUT, listing the others")
     cl.add_argument("--compare-to", type=Path, default=None,
                     help="a claims output directory of the same plan (e.g. another thread count): write "
                          "OUT/stability.md, this run's paired means against that run's intervals and verdicts")
@@ -276,7 +278,7 @@ def _claims(cfg: ExperimentConfig, args: argparse.Namespace, device: str) -> int
             reference = load_json(args.compare_to / "claims.json")
         except (OSError, ValueError) as exc:
             raise ValueError(f"--compare-to {args.compare_to}: no readable claims.json ({exc})") from None
-    claims = run_claims(plan, args.out, quiet=args.quiet, device=device, jobs=args.jobs)
+    claims = run_claims(plan, args.out, quiet=args.quiet, device=device, jobs=args.jobs, train=not args.report_only)
     print(write_claims(plan, claims, args.out), end="")
     if reference is not None:
         text = stability_markdown(reference, claims, str(args.compare_to))

@@ -29,7 +29,7 @@ from .config import ExperimentConfig
 from .evaluation import LIGHT_KEYS, light_scores
 from .intervals import Paired, paired, verdict
 from .parallel import run_tasks
-from .runner import _datasets, _one_run, claim_output_dir, deterministic, run_dir
+from .runner import RESULT_NAME, _datasets, _one_run, claim_output_dir, deterministic, run_dir
 from .training import train_run
 
 SUBJECT = "mdr"
@@ -116,13 +116,14 @@ class ClaimsPlan:
         return cfg
 
     def points(self) -> list[tuple[str, str, float, int, bool]]:
-        """Every (experiment, method, weight, seed, full evaluation) to run, each once."""
+        """Every (experiment, method, weight, seed, full evaluation) to run, each once, in the order of
+        their worth should the command be stopped early: the claims table (BlockMNIST, then the
+        spurious variant), the fractions at the selected weight, then the frontier seed by seed."""
         cfg = self.experiment_config("blockmnist")
-        full = [("blockmnist", m, cfg.weights[m], s, True)
-                for s in cfg.seeds for m in (*self.config.methods, *self.fraction_methods)]
-        out = list(full)
+        out = [("blockmnist", m, cfg.weights[m], s, True) for s in cfg.seeds for m in self.config.methods]
         if self.spurious:
             out += [("spurious", m, cfg.weights[m], s, False) for s in cfg.seeds for m in SPURIOUS_METHODS]
+        out += [("blockmnist", m, cfg.weights[m], s, True) for s in cfg.seeds for m in self.fraction_methods]
         done = {p[:4] for p in out}
         for s in self.frontier_seeds:
             for m in ("none", *FRONTIER_METHODS, *self.fraction_methods):
@@ -143,6 +144,9 @@ def _light_point(cfg: ExperimentConfig, out: Path, seed: int, method: str, *, qu
     rdir = run_dir(out, cfg, method, seed)
     if (rdir / SCORES_NAME).exists():
         return load_json(rdir / SCORES_NAME)
+    full = rdir / RESULT_NAME  # a full evaluation of the same run holds these numbers already
+    if full.exists():
+        return {k: load_json(full)["metrics"][k] for k in (*LIGHT_KEYS, "step_time_s")}
     with deterministic():
         train_set, eval_set = _datasets(cfg, seed)
         trained = train_run(cfg, method, seed, train_set, rdir, quiet=quiet, device=device)
@@ -152,29 +156,43 @@ def _light_point(cfg: ExperimentConfig, out: Path, seed: int, method: str, *, qu
 
 
 def _run_point(plan: ClaimsPlan, out: Path, experiment: str, method: str, weight: float, seed: int, full: bool,
-               quiet: bool, device: str) -> dict:
+               quiet: bool, device: str, train: bool = True) -> dict | None:
+    """The scores (and, if ``full``, the whole result) of one point; with ``train=False`` only what is
+    already on disk (None for a point not finished)."""
     cfg = _point_config(plan, experiment, method, weight)
     where = Path(out) / experiment
+    if not train:
+        rdir = run_dir(where, cfg, method, seed)
+        name = RESULT_NAME if full else SCORES_NAME
+        if not (rdir / name).exists():
+            return None
+        got = load_json(rdir / name)
+        return {"scores": got["metrics"], "result": got} if full else {"scores": got}
     if full:
         result = _one_run(cfg, where, seed, method, train=True, evaluate=True, quiet=quiet, device=device)
         return {"scores": result["metrics"], "result": result}
     return {"scores": _light_point(cfg, where, seed, method, quiet=quiet, device=device)}
 
 
-def run_claims(plan: ClaimsPlan, out: Path, *, quiet: bool = False, device: str = "cpu", jobs: int = 1) -> dict:
+def run_claims(plan: ClaimsPlan, out: Path, *, quiet: bool = False, device: str = "cpu", jobs: int = 1,
+               train: bool = True) -> dict:
     """Run (or resume) every point of ``plan`` ``jobs`` at a time; return the claims object (points,
-    full results and rows) that claims_report writes out."""
+    full results, rows, and the points missing) that claims_report writes out. With ``train=False``
+    nothing runs: the object is built from the points already finished, and ``missing`` lists the rest."""
     out = Path(out)
     for experiment in ("blockmnist", "spurious") if plan.spurious else ("blockmnist",):
         claim_output_dir(out / experiment, plan.experiment_config(experiment))
     points = plan.points()
-    tasks = [((plan, out, *p, quiet or jobs > 1, device), {}) for p in points]
-    got = run_tasks(_run_point, tasks, jobs=jobs, desc="claims", quiet=quiet,
+    tasks = [((plan, out, *p, quiet or jobs > 1, device, train), {}) for p in points]
+    got = run_tasks(_run_point, tasks, jobs=jobs if train else 1, desc="claims", quiet=quiet or not train,
                     names=[f"{e} {m} w{w:g} seed {s}" for e, m, w, s, _ in points])
     records = [{"experiment": e, "method": m, "weight": w, "seed": s, "full": full, "scores": g["scores"]}
-               for (e, m, w, s, full), g in zip(points, got)]
-    results = [g["result"] for (*_, full), g in zip(points, got) if full]
-    return {"plan": plan_dict(plan), "records": records, "results": results, **claim_rows(plan, records)}
+               for (e, m, w, s, full), g in zip(points, got) if g is not None]
+    results = [g["result"] for (*_, full), g in zip(points, got) if full and g is not None]
+    missing = [{"experiment": e, "method": m, "weight": w, "seed": s, "full": full}
+               for (e, m, w, s, full), g in zip(points, got) if g is None]
+    return {"plan": plan_dict(plan), "records": records, "results": results, "missing": missing,
+            **claim_rows(plan, records)}
 
 
 def plan_dict(plan: ClaimsPlan) -> dict:

@@ -1,5 +1,6 @@
-"""Write the claims: OUT/claims.json, OUT/claims.md, OUT/figures/frontier.png and the BlockMNIST reports
-(OUT/blockmnist/results.{json,md}, results_seeds.json and figures/, figure1.png the single-image panel).
+"""Write the claims: OUT/claims.json, OUT/claims.md (and its parts, see write_claims),
+OUT/figures/frontier.png and the BlockMNIST reports (OUT/blockmnist/results.{json,md},
+results_seeds.json and figures/, figure1.png the single-image panel).
 
 claims.md holds, in order: the claims table (mdr against none, igr and joint: mean paired difference,
 95% bootstrap interval, verdict), the count that reads "marginal beats conditional / joint" from it,
@@ -178,38 +179,58 @@ def _err(row: dict, none: dict, key: str, low: bool) -> float:
     return max(0.0, row[key] - at) if low else max(0.0, at - row[key])
 
 
+def _write(path: Path, text: str) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return text
+
+
 def write_claims(plan: ClaimsPlan, claims: dict, out: Path) -> str:
-    """Write everything listed in the module docstring; return the text of claims.md."""
+    """Write everything listed in the module docstring; return the text of claims.md, which is the
+    concatenation of its parts, each also written on its own (claims_table.md, claims_seeds.md,
+    figure1.md, fractions.md, frontier.md) so that documents can include them verbatim."""
     out = Path(out)
     cfg: ExperimentConfig = plan.experiment_config("blockmnist")
     full_methods = [*plan.config.methods, *plan.fraction_methods]
-    report_cfg = cfg.replace(methods=tuple(full_methods))
-    write_reports(report_cfg, claims["results"], out / "blockmnist")
-    write_figures(report_cfg, claims["results"], out / "blockmnist" / "figures")
+    first = cfg.seeds[0]  # the per-method reports and figures need every method's run of the first seed
+    done = [m for m in full_methods if any((r["method"], r["seed"]) == (m, first) for r in claims["results"])]
+    if done:
+        report_cfg = cfg.replace(methods=tuple(done))
+        results = [r for r in claims["results"] if r["method"] in done]
+        write_reports(report_cfg, results, out / "blockmnist")
+        write_figures(report_cfg, results, out / "blockmnist" / "figures")
     frontier = frontier_rows(plan, claims["records"]) if plan.grid else []
     save_json(out / "claims.json", {k: v for k, v in claims.items() if k != "results"} | {"frontier": frontier})
     seeds = list(cfg.seeds)
-    text = [f"# Claims of the paper, measured (seeds {seeds}, {cfg.eval_samples} evaluation images)", "",
-            f"Each cell: mean over seeds of the paired difference ({plan.subject} − comparator, same seed, same data), "
-            f"its {CONFIDENCE:.0%} percentile bootstrap interval over seeds ({RESAMPLES} resamples), and the verdict "
-            "(SUPPORTED: the interval excludes 0, or the margin, on the claimed side; CONTRADICTED: on the other "
-            "side; INCONCLUSIVE: otherwise). Weights: " + ", ".join(f"{m}={cfg.weights[m]:g}" for m in full_methods
-                                                               if m != "none") + ".", "",
-            claims_table(claims["claims"], plan.subject), "Marginal beats conditional / joint:", "",
-            beats_summary(claims["claims"], plan.subject), "## Every seed", "",
-            spread_table(claims["records"], cfg.weights, full_methods, seeds), "## Figure 1, like for like", "",
-            panel_table(claims["results"], seeds[0], ["none", "igr", "mdr"])]
+    weights = ", ".join(f"{m}={cfg.weights[m]:g}" for m in full_methods if m != "none")
+    table = _write(out / "claims_table.md", "\n".join([
+        f"Claims table: BlockMNIST and the spurious variant, seeds {seeds}, {cfg.eval_samples} evaluation images, "
+        f"weights {weights}. Each cell: mean over seeds of the paired difference ({plan.subject} − comparator, same "
+        f"seed, same data), its {CONFIDENCE:.0%} percentile bootstrap interval over seeds ({RESAMPLES} resamples), "
+        "and the verdict (SUPPORTED: the interval excludes 0, or the margin, on the claimed side; CONTRADICTED: on "
+        "the other side; INCONCLUSIVE: otherwise).", "",
+        claims_table(claims["claims"], plan.subject), "Marginal beats conditional / joint (rows without a margin):", "",
+        beats_summary(claims["claims"], plan.subject)]))
+    parts = [f"# Claims of the paper, measured (seeds {seeds}, {cfg.eval_samples} evaluation images)", "", table,
+             "## Every seed", "",
+             _write(out / "claims_seeds.md", spread_table(claims["records"], cfg.weights, full_methods, seeds)),
+             "## Figure 1, like for like", "",
+             _write(out / "figure1.md", panel_table(claims["results"], seeds[0], ["none", "igr", "mdr"]))]
     if claims["fractions"]:
-        text += ["## Fractions of each batch", "", fractions_section(claims["fractions"], claims["records"],
-                                                                     cfg.weights, plan.subject)]
+        parts += ["## Fractions of each batch", "", _write(out / "fractions.md", fractions_section(
+            claims["fractions"], claims["records"], cfg.weights, plan.subject))]
     if frontier:
         frontier_figure(frontier, out / "figures" / "frontier.png", list(plan.frontier_seeds))
-        text += [f"## Weight frontier (seeds {list(plan.frontier_seeds)})", "",
-                 "Differences against none are paired over the frontier seeds; bootstrap intervals as above.", "",
-                 frontier_table(frontier)]
-    body = "\n".join(text)
-    (out / "claims.md").write_text(body)
-    return body
+        parts += [f"## Weight frontier (seeds {list(plan.frontier_seeds)})", "", _write(out / "frontier.md", "\n".join([
+            f"Weight frontier on BlockMNIST, seeds {list(plan.frontier_seeds)}: means over those seeds; differences "
+            "against none paired over them, with their 95% percentile bootstrap intervals.", "",
+            frontier_table(frontier)]))]
+    if claims.get("missing"):
+        parts += ["## Not finished", "", f"{len(claims['missing'])} planned runs had not finished when this report "
+                  "was written (`--report-only`); the rows above use the finished ones:", "",
+                  "\n".join(f"- {m['experiment']} {m['method']} weight {m['weight']:g} seed {m['seed']}"
+                            f"{' (full evaluation)' if m['full'] else ''}" for m in claims["missing"]), ""]
+    return _write(out / "claims.md", "\n".join(parts))
 
 
 def stability_markdown(reference: dict, rerun: dict, reference_name: str) -> str:

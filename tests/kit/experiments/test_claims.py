@@ -50,8 +50,11 @@ def test_plan_rejects_bad_settings(tiny_config, change, words):
 
 
 def test_tiny_claims_run_report_and_resume(tmp_path, tiny_config, one_thread):
-    plan = _plan(tiny_config)
+    plan = _plan(tiny_config, fractions=(0.5,), grid=(10.0,))
+    early = run_claims(plan, tmp_path, quiet=True, train=False)  # nothing finished yet: all missing
+    assert not early["records"] and len(early["missing"]) == len(plan.points())
     claims = run_claims(plan, tmp_path, quiet=True)
+    assert not claims["missing"]
     text = write_claims(plan, claims, tmp_path)
     rows = claims["claims"]
     assert [(r["experiment"], r["metric"]) for r in rows] == [(c.experiment, c.metric) for c in CLAIMS]
@@ -64,7 +67,13 @@ def test_tiny_claims_run_report_and_resume(tmp_path, tiny_config, one_thread):
     assert "| less feature leakage | blockmnist: leakage_paper ↓ |" in text and "## Weight frontier" in text
     assert "Single image: test image" in text
     saved = json.loads((tmp_path / "claims.json").read_text())
-    assert saved["claims"] == rows and len(saved["frontier"]) == 1 + 4 * 2 + 1  # joint's 0.1 is off the grid
+    assert saved["claims"] == rows and len(saved["frontier"]) == 1 + 5 * 2  # none, then 10 and the selected weight
+    fraction, = claims["fractions"]
+    assert fraction["method"] == "mdr@0.5" and "**mdr@0.5**" in text
+    assert [c["comparator"] for c in fraction["rows"][0]["versus"]] == ["mdr", "none"]
+    assert fraction["keeps_leakage_cut"]["verdict"] in ("SUPPORTED", "CONTRADICTED", "INCONCLUSIVE")
+    mdr, half = (next(r for r in claims["results"] if (r["method"], r["seed"]) == (m, 0)) for m in ("mdr", "mdr@0.5"))
+    assert mdr["metrics"]["leakage_paper"] != half["metrics"]["leakage_paper"]  # another training objective
     for name in ("figures/frontier.png", "blockmnist/figures/figure1.png", "blockmnist/results.md"):
         assert (tmp_path / name).exists(), name
     # a frontier point read from a full run scores what light_scores gives for the same model
@@ -74,8 +83,9 @@ def test_tiny_claims_run_report_and_resume(tmp_path, tiny_config, one_thread):
     full = next(r for r in claims["records"] if (r["method"], r["weight"], r["seed"], r["full"]) == ("mdr", 1.0, 0, True))
     light = light_scores(model, test, cfg)
     assert {k: light[k] for k in LIGHT_KEYS} == {k: full["scores"][k] for k in LIGHT_KEYS}
-    # resuming recomputes nothing and reproduces everything
+    # resuming recomputes nothing and reproduces everything; so does a report from the finished runs
     again = run_claims(plan, tmp_path, quiet=True)
     assert again["records"] == claims["records"] and again["claims"] == rows
+    assert run_claims(plan, tmp_path, quiet=True, train=False)["claims"] == rows
     table = stability_markdown(saved, again, "itself")
     assert "| no |" not in table and table.count("| yes |") >= len(rows)
