@@ -17,7 +17,7 @@ from .checkpoint import save_json
 from .claims import CLAIMS, KEEP_MARGIN, ClaimsPlan, frontier_rows, seed_values
 from .config import ExperimentConfig
 from .figures import _save, plt, write_figures
-from .intervals import CONFIDENCE, RESAMPLES
+from .intervals import CONFIDENCE, RESAMPLES, paired
 from .report import write_reports
 
 ARROW = {1: "↑", -1: "↓"}
@@ -179,6 +179,32 @@ def _err(row: dict, none: dict, key: str, low: bool) -> float:
     return max(0.0, row[key] - at) if low else max(0.0, at - row[key])
 
 
+#: The per-seed quantities that say why attribution robustness comes out as it does (evaluation.py):
+#: each similarity under the attack and under random noise of the same size, top-k at the top 5% of
+#: pixels, how concentrated and how large the clean saliency maps are, and the logit scale.
+DIAGNOSIS = ("topk_intersection", "topk_intersection_random", "topk_intersection_wide", "topk_intersection_wide_random",
+             "kendall_tau", "kendall_tau_random", "spearman", "spearman_random", "cosine", "cosine_random",
+             "topk_mass", "saliency_l2", "target_logit_mean")
+
+
+def diagnosis_table(results: list[dict], methods: list[str], subject: str) -> str:
+    """Mean over seeds of every DIAGNOSIS quantity per method, and subject − none paired over seeds."""
+    value = lambda r, k: r["metrics"].get(k, r["extra"].get(k))  # noqa: E731
+    per = {m: {r["seed"]: r for r in results if r["method"] == m} for m in methods}
+    shown = [m for m in methods if per[m]]
+    lines = ["| quantity | " + " | ".join(shown) + f" | {subject} − none [95% CI] |", "|---|" + "---:|" * len(shown) + "---|"]
+    for k in DIAGNOSIS:
+        cells = []
+        for m in shown:
+            got = [value(r, k) for r in per[m].values()]
+            cells.append(_g(None if any(v is None for v in got) else math.fsum(got) / len(got)))
+        d = paired({s: value(r, k) for s, r in per.get(subject, {}).items()},
+                   {s: value(r, k) for s, r in per.get("none", {}).items()})
+        diff = "n/a" if d.mean is None else f"{d.mean:+.3g}" + ("" if d.low is None else f" [{d.low:+.3g}, {d.high:+.3g}]")
+        lines.append(f"| {k} | " + " | ".join(cells) + f" | {diff} |")
+    return "\n".join(lines) + "\n"
+
+
 def _write(path: Path, text: str) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
@@ -215,7 +241,14 @@ def write_claims(plan: ClaimsPlan, claims: dict, out: Path) -> str:
              "## Every seed", "",
              _write(out / "claims_seeds.md", spread_table(claims["records"], cfg.weights, full_methods, seeds)),
              "## Figure 1, like for like", "",
-             _write(out / "figure1.md", panel_table(claims["results"], seeds[0], ["none", "igr", "mdr"]))]
+             _write(out / "figure1.md", panel_table(claims["results"], seeds[0], ["none", "igr", "mdr"])),
+             "## Attribution robustness, taken apart", "",
+             _write(out / "attribution_robustness.md", "\n".join([
+                 f"Saliency maps before and after the top-k attack (eps {cfg.attack_eps:g}, k {cfg.topk}, "
+                 f"{cfg.attack_steps} steps) and under random ±eps noise (_random); _wide: top-k at the top "
+                 f"{cfg.leakage_top_fraction:g} of pixels; topk_mass: share of a clean map's |saliency| in its top "
+                 "k; saliency_l2: its L2 norm; target_logit_mean: the mean target logit. Means over seeds.", "",
+                 diagnosis_table(claims["results"], full_methods, plan.subject)]))]
     if claims["fractions"]:
         parts += ["## Fractions of each batch", "", _write(out / "fractions.md", fractions_section(
             claims["fractions"], claims["records"], cfg.weights, plan.subject))]
