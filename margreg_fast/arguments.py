@@ -48,10 +48,16 @@ def check_fraction(fraction) -> float:
     return fraction
 
 
-def check_generator(generator) -> Optional[torch.Generator]:
-    """None (torch's global generator) or a ``torch.Generator``."""
-    if generator is not None and not isinstance(generator, torch.Generator):
+def check_generator(generator: Optional[torch.Generator], x: Optional[torch.Tensor] = None
+                    ) -> Optional[torch.Generator]:
+    """None or a ``torch.Generator``, on the device type of x when x is given."""
+    if generator is None:
+        return None
+    if not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    if x is not None and generator.device.type != x.device.type:
+        raise ValueError(f"generator is on {generator.device}, the inputs on {x.device}: rfd draws its signs "
+                         "on the inputs' device")
     return generator
 
 
@@ -62,9 +68,10 @@ def check_data(model, x) -> nn.Module:
 
 
 def check_penalty_call(model, x, method: str, step: Step, reduction: str, logits: Optional[torch.Tensor],
-                       backend: str) -> Tuple[nn.Module, Step]:
+                       backend: str, generator: Optional[torch.Generator] = None) -> Tuple[nn.Module, Step]:
     """Validate the arguments shared by the penalty functions; returns (model as a module, step)."""
     model = check_data(model, x)
+    check_generator(generator, x)
     step = check_estimator(method, step, backend)
     check_choice("reduction", reduction, REDUCTIONS)
     if logits is not None:

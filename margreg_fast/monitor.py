@@ -18,11 +18,24 @@ images has exact ties in most pooling windows, where any secant differs from aut
 measured per epoch of 22 steps, the ratio starts near 0.45 for every estimator, then rises to
 0.87-0.94 under ``rfd`` by the third epoch and falls to 0.27-0.32 under ``fd`` by the eighth
 (``tests/test_estimator_training.py``'s setting).
+
+A diverging run cannot wait for a window: the monitor warns at once (also once) when the step's
+penalty is not finite, or when the ratio is not finite while the input gradient is non-zero. A zero
+input gradient is no failure (timm zero-initialises some heads, which gives R = 0 exactly): its
+ratio 0/0 is NaN and stays quiet. Each warning names the cause that fits the method and the
+symptom -- the one-sided secant (``fd``, low ratio), the step h, random draws that differ between
+passes (a far too large ratio, or a non-finite probe), a diverging penalty -- and points at the
+user's line: its stacklevel is that of the first frame outside margreg_fast and torch.
+
+The ratio is computed from two sums that the regulariser transfers with its other statistics in
+one host synchronisation (:func:`secant_sums`, :func:`ratio_of_sums`).
 """
 from __future__ import annotations
 
 import math
+import os
 import statistics
+import sys
 import warnings
 from collections import deque
 from typing import Deque, Optional, Tuple
@@ -36,19 +49,44 @@ DEFAULT_WARMUP = 100
 
 
 class SecantWarning(UserWarning):
-    """The finite difference has stopped measuring the input gradient it stands for."""
+    """The finite difference has stopped measuring the input gradient it stands for, or the penalty diverged."""
+
+
+def secant_sums(slope: torch.Tensor, grad_norm: torch.Tensor) -> torch.Tensor:
+    """(sum sigma^2, sum ||g||^2) over the batch as one float64 tensor of shape (2,), on the device."""
+    return torch.stack([slope.detach().double().pow(2).sum(), grad_norm.detach().double().pow(2).sum()])
+
+
+def ratio_of_sums(slope_sq: float, grad_sq: float) -> float:
+    """sqrt(slope_sq / grad_sq); NaN when grad_sq is 0 (0/0, or a slope with no gradient)."""
+    if grad_sq == 0:
+        return float("nan")
+    return math.sqrt(slope_sq / grad_sq) if slope_sq >= 0 else float("nan")
 
 
 def secant_ratio(slope: torch.Tensor, grad_norm: torch.Tensor) -> float:
-    """sqrt(sum sigma^2 / sum ||g||^2) over the batch (NaN when every ||g|| is 0)."""
-    denominator = grad_norm.double().pow(2).sum().item()
-    if denominator == 0:
-        return float("nan")
-    return math.sqrt(slope.double().pow(2).sum().item() / denominator)
+    """sqrt(sum sigma^2 / sum ||g||^2) over the batch (NaN when every ||g|| is 0); one host transfer."""
+    return ratio_of_sums(*secant_sums(slope, grad_norm).tolist())
+
+
+_INTERNAL = (os.path.dirname(os.path.abspath(__file__)), os.path.dirname(os.path.abspath(torch.__file__)))
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that makes a warning issued by this function's caller point at the user's line.
+
+    Counts the frames from the caller upwards to the first outside margreg_fast and torch (the
+    regulariser is called through ``nn.Module.__call__``).
+    """
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and os.path.abspath(frame.f_code.co_filename).startswith(_INTERNAL):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 class SecantMonitor:
-    """Watches the secant ratio step by step and warns once when its windowed median leaves the band."""
+    """Watches the secant ratio step by step: warns once when its windowed median leaves the band,
+    and at once when the penalty or (with a non-zero gradient) the ratio is not finite."""
 
     def __init__(self, method: str, window: int = DEFAULT_WINDOW, band: Tuple[float, float] = DEFAULT_BAND,
                  warmup: int = DEFAULT_WARMUP) -> None:
@@ -61,14 +99,16 @@ class SecantMonitor:
             raise ValueError(f"band must satisfy 0 < low < 1 < high, got {band!r}")
         self.method, self.band = method, (float(low), float(high))
         self.ratios: Deque[float] = deque(maxlen=window)
-        self.warmup, self.steps, self.warned = warmup, 0, False
+        self.warmup, self.steps, self.warned, self.warned_non_finite = warmup, 0, False, False
 
-    def update(self, ratio: float) -> Optional[float]:
-        """Record one step's ratio; returns the window median once warm-up is over and the window full."""
+    def update(self, ratio: float, penalty: float = 0.0, grad_norm: float = 0.0) -> Optional[float]:
+        """Record one step (its secant ratio, mean penalty and mean ||g||); returns the window median
+        once warm-up is over and the window full."""
         self.steps += 1
+        self._check_finite(ratio, penalty, grad_norm)
         if self.steps <= self.warmup:
             return None
-        if not math.isnan(ratio):
+        if math.isfinite(ratio):
             self.ratios.append(ratio)
         if len(self.ratios) < self.ratios.maxlen:
             return None
@@ -80,7 +120,37 @@ class SecantMonitor:
                 f"margreg_fast: over the last {len(self.ratios)} steps the {self.method!r} estimator's "
                 f"secant slope was {median:.3g}x the exact input-gradient norm (expected within "
                 f"[{low:g}, {high:g}]), so the penalty it trains is not the marginal-density penalty. "
-                "Training can game a one-sided secant (method='fd'); use the default method='rfd' or "
-                "method='exact', or check the step h (stats['secant_ratio'] shows the ratio each step).",
-                SecantWarning, stacklevel=3)
+                f"{self._advice(median)} (stats['secant_ratio'] shows the ratio each step).",
+                SecantWarning, stacklevel=user_stacklevel())
         return median
+
+    def _check_finite(self, ratio: float, penalty: float, grad_norm: float) -> None:
+        if self.warned_non_finite:
+            return
+        if not math.isfinite(penalty) or not math.isfinite(grad_norm):
+            what = f"the penalty is {penalty} (mean ||grad_x S|| {grad_norm})"
+            advice = ("The input gradient diverged: lower the weight or the learning rate, or check the input "
+                      "scale and the model's numerics (e.g. BatchNorm over tiny batches).")
+        elif grad_norm != 0 and not math.isfinite(ratio):
+            what = f"the {self.method!r} estimator's secant ratio is {ratio} with a non-zero input gradient"
+            advice = ("Its probe forward gave non-finite logits: the step h may be too large for the model's "
+                      "range (pass a smaller step=), or the passes disagree (random draws outside torch's "
+                      "generators, e.g. NumPy or Python's random, differ between passes).")
+        else:
+            return
+        self.warned_non_finite = True
+        warnings.warn(f"margreg_fast: at step {self.steps} {what}. {advice}", SecantWarning,
+                      stacklevel=user_stacklevel())
+
+    def _advice(self, median: float) -> str:
+        low, high = self.band
+        if self.method == "fd" and median < low:
+            return ("Training games the one-sided secant (method='fd'): use the default method='rfd', or "
+                    "method='central' or 'exact'.")
+        if median > 10 * high:
+            return ("A slope this far above the gradient usually means the passes see different networks: "
+                    "random draws outside torch's generators (NumPy, Python's random) or state the model "
+                    "changes between forwards. Make the forward deterministic given torch's generators.")
+        return (f"Check the step h (step=; the default 'auto' scales with the input), and kinks or max-pool "
+                f"ties, where any secant differs from autograd's derivative"
+                + ("." if self.method != "fd" else "; method='fd' is one-sided: prefer the default method='rfd'."))

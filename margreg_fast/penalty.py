@@ -44,7 +44,7 @@ Model = Union[nn.Module, Callable[[torch.Tensor], torch.Tensor]]
 
 def marginal_density_penalty(model: Model, x: torch.Tensor, *, method: str = DEFAULT_METHOD, step: Step = DEFAULT_STEP,
                              reduction: str = "mean", logits: Optional[torch.Tensor] = None,
-                             backend: str = "auto") -> torch.Tensor:
+                             backend: str = "auto", generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """R(x) = ||grad_x logsumexp(model(x))||^2 per sample (``reduction="none"``), or its mean / sum.
 
     Args:
@@ -63,23 +63,28 @@ def marginal_density_penalty(model: Model, x: torch.Tensor, *, method: str = DEF
             estimator needs anyway recomputes them and serves every role: ``logits`` is then only
             shape-checked (a detached copy, or logits of another x, cannot skew the result).
         backend: implementation of the fused head op (``"auto"``, ``"torch"``, ``"native"``, ``"triton"``).
+        generator: a ``torch.Generator`` on x's device for ``rfd``'s random signs (None: torch's
+            global generator). Under ``torch.no_grad()`` ``rfd`` draws nothing and runs no probe.
     """
-    model, step = check_penalty_call(model, x, method, step, reduction, logits, backend)
-    est = estimate(model, x, None, penalty="marginal", method=method, step=step, logits=logits, backend=backend)
+    model, step = check_penalty_call(model, x, method, step, reduction, logits, backend, generator)
+    est = estimate(model, x, None, penalty="marginal", method=method, step=step, logits=logits, backend=backend,
+                   generator=generator)
     return reduce(est.value, reduction)
 
 
 def input_gradient_penalty(model: Model, x: torch.Tensor, y: torch.Tensor, *, penalty: str = "conditional",
                            method: str = "exact", step: Step = 1e-2, reduction: str = "mean",
-                           logits: Optional[torch.Tensor] = None, backend: str = "auto") -> torch.Tensor:
+                           logits: Optional[torch.Tensor] = None, backend: str = "auto",
+                           generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Baselines: ||grad_x CE(model(x), y)||^2 (``penalty="conditional"``) or ||grad_x model(x)_y||^2 (``"joint"``).
 
     Same estimators and arguments as :func:`marginal_density_penalty`; ``y`` holds integer class
     indices (B,). A sample labelled -100 (``F.cross_entropy``'s ignore_index) has no label: its
     penalty is 0 and ``reduction="mean"`` averages over the labelled samples only.
     """
-    model, step = check_penalty_call(model, x, method, step, reduction, logits, backend)
+    model, step = check_penalty_call(model, x, method, step, reduction, logits, backend, generator)
     y = check_labels(y, x)
     check_choice("penalty", penalty, BASELINES)
-    est = estimate(model, x, y, penalty=penalty, method=method, step=step, logits=logits, backend=backend)
+    est = estimate(model, x, y, penalty=penalty, method=method, step=step, logits=logits, backend=backend,
+                   generator=generator)
     return reduce(est.value, reduction, labels=y)

@@ -10,7 +10,9 @@ Usage (a training loop changes by one line)::
 The logits of x are computed once and serve both the CE and the penalty; for ``rfd`` and ``fd`` the
 CE of those logits comes out of the same fused head pass as the finite difference. Every step the
 regulariser feeds the estimator's secant ratio to a :class:`~margreg_fast.monitor.SecantMonitor`,
-which warns once if the finite difference stops measuring the gradient (see :mod:`.monitor`).
+which warns once if the finite difference stops measuring the gradient, and at once if the penalty
+diverges (see :mod:`.monitor`). A step synchronises with the device once: the statistics and the
+monitor's two sums are stacked into one tensor and transferred together.
 
 With ``fraction`` f < 1 the CE still runs on the whole batch (one ordinary forward, through the model
 the caller passed), and the penalty on a random subset of max(1, round(f B)) samples, scaled so that
@@ -34,7 +36,7 @@ from .estimators.checks import check_labels, check_output
 from .estimators.passes import ModelPasses
 from .estimators.quantities import IGNORE_INDEX
 from .estimators.steps import Step
-from .monitor import DEFAULT_BAND, DEFAULT_WARMUP, DEFAULT_WINDOW, SecantMonitor, secant_ratio
+from .monitor import DEFAULT_BAND, DEFAULT_WARMUP, DEFAULT_WINDOW, SecantMonitor, ratio_of_sums, secant_sums
 from .reduction import reduce
 from .subsample import draw_subset, subset_mean
 
@@ -56,9 +58,9 @@ class MarginalDensityRegularizer(nn.Module):
         fraction: share f in (0, 1] of each batch that the penalty is computed on (a random subset of
             max(1, round(f B)) samples, the penalty scaled to keep its expectation; see :mod:`.subsample`).
             The CE always covers the whole batch.
-        generator: ``torch.Generator`` for the random draws (the subset, rfd's signs); None: torch's
-            global generator.
         monitor_window, monitor_band, monitor_warmup: the :class:`~margreg_fast.monitor.SecantMonitor`'s settings.
+        generator: a ``torch.Generator`` (on the inputs' device) for the random draws: the subset of
+            ``fraction`` < 1 and ``rfd``'s signs; None draws them from torch's global generator.
 
     ``stats`` holds detached Python floats: ``ce`` (mean CE), ``penalty`` (mean R),
     ``grad_norm`` (mean ||grad_x S|| of the penalised quantity S) and ``secant_ratio``
@@ -73,12 +75,13 @@ class MarginalDensityRegularizer(nn.Module):
 
     def __init__(self, weight: float, method: str = DEFAULT_METHOD, step: Step = DEFAULT_STEP,
                  penalty: str = "marginal", backend: str = "auto", fraction: float = 1.0,
-                 generator: Optional[torch.Generator] = None, monitor_window: int = DEFAULT_WINDOW,
-                 monitor_band: Tuple[float, float] = DEFAULT_BAND, monitor_warmup: int = DEFAULT_WARMUP) -> None:
+                 monitor_window: int = DEFAULT_WINDOW, monitor_band: Tuple[float, float] = DEFAULT_BAND,
+                 monitor_warmup: int = DEFAULT_WARMUP, generator: Optional[torch.Generator] = None) -> None:
         super().__init__()
+        self.generator = check_generator(generator)
         self.weight, self.step = check_weight(weight), check_estimator(method, step, backend)
         self.method, self.backend = method, backend
-        self.fraction, self.generator = check_fraction(fraction), check_generator(generator)
+        self.fraction = check_fraction(fraction)
         self.penalty = check_choice("penalty", penalty, PENALTIES)
         self.monitor = SecantMonitor(method, monitor_window, monitor_band, monitor_warmup)
 
@@ -88,6 +91,7 @@ class MarginalDensityRegularizer(nn.Module):
 
     def forward(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, float]]:
         model = check_data(model, x)
+        check_generator(self.generator, x)
         y = check_labels(y, x)
         if self.penalty == "none":
             ce = F.cross_entropy(check_output(model(x), x), y)
@@ -103,9 +107,11 @@ class MarginalDensityRegularizer(nn.Module):
             penalty = subset_mean(est.value, x.shape[0], labels=y if needs_label else None)
         grad_norm = reduce(est.grad_norm, "mean", labels=est_y if needs_label else None)
         loss = ce + self.weight * penalty
-        ratio = secant_ratio(est.slope, est.grad_norm)
-        self.monitor.update(ratio)
-        return loss, {"ce": ce.item(), "penalty": penalty.item(), "grad_norm": grad_norm.item(), "secant_ratio": ratio}
+        means = torch.stack([t.detach().double() for t in (ce, penalty, grad_norm)])
+        ce_v, penalty_v, grad_norm_v, slope_sq, grad_sq = torch.cat([means, secant_sums(est.slope, est.grad_norm)]).tolist()
+        ratio = ratio_of_sums(slope_sq, grad_sq)
+        self.monitor.update(ratio, penalty_v, grad_norm_v)
+        return loss, {"ce": ce_v, "penalty": penalty_v, "grad_norm": grad_norm_v, "secant_ratio": ratio}
 
     def _subset_estimate(self, model, x: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, Estimate, torch.Tensor]:
         """(mean CE over the whole batch, the estimate on a drawn subset, the subset's labels)."""

@@ -25,6 +25,14 @@ def test_ddp_two_processes_match_single_process(tmp_path):
     _assert_close(model.state_dict(), torch.load(tmp_path / "params.pt"))
     for rank in range(2):
         assert torch.load(tmp_path / f"bn_rank{rank}.pt")["buffers_equal"], rank
+    # DDP(torch.compile(BatchNorm CNN)): compiled graphs, and the ranks' gradients all-reduced
+    ranks = [torch.load(tmp_path / f"compiled_rank{rank}.pt") for rank in range(2)]
+    for run in ranks:
+        assert run["graphs"] > 0
+        for compiled, eager in zip(run["compiled"], run["eager"]):
+            assert (compiled - eager).abs().max() <= 1e-5
+    for a, b in zip(ranks[0]["compiled"], ranks[1]["compiled"]):
+        assert (a - b).abs().max() <= 1e-6  # different local batches: equal only if all-reduced
 
 
 @pytest.fixture(scope="module")

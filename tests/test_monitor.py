@@ -1,5 +1,7 @@
-"""The secant monitor: the ratio it reports, its warm-up, window and band, and that it warns once."""
+"""The secant monitor: the ratio it reports, its warm-up, window and band, that it warns once, at once on
+non-finite values (0/0 quiet), with advice that fits the cause, at the user's line."""
 import math
+import sys
 import warnings
 
 import pytest
@@ -44,3 +46,66 @@ def test_too_large_a_slope_warns_too():
 def test_bad_settings_raise(kwargs):
     with pytest.raises(ValueError):
         SecantMonitor("rfd", **kwargs)
+
+
+def test_non_finite_penalty_warns_at_once_and_once():
+    _, warned = feed_steps(SecantMonitor("rfd", window=4, warmup=100), [(1.0, float("nan"), 3.0),
+                                                                         (1.0, float("inf"), 3.0)])
+    assert len(warned) == 1 and "penalty is nan" in str(warned[0].message)
+    assert "method='rfd'" not in str(warned[0].message)
+
+
+def test_non_finite_ratio_with_a_gradient_warns_at_once():
+    _, warned = feed_steps(SecantMonitor("central", window=4, warmup=100), [(float("nan"), 2.0, 1.0)])
+    assert len(warned) == 1 and "non-zero input gradient" in str(warned[0].message)
+
+
+def test_zero_gradient_is_quiet():
+    """0/0: a zero-initialised head gives R = 0 and no input gradient, which is no failure."""
+    _, warned = feed_steps(SecantMonitor("rfd", window=1, warmup=0), [(float("nan"), 0.0, 0.0)] * 5)
+    assert not warned
+
+
+def feed_steps(monitor, steps):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        medians = [monitor.update(*step) for step in steps]
+    return medians, [w for w in caught if issubclass(w.category, SecantWarning)]
+
+
+@pytest.mark.parametrize("method", ["rfd", "central", "fd", "exact", "jvp"])
+@pytest.mark.parametrize("ratio", [0.2, 3.0, 100.0])
+def test_advice_fits_the_method_and_never_tells_an_rfd_user_to_use_rfd(method, ratio):
+    _, warned = feed(SecantMonitor(method, window=2, warmup=0), [ratio] * 2)
+    message = str(warned[0].message)
+    assert method == "fd" or "method='rfd'" not in message
+    if ratio == 100.0:
+        assert "random draws" in message
+    elif method == "fd" and ratio < 1:
+        assert "games the one-sided secant" in message and "method='rfd'" in message
+    else:
+        assert "step h" in message
+
+
+def test_regulariser_warning_points_at_the_users_line():
+    from margreg_fast import MarginalDensityRegularizer
+    model = torch.nn.Linear(4, 3)
+    reg = MarginalDensityRegularizer(1.0, monitor_warmup=0)
+    x = torch.full((2, 4), float("nan"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        line = sys._getframe().f_lineno + 1
+        reg(model, x, torch.tensor([0, 1]))
+    (w,) = [w for w in caught if issubclass(w.category, SecantWarning)]
+    assert w.filename == __file__ and w.lineno == line
+
+
+def test_zero_initialised_head_stays_quiet_in_the_regulariser():
+    from margreg_fast import MarginalDensityRegularizer
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    torch.nn.init.zeros_(model[2].weight)
+    reg = MarginalDensityRegularizer(1.0, monitor_warmup=0, monitor_window=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SecantWarning)
+        _, stats = reg(model, torch.rand(4, 4), torch.tensor([0, 1, 2, 0]))
+    assert stats["penalty"] == 0 and math.isnan(stats["secant_ratio"])

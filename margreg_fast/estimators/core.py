@@ -16,8 +16,8 @@ everything that was built):
   (h/2) v^T H v + ..., and the net learns a negative curvature term along v, and at ReLU kinks and
   max-pool ties the one-sided secant is not the autograd directional derivative at any h.
 * ``central``: R = ((S(x + h v) - S(x - h v)) / 2h)^2, error O(h^2). One more forward than fd; the
-  two probes run as one forward of the 2B inputs (BatchNorm statistics are held, so batching them
-  changes nothing).
+  two probes run as two forwards of B inputs, each replaying the clean pass's random draws (one
+  forward of 2B would draw masks of another shape, and recompile a compiled model for a new shape).
 * ``rfd`` (the default): R = ||g||^2, exact, and the theta-gradient of ||g||^2 = 2 ||g|| d(g . v)/dtheta
   from a randomly signed secant,
 
@@ -29,13 +29,17 @@ everything that was built):
   in expectation: E_s[dsigma_s/dtheta] = d/dtheta of the central secant (S(x + hv) - S(x - hv)) / 2h,
   i.e. the gradient of ||g||^2 with O(h^2) bias, at fd's cost (F + B_x + F + B). Across kinks and
   ties it averages the two one-sided slopes instead of always taking the same one. s is drawn from
-  the ``generator`` passed in, torch's global one by default.
+  ``generator`` (a ``torch.Generator`` on x's device) or, without one, torch's global generator.
+  Under ``torch.no_grad()`` (evaluation) no parameter gradient is wanted: rfd returns ||g||^2 and
+  its slope ||g|| (ratio 1) with no probe forward and no draw.
 
 Every estimate also returns the secant slope sigma next to ||g|| (detached), so a training loop can
 watch sigma / ||g||, which is 1 when the finite difference measures what it should
-(:mod:`margreg_fast.monitor`). v and h are detached. Extra forwards go through
-:class:`.passes.ModelPasses` (no second update of running statistics; train-mode BatchNorm
-statistics held as the clean batch's, the one per-sample meaning that all estimators share).
+(:mod:`margreg_fast.monitor`). v and h are detached. Every pass goes through
+:class:`.passes.ModelPasses`: the clean pass through the model as given (DDP, compiled), probes
+with no second update of running statistics, train-mode batch-norm statistics held as the clean
+batch's and the clean pass's random draws (dropout, drop-path) replayed -- the one per-sample
+meaning that all estimators share.
 """
 from __future__ import annotations
 
@@ -47,7 +51,7 @@ from torch import nn
 
 from . import errors
 from .checks import check_output
-from .passes import ModelPasses
+from .passes import ModelPasses, has_train_mode_batchnorm
 from .quantities import PENALTIES, difference, value
 from .steps import Step, broadcast_step, resolve_step, unit_direction
 
@@ -70,7 +74,9 @@ def _logits_and_grad_source(passes: ModelPasses, x: torch.Tensor, logits: Option
     """(x_in, z0, zg): z0 = the logits at x; zg = logits computed from x_in (requires grad) for grad_x.
 
     Without ``logits`` one forward serves both. With ``logits`` computed from an x that requires
-    grad they serve both too, unless train-mode BatchNorm statistics must be captured. Otherwise the
+    grad they serve both too, unless a train-mode BatchNorm module's statistics must be captured
+    (random draws of the caller's forward cannot be replayed: the probes check that they draw none,
+    :meth:`.ModelPasses.share`). Otherwise the
     gradient needs one more forward of a grad-enabled copy (changing no state), and its logits serve
     as z0 too: given logits that were detached, or computed from another x, would give the finite
     differences a wrong base point and parameter gradient. With ``held`` the batch statistics were
@@ -80,7 +86,8 @@ def _logits_and_grad_source(passes: ModelPasses, x: torch.Tensor, logits: Option
         x_in = x.detach().requires_grad_(True)
         z0 = check_output(passes.probe(x_in), x)
         return x_in, z0, z0
-    if x.requires_grad and logits is not None and not passes.held:
+    if x.requires_grad and logits is not None and not has_train_mode_batchnorm(passes.inner):
+        passes.share(x)
         return x, logits, logits
     x_in = x if x.requires_grad else x.detach().requires_grad_(True)
     z0 = check_output(passes.clean(x_in) if logits is None else passes.capture(x_in), x)
@@ -91,7 +98,7 @@ def _input_gradient(s: torch.Tensor, x_in: torch.Tensor, passes: ModelPasses, lo
                     create_graph: bool) -> torch.Tensor:
     g = None
     if s.requires_grad:  # logits with no graph at all do not depend on x either
-        with passes.held.input_gradient():
+        with passes.input_gradient():
             (g,) = torch.autograd.grad(s.sum(), x_in, retain_graph=True, create_graph=create_graph, allow_unused=True)
     if g is None:
         if logits_given:
@@ -125,22 +132,24 @@ def _jvp_slope(passes: ModelPasses, x: torch.Tensor, v: torch.Tensor, penalty: s
 
 def _random_signs(x: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
     """s = +-1 per sample, from ``generator`` (torch's global generator when None)."""
-    return torch.randint(0, 2, (x.shape[0],), device=x.device, generator=generator).to(torch.float64 if x.dtype == torch.float64
-                                                                  else torch.float32).mul_(2).sub_(1)
+    return torch.randint(0, 2, (x.shape[0],), device=x.device, generator=generator).to(
+        torch.float64 if x.dtype == torch.float64 else torch.float32).mul_(2).sub_(1)
 
 
 def estimate(model: nn.Module, x: torch.Tensor, target: Optional[torch.Tensor], *, penalty: str, method: str,
              step: Step, logits: Optional[torch.Tensor] = None, backend: str = "auto",
              with_ce: bool = False, generator: Optional[torch.Generator] = None,
              passes: Optional[ModelPasses] = None) -> Estimate:
-    """Estimate R(x) per sample with ``method`` (arguments validated by the caller).
+    """Estimate R(x) per sample with ``method`` (arguments validated by the caller; ``generator`` draws rfd's signs).
 
     ``passes``: the :class:`.passes.ModelPasses` of ``model`` whose clean pass already ran over a
     batch that contains x (the regulariser's ``fraction`` < 1). Every pass of this estimate is then a
-    probe: train-mode BatchNorm normalises x with that whole batch's statistics.
+    probe: train-mode BatchNorm normalises x with that whole batch's statistics, and random draws
+    replay that clean pass's generator states.
     """
     held = passes is not None
     passes = passes if held else ModelPasses(model)
+    probe_free = method == "exact" or (method == "rfd" and not torch.is_grad_enabled())
     with torch.enable_grad():  # grad_x is needed even when called under torch.no_grad() (evaluation)
         x_in, z0, zg = _logits_and_grad_source(passes, x, logits, held)
         s = value(penalty, zg, target)
@@ -149,10 +158,10 @@ def estimate(model: nn.Module, x: torch.Tensor, target: Optional[torch.Tensor], 
             g = _exact_gradient(s, x_in, passes, logits is not None)
         else:
             g = _input_gradient(s, x_in, passes, logits is not None, create_graph=False)
-    fused = method in ("fd", "rfd")  # their head-op pass on (z0, z1) also gives the CE of z0
+    fused = method in ("fd", "rfd") and not probe_free  # their head-op pass on (z0, z1) also gives the CE of z0
     ce = F.cross_entropy(z0, target, reduction="none") if with_ce and not fused else None
 
-    if method == "exact":
+    if probe_free:  # exact; rfd under no_grad, whose value ||g||^2 needs no probe
         r = g.flatten(1).pow(2).sum(dim=1)
         norm = r.detach().sqrt()
         return Estimate(r, ce, norm, norm)
@@ -165,7 +174,9 @@ def estimate(model: nn.Module, x: torch.Tensor, target: Optional[torch.Tensor], 
     h = resolve_step(step, x, z0.dtype, order=STEP_ORDER[method])
     if method == "central":
         hv = broadcast_step(h, x) * v
-        z_minus, z_plus = passes.probe(torch.cat([x - hv, x + hv])).chunk(2)  # one forward of 2B
+        # two forwards of B, not one of 2B: each replays the clean pass's draws (masks of 2B rows would
+        # differ), and a compiled model sees the shape it compiled for
+        z_minus, z_plus = passes.probe(x - hv), passes.probe(x + hv)
         d, _ = difference(penalty, z_minus, z_plus, target, backend, False)
         slope = d / (2 * h)
         return Estimate(slope ** 2, ce, g_norm, slope.detach())

@@ -1,10 +1,10 @@
-r"""The passes an estimate makes through the model; under train-mode BatchNorm, the batch statistics held.
+r"""The passes an estimate makes through the model: batch-norm statistics held, random draws replayed.
 
-In train mode a BatchNorm layer normalises each sample with the mean and variance of the whole batch,
-so E_i = logsumexp f(x)_i depends on every x_j. "The input gradient of sample i" is then ambiguous:
-double backprop of sum_j E_j picks up cross-sample terms through the statistics, while moving the
-whole batch along V (fd, jvp) reads another quantity again (on timm ResNets the two differ several
-times over). margreg_fast defines, for every estimator,
+**Train-mode BatchNorm.** A train-mode BatchNorm normalises each sample with the mean and variance of
+the whole batch, so E_i = logsumexp f(x)_i depends on every x_j and "the input gradient of sample i"
+is ambiguous: double backprop of sum_j E_j picks up cross-sample terms through the statistics, while
+moving the whole batch along V (fd, jvp) reads another quantity again. margreg_fast defines, for
+every estimator,
 
     R_i = || d/dx_i E_i(x_i; theta, mu(theta, X), var(theta, X)) ||^2,
 
@@ -13,66 +13,126 @@ penalty is that of the model with BatchNorm frozen at this batch's statistics, a
 includes the path through the statistics. The cross-entropy is untouched: the clean forward is an
 ordinary train-mode forward (running statistics updated once, gradient through the batch statistics).
 
-How, in three pieces, all set up by :class:`HeldBatchStats`:
+**Stochastic layers.** Dropout, drop-path and any op drawing from torch's generators draw in the
+clean pass; each probe pass starts from the generator states recorded just before the clean pass
+(CPU and the device of x), so every pass draws the same masks, and afterwards the generators are put
+back where they were before the probe. Every estimator then computes the penalty of the network with
+the clean pass's masks.
 
-* **Capture.** During the clean forward a hook records each train-mode BatchNorm's batch statistics
-  ``var_mean(input)`` (with their autograd graph).
-* **Input gradient.** The same hook passes the layer's output through :class:`_HeldStatsGradient`, an
-  identity whose backward, only while the estimator asks for grad_x (``held.input_gradient()``),
-  sends ``grad_out * weight / sqrt(var + eps)`` to the layer's input -- the Jacobian with the
-  statistics fixed -- instead of BatchNorm's own backward. Every other backward (the training one)
-  goes through BatchNorm unchanged. ``exact`` differentiates that gradient again; the scale keeps its
-  graph, so theta-gradients through the statistics are included.
-* **Probe forwards** (x + h v, jvp) normalise with the captured statistics. They call the fused
-  eval-mode ``F.batch_norm`` with the statistics detached and a reparametrised affine,
-  ``gamma' = gamma s_d / s`` and ``beta' = beta - gamma' (mu - mu_d) / s_d`` (s = sqrt(var + eps),
-  _d = detached), whose values equal gamma and beta and whose gradients carry the statistics' theta
-  path: (a - mu_d) gamma' / s_d + beta' = (a - mu) gamma / s + beta. Nothing is written to the
-  running statistics.
+**The mechanism.** One :class:`torch.overrides.TorchFunctionMode` is active around each pass of an
+estimate. It intercepts the batch-norm *computation* (``torch.nn.functional.batch_norm`` and
+``torch.batch_norm``), whatever module or user code calls it: ``nn.BatchNorm*``, subclasses that add
+an activation (timm's ``BatchNormAct2d``), ``F.batch_norm`` in a user's forward, single-process
+``SyncBatchNorm``. Calls are keyed by their ORDER among the train-mode calls of a pass (a train-mode
+call: ``training=True``, which modules also pass when they keep no running statistics).
 
-Only ``nn.Module`` models are inspected (a plain function has no layers to hold). A model whose
-train-mode BatchNorm sits inside a ``torch.compile``'d module runs the penalty's forwards eagerly:
-hooks and swapped forwards are invisible to a compiled graph.
+* **Clean pass** (:meth:`ModelPasses.clean`, through the object the user passed: the DDP wrapper, the
+  compiled module). Each train-mode call runs unchanged (running statistics updated once, BatchNorm's
+  own training gradient); the handler records the batch statistics ``(mean, biased var)`` of its
+  input, with their theta graph, and wraps exactly the call's output in :class:`_HeldStatsGradient`,
+  an identity whose backward, only while the estimator asks for grad_x
+  (:meth:`ModelPasses.input_gradient`), sends ``grad_out * weight / sqrt(var + eps)`` to the call's
+  input -- the Jacobian with the statistics fixed -- instead of BatchNorm's own backward. An
+  activation the module applies afterwards (in place or not) is differentiated as usual. ``exact``
+  differentiates that gradient again; the scale keeps its graph, so theta-gradients through the
+  statistics are included.
+* **Probe passes** (x + h v, jvp; :meth:`ModelPasses.probe`) through the unwrapped module (DDP's
+  ``.module``, which may be compiled: never a second DDP forward). The k-th train-mode call
+  normalises with the k-th captured statistics, by the eval-mode ``batch_norm`` with the statistics
+  detached and a reparametrised affine, ``gamma' = gamma s_d / s`` and
+  ``beta' = beta - gamma' (mu - mu_d) / s_d`` (s = sqrt(var + eps), _d = detached), whose values equal
+  gamma and beta and whose gradients carry the statistics' theta path:
+  (a - mu_d) gamma' / s_d + beta' = (a - mu) gamma / s + beta. Nothing is written to the running
+  statistics. A probe whose train-mode calls differ in number or channel count from the clean pass's
+  raises :class:`HeldStatisticsError`.
+* **Capture** (:meth:`ModelPasses.capture`): the clean pass at x changing no state (when the caller
+  brought its own logits). Captures and probes run with the BatchNorm modules'
+  ``track_running_stats`` off (:func:`frozen_running_stats`), and a capture's functional train-mode
+  calls run without the running buffers they pass: no running statistic or counter moves.
+
+Multi-process ``SyncBatchNorm`` (CUDA, world size > 1) computes its statistics with
+``torch.batch_norm_stats`` and gathers them across processes; holding such statistics is not
+implemented, and those ops raise :class:`HeldStatisticsError` that says so (use per-process
+``nn.BatchNorm*d`` under DDP, or put the SyncBatchNorm layers in eval mode).
+
+**Shared logits.** When the caller's own logits serve as the clean pass (``logits=``, x requiring
+grad, no train-mode ``_BatchNorm`` module), the masks of the caller's forward are unknown: the probes
+then start from one recorded state, and a probe that draws random numbers raises
+:class:`HeldStatisticsError` (omit ``logits=``), as does a probe that makes train-mode batch-norm
+calls that no module announced.
+
+**torch.compile.** The handler of the batch-norm calls is excluded from dynamo's tracing
+(``torch.compiler.disable``): a compiled model graph-breaks at each batch-norm call while an estimate
+runs (only then: outside an estimate no mode is active), and everything between the calls stays
+compiled. Were the gradient switch traced, the flag its backward reads would be baked into the
+compiled graph as a constant.
 """
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Dict, Iterator, List, Tuple
+from typing import Iterator, List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.overrides import TorchFunctionMode
 
 
-def train_mode_batchnorms(model) -> List[_BatchNorm]:
-    """The BatchNorm layers of ``model`` that normalise with batch statistics (train mode or no running stats)."""
-    if not isinstance(model, nn.Module):
-        return []
-    return [m for m in model.modules()
-            if isinstance(m, _BatchNorm) and (m.training or not m.track_running_stats)]
+class HeldStatisticsError(RuntimeError):
+    """A pass's batch-norm calls cannot be matched with the clean pass's held statistics."""
 
 
-class _Mode:
-    """Mutable flag shared by one estimate's hooks: is the current backward the input-gradient pass?"""
+class _BatchNormCall(NamedTuple):
+    """One batch-norm call, whichever function made it, in ``F.batch_norm``'s argument order."""
+
+    input: torch.Tensor
+    running_mean: Optional[torch.Tensor]
+    running_var: Optional[torch.Tensor]
+    weight: Optional[torch.Tensor]
+    bias: Optional[torch.Tensor]
+    training: bool
+    momentum: Optional[float]
+    eps: float
+
+
+def _functional_call(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
+                     eps=1e-5) -> _BatchNormCall:
+    return _BatchNormCall(input, running_mean, running_var, weight, bias, training, momentum, eps)
+
+
+def _aten_call(input, weight, bias, running_mean, running_var, training, momentum, eps,
+               cudnn_enabled=True) -> _BatchNormCall:
+    return _BatchNormCall(input, running_mean, running_var, weight, bias, training, momentum, eps)
+
+
+#: The intercepted functions and how each orders its arguments.
+_BATCH_NORMS = {F.batch_norm: _functional_call, torch.batch_norm: _aten_call}
+#: Ops of multi-process SyncBatchNorm, whose cross-process statistics cannot be held.
+_SYNC_BATCH_NORM_OPS = (torch.batch_norm_stats, torch.batch_norm_gather_stats_with_counts, torch.batch_norm_elemt)
+
+
+class _Switch:
+    """Mutable flag shared by one estimate's gradient switches: is the current backward the input-gradient pass?"""
 
     def __init__(self) -> None:
         self.input_gradient = False
 
 
 class _HeldStatsGradient(torch.autograd.Function):
-    """Identity on BatchNorm's output; in input-gradient mode its backward is grad * scale to the layer input."""
+    """Identity on a batch-norm output; in input-gradient mode its backward is grad * scale to the call's input."""
 
     @staticmethod
-    def forward(ctx, output, layer_input, scale, mode):
-        ctx.mode, ctx.scale = mode, scale
-        # An in-place identity: no copy, and in-place activations after BatchNorm stay legal.
+    def forward(ctx, output, layer_input, scale, switch):
+        ctx.switch, ctx.scale = switch, scale
+        # An in-place identity: no copy. Nothing has saved this fresh output yet, so marking it dirty
+        # invalidates no saved tensor, and in-place activations after it stay legal.
         ctx.mark_dirty(output)
         return output
 
     @staticmethod
     def backward(ctx, grad):
-        if ctx.mode.input_gradient:
+        if ctx.switch.input_gradient:
             return None, grad * ctx.scale, None, None
         return grad, None, None, None
 
@@ -82,7 +142,7 @@ class _BatchStatistics(torch.autograd.Function):
 
     Forward: two passes (mean, then the mean of squared deviations); backward in one expression,
     d/da = gmean / n + (a - mean) * 2 gvar / n, instead of autograd's chain through sub, pow and two
-    means (measured: the stats' backward was the largest cost the held statistics add to a step).
+    means.
     """
 
     @staticmethod
@@ -104,11 +164,7 @@ class _BatchStatistics(torch.autograd.Function):
 
 
 def batch_statistics(a: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and biased variance of a (N, C, ...) tensor, differentiable.
-
-    Over an (N, C, L) view: 3x faster on CPU than ``torch.var_mean`` over dims (0, 2, 3), which took
-    13% of a training step of a BatchNorm CNN.
-    """
+    """Per-channel mean and biased variance of a (N, C, ...) tensor (the statistics batch_norm uses), differentiable."""
     return _BatchStatistics.apply(a.reshape(a.shape[0], a.shape[1], -1))
 
 
@@ -116,86 +172,85 @@ def _channel_shape(x: torch.Tensor) -> Tuple[int, ...]:
     return (1, -1) + (1,) * (x.dim() - 2)
 
 
-class HeldBatchStats:
-    """Captures train-mode BatchNorm statistics in the clean forward and replays them in probe forwards."""
+class _HeldStats(NamedTuple):
+    mean: torch.Tensor
+    var: torch.Tensor
 
-    def __init__(self, model) -> None:
-        self.layers = train_mode_batchnorms(model)
-        self.mode = _Mode()
-        self.stats: Dict[int, Tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def __bool__(self) -> bool:
-        return bool(self.layers)
+class _BatchNormMode(TorchFunctionMode):
+    """Routes every batch-norm call of one pass to ``handler(func, call, args, kwargs)``; all else runs as is."""
+
+    def __init__(self, handler) -> None:
+        super().__init__()
+        self.handler = handler
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _BATCH_NORMS:
+            return _handle(self.handler, func, args, kwargs)
+        if func in _SYNC_BATCH_NORM_OPS:
+            raise HeldStatisticsError(
+                f"margreg_fast: {func.__name__} (multi-process SyncBatchNorm) computes statistics gathered across "
+                "processes, which the penalty's passes cannot hold; use per-process BatchNorm "
+                "(nn.BatchNorm*d) under DDP, or put the SyncBatchNorm layers in eval mode")
+        return func(*args, **kwargs)
+
+
+@torch.compiler.disable
+def _handle(handler, func, args, kwargs):
+    # Kept out of dynamo's graphs: the gradient switch reads a Python flag in backward (see module docstring).
+    return handler(func, _BATCH_NORMS[func](*args, **kwargs), args, kwargs)
+
+
+class RandomState:
+    """The states of torch's CPU generator and of ``device``'s generator, recorded at construction."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.accelerator = None if device.type in ("cpu", "meta") else torch.get_device_module(device.type)
+        self.states = self._get()
+
+    def _get(self):
+        cpu = torch.get_rng_state()
+        return cpu, None if self.accelerator is None else self.accelerator.get_rng_state(self.device)
+
+    def _set(self, states) -> None:
+        torch.set_rng_state(states[0])
+        if self.accelerator is not None:
+            self.accelerator.set_rng_state(states[1], self.device)
+
+    def unchanged(self) -> bool:
+        """Are the generators in the recorded states (nothing drawn since)?"""
+        return all(a is b or torch.equal(a, b) for a, b in zip(self._get(), self.states))
 
     @contextmanager
-    def capturing(self) -> Iterator[None]:
-        """The clean forward: record each layer's batch statistics and route its input gradient."""
-        handles = [m.register_forward_hook(self._capture_hook) for m in self.layers]
+    def replayed(self) -> Iterator[None]:
+        """Inside: the generators start from the recorded states; after: they are back where they were."""
+        now = self._get()
+        self._set(self.states)
         try:
             yield
         finally:
-            for h in handles:
-                h.remove()
+            self._set(now)
 
-    def _capture_hook(self, module: _BatchNorm, inputs, output):
-        a = inputs[0]
-        mean, var = batch_statistics(a)
-        self.stats[id(module)] = (mean, var)
-        scale = torch.rsqrt(var + module.eps)
-        if module.weight is not None:
-            scale = scale * module.weight
-        return _HeldStatsGradient.apply(output, a, scale.view(_channel_shape(a)), self.mode)
 
-    @contextmanager
-    def input_gradient(self) -> Iterator[None]:
-        """Backward passes inside this block see BatchNorm with the statistics held fixed."""
-        self.mode.input_gradient = True
-        try:
-            yield
-        finally:
-            self.mode.input_gradient = False
-
-    @contextmanager
-    def replaying(self) -> Iterator[None]:
-        """Probe forwards: every captured layer normalises with the clean batch's statistics."""
-        originals = []
-        for m in self.layers:
-            if id(m) in self.stats:
-                originals.append((m, m.__dict__.get("forward")))
-                m.forward = self._replay_forward(m, *self.stats[id(m)])
-        try:
-            yield
-        finally:
-            for m, forward in originals:
-                if forward is None:
-                    del m.forward
-                else:
-                    m.forward = forward
-
-    @staticmethod
-    def _replay_forward(module: _BatchNorm, mean: torch.Tensor, var: torch.Tensor):
-        def forward(a: torch.Tensor) -> torch.Tensor:
-            mean_d, var_d = mean.detach(), var.detach()
-            s = torch.sqrt(var + module.eps)
-            s_d = s.detach()
-            gamma = module.weight if module.weight is not None else torch.ones_like(s)
-            beta = module.bias if module.bias is not None else torch.zeros_like(s)
-            gamma_r = gamma * s_d / s
-            beta_r = beta - gamma_r * (mean - mean_d) / s_d
-            return F.batch_norm(a, mean_d, var_d, gamma_r, beta_r, training=False, eps=module.eps)
-        return forward
+def has_train_mode_batchnorm(model) -> bool:
+    """Does ``model`` (an ``nn.Module``) hold a BatchNorm module that normalises with batch statistics?"""
+    return isinstance(model, nn.Module) and any(
+        isinstance(m, _BatchNorm) and (m.training or not m.track_running_stats) for m in model.modules())
 
 
 @contextmanager
-def frozen_running_stats(layers: List[_BatchNorm]) -> Iterator[None]:
-    """Within the block the given train-mode BatchNorm layers use batch statistics but record nothing.
+def frozen_running_stats(model) -> Iterator[None]:
+    """Within the block ``model``'s train-mode BatchNorm modules use batch statistics but record nothing.
 
     With ``track_running_stats`` off a train-mode BatchNorm still normalises with the batch
-    statistics, so its output is unchanged, but it passes no running buffers to ``F.batch_norm`` and
-    skips the counter. (Restoring a copy of the buffers instead would bump their version counters,
-    which autograd, having saved them in the first forward, then refuses.)
+    statistics, but it passes no running buffers to ``batch_norm`` and skips its counter, so neither
+    changes (an in-place restore would bump version counters that autograd saved, and mutating a
+    captured buffer inside ``torch.func.jvp`` is an error).
     """
-    frozen = [m for m in layers if m.track_running_stats]
+    frozen = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.training and m.track_running_stats] \
+        if isinstance(model, nn.Module) else []
     for m in frozen:
         m.track_running_stats = False
     try:
@@ -205,37 +260,114 @@ def frozen_running_stats(layers: List[_BatchNorm]) -> Iterator[None]:
             m.track_running_stats = True
 
 
+def _unwrapped(model):
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
 class ModelPasses:
-    """The forward passes one estimate makes through ``model``.
+    """The forward passes one estimate makes through ``model`` (see the module docstring).
 
-    * :meth:`clean` -- the training forward at x (through DDP, updating running statistics once),
-      capturing train-mode BatchNorm statistics.
-    * :meth:`capture` -- the same at x without touching any state (when the caller brought logits).
-    * :meth:`probe` -- forwards at other inputs (x + h v, jvp) with the captured statistics held.
+    * :meth:`clean` -- the training forward at x through ``model`` itself (DDP all-reduces, a
+      compiled model runs compiled), capturing train-mode batch statistics and the random state.
+    * :meth:`capture` -- the same at x changing no state (when the caller brought logits).
+    * :meth:`probe` -- forwards at other inputs (x + h v, jvp) through the unwrapped module, with the
+      statistics held and the clean pass's random draws replayed.
+    * :meth:`input_gradient` -- backwards inside see batch-norm with the statistics held fixed.
 
-    Under ``DistributedDataParallel`` the extra passes call the wrapped module: a second DDP forward
-    would broadcast rank 0's buffers in place again and re-prepare the reducer. Gradients from them
-    still reach the same parameters, whose gradient hooks fire once per backward, so DDP averages them
-    as usual. A ``torch.compile``'d model with train-mode BatchNorm runs eagerly (see above).
+    Gradients from the probes reach the same parameters as the clean pass's, whose gradient hooks
+    fire once per backward, so DDP averages them as usual.
     """
 
     def __init__(self, model) -> None:
-        inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-        eager = getattr(inner, "_orig_mod", None)
-        eager = eager if isinstance(eager, nn.Module) else inner
-        self.held = HeldBatchStats(eager)
-        # hooks and swapped forwards need eager code: with statistics to hold, every pass runs eagerly
-        self.model = eager if self.held and eager is not inner else model
-        self.inner = eager if self.held else inner
+        self.model, self.inner = model, _unwrapped(model)
+        self.stats: List[_HeldStats] = []
+        self.switch = _Switch()
+        self.random: Optional[RandomState] = None
+        self._replayed, self._shared = 0, False
+
+    @property
+    def held(self) -> bool:
+        """Did the clean pass make train-mode batch-norm calls whose statistics are now held?"""
+        return bool(self.stats)
 
     def clean(self, x: torch.Tensor) -> torch.Tensor:
-        with self.held.capturing():
+        self.random = RandomState(x.device)
+        with _BatchNormMode(self._capture_call):
             return self.model(x)
 
     def capture(self, x: torch.Tensor) -> torch.Tensor:
-        with self.held.capturing(), frozen_running_stats(self.held.layers):
+        self.random = RandomState(x.device)
+        with frozen_running_stats(self.inner), _BatchNormMode(self._capture_call_without_update):
             return self.inner(x)
 
+    def share(self, x: torch.Tensor) -> None:
+        """The caller's logits of x serve as the clean pass (see "Shared logits" in the module docstring)."""
+        self.random, self._shared = RandomState(x.device), True
+
     def probe(self, x: torch.Tensor) -> torch.Tensor:
-        with self.held.replaying():
-            return self.inner(x)
+        if self.random is None:
+            raise RuntimeError("ModelPasses.probe needs a clean pass, capture or share first")
+        self._replayed = 0
+        with self.random.replayed():
+            with frozen_running_stats(self.inner), _BatchNormMode(self._replay_call):
+                out = self.inner(x)
+            drew = self._shared and not self.random.unchanged()
+        hint = " (logits= was given: omit it)" if self._shared else ""
+        if drew:
+            raise HeldStatisticsError(
+                "margreg_fast: the model draws random numbers (dropout, drop-path) in train mode, so the caller's "
+                "logits cannot serve as the clean pass: their masks are unknown. Omit logits=")
+        if self._replayed != len(self.stats):
+            raise HeldStatisticsError(
+                f"margreg_fast: a probe pass made {self._replayed} train-mode batch-norm calls, the clean pass "
+                f"{len(self.stats)}; the model must make the same batch-norm calls on every forward{hint}")
+        return out
+
+    @contextmanager
+    def input_gradient(self) -> Iterator[None]:
+        """Backward passes inside this block see batch-norm with the statistics held fixed."""
+        self.switch.input_gradient = True
+        try:
+            yield
+        finally:
+            self.switch.input_gradient = False
+
+    # handlers of one batch-norm call (args, kwargs: the call as made)
+    def _capture_call(self, func, call: _BatchNormCall, args, kwargs):
+        out = func(*args, **kwargs)
+        return self._hold(call, out) if call.training else out
+
+    def _capture_call_without_update(self, func, call: _BatchNormCall, args, kwargs):
+        if not call.training:
+            return func(*args, **kwargs)
+        # running buffers passed by a functional call (no module to freeze) are left alone too
+        return self._hold(call, F.batch_norm(call.input, None, None, call.weight, call.bias, True, 0.0, call.eps))
+
+    def _hold(self, call: _BatchNormCall, out: torch.Tensor) -> torch.Tensor:
+        a = call.input
+        mean, var = batch_statistics(a)
+        self.stats.append(_HeldStats(mean, var))
+        scale = torch.rsqrt(var + call.eps)
+        if call.weight is not None:
+            scale = scale * call.weight
+        return _HeldStatsGradient.apply(out, a, scale.view(_channel_shape(a)), self.switch)
+
+    def _replay_call(self, func, call: _BatchNormCall, args, kwargs):
+        if not call.training:
+            return func(*args, **kwargs)
+        k, a = self._replayed, call.input
+        if k >= len(self.stats) or self.stats[k].mean.shape[0] != a.shape[1]:
+            held = f"{self.stats[k].mean.shape[0]} channels" if k < len(self.stats) else "none"
+            raise HeldStatisticsError(
+                f"margreg_fast: train-mode batch-norm call #{k + 1} of a probe pass has {a.shape[1]} channels; the "
+                f"clean pass's call #{k + 1}: {held}. The model must make the same batch-norm calls on every forward")
+        self._replayed += 1
+        mean, var = self.stats[k]
+        mean_d, var_d = mean.detach(), var.detach()
+        s = torch.sqrt(var + call.eps)
+        s_d = s.detach()
+        gamma = call.weight if call.weight is not None else torch.ones_like(s)
+        beta = call.bias if call.bias is not None else torch.zeros_like(s)
+        gamma_r = gamma * s_d / s
+        beta_r = beta - gamma_r * (mean - mean_d) / s_d
+        return F.batch_norm(a, mean_d, var_d, gamma_r, beta_r, training=False, eps=call.eps)

@@ -281,6 +281,15 @@ def _quiet():
     return numpy.errstate(invalid="ignore", over="ignore", divide="ignore")
 
 
+@contextlib.contextmanager
+def _launching(device: torch.device):
+    """A launch on ``device``: under its CUDA device guard (tensors on cuda:1 launch on cuda:1, whatever
+    the current device), and quiet under the interpreter."""
+    guard = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+    with guard, _quiet():
+        yield
+
+
 def _tl_acc(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
@@ -299,7 +308,7 @@ def forward(
     z0, z1 = z0.contiguous(), z1.contiguous()
     target_arg = D if target is None else target.contiguous()  # never read without a target
     grid, rows, block, num_warps = _launch_config(batch, n_cols)
-    with _quiet():
+    with _launching(z0.device):
         _forward_kernel[(grid,)](
             z0, z1, target_arg, D, ce, stats, batch, n_cols, ignore_index,
             HAS_TARGET=target is not None, ACC=_tl_acc(acc), ROWS=rows, BLOCK=block,
@@ -333,7 +342,7 @@ def backward(
     target_arg = target.contiguous() if has_ce else grad_d  # never read without CE
     grad_ce_arg = grad_ce.to(stats.dtype).contiguous() if has_ce else grad_d
     grid, rows, block, num_warps = _launch_config(batch, n_cols)
-    with _quiet():
+    with _launching(z0.device):
         _backward_kernel[(grid,)](
             z0, z1, target_arg, stats, grad_d, grad_ce_arg, dz0, dz1, batch, n_cols, ignore_index,
             HAS_CE=has_ce, ACC=_tl_acc(stats.dtype), ROWS=rows, BLOCK=block, PRECISE_EXP=not _INTERPRETED,

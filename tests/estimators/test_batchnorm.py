@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from margreg_fast import MarginalDensityRegularizer, marginal_density_penalty
 from margreg_fast.estimators import METHODS
 from margreg_fast.kit.models import ResidualCNN
+from tests.estimators.references import batch_statistics_copy as frozen_copy
 
 #: Small steps in float64: truncation (O(h) for fd, O(h^2) else) stays far below the 5% the issue allows.
 STEPS = {"fd": 1e-6, "central": 1e-4, "rfd": 1e-4}
@@ -30,23 +31,6 @@ def _per_sample(model, x, method):
 
 def _flat_grad(model, value):
     return torch.cat([g.flatten() for g in torch.autograd.grad(value, list(model.parameters()))])
-
-
-def frozen_copy(model, x):
-    """An eval-mode copy whose BatchNorm layers normalise with the batch statistics of x (as constants)."""
-    frozen = copy.deepcopy(model)
-    stats = {}
-    hooks = [m.register_forward_hook(lambda m, i, o: stats.__setitem__(m, torch.var_mean(i[0], dim=(0, 2, 3),
-                                                                                          unbiased=False)))
-             for m in frozen.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    with torch.no_grad():
-        frozen(x)
-    for h in hooks:
-        h.remove()
-    for m, (var, mean) in stats.items():
-        m.running_mean.copy_(mean)
-        m.running_var.copy_(var)
-    return frozen.eval()
 
 
 def test_exact_is_the_penalty_of_the_model_frozen_at_the_batch_statistics(batch):

@@ -4,7 +4,10 @@ Usage: python -m torch.distributed.run --nproc_per_node 2 -m tests.workers.ddp O
 Each rank takes its half of a fixed global batch and makes one regularised SGD step on
 (1) an MLP wrapped in DDP -- rank 0 saves the updated parameters to OUT_DIR/params.pt;
 (2) a BatchNorm CNN wrapped in DDP -- each rank saves whether its buffers equal those after one
-plain forward of an unwrapped copy on its local batch (OUT_DIR/bn_rank{r}.pt).
+plain forward of an unwrapped copy on its local batch (OUT_DIR/bn_rank{r}.pt);
+(3) the same CNN as DDP(torch.compile(model)) and as DDP(model), one rfd step each -- each rank saves
+both updated parameter sets and the number of graphs the compiling backend received
+(OUT_DIR/compiled_rank{r}.pt). Different local data: only an all-reduce makes the ranks agree.
 """
 import copy
 import os
@@ -36,9 +39,9 @@ def bn_cnn():
     return models.SmallCNN(width=4, image_size=8, batchnorm=True)
 
 
-def step(model, x, y):
+def step(model, x, y, method="fd"):
     opt = torch.optim.SGD(model.parameters(), lr=LR)
-    loss, _ = MarginalDensityRegularizer(WEIGHT, method="fd", step=STEP)(model, x, y)
+    loss, _ = MarginalDensityRegularizer(WEIGHT, method=method, step=STEP)(model, x, y)
     loss.backward()
     opt.step()
 
@@ -61,6 +64,21 @@ def main(out_dir):
     step(ddp_bn, xs, ys)
     same = all(torch.equal(a, b) for a, b in zip(net.buffers(), plain.buffers()))
     torch.save({"buffers_equal": same}, os.path.join(out_dir, f"bn_rank{rank}.pt"))
+
+    graphs = []
+
+    def counting(gm, example_inputs):
+        graphs.append(gm)
+        return torch._dynamo.lookup_backend("aot_eager")(gm, example_inputs)
+
+    compiled_net, eager_net = bn_cnn(), bn_cnn()
+    torch.manual_seed(1)  # rfd's signs: the same on both runs
+    step(DistributedDataParallel(torch.compile(compiled_net, backend=counting)), xs, ys, method="rfd")
+    torch.manual_seed(1)
+    step(DistributedDataParallel(eager_net), xs, ys, method="rfd")
+    torch.save({"compiled": [p.detach() for p in compiled_net.parameters()],
+                "eager": [p.detach() for p in eager_net.parameters()], "graphs": len(graphs)},
+               os.path.join(out_dir, f"compiled_rank{rank}.pt"))
     finish()
 
 
