@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..estimators.steps import check_step
 from .experiments.config import (ATTRIBUTIONS, DATASETS, DEFAULT_ESTIMATORS, DEFAULT_WEIGHTS, ESTIMATORS, EXPERIMENTS,
-                                 METHODS, MODELS, ExperimentConfig, parse_method)
+                                 METHODS, MODELS, SPURIOUS_PATCHES, ExperimentConfig, parse_method)
 from .experiments.claims import CLAIM_METHODS
 from .models import ACTIVATIONS
 
@@ -146,6 +146,9 @@ def _add_common(p: argparse.ArgumentParser, *, experiment: bool = True) -> None:
     p.add_argument("--patch-size", type=_patch_size, default=d.patch_size,
                    help="side of the BlockMNIST null patch, or 'inset' for an outline inset by 1/8 of the block "
                         "(use with --dataset digits) (default: %(default)s, the paper's)")
+    p.add_argument("--spurious-patch", choices=SPURIOUS_PATCHES, default=d.spurious_patch,
+                   help="where the spurious variant's class-coded square goes: rows appended below the image "
+                        "(band) or the image's own blank top rows (overlay, 28x28 MNIST) (default: %(default)s)")
     p.add_argument("--model", choices=MODELS, default=d.model,
                    help="architecture; papercnn: the paper's conv5x5-maxpool x2, fc 32 width, fc 10 "
                         "(default: %(default)s)")
@@ -233,7 +236,8 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
         experiment=args.experiment, methods=tuple(args.methods), seeds=tuple(args.seeds),
         dataset="idx" if args.data_dir is not None else args.dataset,
         data_dir=None if args.data_dir is None else str(args.data_dir.resolve()), patch_size=args.patch_size,
-        max_train=args.max_train, max_test=args.max_test, model=args.model, activation=args.activation,
+        max_train=args.max_train, max_test=args.max_test, spurious_patch=args.spurious_patch, model=args.model,
+        activation=args.activation,
         width=args.width, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         weights=_resolve(args.weight, weights), estimators=_resolve(args.estimator, DEFAULT_ESTIMATORS),
         step=args.step, attribution=args.attribution, ig_steps=args.ig_steps, eval_samples=args.eval_samples,

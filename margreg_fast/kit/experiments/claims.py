@@ -118,20 +118,26 @@ class ClaimsPlan:
     def points(self) -> list[tuple[str, str, float, int, bool]]:
         """Every (experiment, method, weight, seed, full evaluation) to run, each once, in the order of
         their worth should the command be stopped early: the claims table (BlockMNIST, then the
-        spurious variant), the fractions at the selected weight, then the frontier seed by seed."""
+        spurious variant), the frontier of none / igr / joint / mdr / mdr-exact seed by seed, the
+        fractions at the selected weight, then the fractions' frontier seed by seed."""
         cfg = self.experiment_config("blockmnist")
         out = [("blockmnist", m, cfg.weights[m], s, True) for s in cfg.seeds for m in self.config.methods]
         if self.spurious:
             out += [("spurious", m, cfg.weights[m], s, False) for s in cfg.seeds for m in SPURIOUS_METHODS]
-        out += [("blockmnist", m, cfg.weights[m], s, True) for s in cfg.seeds for m in self.fraction_methods]
-        done = {p[:4] for p in out}
-        for s in self.frontier_seeds:
-            for m in ("none", *FRONTIER_METHODS, *self.fraction_methods):
-                for w in ((0.0,) if m == "none" else (*self.grid, cfg.weights[m])):
-                    if ("blockmnist", m, w, s) not in done:
-                        done.add(("blockmnist", m, w, s))
-                        out.append(("blockmnist", m, w, s, False))
-        return out
+        fractions_full = [("blockmnist", m, cfg.weights[m], s, True) for s in cfg.seeds for m in self.fraction_methods]
+        done = {p[:4] for p in out + fractions_full}
+
+        def frontier(methods):
+            for s in self.frontier_seeds:
+                for m in methods:
+                    for w in ((0.0,) if m == "none" else (*self.grid, cfg.weights[m])):
+                        if ("blockmnist", m, w, s) not in done:
+                            done.add(("blockmnist", m, w, s))
+                            yield ("blockmnist", m, w, s, False)
+
+        out += list(frontier(("none", *FRONTIER_METHODS)))
+        out += fractions_full
+        return out + list(frontier(self.fraction_methods))
 
 
 def _point_config(plan: ClaimsPlan, experiment: str, method: str, weight: float) -> ExperimentConfig:
