@@ -26,7 +26,7 @@ demo: $(STAMP)
 CLAIMS := --seeds 0 1 2 3 4 --eval-samples 500 --weights-file $(WEIGHTS)
 claims: $(STAMP)
 	$(PY) -m margreg_fast claims $(CLAIMS) --fractions 0.5 0.25 0.125 --grid 0.1 1 10 --frontier-seeds 0 1 2 --threads 1 --jobs 2 --quiet --out runs/claims
-	$(PY) -m margreg_fast claims $(CLAIMS) --methods none mdr --no-spurious --threads 2 --jobs 1 --quiet --out runs/claims-threads2 --compare-to runs/claims
+	$(PY) -m margreg_fast claims $(CLAIMS) --methods none mdr --no-spurious --light --threads 2 --jobs 1 --quiet --out runs/claims-threads2 --compare-to runs/claims
 	scripts/publish_claims.sh runs/claims runs/claims-threads2
 
 test: $(STAMP)

@@ -216,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="frontier weights (with --frontier-seeds)")
     cl.add_argument("--frontier-seeds", nargs="+", type=_nonneg_int, default=[], metavar="SEED")
     cl.add_argument("--no-spurious", action="store_true", help="leave out the spurious-shortcut rows")
+    cl.add_argument("--light", action="store_true",
+                    help="score every run by accuracies and leakage only (no attacks, insertion or density): the "
+                         "cheap rerun that --compare-to checks")
     cl.add_argument("--report-only", action="store_true",
                     help="train nothing: write the report from the runs already finished in OUT, listing the others")
     cl.add_argument("--compare-to", type=Path, default=None,
@@ -275,7 +278,7 @@ def _claims(cfg: ExperimentConfig, args: argparse.Namespace, device: str) -> int
     from .experiments.claims_report import stability_markdown, write_claims
 
     plan = ClaimsPlan(cfg, fractions=tuple(args.fractions), spurious=not args.no_spurious, grid=tuple(args.grid),
-                      frontier_seeds=tuple(args.frontier_seeds))
+                      frontier_seeds=tuple(args.frontier_seeds), light=args.light)
     reference = None
     if args.compare_to is not None:
         try:

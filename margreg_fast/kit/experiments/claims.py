@@ -89,6 +89,7 @@ class ClaimsPlan:
     grid: tuple[float, ...] = ()
     frontier_seeds: tuple[int, ...] = ()
     subject: str = field(default=SUBJECT)
+    light: bool = False  # score every point by light_scores only (accuracies and leakage: a cheap rerun)
 
     def __post_init__(self) -> None:
         if self.config.experiment != "blockmnist":
@@ -121,10 +122,11 @@ class ClaimsPlan:
         spurious variant), the frontier of none / igr / joint / mdr / mdr-exact seed by seed, the
         fractions at the selected weight, then the fractions' frontier seed by seed."""
         cfg = self.experiment_config("blockmnist")
-        out = [("blockmnist", m, cfg.weights[m], s, True) for s in cfg.seeds for m in self.config.methods]
+        full = not self.light
+        out = [("blockmnist", m, cfg.weights[m], s, full) for s in cfg.seeds for m in self.config.methods]
         if self.spurious:
             out += [("spurious", m, cfg.weights[m], s, False) for s in cfg.seeds for m in SPURIOUS_METHODS]
-        fractions_full = [("blockmnist", m, cfg.weights[m], s, True) for s in cfg.seeds for m in self.fraction_methods]
+        fractions_full = [("blockmnist", m, cfg.weights[m], s, full) for s in cfg.seeds for m in self.fraction_methods]
         done = {p[:4] for p in out + fractions_full}
 
         def frontier(methods):
@@ -203,7 +205,8 @@ def run_claims(plan: ClaimsPlan, out: Path, *, quiet: bool = False, device: str 
 
 def plan_dict(plan: ClaimsPlan) -> dict:
     return {"config": plan.config.to_dict(), "fractions": list(plan.fractions), "spurious": plan.spurious,
-            "grid": list(plan.grid), "frontier_seeds": list(plan.frontier_seeds), "subject": plan.subject}
+            "grid": list(plan.grid), "frontier_seeds": list(plan.frontier_seeds), "subject": plan.subject,
+            "light": plan.light}
 
 
 def seed_values(records: list[dict], experiment: str, method: str, weight: float, metric: str,

@@ -230,7 +230,8 @@ def write_claims(plan: ClaimsPlan, claims: dict, out: Path) -> str:
     seeds = list(cfg.seeds)
     weights = ", ".join(f"{m}={cfg.weights[m]:g}" for m in full_methods if m != "none")
     table = _write(out / "claims_table.md", "\n".join([
-        f"Claims table: BlockMNIST and the spurious variant, seeds {seeds}, {cfg.eval_samples} evaluation images, "
+        f"Claims table: BlockMNIST{' and the spurious variant' if plan.spurious else ''}"
+        f"{' (accuracies and leakage only)' if plan.light else ''}, seeds {seeds}, {cfg.eval_samples} evaluation images, "
         f"weights {weights}. Each cell: mean over seeds of the paired difference ({plan.subject} − comparator, same "
         f"seed, same data), its {CONFIDENCE:.0%} percentile bootstrap interval over seeds ({RESAMPLES} resamples), "
         "and the verdict (SUPPORTED: the interval excludes 0, or the margin, on the claimed side; CONTRADICTED: on "
@@ -239,16 +240,17 @@ def write_claims(plan: ClaimsPlan, claims: dict, out: Path) -> str:
         beats_summary(claims["claims"], plan.subject)]))
     parts = [f"# Claims of the paper, measured (seeds {seeds}, {cfg.eval_samples} evaluation images)", "", table,
              "## Every seed", "",
-             _write(out / "claims_seeds.md", spread_table(claims["records"], cfg.weights, full_methods, seeds)),
-             "## Figure 1, like for like", "",
-             _write(out / "figure1.md", panel_table(claims["results"], seeds[0], ["none", "igr", "mdr"])),
-             "## Attribution robustness, taken apart", "",
-             _write(out / "attribution_robustness.md", "\n".join([
-                 f"Saliency maps before and after the top-k attack (eps {cfg.attack_eps:g}, k {cfg.topk}, "
-                 f"{cfg.attack_steps} steps) and under random ±eps noise (_random); _wide: top-k at the top "
-                 f"{cfg.leakage_top_fraction:g} of pixels; topk_mass: share of a clean map's |saliency| in its top "
-                 "k; saliency_l2: its L2 norm; target_logit_mean: the mean target logit. Means over seeds.", "",
-                 diagnosis_table(claims["results"], full_methods, plan.subject)]))]
+             _write(out / "claims_seeds.md", spread_table(claims["records"], cfg.weights, full_methods, seeds))]
+    if claims["results"]:  # the parts that need full evaluations
+        parts += ["## Figure 1, like for like", "",
+                  _write(out / "figure1.md", panel_table(claims["results"], seeds[0], ["none", "igr", "mdr"])),
+                  "## Attribution robustness, taken apart", "",
+                  _write(out / "attribution_robustness.md", "\n".join([
+                      f"Saliency maps before and after the top-k attack (eps {cfg.attack_eps:g}, k {cfg.topk}, "
+                      f"{cfg.attack_steps} steps) and under random ±eps noise (_random); _wide: top-k at the top "
+                      f"{cfg.leakage_top_fraction:g} of pixels; topk_mass: share of a clean map's |saliency| in its "
+                      "top k; saliency_l2: its L2 norm; target_logit_mean: the mean target logit. Means over seeds.", "",
+                      diagnosis_table(claims["results"], full_methods, plan.subject)]))]
     if claims["fractions"]:
         parts += ["## Fractions of each batch", "", _write(out / "fractions.md", fractions_section(
             claims["fractions"], claims["records"], cfg.weights, plan.subject))]

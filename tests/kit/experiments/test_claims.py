@@ -89,3 +89,10 @@ def test_tiny_claims_run_report_and_resume(tmp_path, tiny_config, one_thread):
     assert run_claims(plan, tmp_path, quiet=True, train=False)["claims"] == rows
     table = stability_markdown(saved, again, "itself")
     assert "| no |" not in table and table.count("| yes |") >= len(rows)
+    # the light rerun scores accuracies and leakage only, each equal to the full evaluation's
+    light = run_claims(ClaimsPlan(plan.config.replace(methods=("none", "mdr")), spurious=False, light=True),
+                       tmp_path / "light", quiet=True)
+    assert not light["results"] and all(not r["full"] for r in light["records"])
+    leak = {r["metric"]: r for r in light["claims"]}["leakage_paper"]["versus"][0]
+    assert leak["diffs"] == {r["metric"]: r for r in rows}["leakage_paper"]["versus"][0]["diffs"]
+    assert {r["metric"]: r for r in light["claims"]}["pgd_linf_acc"]["versus"][0]["mean"] is None
