@@ -148,27 +148,38 @@ def frontier_table(rows: list[dict]) -> str:
 
 def frontier_figure(rows: list[dict], path: Path, seeds: list[int]) -> None:
     """leakage_paper against clean accuracy, one line per method through its weights; the bars are the
-    95% paired intervals against none, placed at none's mean (mean(none) + interval of the difference)."""
+    95% paired intervals against none, placed at none's mean (mean(none) + interval of the difference).
+    The fractions (mdr@F), if any, get a second panel next to mdr."""
     none = next(r for r in rows if r["method"] == "none")
-    fig, ax = plt.subplots(figsize=(6.4, 4.6))
-    ax.plot(none["clean_acc"], none["leakage_paper"], "k*", ms=12, label="none")
-    for method in dict.fromkeys(r["method"] for r in rows if r["method"] != "none"):
-        pts = [r for r in rows if r["method"] == method and r["clean_acc"] is not None and r["leakage_paper"] is not None]
-        if not pts:
-            continue
-        xs, ys = [r["clean_acc"] for r in pts], [r["leakage_paper"] for r in pts]
-        xerr = [[_err(r, none, "clean_acc", lo) for r in pts] for lo in (True, False)]
-        yerr = [[_err(r, none, "leakage_paper", lo) for r in pts] for lo in (True, False)]
-        line = ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, marker="o", ms=4, capsize=2, lw=1, label=method)
-        for r in pts:
-            ax.annotate(f"{r['weight']:g}", (r["clean_acc"], r["leakage_paper"]), fontsize=6,
-                        color=line[0].get_color(), xytext=(3, 3), textcoords="offset points")
-    ax.set_xlabel("clean accuracy")
-    ax.set_ylabel("leakage_paper (lower is better)")
-    ax.set_title(f"Weight frontier, BlockMNIST, seeds {seeds} (labels: weights)", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    methods = list(dict.fromkeys(r["method"] for r in rows if r["method"] != "none"))
+    fractions = [m for m in methods if "@" in m]
+    panels = [("penalties", [m for m in methods if m not in fractions])]
+    if fractions:
+        panels.append(("fractions of each batch (mdr@F)", [m for m in methods if m in fractions or m == "mdr"]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 4.8), squeeze=False)
+    for ax, (title, shown) in zip(axes[0], panels):
+        ax.plot(none["clean_acc"], none["leakage_paper"], "k*", ms=12, label="none")
+        for method in shown:
+            _frontier_line(ax, [r for r in rows if r["method"] == method], none, method)
+        ax.set_xlabel("clean accuracy")
+        ax.set_ylabel("leakage_paper (lower is better)")
+        ax.set_title(f"{title}: BlockMNIST, seeds {seeds} (labels: weights)", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     _save(fig, path)
+
+
+def _frontier_line(ax, rows: list[dict], none: dict, label: str) -> None:
+    pts = [r for r in rows if r["clean_acc"] is not None and r["leakage_paper"] is not None]
+    if not pts:
+        return
+    xerr = [[_err(r, none, "clean_acc", lo) for r in pts] for lo in (True, False)]
+    yerr = [[_err(r, none, "leakage_paper", lo) for r in pts] for lo in (True, False)]
+    line = ax.errorbar([r["clean_acc"] for r in pts], [r["leakage_paper"] for r in pts], xerr=xerr, yerr=yerr,
+                       marker="o", ms=4, capsize=2, lw=1, label=label)
+    for r in pts:
+        ax.annotate(f"{r['weight']:g}", (r["clean_acc"], r["leakage_paper"]), fontsize=6,
+                    color=line[0].get_color(), xytext=(3, 3), textcoords="offset points")
 
 
 def _err(row: dict, none: dict, key: str, low: bool) -> float:
