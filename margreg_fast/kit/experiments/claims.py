@@ -166,16 +166,16 @@ def _light_point(cfg: ExperimentConfig, out: Path, seed: int, method: str, *, qu
 def _run_point(plan: ClaimsPlan, out: Path, experiment: str, method: str, weight: float, seed: int, full: bool,
                quiet: bool, device: str, train: bool = True) -> dict | None:
     """The scores (and, if ``full``, the whole result) of one point; with ``train=False`` only what is
-    already on disk (None for a point not finished)."""
+    already on disk: the full result, else the light scores, else None (a point not finished)."""
     cfg = _point_config(plan, experiment, method, weight)
     where = Path(out) / experiment
     if not train:
         rdir = run_dir(where, cfg, method, seed)
-        name = RESULT_NAME if full else SCORES_NAME
-        if not (rdir / name).exists():
-            return None
-        got = load_json(rdir / name)
-        return {"scores": got["metrics"], "result": got} if full else {"scores": got}
+        if full and (rdir / RESULT_NAME).exists():
+            got = load_json(rdir / RESULT_NAME)
+            return {"scores": got["metrics"], "result": got}
+        # a point scored only by light_scores (e.g. by a --light run) gives its accuracies and leakage
+        return {"scores": load_json(rdir / SCORES_NAME)} if (rdir / SCORES_NAME).exists() else None
     if full:
         result = _one_run(cfg, where, seed, method, train=True, evaluate=True, quiet=quiet, device=device)
         return {"scores": result["metrics"], "result": result}
@@ -194,11 +194,11 @@ def run_claims(plan: ClaimsPlan, out: Path, *, quiet: bool = False, device: str 
     tasks = [((plan, out, *p, quiet or jobs > 1, device, train), {}) for p in points]
     got = run_tasks(_run_point, tasks, jobs=jobs if train else 1, desc="claims", quiet=quiet or not train,
                     names=[f"{e} {m} w{w:g} seed {s}" for e, m, w, s, _ in points])
-    records = [{"experiment": e, "method": m, "weight": w, "seed": s, "full": full, "scores": g["scores"]}
+    records = [{"experiment": e, "method": m, "weight": w, "seed": s, "full": "result" in g, "scores": g["scores"]}
                for (e, m, w, s, full), g in zip(points, got) if g is not None]
-    results = [g["result"] for (*_, full), g in zip(points, got) if full and g is not None]
+    results = [g["result"] for g in got if g is not None and "result" in g]
     missing = [{"experiment": e, "method": m, "weight": w, "seed": s, "full": full}
-               for (e, m, w, s, full), g in zip(points, got) if g is None]
+               for (e, m, w, s, full), g in zip(points, got) if g is None or (full and "result" not in g)]
     return {"plan": plan_dict(plan), "records": records, "results": results, "missing": missing,
             **claim_rows(plan, records)}
 

@@ -272,8 +272,9 @@ def write_claims(plan: ClaimsPlan, claims: dict, out: Path) -> str:
             "against none paired over them, with their 95% percentile bootstrap intervals.", "",
             frontier_table(frontier)]))]
     if claims.get("missing"):
-        parts += ["## Not finished", "", f"{len(claims['missing'])} planned runs had not finished when this report "
-                  "was written (`--report-only`); the rows above use the finished ones:", "",
+        parts += ["## Not finished", "", f"{len(claims['missing'])} planned runs had not finished (or had only their "
+                  "accuracies and leakage scored, by a `--light` run) when this report was written (`--report-only`); "
+                  "the rows above use what was finished:", "",
                   "\n".join(f"- {m['experiment']} {m['method']} weight {m['weight']:g} seed {m['seed']}"
                             f"{' (full evaluation)' if m['full'] else ''}" for m in claims["missing"]), ""]
     return _write(out / "claims.md", "\n".join(parts))

@@ -96,3 +96,8 @@ def test_tiny_claims_run_report_and_resume(tmp_path, tiny_config, one_thread):
     leak = {r["metric"]: r for r in light["claims"]}["leakage_paper"]["versus"][0]
     assert leak["diffs"] == {r["metric"]: r for r in rows}["leakage_paper"]["versus"][0]["diffs"]
     assert {r["metric"]: r for r in light["claims"]}["pgd_linf_acc"]["versus"][0]["mean"] is None
+    # a full plan's report over those light runs uses their scores and lists them as not fully evaluated
+    report = run_claims(ClaimsPlan(plan.config.replace(methods=("none", "mdr")), spurious=False), tmp_path / "light",
+                        quiet=True, train=False)
+    assert {r["metric"]: r for r in report["claims"]}["leakage_paper"]["versus"][0]["diffs"] == leak["diffs"]
+    assert len(report["missing"]) == 4 and all(m["full"] for m in report["missing"])
