@@ -245,8 +245,7 @@ def claim_rows(plan: ClaimsPlan, records: list[dict]) -> dict:
     for method in plan.fraction_methods:
         cut = _compare(records, leak, "none", plan.subject, weights)["mean"]  # none - mdr, > 0 if mdr cuts
         keep = _compare(records, leak, method, plan.subject, weights, margin=KEEP_MARGIN * max(cut or 0.0, 0.0))
-        per_claim = [{**c.__dict__, "versus": [_compare(records, c, method, other, weights, margin=0.0 if other == plan.subject else None)
-                                               for other in (plan.subject, "none")]}
+        per_claim = [{**c.__dict__, "versus": [_compare(records, c, method, other, weights) for other in (plan.subject, "none")]}
                      for c in CLAIMS if c.experiment == "blockmnist"]
         fractions.append({"method": method, "keeps_leakage_cut": keep, "cut": cut, "rows": per_claim})
     return {"claims": rows, "fractions": fractions}
