@@ -8,7 +8,8 @@ from __future__ import annotations
 import torch
 
 from ..estimators.checks import check_labels
-from .metrics import evaluating, kendall_tau, project, steepest_direction, topk_intersection
+from .metrics import (cosine_per_sample, evaluating, kendall_tau, nanmean, project, random_perturbation,
+                      spearman_per_sample, steepest_direction, topk_intersection, topk_mass)
 
 _NORMS = ("linf", "l2")
 
@@ -157,13 +158,45 @@ class AttributionAttack:
                               for i in range(0, images.shape[0], self.batch_size)])
 
 
+#: Similarities of two saliency maps reported by attribution_robustness (pixels ranked or weighted by
+#: |saliency|; 1 = unchanged): top-k intersection and Kendall tau (Ghorbani et al.), Spearman over all
+#: pixels, and the cosine of the |saliency| maps (a magnitude-weighted similarity that a diffuse map's
+#: reshuffled small pixels barely move).
+SIMILARITIES = ("topk_intersection", "kendall_tau", "spearman", "cosine")
+
+
+def attribution_similarity(before: torch.Tensor, after: torch.Tensor, k: int,
+                           wide_k: int | None = None) -> dict[str, float]:
+    """Every measure of SIMILARITIES between two batches of maps, each a mean over samples; with
+    ``wide_k`` also ``topk_intersection_wide``, the top-k intersection at k = wide_k."""
+    out = {"topk_intersection": topk_intersection(before, after, k), "kendall_tau": kendall_tau(before, after),
+           "spearman": nanmean(spearman_per_sample(before, after)), "cosine": nanmean(cosine_per_sample(before, after))}
+    if wide_k is not None:
+        out["topk_intersection_wide"] = topk_intersection(before, after, wide_k)
+    return out
+
+
 def attribution_robustness(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, k: int,
-                           steps: int, alpha: float | None = None, fd_step: float = 0.03) -> dict[str, float]:
-    """Top-k intersection and Kendall tau between the saliency maps of x and of AttributionAttack(x)
-    (pixels ranked by |saliency|; 1 = unchanged, higher is more robust). alpha defaults to 2.5 eps / steps."""
+                           steps: int, alpha: float | None = None, fd_step: float = 0.03,
+                           noise_seed: int | None = None, wide_k: int | None = None,
+                           batch_size: int = 512) -> dict[str, float]:
+    """SIMILARITIES between the saliency maps of x and of AttributionAttack(x) (higher is more robust;
+    alpha defaults to 2.5 eps / steps; with ``wide_k`` also the top-k intersection at that k), and two
+    properties of the clean maps: ``topk_mass``, the share of their |saliency| in the top k (how
+    concentrated they are), and ``saliency_l2``, their mean L2 norm (the model's input-gradient scale).
+    With ``noise_seed``, also the similarities under random
+    +-eps noise (a uniformly random vertex of the L-inf ball, clipped to [0, 1]), keys ending in
+    ``_random``: what any perturbation of that size does, the baseline the attack is read against."""
     alpha = 2.5 * eps / max(steps, 1) if alpha is None else alpha
-    attack = AttributionAttack(model, eps=eps, alpha=alpha, steps=steps, k=k, fd_step=fd_step)
+    attack = AttributionAttack(model, eps=eps, alpha=alpha, steps=steps, k=k, fd_step=fd_step, batch_size=batch_size)
     adv = attack(x, y)
     with evaluating(model):
         before, after = _saliency(model, x, y)[1], _saliency(model, adv, y)[1]
-    return {"topk_intersection": topk_intersection(before, after, k), "kendall_tau": kendall_tau(before, after)}
+        out = {**attribution_similarity(before, after, k, wide_k), "topk_mass": topk_mass(before, k),
+               "saliency_l2": before.flatten(1).double().norm(dim=1).mean().item()}
+        if noise_seed is not None:
+            gen = torch.Generator(device=x.device).manual_seed(noise_seed)
+            noisy = (x + random_perturbation(x, eps, "linf", gen)).clamp(0, 1)
+            out.update({f"{name}_random": v for name, v in
+                        attribution_similarity(before, _saliency(model, noisy, y)[1], k, wide_k).items()})
+    return out

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from ..estimators.checks import check_step
 from .experiments.config import (ATTRIBUTIONS, DATASETS, DEFAULT_ESTIMATORS, DEFAULT_WEIGHTS, ESTIMATORS, EXPERIMENTS,
-                                 METHODS, MODELS, ExperimentConfig)
+                                 METHODS, MODELS, SPURIOUS_PATCHES, ExperimentConfig, parse_method)
+from .experiments.claims import CLAIM_METHODS
 from .models import ACTIVATIONS
 
 _DEFAULTS = ExperimentConfig()
@@ -29,8 +30,8 @@ def _per_method(kind: str, cast, allowed=None):
     """Parser for ``VALUE`` (all methods) or ``METHOD=VALUE`` tokens of --weight / --estimator."""
     def parse(token: str):
         method, sep, value = token.rpartition("=")
-        if sep and method not in METHODS:
-            raise argparse.ArgumentTypeError(f"unknown method {method!r} in {token!r}; choose from {', '.join(METHODS)}")
+        if sep:
+            _method(method)
         try:
             v = cast(value)
         except ValueError:
@@ -42,6 +43,15 @@ def _per_method(kind: str, cast, allowed=None):
         return (method or None, v)
     parse.__name__ = kind  # argparse names the type in its messages
     return parse
+
+
+def _method(text: str) -> str:
+    """--methods / METHOD=...: a method name, optionally with a penalised fraction (``mdr@0.25``)."""
+    try:
+        parse_method(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def _resolve(tokens, defaults: dict) -> dict:
@@ -102,15 +112,17 @@ def load_weights_file(path: Path) -> dict:
     return weights
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
+def _add_common(p: argparse.ArgumentParser, *, experiment: bool = True) -> None:
     d = _DEFAULTS
-    p.add_argument("experiment", choices=EXPERIMENTS,
-                   help="blockmnist: digit + null block (feature leakage); spurious: label-correlated patch "
-                        "(shortcut, worst-group accuracy)")
+    if experiment:
+        p.add_argument("experiment", choices=EXPERIMENTS,
+                       help="blockmnist: digit + null block (feature leakage); spurious: label-correlated patch "
+                            "(shortcut, worst-group accuracy)")
     p.add_argument("--out", type=Path, required=True, help="output directory (reused to resume an interrupted run)")
-    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), metavar="METHOD",
+    p.add_argument("--methods", nargs="+", type=_method, default=list(METHODS), metavar="METHOD",
                    help=f"methods to train: {', '.join(METHODS)} (default: all). none = plain CE, "
-                        "igr = conditional ||grad_x CE||^2, joint = ||grad_x z_y||^2, mdr = marginal ||grad_x logsumexp||^2")
+                        "igr = conditional ||grad_x CE||^2, joint = ||grad_x z_y||^2, mdr = marginal ||grad_x logsumexp||^2; "
+                        "METHOD@F penalises a random fraction F of each batch (e.g. mdr@0.25)")
     p.add_argument("--seeds", nargs="+", type=_nonneg_int, default=list(d.seeds), metavar="SEED",
                    help="one or more seeds; results are means over seeds (default: %(default)s)")
     p.add_argument("--epochs", type=_positive_int, default=d.epochs, help="training epochs (default: %(default)s)")
@@ -134,6 +146,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patch-size", type=_patch_size, default=d.patch_size,
                    help="side of the BlockMNIST null patch, or 'inset' for an outline inset by 1/8 of the block "
                         "(use with --dataset digits) (default: %(default)s, the paper's)")
+    p.add_argument("--spurious-patch", choices=SPURIOUS_PATCHES, default=d.spurious_patch,
+                   help="where the spurious variant's class-coded square goes: rows appended below the image "
+                        "(band) or the image's own blank top rows (overlay, 28x28 MNIST) (default: %(default)s)")
     p.add_argument("--model", choices=MODELS, default=d.model,
                    help="architecture; papercnn: the paper's conv5x5-maxpool x2, fc 32 width, fc 10 "
                         "(default: %(default)s)")
@@ -188,6 +203,27 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--grid", nargs="+", type=_positive_float, required=True, metavar="W",
                      help="penalty weights tried for every method")
     sel.add_argument("--write", type=Path, default=None, help="also write the selection JSON here")
+    cl = sub.add_parser("claims", help="every claim of the paper: paired intervals over seeds, fractions, frontier",
+                        description="Train and evaluate none / igr / joint / mdr (--methods) on BlockMNIST and the "
+                                    "spurious-shortcut variant, mdr@F for each --fractions F, and the weight frontier "
+                                    "(--grid on --frontier-seeds); write OUT/claims.{json,md}, OUT/figures/frontier.png "
+                                    "and OUT/blockmnist/ (see margreg_fast/kit/experiments/claims.py).")
+    _add_common(cl, experiment=False)
+    cl.set_defaults(experiment="blockmnist", methods=list(CLAIM_METHODS))
+    cl.add_argument("--fractions", nargs="+", type=_number_type(float, lambda v: 0 < v < 1, "a number in (0, 1)"),
+                    default=[], metavar="F", help="also train mdr on a random fraction F of each batch")
+    cl.add_argument("--grid", nargs="+", type=_positive_float, default=[], metavar="W",
+                    help="frontier weights (with --frontier-seeds)")
+    cl.add_argument("--frontier-seeds", nargs="+", type=_nonneg_int, default=[], metavar="SEED")
+    cl.add_argument("--no-spurious", action="store_true", help="leave out the spurious-shortcut rows")
+    cl.add_argument("--light", action="store_true",
+                    help="score every run by accuracies and leakage only (no attacks, insertion or density): the "
+                         "cheap rerun that --compare-to checks")
+    cl.add_argument("--report-only", action="store_true",
+                    help="train nothing: write the report from the runs already finished in OUT, listing the others")
+    cl.add_argument("--compare-to", type=Path, default=None,
+                    help="a claims output directory of the same plan (e.g. another thread count): write "
+                         "OUT/stability.md, this run's paired means against that run's intervals and verdicts")
     ev = sub.add_parser("evaluate", help="evaluate the trained models in OUT and write results and figures",
                         description="Evaluate every finished run in OUT (made by `train` or `experiment`).")
     ev.add_argument("out", type=Path, help="output directory of a `train` or `experiment` run")
@@ -203,7 +239,8 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
         experiment=args.experiment, methods=tuple(args.methods), seeds=tuple(args.seeds),
         dataset="idx" if args.data_dir is not None else args.dataset,
         data_dir=None if args.data_dir is None else str(args.data_dir.resolve()), patch_size=args.patch_size,
-        max_train=args.max_train, max_test=args.max_test, model=args.model, activation=args.activation,
+        max_train=args.max_train, max_test=args.max_test, spurious_patch=args.spurious_patch, model=args.model,
+        activation=args.activation,
         width=args.width, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         weights=_resolve(args.weight, weights), estimators=_resolve(args.estimator, DEFAULT_ESTIMATORS),
         step=args.step, attribution=args.attribution, ig_steps=args.ig_steps, eval_samples=args.eval_samples,
@@ -235,6 +272,29 @@ def _select(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def _claims(cfg: ExperimentConfig, args: argparse.Namespace, device: str) -> int:
+    from .experiments.checkpoint import load_json
+    from .experiments.claims import ClaimsPlan, run_claims
+    from .experiments.claims_report import stability_markdown, write_claims
+
+    plan = ClaimsPlan(cfg, fractions=tuple(args.fractions), spurious=not args.no_spurious, grid=tuple(args.grid),
+                      frontier_seeds=tuple(args.frontier_seeds), light=args.light)
+    reference = None
+    if args.compare_to is not None:
+        try:
+            reference = load_json(args.compare_to / "claims.json")
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"--compare-to {args.compare_to}: no readable claims.json ({exc})") from None
+    claims = run_claims(plan, args.out, quiet=args.quiet, device=device, jobs=args.jobs, train=not args.report_only)
+    print(write_claims(plan, claims, args.out), end="")
+    if reference is not None:
+        text = stability_markdown(reference, claims, str(args.compare_to))
+        (args.out / "stability.md").write_text(text)
+        print(text, end="")
+    print(f"\nwrote {args.out}/claims.json, {args.out}/claims.md and {args.out}/blockmnist/")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -255,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
             out = args.out
             if args.command == "select":
                 return _select(cfg, args)
+            if args.command == "claims":
+                return _claims(cfg, args, device)
             if args.command == "train":
                 runner.train_all(cfg, out, quiet=args.quiet, device=device, jobs=args.jobs)
                 print(f"trained {len(cfg.methods) * len(cfg.seeds)} run(s) into {out}/runs; "

@@ -13,6 +13,12 @@ numbers (DESIGN.md section 5). For attributions a_i (N, ...) and a bool null mas
   y_i(t) = max(0, z(x_i^(t)) / z(x_i)), z the target logit. The curve is mean_i y_i(t), t = 0..steps,
   and the AUC its trapezoid area with dx = 1 (at most ``steps``; the paper: 155 steps, 10% of 1568).
   Images whose own target logit z(x_i) <= 0 make the ratio meaningless and are left out.
+- Two steadier variants of the same game (same steps, dx = 1): ``ratio_of_means_curve``,
+  max(0, mean_i z(x_i^(t)) / mean_i z(x_i)) over the same images, and the probability curve
+  mean_i p(x_i^(t)) over all images, p the target's softmax probability (the insertion metric of RISE,
+  Petsiuk et al. 2018). The per-image
+  ratio divides by each image's own logit, which a smoother model makes small, so a few images can
+  dominate its mean; the variants cannot blow up that way.
 """
 from __future__ import annotations
 
@@ -20,7 +26,7 @@ import math
 
 import torch
 
-from .metrics import _as_targets, _check_pairs, _target_logit
+from .metrics import _as_targets, _check_pairs, _target_logit, predict_logits
 
 
 def _abs_maps(name: str, attr: torch.Tensor, null_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,11 +58,12 @@ def leakage_topk(attr: torch.Tensor, null_mask: torch.Tensor, fraction: float = 
     return mask.gather(1, top).double().mean(1).mean().item()
 
 
-def insertion_curve_paper(model: torch.nn.Module, x: torch.Tensor, attr: torch.Tensor, target, *, steps: int = 155,
-                          batch_size: int = 512) -> torch.Tensor:
-    """(steps + 1,) float64 curve mean_i max(0, z(x_i^(t)) / z(x_i)) for t = 0..steps inserted pixels
-    (module docstring); all-nan if no image has a positive target logit."""
-    _check_pairs("insertion_curve_paper", x, attr)
+def insertion_logits_paper(model: torch.nn.Module, x: torch.Tensor, attr: torch.Tensor, target, *, steps: int = 155,
+                           batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The raw insertion game of the paper, per image: ``(z, full, prob)`` in float64 with z (steps + 1, N)
+    the target logit after t = 0..steps inserted pixels, full (N,) the target logit of x itself and
+    prob (steps + 1, N) the target's softmax probability after t inserted pixels."""
+    _check_pairs("insertion_logits_paper", x, attr)
     flat = x.detach().flatten(1)
     if not 1 <= steps <= flat.shape[1]:
         raise ValueError(f"steps must be in [1, {flat.shape[1]}], got {steps}")
@@ -64,19 +71,45 @@ def insertion_curve_paper(model: torch.nn.Module, x: torch.Tensor, attr: torch.T
     target = _as_targets(target, n, x.device)
     order = attr.detach().flatten(1).sort(dim=1, descending=True, stable=True).indices[:, :steps]
     full = _target_logit(model, x, target, batch_size).double()
-    keep = full > 0
     # rank[i, j] = position of pixel j in image i's insertion order (steps for pixels never inserted)
     rank = torch.full(flat.shape, steps, dtype=torch.int64, device=x.device)
     rank.scatter_(1, order, torch.arange(steps, device=x.device).expand(n, steps).contiguous())
     chunk = max(1, batch_size // max(n, 1))
-    ratios = []
+    logits, probs = [], []
     for t0 in range(0, steps + 1, chunk):
         ts = torch.arange(t0, min(t0 + chunk, steps + 1), device=x.device)
         images = flat * (rank[None] < ts[:, None, None])  # (len(ts), N, d): the first t pixels inserted
-        z = _target_logit(model, images.reshape(-1, *x.shape[1:]), target.repeat(len(ts)), batch_size)
-        ratios.append((z.double().reshape(len(ts), n) / full).clamp_min(0))
-    curve = torch.cat(ratios)[:, keep]
-    return curve.mean(1) if keep.any() else torch.full((steps + 1,), float("nan"), dtype=torch.float64)
+        out = predict_logits(model, images.reshape(-1, *x.shape[1:]), batch_size).double()
+        index = target.repeat(len(ts))[:, None]
+        logits.append(out.gather(1, index).reshape(len(ts), n))
+        probs.append(out.log_softmax(1).gather(1, index).exp().reshape(len(ts), n))
+    return torch.cat(logits), full, torch.cat(probs)
+
+
+def paper_ratio_curve(z: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
+    """The paper's curve mean_i max(0, z_i(t) / z_i(x)) over the images with z_i(x) > 0 (all-nan if none)."""
+    keep = full > 0
+    if not keep.any():
+        return torch.full(z.shape[:1], float("nan"), dtype=torch.float64)
+    return (z[:, keep] / full[keep]).clamp_min(0).mean(1)
+
+
+def ratio_of_means_curve(z: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
+    """The robust variant max(0, mean_i z_i(t) / mean_i z_i(x)) over the same images as the paper's
+    curve: one division by the mean logit instead of one per image, so an image whose own z_i(x) is
+    near 0 cannot blow the mean up (all-nan if no image has z_i(x) > 0)."""
+    keep = full > 0
+    if not keep.any():
+        return torch.full(z.shape[:1], float("nan"), dtype=torch.float64)
+    return (z[:, keep].mean(1) / full[keep].mean()).clamp_min(0)
+
+
+def insertion_curve_paper(model: torch.nn.Module, x: torch.Tensor, attr: torch.Tensor, target, *, steps: int = 155,
+                          batch_size: int = 512) -> torch.Tensor:
+    """(steps + 1,) float64 curve mean_i max(0, z(x_i^(t)) / z(x_i)) for t = 0..steps inserted pixels
+    (module docstring); all-nan if no image has a positive target logit."""
+    z, full, _ = insertion_logits_paper(model, x, attr, target, steps=steps, batch_size=batch_size)
+    return paper_ratio_curve(z, full)
 
 
 def curve_area_paper(curve: torch.Tensor) -> float:

@@ -40,7 +40,7 @@ def test_help_lists_subcommands_and_options(capsys):
     ([], "required"),
     (["experiment", "cifar", "--out", "x"], "invalid choice"),
     (["experiment", "blockmnist"], "--out"),
-    (["experiment", "blockmnist", "--out", "x", "--methods", "adv"], "invalid choice"),
+    (["experiment", "blockmnist", "--out", "x", "--methods", "adv"], "unknown method"),
     (["experiment", "blockmnist", "--out", "x", "--epochs", "0"], "positive integer"),
     (["experiment", "blockmnist", "--out", "x", "--seeds", "-1"], "integer >= 0"),
     (["experiment", "blockmnist", "--out", "x", "--weight", "mdr=abc"], "invalid weight"),
@@ -56,6 +56,11 @@ def test_help_lists_subcommands_and_options(capsys):
     (["experiment", "blockmnist", "--out", "x", "--device", "cuda:0" if not __import__("torch").cuda.is_available()
       else "tpu"], "--device"),
     (["evaluate", "/nonexistent/run"], "config.json"),
+    (["experiment", "blockmnist", "--out", "x", "--methods", "mdr@0.250"], "write the fraction"),
+    (["claims", "--out", "x", "--fractions", "1"], "a number in (0, 1)"),
+    (["claims", "--out", "x", "--grid", "1"], "frontier"),
+    (["claims", "--out", "x", "--methods", "none", "igr"], "compare mdr"),
+    (["claims", "--out", "x", "--compare-to", "/nonexistent"], "--compare-to"),
 ])
 def test_bad_arguments_exit_2_with_a_clear_message(argv, words, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

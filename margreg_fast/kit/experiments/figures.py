@@ -3,10 +3,11 @@
 - ``attributions.png``: the same test inputs (top row) and each method's attribution map for them
   (one row per method, first seed), shown as |attribution| normalised per image, so where a model
   looks is comparable across methods whatever its gradient scale.
-- ``figure1.png``: the paper's Figure 1 layout: one test input, the |attribution| maps of none / igr /
-  mdr on it (shown on the input's non-zero pixels only, as in the paper) titled with each method's
-  ``leakage_paper`` (mean over seeds), and the insertion curves in the paper's units (one pixel per
-  step, y = z_t(inserted) / z_t(x) clipped at 0, mean over seeds) with their AUCs.
+- ``figure1.png``: the paper's Figure 1 like for like: one test "7" (the single-image panel of
+  evaluation.py), the |attribution| maps of none / igr / mdr (first seed) on it (shown on the input's
+  non-zero pixels only, as in the paper) titled with that image's ``leakage_paper``, and that image's
+  insertion curves in the paper's units (one pixel per step, y = z_t(inserted) / z_t(x) clipped at 0)
+  with their AUCs; the dataset means over seeds stand next to them, named as such.
 - ``insertion.png``: the insertion-game curve of each method (mean over seeds), AUC in the legend;
   the curve is (z(x_f) - z(0)) / (z(x) - z(0)) averaged as in metrics.insertion_curve, so it can exceed 1.
 """
@@ -82,38 +83,46 @@ def _seed_mean(results: list[dict], method: str, key: str) -> float | None:
 
 
 def figure1(cfg: ExperimentConfig, results: list[dict], path: Path) -> None:
+    """The single-image panel: the first seed's models on one test "7" (evaluation.single_image_panel);
+    every number in the plot belongs to that image except the dataset means named as such."""
     methods = [m for m in FIGURE1_METHODS if m in cfg.methods] or list(cfg.methods)
     seed = cfg.seeds[0]
-    by_method = {r["method"]: r for r in results if r["seed"] == seed}
-    x = np.asarray(by_method[methods[0]]["figure"]["inputs"][0])
-    fig, axes = plt.subplots(1, len(methods) + 2, figsize=(1.8 * (len(methods) + 1) + 5.0, 3.6), layout="constrained",
+    panels = {r["method"]: r.get("panel") for r in results if r["seed"] == seed}
+    if any(panels.get(m) is None for m in methods):
+        return  # no image of the panel's class in this test split
+    x = np.asarray(panels[methods[0]]["input"])
+    fig, axes = plt.subplots(1, len(methods) + 2, figsize=(1.8 * (len(methods) + 1) + 5.0, 3.8), layout="constrained",
                              gridspec_kw={"width_ratios": [1] * (len(methods) + 1) + [3.2]})
     axes[0].imshow(x, cmap="gray", vmin=0, vmax=1)
-    axes[0].set_title("input")
+    axes[0].set_title(f"test image {panels[methods[0]]['index']}")
     for ax, method in zip(axes[1:], methods):
-        a = np.abs(np.asarray(by_method[method]["figure"]["attributions"][0]))
+        a = np.abs(np.asarray(panels[method]["attribution"]))
         shown = np.ma.masked_where(x == 0, a / max(a.max(), 1e-12))
         ax.imshow(np.zeros_like(x), cmap="gray", vmin=0, vmax=1)
         ax.imshow(shown, cmap="hot", vmin=0, vmax=1)
-        leak = _seed_mean(results, method, "leakage_paper")
-        ax.set_title(method if leak is None else f"{method}\nleakage {leak:.2f}")
+        leak, mean = panels[method].get("leakage_paper"), _seed_mean(results, method, "leakage_paper")
+        ax.set_title(f"{method}\nleakage {_num(leak, '.2f')}\n(dataset mean {_num(mean, '.2f')})", fontsize=8)
     for ax in axes[:-1]:
         ax.set_xticks([])
         ax.set_yticks([])
     ax = axes[-1]
     for method in methods:
-        curves = [r["figure"]["insertion_curve_paper"] for r in results if r["method"] == method]
-        curve = np.asarray(curves, dtype=float).mean(axis=0)  # None (undefined) -> nan: no line
-        auc = _seed_mean(results, method, "insertion_auc_paper")
-        ax.plot(np.arange(len(curve)), curve, label=f"{method} (AUC {'n/a' if auc is None else f'{auc:.1f}'})")
+        curve = np.asarray(panels[method]["insertion_curve_paper"], dtype=float)  # None (undefined) -> nan
+        auc, mean = panels[method]["insertion_auc_paper"], _seed_mean(results, method, "insertion_auc_paper")
+        ax.plot(np.arange(len(curve)), curve,
+                label=f"{method}: AUC {_num(auc, '.1f')} (dataset mean {_num(mean, '.1f')})")
     ax.set_xlabel("pixels inserted")
     ax.set_ylabel("z_t(inserted) / z_t(x)")
-    ax.set_title("insertion game")
+    ax.set_title("insertion game on this image")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.suptitle(f"{cfg.experiment}: |{cfg.attribution}| (seed {seed}), leakage and insertion in the paper's units "
-                 f"(means over {len(cfg.seeds)} seed(s))", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.suptitle(f"One image, seed {seed}: |{cfg.attribution}|, leakage and insertion in the paper's units; "
+                 f"dataset means over {len(cfg.seeds)} seed(s) x {cfg.eval_samples} images in brackets", fontsize=9)
     _save(fig, path)
+
+
+def _num(value, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
 
 
 def write_figures(cfg: ExperimentConfig, results: list[dict], out_dir: Path) -> list[Path]:

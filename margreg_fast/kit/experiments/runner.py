@@ -75,9 +75,14 @@ def _runs(cfg: ExperimentConfig):
 _DATA_CACHE: dict = {}
 
 
+#: Settings the datasets do not depend on (left out of the cache key, so that a worker running many
+#: methods and weights builds each seed's data once).
+_NOT_DATA = ("methods", "seeds", "weights", "estimators", "step")
+
+
 def _datasets(cfg: ExperimentConfig, seed: int):
     """build_datasets(cfg, seed), remembering the last one built in this process."""
-    key = (repr(cfg.to_dict()), seed)
+    key = (repr({k: v for k, v in cfg.to_dict().items() if k not in _NOT_DATA}), seed)
     if key not in _DATA_CACHE:
         _DATA_CACHE.clear()
         _DATA_CACHE[key] = build_datasets(cfg, seed)

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from ..data import ImageDataset
 from ...regularizer import MarginalDensityRegularizer
 from .checkpoint import load_checkpoint, restore, save_checkpoint
-from .config import PENALTY_OF_METHOD, ExperimentConfig
+from .config import PENALTY_OF_METHOD, ExperimentConfig, parse_method
 from .modelzoo import build_model
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -42,9 +42,14 @@ class TrainedRun:
 
 
 def make_regularizer(cfg: ExperimentConfig, method: str) -> MarginalDensityRegularizer:
-    penalty = PENALTY_OF_METHOD[method]
+    """The objective of ``method``; a ``BASE@F`` method penalises a random fraction F of each batch
+    (drawn from torch's global generator, whose state the checkpoints keep)."""
+    base, fraction = parse_method(method)
+    penalty = PENALTY_OF_METHOD[base]
     weight = 0.0 if penalty == "none" else cfg.weights[method]
-    return MarginalDensityRegularizer(weight, method=cfg.estimators[method], step=cfg.step, penalty=penalty)
+    sampled = {} if fraction == 1.0 else {"fraction": fraction}  # fraction 1 is the plain regulariser
+    return MarginalDensityRegularizer(weight, method=cfg.estimators[method], step=cfg.step, penalty=penalty,
+                                      **sampled)
 
 
 def _data_generator(seed: int) -> torch.Generator:

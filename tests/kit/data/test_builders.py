@@ -120,6 +120,23 @@ def test_spurious_larger_images_use_bigger_patches():
         assert ds.x[i, 0, 28:].sum() == p * p
 
 
+def test_spurious_overlay_keeps_the_shape_and_lights_the_top_rows():
+    x = torch.zeros(10, 1, 28, 28)
+    x[:, :, 10:20, 10:20] = 0.5  # a "digit" away from the band
+    x[1, 0, 1, 27] = 0.25        # a stray inked pixel inside the band, off the patch: kept
+    y = torch.arange(10)
+    ds = make_spurious(x, y, seed=0, train=True, agreement=1.0, overlay=True, patch=2)
+    assert ds.x.shape == x.shape and torch.equal(ds.x[:, :, 2:], x[:, :, 2:])
+    assert torch.all(ds.null_mask[:, :, :2]) and not torch.any(ds.null_mask[:, :, 2:])
+    for c in range(10):  # a 2x2 square at columns 2c, 2c + 1 of rows 0-1, nothing else in the band
+        assert torch.all(ds.x[c, 0, :2, 2 * c:2 * c + 2] == 1)
+        assert ds.x[c, 0, :2].sum() == 4 + (0.25 if c == 1 else 0)
+    with pytest.raises(ValueError, match="leaves nothing"):
+        make_spurious(x[:, :, :2], y, seed=0, train=True, overlay=True, patch=2)
+    with pytest.raises(ValueError, match="patch"):
+        make_spurious(x, y, seed=0, train=True, overlay=True, patch=0)
+
+
 def test_builders_reject_bad_input(digits):
     x, y = digits
     with pytest.raises(ValueError, match="N, 1, H, W"):

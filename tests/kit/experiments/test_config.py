@@ -1,6 +1,6 @@
 import pytest
 
-from margreg_fast.kit.experiments.config import DEFAULT_WEIGHTS, ExperimentConfig
+from margreg_fast.kit.experiments.config import DEFAULT_WEIGHTS, ExperimentConfig, parse_method
 
 
 def test_round_trip_through_dict_is_exact():
@@ -31,6 +31,13 @@ def test_round_trip_through_dict_is_exact():
     ({"test_fraction": 1.0}, "test_fraction"),
     ({"attribution": "lime"}, "attribution"),
     ({"model": "vit", "methods": ("none", "igr")}, "estimator fd"),
+    ({"methods": ("mdr@0.250",)}, "write the fraction as '0.25'"),
+    ({"methods": ("mdr@1",)}, r"value in \(0, 1\)"),
+    ({"methods": ("none@0.5",)}, "regularised method"),
+    ({"methods": ("mdr@half",)}, "not a number"),
+    ({"weights": {"mdr@2": 1.0}}, "unknown method"),
+    ({"spurious_patch": "corner"}, "spurious_patch"),
+    ({"spurious_agreement": 1.5}, "spurious_agreement"),
 ])
 def test_bad_values_are_named(change, words):
     with pytest.raises(ValueError, match=words):
@@ -47,3 +54,15 @@ def test_step_policy_name_and_mdr_exact_follows_mdr():
     assert cfg.step == "auto" and ExperimentConfig.from_dict(cfg.to_dict()) == cfg
     assert cfg.weights["mdr-exact"] == 3.0 and cfg.estimators["mdr-exact"] == "exact"
     assert ExperimentConfig(weights={"mdr": 3.0, "mdr-exact": 1.0}).weights["mdr-exact"] == 1.0
+
+
+def test_fraction_methods_follow_their_base_and_have_their_own_key():
+    cfg = ExperimentConfig(methods=("none", "mdr", "mdr@0.25"), weights={"mdr": 3.0})
+    assert cfg.weights["mdr@0.25"] == 3.0 and cfg.estimators["mdr@0.25"] == cfg.estimators["mdr"]
+    assert ExperimentConfig.from_dict(cfg.to_dict()) == cfg
+    assert parse_method("mdr@0.25") == ("mdr", 0.25) and parse_method("igr") == ("igr", 1.0)
+    keys = {cfg.run_key(m) for m in cfg.methods}
+    assert len(keys) == 3
+    # the fraction run's key moves with its own weight only
+    other = cfg.replace(weights={**cfg.weights, "mdr@0.25": 1.0})
+    assert other.run_key("mdr@0.25") != cfg.run_key("mdr@0.25") and other.run_key("mdr") == cfg.run_key("mdr")

@@ -35,8 +35,8 @@ def test_tiny_blockmnist_experiment(tmp_path, tiny_config):
     results = json.loads((out / "results.json").read_text())
     assert results == summary
     _check_schema(results, "blockmnist", METHODS)
-    for row in results["methods"].values():
-        assert all(row[k] is not None for k in RESULT_KEYS)  # BlockMNIST has null blocks and position groups
+    for row in results["methods"].values():  # BlockMNIST has null blocks and position groups, no shortcut patch
+        assert all((row[k] is None) == (k == "acc_patch_disagrees") for k in RESULT_KEYS)
         assert 0.0 <= row["clean_acc"] <= 1.0 and 0.0 <= row["leakage"] <= 1.0
         assert row["step_time_s"] > 0
     text = (out / "results.md").read_text()

@@ -1,0 +1,275 @@
+"""Every claim of the paper on one instrument: the runs it needs, run resumably, and the paired rows.
+
+    margreg-fast claims --seeds 0 1 2 3 4 --eval-samples 500 --weights-file WEIGHTS \\
+        --fractions 0.5 0.25 0.125 --grid 0.1 1 10 --frontier-seeds 0 1 2 --out runs/claims
+
+The plan (``ClaimsPlan``) holds one BlockMNIST config (seeds, evaluation images, selected weights) and:
+
+- full evaluation (evaluation.evaluate_model) of its ``methods`` (none, igr, joint, mdr by default) and of
+  ``mdr@F`` for every fraction F, each at its selected weight, on every seed;
+- the spurious-shortcut variant (``spurious_patch="overlay"``: 28x28 digits, a class-coded 2x2 square in
+  the blank top rows agreeing with the label on 95% of training images and on 10% at test) for none,
+  igr, joint and mdr on every seed, scored by ``light_scores`` (accuracies only);
+- the weight frontier: igr, joint, mdr, mdr-exact and every mdr@F at every ``grid`` weight and at its
+  selected weight, on the ``frontier_seeds``, scored by ``light_scores`` (accuracy and leakage).
+
+Every point is one (experiment, method, weight, seed) run under ``OUT/<experiment>/runs/``, named by
+``runner.run_dir``, so a point needed twice (a frontier point at the selected weight is a claims run)
+trains once, an interrupted command resumes, and nothing already scored is recomputed. All points go
+through one pool of ``jobs`` worker processes. The rows (claims.CLAIMS) compare mdr with each
+comparator by paired differences over seeds (intervals.py); the report is in claims_report.py.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .checkpoint import load_json, save_json
+from .config import ExperimentConfig
+from .evaluation import LIGHT_KEYS, light_scores
+from .intervals import Paired, paired, verdict
+from .parallel import run_tasks
+from .runner import RESULT_NAME, _datasets, _one_run, claim_output_dir, deterministic, run_dir
+from .training import train_run
+
+SUBJECT = "mdr"
+COMPARATORS = ("none", "igr", "joint")
+#: The fully evaluated methods by default: the subject and its comparators.
+CLAIM_METHODS = ("none", "igr", "joint", "mdr")
+SPURIOUS_METHODS = ("none", "igr", "joint", "mdr")
+#: Methods of the frontier besides the mdr@F ones (none is its reference point).
+FRONTIER_METHODS = ("igr", "joint", "mdr", "mdr-exact")
+#: "fraction F keeps the leakage cut of fraction 1" when mdr@F - mdr in leakage_paper is SUPPORTED as
+#: at most this share of fraction 1's mean cut (none - mdr) worse: a non-inferiority margin fixed in advance.
+KEEP_MARGIN = 0.2
+SCORES_NAME = "scores.json"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One row of the claims table: the paper's claim, measured by ``metric`` of ``experiment``;
+    ``better`` is +1 where higher is better, -1 where lower is; ``margin`` > 0 makes it a
+    non-inferiority claim (intervals.verdict)."""
+
+    claim: str
+    experiment: str
+    metric: str
+    better: int
+    margin: float = 0.0
+
+
+CLAIMS = (
+    Claim("less feature leakage", "blockmnist", "leakage", -1),
+    Claim("less feature leakage", "blockmnist", "leakage_paper", -1),
+    Claim("less feature leakage", "blockmnist", "leakage_topk", -1),
+    Claim("more faithful attribution (insertion, Figure 1)", "blockmnist", "insertion_auc_paper", 1),
+    Claim("more faithful attribution (insertion, Figure 1)", "blockmnist", "insertion_auc_rom", 1),
+    Claim("more faithful attribution (insertion, Figure 1)", "blockmnist", "insertion_auc_prob", 1),
+    Claim("spurious correlation mitigated", "spurious", "worst_group_acc", 1),
+    Claim("spurious correlation mitigated", "spurious", "acc_patch_disagrees", 1),
+    Claim("robust to pixel perturbations", "blockmnist", "pgd_linf_acc", 1),
+    Claim("robust to pixel perturbations", "blockmnist", "pgd_l2_acc", 1),
+    Claim("robust to input-gradient perturbations", "blockmnist", "topk_intersection", 1),
+    Claim("robust to input-gradient perturbations", "blockmnist", "kendall_tau", 1),
+    Claim("robust to input-gradient perturbations", "blockmnist", "spearman", 1),
+    Claim("robust to input-gradient perturbations", "blockmnist", "cosine", 1),
+    Claim("robust to density perturbations", "blockmnist", "density_shift", -1),
+    Claim("clean accuracy kept (at most 1 point lower)", "blockmnist", "clean_acc", 1, 0.01),
+)
+
+
+@dataclass(frozen=True)
+class ClaimsPlan:
+    """What one ``claims`` command runs (module docstring). ``config`` is the BlockMNIST config; its
+    ``methods`` are the fully evaluated ones."""
+
+    config: ExperimentConfig
+    fractions: tuple[float, ...] = ()
+    spurious: bool = True
+    grid: tuple[float, ...] = ()
+    frontier_seeds: tuple[int, ...] = ()
+    subject: str = field(default=SUBJECT)
+    light: bool = False  # score every point by light_scores only (accuracies and leakage: a cheap rerun)
+
+    def __post_init__(self) -> None:
+        if self.config.experiment != "blockmnist":
+            raise ValueError(f"the claims' config is the BlockMNIST one, got experiment {self.config.experiment!r}")
+        if self.subject not in self.config.methods:
+            raise ValueError(f"the claims compare {self.subject}, which is not among the methods {self.config.methods}")
+        for f in self.fractions:
+            if not 0.0 < f < 1.0:
+                raise ValueError(f"fractions must lie in (0, 1), got {f}")
+        if any(not w > 0 for w in self.grid) or len(set(self.grid)) != len(self.grid):
+            raise ValueError(f"the grid must hold distinct positive weights, got {self.grid}")
+        if bool(self.grid) != bool(self.frontier_seeds):
+            raise ValueError("the frontier needs both a grid and frontier seeds (or neither)")
+
+    @property
+    def fraction_methods(self) -> tuple[str, ...]:
+        return tuple(f"{self.subject}@{f:g}" for f in self.fractions)
+
+    def experiment_config(self, experiment: str) -> ExperimentConfig:
+        """The config of ``experiment`` with every method of the plan (so each has its weight)."""
+        methods = tuple(dict.fromkeys((*self.config.methods, *self.fraction_methods, *FRONTIER_METHODS)))
+        cfg = self.config.replace(methods=methods)
+        if experiment == "spurious":
+            cfg = cfg.replace(experiment="spurious", spurious_patch="overlay")
+        return cfg
+
+    def points(self) -> list[tuple[str, str, float, int, bool]]:
+        """Every (experiment, method, weight, seed, full evaluation) to run, each once, in the order of
+        their worth should the command be stopped early: the claims table (BlockMNIST, then the
+        spurious variant), the frontier of none / igr / joint / mdr / mdr-exact seed by seed, the
+        fractions at the selected weight, then the fractions' frontier seed by seed."""
+        cfg = self.experiment_config("blockmnist")
+        full = not self.light
+        out = [("blockmnist", m, cfg.weights[m], s, full) for s in cfg.seeds for m in self.config.methods]
+        if self.spurious:
+            out += [("spurious", m, cfg.weights[m], s, False) for s in cfg.seeds for m in SPURIOUS_METHODS]
+        fractions_full = [("blockmnist", m, cfg.weights[m], s, full) for s in cfg.seeds for m in self.fraction_methods]
+        done = {p[:4] for p in out + fractions_full}
+
+        def frontier(methods):
+            for s in self.frontier_seeds:
+                for m in methods:
+                    for w in ((0.0,) if m == "none" else (*self.grid, cfg.weights[m])):
+                        if ("blockmnist", m, w, s) not in done:
+                            done.add(("blockmnist", m, w, s))
+                            yield ("blockmnist", m, w, s, False)
+
+        out += list(frontier(("none", *FRONTIER_METHODS)))
+        out += fractions_full
+        return out + list(frontier(self.fraction_methods))
+
+
+def _point_config(plan: ClaimsPlan, experiment: str, method: str, weight: float) -> ExperimentConfig:
+    cfg = plan.experiment_config(experiment)
+    return cfg if method == "none" else cfg.replace(weights={**cfg.weights, method: weight})
+
+
+def _light_point(cfg: ExperimentConfig, out: Path, seed: int, method: str, *, quiet: bool, device: str) -> dict:
+    """light_scores of one run, trained (or resumed) in its run directory; cached in scores.json."""
+    rdir = run_dir(out, cfg, method, seed)
+    if (rdir / SCORES_NAME).exists():
+        return load_json(rdir / SCORES_NAME)
+    full = rdir / RESULT_NAME  # a full evaluation of the same run holds these numbers already
+    if full.exists():
+        return {k: load_json(full)["metrics"][k] for k in (*LIGHT_KEYS, "step_time_s")}
+    with deterministic():
+        train_set, eval_set = _datasets(cfg, seed)
+        trained = train_run(cfg, method, seed, train_set, rdir, quiet=quiet, device=device)
+        scores = {**light_scores(trained.model.cpu(), eval_set, cfg), "step_time_s": trained.median_step_time}
+    save_json(rdir / SCORES_NAME, scores)
+    return scores
+
+
+def _run_point(plan: ClaimsPlan, out: Path, experiment: str, method: str, weight: float, seed: int, full: bool,
+               quiet: bool, device: str, train: bool = True) -> dict | None:
+    """The scores (and, if ``full``, the whole result) of one point; with ``train=False`` only what is
+    already on disk: the full result, else the light scores, else None (a point not finished)."""
+    cfg = _point_config(plan, experiment, method, weight)
+    where = Path(out) / experiment
+    if not train:
+        rdir = run_dir(where, cfg, method, seed)
+        if full and (rdir / RESULT_NAME).exists():
+            got = load_json(rdir / RESULT_NAME)
+            return {"scores": got["metrics"], "result": got}
+        # a point scored only by light_scores (e.g. by a --light run) gives its accuracies and leakage
+        return {"scores": load_json(rdir / SCORES_NAME)} if (rdir / SCORES_NAME).exists() else None
+    if full:
+        result = _one_run(cfg, where, seed, method, train=True, evaluate=True, quiet=quiet, device=device)
+        return {"scores": result["metrics"], "result": result}
+    return {"scores": _light_point(cfg, where, seed, method, quiet=quiet, device=device)}
+
+
+def run_claims(plan: ClaimsPlan, out: Path, *, quiet: bool = False, device: str = "cpu", jobs: int = 1,
+               train: bool = True) -> dict:
+    """Run (or resume) every point of ``plan`` ``jobs`` at a time; return the claims object (points,
+    full results, rows, and the points missing) that claims_report writes out. With ``train=False``
+    nothing runs: the object is built from the points already finished, and ``missing`` lists the rest."""
+    out = Path(out)
+    for experiment in ("blockmnist", "spurious") if plan.spurious else ("blockmnist",):
+        claim_output_dir(out / experiment, plan.experiment_config(experiment))
+    points = plan.points()
+    tasks = [((plan, out, *p, quiet or jobs > 1, device, train), {}) for p in points]
+    got = run_tasks(_run_point, tasks, jobs=jobs if train else 1, desc="claims", quiet=quiet or not train,
+                    names=[f"{e} {m} w{w:g} seed {s}" for e, m, w, s, _ in points])
+    records = [{"experiment": e, "method": m, "weight": w, "seed": s, "full": "result" in g, "scores": g["scores"]}
+               for (e, m, w, s, full), g in zip(points, got) if g is not None]
+    results = [g["result"] for g in got if g is not None and "result" in g]
+    missing = [{"experiment": e, "method": m, "weight": w, "seed": s, "full": full}
+               for (e, m, w, s, full), g in zip(points, got) if g is None or (full and "result" not in g)]
+    return {"plan": plan_dict(plan), "records": records, "results": results, "missing": missing,
+            **claim_rows(plan, records)}
+
+
+def plan_dict(plan: ClaimsPlan) -> dict:
+    return {"config": plan.config.to_dict(), "fractions": list(plan.fractions), "spurious": plan.spurious,
+            "grid": list(plan.grid), "frontier_seeds": list(plan.frontier_seeds), "subject": plan.subject,
+            "light": plan.light}
+
+
+def seed_values(records: list[dict], experiment: str, method: str, weight: float, metric: str,
+                seeds=None) -> dict[int, float | None]:
+    """{seed: the metric} of one (experiment, method, weight), optionally on ``seeds`` only."""
+    return {r["seed"]: r["scores"].get(metric) for r in records
+            if (r["experiment"], r["method"], r["weight"]) == (experiment, method, weight)
+            and (seeds is None or r["seed"] in seeds)}
+
+
+def _compare(records, claim: Claim, subject: str, comparator: str, weights: dict, margin: float | None = None) -> dict:
+    p = paired(seed_values(records, claim.experiment, subject, weights[subject], claim.metric),
+               seed_values(records, claim.experiment, comparator, weights[comparator], claim.metric))
+    margin = claim.margin if margin is None else margin
+    return {"comparator": comparator, **p.to_dict(), "verdict": verdict(p, claim.better, margin), "margin": margin}
+
+
+def _has(records, experiment: str, method: str) -> bool:
+    return any(r["experiment"] == experiment and r["method"] == method for r in records)
+
+
+def claim_rows(plan: ClaimsPlan, records: list[dict]) -> dict:
+    """``{"claims": [...], "fractions": [...]}``: per claim, the subject against each comparator that
+    was run; per fraction method, the same rows against the subject (fraction 1) and against none, and
+    whether it keeps the leakage cut (KEEP_MARGIN)."""
+    weights = plan.experiment_config("blockmnist").weights
+    rows = []
+    for claim in CLAIMS:
+        if not _has(records, claim.experiment, plan.subject):
+            continue
+        versus = [_compare(records, claim, plan.subject, c, weights) for c in COMPARATORS
+                  if c != plan.subject and _has(records, claim.experiment, c)]
+        rows.append({**claim.__dict__, "versus": versus})
+    fractions = []
+    leak = next(c for c in CLAIMS if c.metric == "leakage_paper")
+    for method in plan.fraction_methods:
+        cut = _compare(records, leak, "none", plan.subject, weights)["mean"]  # none - mdr, > 0 if mdr cuts
+        keep = _compare(records, leak, method, plan.subject, weights, margin=KEEP_MARGIN * max(cut or 0.0, 0.0))
+        per_claim = [{**c.__dict__, "versus": [_compare(records, c, method, other, weights) for other in (plan.subject, "none")]}
+                     for c in CLAIMS if c.experiment == "blockmnist"]
+        fractions.append({"method": method, "keeps_leakage_cut": keep, "cut": cut, "rows": per_claim})
+    return {"claims": rows, "fractions": fractions}
+
+
+def frontier_rows(plan: ClaimsPlan, records: list[dict]) -> list[dict]:
+    """Per (method, weight) of the frontier on the frontier seeds: clean_acc and leakage_paper, their
+    means and the paired differences against none, and the median step time."""
+    weights = plan.experiment_config("blockmnist").weights
+    seeds = set(plan.frontier_seeds)
+    out = []
+    none = {k: seed_values(records, "blockmnist", "none", weights["none"], k, seeds) for k in ("clean_acc", "leakage_paper")}
+    for method in ("none", *FRONTIER_METHODS, *plan.fraction_methods):
+        for w in sorted({*(() if method == "none" else plan.grid), weights[method]}):
+            row = {"method": method, "weight": w, "selected": w == weights[method]}
+            for key in ("clean_acc", "leakage_paper", "step_time_s"):
+                vals = seed_values(records, "blockmnist", method, w, key, seeds)
+                got = [v for v in vals.values() if v is not None]
+                row[key] = sum(got) / len(got) if got and len(got) == len(vals) else None
+                if key in none and method != "none":
+                    row[f"{key}_vs_none"] = paired(vals, none[key]).to_dict()
+            out.append(row)
+    return out
+
+
+__all__ = ["CLAIMS", "COMPARATORS", "Claim", "ClaimsPlan", "KEEP_MARGIN", "Paired", "frontier_rows", "run_claims",
+           "seed_values"]

@@ -1,0 +1,302 @@
+"""Write the claims: OUT/claims.json, OUT/claims.md (and its parts, see write_claims),
+OUT/figures/frontier.png and the BlockMNIST reports (OUT/blockmnist/results.{json,md},
+results_seeds.json and figures/, figure1.png the single-image panel).
+
+claims.md holds, in order: the claims table (mdr against none, igr and joint: mean paired difference,
+95% bootstrap interval, verdict), the count that reads "marginal beats conditional / joint" from it,
+every seed's value of every claim metric (the spread), the single-image panel next to the dataset
+means, the fractions (mdr@F against mdr and none), and the weight frontier. Every number in it is
+computed here from the records of claims.run_claims; nothing is typed in.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from .checkpoint import save_json
+from .claims import CLAIMS, KEEP_MARGIN, ClaimsPlan, frontier_rows, seed_values
+from .config import ExperimentConfig
+from .figures import _save, plt, write_figures
+from .intervals import CONFIDENCE, RESAMPLES, paired
+from .report import write_reports
+
+ARROW = {1: "↑", -1: "↓"}
+
+
+def _g(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3g}"
+
+
+def _cell(c: dict) -> str:
+    if c["mean"] is None:
+        return "n/a"
+    interval = "" if c["low"] is None else f" [{c['low']:+.3g}, {c['high']:+.3g}]"
+    return f"{c['mean']:+.3g}{interval} {c['verdict']}"
+
+
+def _metric(row: dict) -> str:
+    margin = f", margin {row['margin']:g}" if row["margin"] else ""
+    return f"{row['metric']} {ARROW[row['better']]}{margin}"
+
+
+def claims_table(claims: list[dict], subject: str) -> str:
+    comparators = [c["comparator"] for c in claims[0]["versus"]] if claims else []
+    lines = ["| claim | metric | "
+             + " | ".join(f"{subject} − {c}" for c in comparators) + " |",
+             "|---|---|" + "---|" * len(comparators)]
+    for row in claims:
+        lines.append(f"| {row['claim']} | {row['experiment']}: {_metric(row)} | "
+                     + " | ".join(_cell(c) for c in row["versus"]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def beats_summary(claims: list[dict], subject: str) -> str:
+    """The claim "marginal beats conditional / joint", read from the igr and joint columns."""
+    lines = []
+    for other in ("igr", "joint"):
+        cells = [(row["metric"], c) for row in claims for c in row["versus"]
+                 if c["comparator"] == other and not row["margin"]]  # non-inferiority rows claim no gain
+        if not cells:
+            continue
+        count = {v: [m for m, c in cells if c["verdict"] == v] for v in ("SUPPORTED", "CONTRADICTED", "INCONCLUSIVE")}
+        lines.append(f"- {subject} better than {other}: SUPPORTED on {len(count['SUPPORTED'])} of {len(cells)} rows "
+                     f"({', '.join(count['SUPPORTED']) or '-'}); CONTRADICTED on {len(count['CONTRADICTED'])} "
+                     f"({', '.join(count['CONTRADICTED']) or '-'}); INCONCLUSIVE on {len(count['INCONCLUSIVE'])}.")
+    return "\n".join(lines) + "\n"
+
+
+def spread_table(records: list[dict], weights: dict, methods: list[str], seeds: list[int]) -> str:
+    """Every seed's value of every claim metric, per method (seed order), and the mean."""
+    lines = ["| metric | method | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |",
+             "|---|---|" + "---:|" * (len(seeds) + 1)]
+    for claim in CLAIMS:
+        for m in methods:
+            vals = seed_values(records, claim.experiment, m, weights[m], claim.metric, set(seeds))
+            if not vals:
+                continue
+            got = [vals.get(s) for s in seeds]
+            mean = None if any(v is None for v in got) else math.fsum(got) / len(got)
+            lines.append(f"| {claim.experiment}: {claim.metric} | {m} | " + " | ".join(_g(v) for v in got)
+                         + f" | {_g(mean)} |")
+    return "\n".join(lines) + "\n"
+
+
+def panel_table(results: list[dict], seed: int, methods: list[str]) -> str:
+    """The single image's leakage and insertion next to the dataset means over seeds (paper units)."""
+    by = {r["method"]: r for r in results if r["seed"] == seed}
+    rows = [m for m in methods if m in by and by[m].get("panel")]
+    if not rows:
+        return ""
+    panel = by[rows[0]]["panel"]
+    lines = [f"Single image: test image {panel['index']} of seed {seed}'s split, the first whose label is "
+             f"{panel['label']}; the models of seed {seed}. Dataset: means over every seed and evaluated image.", "",
+             "| method | leakage_paper, this image | leakage_paper, dataset mean | insertion AUC (paper units), "
+             "this image | insertion AUC (paper units), dataset mean |", "|---|---:|---:|---:|---:|"]
+    for m in rows:
+        runs = [r for r in results if r["method"] == m]
+        mean = {k: None if any(r["metrics"][k] is None for r in runs) else
+                math.fsum(r["metrics"][k] for r in runs) / len(runs) for k in ("leakage_paper", "insertion_auc_paper")}
+        p = by[m]["panel"]
+        lines.append(f"| {m} | {_g(p.get('leakage_paper'))} | {_g(mean['leakage_paper'])} | "
+                     f"{_g(p['insertion_auc_paper'])} | {_g(mean['insertion_auc_paper'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def fractions_section(fractions: list[dict], records: list[dict], weights: dict, subject: str) -> str:
+    if not fractions:
+        return ""
+    lines = [f"mdr@F penalises a random fraction F of each batch (weight and estimator of {subject}); each row "
+             f"compares it with {subject} (F = 1) and with none on the same seeds. \"Keeps the leakage cut\": "
+             f"mdr@F − {subject} in leakage_paper SUPPORTED as at most {KEEP_MARGIN:g} x the cut of F = 1 "
+             "(none − mdr, mean over seeds) worse.", ""]
+    step = {m: seed_values(records, "blockmnist", m, weights[m], "step_time_s") for m in (subject, "none")}
+    for f in fractions:
+        m = f["method"]
+        own = seed_values(records, "blockmnist", m, weights[m], "step_time_s")
+        ratio = _median_ratio(own, step[subject])
+        keep = f["keeps_leakage_cut"]
+        lines.append(f"**{m}** (median training step {_g(ratio)} x {subject}'s, {_g(_median_ratio(own, step['none']))}"
+                     f" x none's, from the runs' own timings): keeps the leakage cut: {keep['verdict']} "
+                     f"(mdr@F − {subject} {_cell(keep)}; margin {keep['margin']:.3g}).")
+        lines.append("")
+        lines.append(claims_table(f["rows"], m))
+    return "\n".join(lines)
+
+
+def _median_ratio(a: dict, b: dict) -> float | None:
+    pairs = sorted(a[s] / b[s] for s in a if s in b and a[s] and b[s])
+    if not pairs:
+        return None
+    k = len(pairs)
+    return pairs[k // 2] if k % 2 else (pairs[k // 2 - 1] + pairs[k // 2]) / 2
+
+
+def frontier_table(rows: list[dict]) -> str:
+    lines = ["| method | weight | clean acc | Δ acc vs none [95% CI] | leakage_paper | Δ leakage_paper vs none [95% CI] "
+             "| median step ms |", "|---|---:|---:|---|---:|---|---:|"]
+    for r in rows:
+        d = {k: r.get(f"{k}_vs_none") for k in ("clean_acc", "leakage_paper")}
+        fmt = {k: "" if d[k] is None or d[k]["mean"] is None else
+               f"{d[k]['mean']:+.3g}" + ("" if d[k]["low"] is None else f" [{d[k]['low']:+.3g}, {d[k]['high']:+.3g}]")
+               for k in d}
+        mark = " (selected)" if r["selected"] and r["method"] != "none" else ""
+        step = "n/a" if r["step_time_s"] is None else f"{1000 * r['step_time_s']:.0f}"
+        lines.append(f"| {r['method']} | {r['weight']:g}{mark} | {_g(r['clean_acc'])} | {fmt['clean_acc']} | "
+                     f"{_g(r['leakage_paper'])} | {fmt['leakage_paper']} | {step} |")
+    return "\n".join(lines) + "\n"
+
+
+def frontier_figure(rows: list[dict], path: Path, seeds: list[int]) -> None:
+    """leakage_paper against clean accuracy, one line per method through its weights; the bars are the
+    95% paired intervals against none, placed at none's mean (mean(none) + interval of the difference).
+    The fractions (mdr@F), if any, get a second panel next to mdr."""
+    none = next(r for r in rows if r["method"] == "none")
+    methods = list(dict.fromkeys(r["method"] for r in rows if r["method"] != "none"))
+    fractions = [m for m in methods if "@" in m]
+    panels = [("penalties", [m for m in methods if m not in fractions])]
+    if fractions:
+        panels.append(("fractions of each batch (mdr@F)", [m for m in methods if m in fractions or m == "mdr"]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 4.8), squeeze=False)
+    for ax, (title, shown) in zip(axes[0], panels):
+        ax.plot(none["clean_acc"], none["leakage_paper"], "k*", ms=12, label="none")
+        for method in shown:
+            _frontier_line(ax, [r for r in rows if r["method"] == method], none, method)
+        ax.set_xlabel("clean accuracy")
+        ax.set_ylabel("leakage_paper (lower is better)")
+        ax.set_title(f"{title}: BlockMNIST, seeds {seeds} (labels: weights)", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def _frontier_line(ax, rows: list[dict], none: dict, label: str) -> None:
+    pts = [r for r in rows if r["clean_acc"] is not None and r["leakage_paper"] is not None]
+    if not pts:
+        return
+    xerr = [[_err(r, none, "clean_acc", lo) for r in pts] for lo in (True, False)]
+    yerr = [[_err(r, none, "leakage_paper", lo) for r in pts] for lo in (True, False)]
+    line = ax.errorbar([r["clean_acc"] for r in pts], [r["leakage_paper"] for r in pts], xerr=xerr, yerr=yerr,
+                       marker="o", ms=4, capsize=2, lw=1, label=label)
+    for r in pts:
+        ax.annotate(f"{r['weight']:g}", (r["clean_acc"], r["leakage_paper"]), fontsize=6,
+                    color=line[0].get_color(), xytext=(3, 3), textcoords="offset points")
+
+
+def _err(row: dict, none: dict, key: str, low: bool) -> float:
+    d = row.get(f"{key}_vs_none")
+    if d is None or d["low"] is None:
+        return 0.0
+    at = none[key] + (d["low"] if low else d["high"])
+    return max(0.0, row[key] - at) if low else max(0.0, at - row[key])
+
+
+#: The per-seed quantities that say why attribution robustness comes out as it does (evaluation.py):
+#: each similarity under the attack and under random noise of the same size, top-k at the top 5% of
+#: pixels, how concentrated and how large the clean saliency maps are, and the logit scale.
+DIAGNOSIS = ("topk_intersection", "topk_intersection_random", "topk_intersection_wide", "topk_intersection_wide_random",
+             "kendall_tau", "kendall_tau_random", "spearman", "spearman_random", "cosine", "cosine_random",
+             "topk_mass", "saliency_l2", "target_logit_mean")
+
+
+def diagnosis_table(results: list[dict], methods: list[str], subject: str) -> str:
+    """Mean over seeds of every DIAGNOSIS quantity per method, and subject − none paired over seeds."""
+    value = lambda r, k: r["metrics"].get(k, r["extra"].get(k))  # noqa: E731
+    per = {m: {r["seed"]: r for r in results if r["method"] == m} for m in methods}
+    shown = [m for m in methods if per[m]]
+    lines = ["| quantity | " + " | ".join(shown) + f" | {subject} − none [95% CI] |", "|---|" + "---:|" * len(shown) + "---|"]
+    for k in DIAGNOSIS:
+        cells = []
+        for m in shown:
+            got = [value(r, k) for r in per[m].values()]
+            cells.append(_g(None if any(v is None for v in got) else math.fsum(got) / len(got)))
+        d = paired({s: value(r, k) for s, r in per.get(subject, {}).items()},
+                   {s: value(r, k) for s, r in per.get("none", {}).items()})
+        diff = "n/a" if d.mean is None else f"{d.mean:+.3g}" + ("" if d.low is None else f" [{d.low:+.3g}, {d.high:+.3g}]")
+        lines.append(f"| {k} | " + " | ".join(cells) + f" | {diff} |")
+    return "\n".join(lines) + "\n"
+
+
+def _write(path: Path, text: str) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return text
+
+
+def write_claims(plan: ClaimsPlan, claims: dict, out: Path) -> str:
+    """Write everything listed in the module docstring; return the text of claims.md, which is the
+    concatenation of its parts, each also written on its own (claims_table.md, claims_seeds.md,
+    figure1.md, fractions.md, frontier.md) so that documents can include them verbatim."""
+    out = Path(out)
+    cfg: ExperimentConfig = plan.experiment_config("blockmnist")
+    full_methods = [*plan.config.methods, *plan.fraction_methods]
+    first = cfg.seeds[0]  # the per-method reports and figures need every method's run of the first seed
+    done = [m for m in full_methods if any((r["method"], r["seed"]) == (m, first) for r in claims["results"])]
+    if done:
+        report_cfg = cfg.replace(methods=tuple(done))
+        results = [r for r in claims["results"] if r["method"] in done]
+        write_reports(report_cfg, results, out / "blockmnist")
+        write_figures(report_cfg, results, out / "blockmnist" / "figures")
+    frontier = frontier_rows(plan, claims["records"]) if plan.grid else []
+    save_json(out / "claims.json", {k: v for k, v in claims.items() if k != "results"} | {"frontier": frontier})
+    seeds = list(cfg.seeds)
+    weights = ", ".join(f"{m}={cfg.weights[m]:g}" for m in full_methods if m != "none")
+    table = _write(out / "claims_table.md", "\n".join([
+        f"Claims table: BlockMNIST{' and the spurious variant' if plan.spurious else ''}"
+        f"{' (accuracies and leakage only)' if plan.light else ''}, seeds {seeds}, {cfg.eval_samples} evaluation images, "
+        f"weights {weights}. Each cell: mean over seeds of the paired difference ({plan.subject} − comparator, same "
+        f"seed, same data), its {CONFIDENCE:.0%} percentile bootstrap interval over seeds ({RESAMPLES} resamples), "
+        "and the verdict (SUPPORTED: the interval excludes 0, or the margin, on the claimed side; CONTRADICTED: on "
+        "the other side; INCONCLUSIVE: otherwise).", "",
+        claims_table(claims["claims"], plan.subject), "Marginal beats conditional / joint (rows without a margin):", "",
+        beats_summary(claims["claims"], plan.subject)]))
+    parts = [f"# Claims of the paper, measured (seeds {seeds}, {cfg.eval_samples} evaluation images)", "", table,
+             "## Every seed", "",
+             _write(out / "claims_seeds.md", spread_table(claims["records"], cfg.weights, full_methods, seeds))]
+    if claims["results"]:  # the parts that need full evaluations
+        parts += ["## Figure 1, like for like", "",
+                  _write(out / "figure1.md", panel_table(claims["results"], seeds[0], ["none", "igr", "mdr"])),
+                  "## Attribution robustness, taken apart", "",
+                  _write(out / "attribution_robustness.md", "\n".join([
+                      f"Saliency maps before and after the top-k attack (eps {cfg.attack_eps:g}, k {cfg.topk}, "
+                      f"{cfg.attack_steps} steps) and under random ±eps noise (_random); _wide: top-k at the top "
+                      f"{cfg.leakage_top_fraction:g} of pixels; topk_mass: share of a clean map's |saliency| in its "
+                      "top k; saliency_l2: its L2 norm; target_logit_mean: the mean target logit. Means over seeds.", "",
+                      diagnosis_table(claims["results"], full_methods, plan.subject)]))]
+    if claims["fractions"]:
+        parts += ["## Fractions of each batch", "", _write(out / "fractions.md", fractions_section(
+            claims["fractions"], claims["records"], cfg.weights, plan.subject))]
+    if frontier:
+        frontier_figure(frontier, out / "figures" / "frontier.png", list(plan.frontier_seeds))
+        parts += [f"## Weight frontier (seeds {list(plan.frontier_seeds)})", "", _write(out / "frontier.md", "\n".join([
+            f"Weight frontier on BlockMNIST, seeds {list(plan.frontier_seeds)}: means over those seeds; differences "
+            "against none paired over them, with their 95% percentile bootstrap intervals.", "",
+            frontier_table(frontier)]))]
+    if claims.get("missing"):
+        parts += ["## Not finished", "", f"{len(claims['missing'])} planned runs had not finished (or had only their "
+                  "accuracies and leakage scored, by a `--light` run) when this report was written (`--report-only`); "
+                  "the rows above use what was finished:", "",
+                  "\n".join(f"- {m['experiment']} {m['method']} weight {m['weight']:g} seed {m['seed']}"
+                            f"{' (full evaluation)' if m['full'] else ''}" for m in claims["missing"]), ""]
+    return _write(out / "claims.md", "\n".join(parts))
+
+
+def stability_markdown(reference: dict, rerun: dict, reference_name: str) -> str:
+    """For every claim row and comparator in both: the reference's mean, interval and verdict, the
+    rerun's mean and verdict, and whether the rerun's mean lies inside the reference interval."""
+    ref = {(r["metric"], c["comparator"]): c for r in reference["claims"] for c in r["versus"]}
+    lines = [f"Rerun against {reference_name}: paired mean differences (subject − comparator).", "",
+             "| metric | comparator | reference mean [95% CI] | reference verdict | rerun mean [95% CI] | rerun verdict "
+             "| rerun mean inside the reference interval |", "|---|---|---|---|---|---|---|"]
+    for row in rerun["claims"]:
+        for c in row["versus"]:
+            r = ref.get((row["metric"], c["comparator"]))
+            if r is None or r["low"] is None or c["mean"] is None:
+                continue
+            inside = "yes" if r["low"] <= c["mean"] <= r["high"] else "no"
+            lines.append(f"| {row['metric']} | {c['comparator']} | {_interval(r)} | {r['verdict']} | {_interval(c)} | "
+                         f"{c['verdict']} | {inside} |")
+    return "\n".join(lines) + "\n"
+
+
+def _interval(c: dict) -> str:
+    return f"{c['mean']:+.3g}" + ("" if c["low"] is None else f" [{c['low']:+.3g}, {c['high']:+.3g}]")

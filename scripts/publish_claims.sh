@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Copy the outputs of `margreg-fast claims` (and of its rerun under another thread count) into docs/:
+# docs/results/claims/ (tables, claims.json, the BlockMNIST per-method files) and docs/figures/claims_*.png.
+# Usage: scripts/publish_claims.sh CLAIMS_OUT [RERUN_OUT]     (`make claims` runs it)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+src=${1:?usage: scripts/publish_claims.sh CLAIMS_OUT [RERUN_OUT]}
+dst=docs/results/claims
+mkdir -p "$dst" docs/figures
+for f in claims.md claims.json claims_table.md claims_seeds.md figure1.md attribution_robustness.md fractions.md frontier.md; do
+    if [ -f "$src/$f" ]; then cp "$src/$f" "$dst/$f"; fi
+done
+cp "$src/blockmnist/results.md" "$dst/blockmnist.md"
+cp "$src/blockmnist/results.json" "$dst/blockmnist.json"
+cp "$src/blockmnist/results_seeds.json" "$dst/blockmnist_seeds.json"
+for f in figure1 attributions insertion; do
+    cp "$src/blockmnist/figures/$f.png" "docs/figures/claims_$f.png"
+done
+if [ -f "$src/figures/frontier.png" ]; then cp "$src/figures/frontier.png" docs/figures/claims_frontier.png; fi
+if [ -n "${2:-}" ] && [ -f "$2/stability.md" ]; then cp "$2/stability.md" "$dst/stability_threads2.md"; fi
+echo "published $src into $dst and docs/figures/claims_*.png"
