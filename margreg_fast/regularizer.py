@@ -19,7 +19,8 @@ the caller passed), and the penalty on a random subset of max(1, round(f B)) sam
 its expectation, and so the expected parameter gradient, is fraction 1's at the same weight
 (:mod:`.subsample`). Train-mode BatchNorm normalises the subset with the whole batch's statistics
 (held from that forward), so the penalty keeps the one documented meaning. Cost on top of a plain
-step: about f (2F + B_x + 2B) instead of (F + B_x + 2B) at f = 1, whose forward at x is shared with the CE.
+step (F + B): about f (2F + B_x + 2B), against F + B_x + B at f = 1, whose forward at x is shared with
+the CE (F forward, B_x backward to the input only, B training backward).
 """
 from __future__ import annotations
 
