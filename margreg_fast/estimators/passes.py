@@ -323,9 +323,12 @@ class ModelPasses:
         if self.random is None:
             raise RuntimeError("ModelPasses.probe needs a clean pass, capture or share first")
         self._replayed = 0
-        # Without held statistics there is nothing to replay: the probe runs without the mode (whose
-        # per-op Python dispatch is the mechanism's only cost on a model without batch-norm calls).
-        mode = _BatchNormMode(self._replay_call) if self.stats else contextlib.nullcontext()
+        # A clean pass that ran under the mode and held no statistics leaves nothing to replay: the probe
+        # runs without the mode (whose per-op Python dispatch is the mechanism's only cost on a model
+        # without batch-norm calls). Shared logits saw no batch-norm call: their probes keep the mode,
+        # which refuses a train-mode call no module announced.
+        needs_mode = self.stats or self._shared
+        mode = _BatchNormMode(self._replay_call) if needs_mode else contextlib.nullcontext()
         with self.random.replayed():
             with _compiled_graphs_retainable(), frozen_running_stats(self.inner), mode:
                 out = self.inner(x)
@@ -381,7 +384,8 @@ class ModelPasses:
             held = f"{self.stats[k].mean.shape[0]} channels" if k < len(self.stats) else "none"
             raise HeldStatisticsError(
                 f"margreg_fast: train-mode batch-norm call #{k + 1} of a probe pass has {a.shape[1]} channels; the "
-                f"clean pass's call #{k + 1}: {held}. The model must make the same batch-norm calls on every forward")
+                f"clean pass's call #{k + 1}: {held}. The model must make the same batch-norm calls on every forward"
+                + (" (logits= was given, so no call was captured: omit it)" if self._shared else ""))
         self._replayed += 1
         mean, var = self.stats[k]
         mean_d, var_d = mean.detach(), var.detach()

@@ -227,6 +227,26 @@ def test_shared_logits_of_a_model_that_draws_random_numbers_raise(dropout_mlp):
         marginal_density_penalty(model, xg, logits=model(xg), method="central")
 
 
+class OnlyFunctionalBN(nn.Module):
+    """A train-mode F.batch_norm in user code and no BatchNorm module to announce it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.head = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4, 5)
+
+    def forward(self, x):
+        return self.head(F.batch_norm(self.conv(x), None, None, training=True).tanh().mean(dim=(2, 3)))
+
+
+def test_shared_logits_of_a_model_with_unannounced_batch_norm_calls_raise():
+    """Shared logits carry no captured statistics: a probe that normalises with its own batch must refuse."""
+    torch.manual_seed(0)
+    model = OnlyFunctionalBN().double()
+    xg = torch.rand(4, 3, 5, 5, dtype=torch.float64).requires_grad_(True)
+    with pytest.raises(HeldStatisticsError, match="omit it"):
+        marginal_density_penalty(model, xg, logits=model(xg), method="rfd")
+
+
 def test_passes_need_a_clean_pass_before_a_probe():
     with pytest.raises(RuntimeError, match="needs a clean pass"):
         ModelPasses(nn.Linear(2, 2)).probe(torch.rand(1, 2))
