@@ -21,6 +21,7 @@ comparator by paired differences over seeds (intervals.py); the report is in cla
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +44,9 @@ FRONTIER_METHODS = ("igr", "joint", "mdr", "mdr-exact")
 #: at most this share of fraction 1's mean cut (none - mdr) worse: a non-inferiority margin fixed in advance.
 KEEP_MARGIN = 0.2
 SCORES_NAME = "scores.json"
+#: Per run directory: the wall seconds the commands that finished work on the point spent on it (summed
+#: over resumptions; a command stopped mid-point adds nothing), so the plan's cost can be told from its outputs.
+WALL_NAME = "wall.json"
 
 
 @dataclass(frozen=True)
@@ -169,17 +173,28 @@ def _run_point(plan: ClaimsPlan, out: Path, experiment: str, method: str, weight
     already on disk: the full result, else the light scores, else None (a point not finished)."""
     cfg = _point_config(plan, experiment, method, weight)
     where = Path(out) / experiment
+    rdir = run_dir(where, cfg, method, seed)
     if not train:
-        rdir = run_dir(where, cfg, method, seed)
         if full and (rdir / RESULT_NAME).exists():
             got = load_json(rdir / RESULT_NAME)
-            return {"scores": got["metrics"], "result": got}
+            return {"scores": got["metrics"], "result": got, "wall_s": _wall(rdir)}
         # a point scored only by light_scores (e.g. by a --light run) gives its accuracies and leakage
-        return {"scores": load_json(rdir / SCORES_NAME)} if (rdir / SCORES_NAME).exists() else None
+        return {"scores": load_json(rdir / SCORES_NAME), "wall_s": _wall(rdir)} if (rdir / SCORES_NAME).exists() else None
+    finished = (rdir / RESULT_NAME).exists() or (not full and (rdir / SCORES_NAME).exists())
+    start = time.perf_counter()
     if full:
         result = _one_run(cfg, where, seed, method, train=True, evaluate=True, quiet=quiet, device=device)
-        return {"scores": result["metrics"], "result": result}
-    return {"scores": _light_point(cfg, where, seed, method, quiet=quiet, device=device)}
+        got = {"scores": result["metrics"], "result": result}
+    else:
+        got = {"scores": _light_point(cfg, where, seed, method, quiet=quiet, device=device)}
+    if not finished:
+        save_json(rdir / WALL_NAME, {"wall_s": (_wall(rdir) or 0.0) + time.perf_counter() - start})
+    return {**got, "wall_s": _wall(rdir)}
+
+
+def _wall(rdir: Path) -> float | None:
+    """The wall seconds recorded for the point in ``rdir`` (WALL_NAME), None for a point run before they were."""
+    return load_json(rdir / WALL_NAME)["wall_s"] if (rdir / WALL_NAME).exists() else None
 
 
 def run_claims(plan: ClaimsPlan, out: Path, *, quiet: bool = False, device: str = "cpu", jobs: int = 1,
@@ -194,7 +209,8 @@ def run_claims(plan: ClaimsPlan, out: Path, *, quiet: bool = False, device: str 
     tasks = [((plan, out, *p, quiet or jobs > 1, device, train), {}) for p in points]
     got = run_tasks(_run_point, tasks, jobs=jobs if train else 1, desc="claims", quiet=quiet or not train,
                     names=[f"{e} {m} w{w:g} seed {s}" for e, m, w, s, _ in points])
-    records = [{"experiment": e, "method": m, "weight": w, "seed": s, "full": "result" in g, "scores": g["scores"]}
+    records = [{"experiment": e, "method": m, "weight": w, "seed": s, "full": "result" in g, "scores": g["scores"],
+                "wall_s": g["wall_s"]}
                for (e, m, w, s, full), g in zip(points, got) if g is not None]
     results = [g["result"] for g in got if g is not None and "result" in g]
     missing = [{"experiment": e, "method": m, "weight": w, "seed": s, "full": full}

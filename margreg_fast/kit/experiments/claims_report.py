@@ -5,7 +5,8 @@ results_seeds.json and figures/, figure1.png the single-image panel).
 claims.md holds, in order: the claims table (mdr against none, igr and joint: mean paired difference,
 95% bootstrap interval, verdict), the count that reads "marginal beats conditional / joint" from it,
 every seed's value of every claim metric (the spread), the single-image panel next to the dataset
-means, the fractions (mdr@F against mdr and none), and the weight frontier. Every number in it is
+means, the fractions (mdr@F against mdr and none), the weight frontier, and the compute the points took
+(compute.md). Every number in it is
 computed here from the records of claims.run_claims; nothing is typed in.
 """
 from __future__ import annotations
@@ -225,7 +226,7 @@ def _write(path: Path, text: str) -> str:
 def write_claims(plan: ClaimsPlan, claims: dict, out: Path) -> str:
     """Write everything listed in the module docstring; return the text of claims.md, which is the
     concatenation of its parts, each also written on its own (claims_table.md, claims_seeds.md,
-    figure1.md, fractions.md, frontier.md) so that documents can include them verbatim."""
+    figure1.md, fractions.md, frontier.md, compute.md) so that documents can include them verbatim."""
     out = Path(out)
     cfg: ExperimentConfig = plan.experiment_config("blockmnist")
     full_methods = [*plan.config.methods, *plan.fraction_methods]
@@ -271,6 +272,7 @@ def write_claims(plan: ClaimsPlan, claims: dict, out: Path) -> str:
             f"Weight frontier on BlockMNIST, seeds {list(plan.frontier_seeds)}: means over those seeds; differences "
             "against none paired over them, with their 95% percentile bootstrap intervals.", "",
             frontier_table(frontier)]))]
+    parts += ["## Compute", "", _write(out / "compute.md", compute_section(claims["records"]))]
     if claims.get("missing"):
         parts += ["## Not finished", "", f"{len(claims['missing'])} planned runs had not finished (or had only their "
                   "accuracies and leakage scored, by a `--light` run) when this report was written (`--report-only`); "
@@ -278,6 +280,27 @@ def write_claims(plan: ClaimsPlan, claims: dict, out: Path) -> str:
                   "\n".join(f"- {m['experiment']} {m['method']} weight {m['weight']:g} seed {m['seed']}"
                             f"{' (full evaluation)' if m['full'] else ''}" for m in claims["missing"]), ""]
     return _write(out / "claims.md", "\n".join(parts))
+
+
+def compute_section(records: list[dict]) -> str:
+    """What the finished points cost: the sum of their recorded wall seconds (claims.WALL_NAME), per
+    experiment and kind of point, and how many points were run before times were recorded."""
+    timed = [r for r in records if r.get("wall_s") is not None]
+    groups: dict = {}
+    for r in timed:
+        key = (r["experiment"], r["method"], "full" if r["full"] else "light")
+        groups.setdefault(key, []).append(r["wall_s"])
+    lines = [f"Wall time recorded per point (one worker process each; points run in parallel share the "
+             f"machine): {len(timed)} of {len(records)} finished points, {math.fsum(r['wall_s'] for r in timed) / 3600:.2f} "
+             "worker-hours in all. A point resumed from an earlier command counts only the work done after the "
+             "times began to be recorded.", "",
+             "| experiment | method | evaluation | points | median wall s | total wall s |", "|---|---|---|---:|---:|---:|"]
+    for (experiment, method, kind), walls in sorted(groups.items()):
+        walls = sorted(walls)
+        k = len(walls)
+        median = walls[k // 2] if k % 2 else (walls[k // 2 - 1] + walls[k // 2]) / 2
+        lines.append(f"| {experiment} | {method} | {kind} | {k} | {median:.0f} | {math.fsum(walls):.0f} |")
+    return "\n".join(lines) + "\n"
 
 
 def stability_markdown(reference: dict, rerun: dict, reference_name: str) -> str:

@@ -83,7 +83,13 @@ def test_tiny_claims_run_report_and_resume(tmp_path, tiny_config, one_thread):
     full = next(r for r in claims["records"] if (r["method"], r["weight"], r["seed"], r["full"]) == ("mdr", 1.0, 0, True))
     light = light_scores(model, test, cfg)
     assert {k: light[k] for k in LIGHT_KEYS} == {k: full["scores"][k] for k in LIGHT_KEYS}
-    # resuming recomputes nothing and reproduces everything; so does a report from the finished runs
+    # every point records the wall time its command spent on it; the report sums them
+    walls = [r["wall_s"] for r in claims["records"]]
+    assert all(w is not None and w > 0 for w in walls) and len(walls) == len(plan.points())
+    hours = f"{sum(walls) / 3600:.2f} worker-hours"
+    assert hours in text and hours in (tmp_path / "compute.md").read_text()
+    # resuming recomputes nothing (the wall times stay) and reproduces everything; so does a report
+    # from the finished runs
     again = run_claims(plan, tmp_path, quiet=True)
     assert again["records"] == claims["records"] and again["claims"] == rows
     assert run_claims(plan, tmp_path, quiet=True, train=False)["claims"] == rows
