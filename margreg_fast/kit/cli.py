@@ -46,7 +46,8 @@ def _per_method(kind: str, cast, allowed=None):
 
 
 def _method(text: str) -> str:
-    """--methods / METHOD=...: a method name, optionally with a penalised fraction (``mdr@0.25``)."""
+    """--methods / METHOD=...: a method name, optionally with a penalised fraction (``mdr@0.25``) or a lazy
+    interval (``mdr%4``)."""
     try:
         parse_method(text)
     except ValueError as exc:
@@ -122,7 +123,8 @@ def _add_common(p: argparse.ArgumentParser, *, experiment: bool = True) -> None:
     p.add_argument("--methods", nargs="+", type=_method, default=list(METHODS), metavar="METHOD",
                    help=f"methods to train: {', '.join(METHODS)} (default: all). none = plain CE, "
                         "igr = conditional ||grad_x CE||^2, joint = ||grad_x z_y||^2, mdr = marginal ||grad_x logsumexp||^2; "
-                        "METHOD@F penalises a random fraction F of each batch (e.g. mdr@0.25)")
+                        "METHOD@F penalises a random fraction F of each batch (e.g. mdr@0.25), METHOD%%K every K-th "
+                        "step at K times the weight (lazy, e.g. mdr%%4)")
     p.add_argument("--seeds", nargs="+", type=_nonneg_int, default=list(d.seeds), metavar="SEED",
                    help="one or more seeds; results are means over seeds (default: %(default)s)")
     p.add_argument("--epochs", type=_positive_int, default=d.epochs, help="training epochs (default: %(default)s)")
@@ -205,13 +207,16 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--write", type=Path, default=None, help="also write the selection JSON here")
     cl = sub.add_parser("claims", help="every claim of the paper: paired intervals over seeds, fractions, frontier",
                         description="Train and evaluate none / igr / joint / mdr (--methods) on BlockMNIST and the "
-                                    "spurious-shortcut variant, mdr@F for each --fractions F, and the weight frontier "
+                                    "spurious-shortcut variant, mdr@F for each --fractions F, mdr%%K for each --lazy K, "
+                                    "and the weight frontier "
                                     "(--grid on --frontier-seeds); write OUT/claims.{json,md}, OUT/figures/frontier.png "
                                     "and OUT/blockmnist/ (see margreg_fast/kit/experiments/claims.py).")
     _add_common(cl, experiment=False)
     cl.set_defaults(experiment="blockmnist", methods=list(CLAIM_METHODS))
     cl.add_argument("--fractions", nargs="+", type=_number_type(float, lambda v: 0 < v < 1, "a number in (0, 1)"),
                     default=[], metavar="F", help="also train mdr on a random fraction F of each batch")
+    cl.add_argument("--lazy", nargs="+", type=_number_type(int, lambda v: v >= 2, "an integer >= 2"), default=[],
+                    metavar="K", help="also train mdr with the penalty on every K-th step only, at K times the weight")
     cl.add_argument("--grid", nargs="+", type=_positive_float, default=[], metavar="W",
                     help="frontier weights (with --frontier-seeds)")
     cl.add_argument("--frontier-seeds", nargs="+", type=_nonneg_int, default=[], metavar="SEED")
@@ -277,7 +282,8 @@ def _claims(cfg: ExperimentConfig, args: argparse.Namespace, device: str) -> int
     from .experiments.claims import ClaimsPlan, run_claims
     from .experiments.claims_report import stability_markdown, write_claims
 
-    plan = ClaimsPlan(cfg, fractions=tuple(args.fractions), spurious=not args.no_spurious, grid=tuple(args.grid),
+    plan = ClaimsPlan(cfg, fractions=tuple(args.fractions), lazy=tuple(args.lazy), spurious=not args.no_spurious,
+                      grid=tuple(args.grid),
                       frontier_seeds=tuple(args.frontier_seeds), light=args.light)
     reference = None
     if args.compare_to is not None:

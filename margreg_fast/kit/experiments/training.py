@@ -2,7 +2,8 @@
 
 Objective per batch: mean CE + lambda * mean penalty, computed by
 ``MarginalDensityRegularizer(lambda, method=estimator, step=h, penalty=...)`` (the "none" method uses
-``penalty="none"``, plain CE through the same code path, so its step time is comparable).
+``penalty="none"``, plain CE through the same code path, so its step time is comparable). A lazy
+``BASE%K`` method uses K * lambda on steps 0, K, 2K, ... and plain CE on the others (step_objective).
 
 Determinism: the model is initialised right after ``torch.manual_seed(seed)``; data order comes
 from a dedicated ``torch.Generator`` seeded from the seed; ``torch.use_deterministic_algorithms`` is
@@ -35,21 +36,39 @@ class TrainedRun:
     model: torch.nn.Module
     step_times: list[float]
     resumed_from_epoch: int
+    every: int = 1  # the lazy interval: one penalised step in every ``every``
 
     @property
     def median_step_time(self) -> float:
-        return statistics.median(self.step_times) if self.step_times else float("nan")
+        """The median cost of a training step: over consecutive windows of ``every`` steps aligned with
+        the lazy schedule (one penalised step each), the median of their mean; ``every`` = 1: the median
+        step. A lazy run's plain median would be the cost of its unpenalised steps alone."""
+        k = self.every
+        windows = [sum(self.step_times[i:i + k]) / k for i in range(0, len(self.step_times) - k + 1, k)]
+        return statistics.median(windows) if windows else float("nan")
 
 
 def make_regularizer(cfg: ExperimentConfig, method: str) -> MarginalDensityRegularizer:
-    """The objective of ``method``; a ``BASE@F`` method penalises a random fraction F of each batch
-    (drawn from torch's global generator, whose state the checkpoints keep)."""
-    base, fraction = parse_method(method)
+    """The objective of ``method``'s penalised steps; a ``BASE@F`` method penalises a random fraction F of
+    each batch (drawn from torch's global generator, whose state the checkpoints keep), a ``BASE%K``
+    method trains at K times its weight (on every K-th step only, see ``step_objective``)."""
+    base, fraction, every = parse_method(method)
     penalty = PENALTY_OF_METHOD[base]
-    weight = 0.0 if penalty == "none" else cfg.weights[method]
+    weight = 0.0 if penalty == "none" else cfg.weights[method] * every
     sampled = {} if fraction == 1.0 else {"fraction": fraction}  # fraction 1 is the plain regulariser
     return MarginalDensityRegularizer(weight, method=cfg.estimators[method], step=cfg.step, penalty=penalty,
                                       **sampled)
+
+
+def step_objective(cfg: ExperimentConfig, method: str):
+    """``objective(step) -> MarginalDensityRegularizer`` for training step ``step`` (0-based, counted over
+    the whole run): ``make_regularizer``'s on every step, or for a lazy ``BASE%K`` method on steps 0, K,
+    2K, ... and plain cross-entropy (the "none" objective) on the others."""
+    penalised, every = make_regularizer(cfg, method), parse_method(method).every
+    if every == 1:
+        return lambda step: penalised
+    plain = MarginalDensityRegularizer(0.0, penalty="none")
+    return lambda step: penalised if step % every == 0 else plain
 
 
 def _data_generator(seed: int) -> torch.Generator:
@@ -76,9 +95,10 @@ def train_run(cfg: ExperimentConfig, method: str, seed: int, train: ImageDataset
     if not allow_training and start_epoch < cfg.epochs:
         raise ValueError(f"{run_dir} holds a run stopped at epoch {start_epoch} of {cfg.epochs}; "
                          "run the same train/experiment command again to finish it")
-    reg = make_regularizer(cfg, method)
+    objective = step_objective(cfg, method)
     x_all, y_all = train.x, train.y
     n = len(y_all)
+    steps_per_epoch = -(-n // cfg.batch_size)
     bar = tqdm(range(start_epoch, cfg.epochs), desc=f"{method} seed {seed}", initial=start_epoch,
                total=cfg.epochs, unit="epoch", disable=quiet, leave=False, dynamic_ncols=True)
     for epoch in bar:
@@ -89,6 +109,7 @@ def train_run(cfg: ExperimentConfig, method: str, seed: int, train: ImageDataset
         for i in range(0, n, cfg.batch_size):
             idx = order[i:i + cfg.batch_size]
             xb, yb = x_all[idx].to(device), y_all[idx].to(device)
+            reg = objective(epoch * steps_per_epoch + i // cfg.batch_size)
             t0 = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
             loss, stats = reg(model, xb, yb)
@@ -106,5 +127,5 @@ def train_run(cfg: ExperimentConfig, method: str, seed: int, train: ImageDataset
                         data_generator=gen, step_times=step_times)
     bar.close()
     model.eval()
-    return TrainedRun(model=model, step_times=step_times, resumed_from_epoch=start_epoch)
+    return TrainedRun(model=model, step_times=step_times, resumed_from_epoch=start_epoch, every=parse_method(method).every)
 

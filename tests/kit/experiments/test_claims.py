@@ -28,11 +28,12 @@ def _plan(cfg, **kw):
 
 
 def test_plan_runs_each_point_once(tiny_config):
-    points = _plan(tiny_config, fractions=(0.25,)).points()
+    points = _plan(tiny_config, fractions=(0.25,), lazy=(4,)).points()
     keys = [p[:4] for p in points]
     assert len(keys) == len(set(keys))
     full = {p[:4] for p in points if p[4]}
     assert ("blockmnist", "mdr", 1.0, 0) in full and ("blockmnist", "mdr@0.25", 1.0, 1) in full
+    assert ("blockmnist", "mdr%4", 1.0, 1) in full and ("blockmnist", "mdr%4", 10.0, 1) in keys
     assert ("blockmnist", "mdr-exact", 1.0, 0) in keys and ("blockmnist", "mdr-exact", 1.0, 0) not in full
     assert ("blockmnist", "joint", 10.0, 1) in keys and ("blockmnist", "joint", 0.1, 1) in full
     assert sum(p[1] == "none" and p[0] == "blockmnist" for p in points) == 2  # one per seed, reused by the frontier
@@ -41,6 +42,7 @@ def test_plan_runs_each_point_once(tiny_config):
 
 @pytest.mark.parametrize("change, words", [
     ({"fractions": (1.0,)}, "fractions"), ({"grid": (1.0, 1.0)}, "grid"), ({"frontier_seeds": ()}, "frontier"),
+    ({"lazy": (1,)}, "lazy"), ({"lazy": (4, 4)}, "lazy"),
 ])
 def test_plan_rejects_bad_settings(tiny_config, change, words):
     with pytest.raises(ValueError, match=words):
@@ -50,7 +52,7 @@ def test_plan_rejects_bad_settings(tiny_config, change, words):
 
 
 def test_tiny_claims_run_report_and_resume(tmp_path, tiny_config, one_thread):
-    plan = _plan(tiny_config, fractions=(0.5,), grid=(10.0,))
+    plan = _plan(tiny_config, fractions=(0.5,), lazy=(2,), grid=(10.0,))
     early = run_claims(plan, tmp_path, quiet=True, train=False)  # nothing finished yet: all missing
     assert not early["records"] and len(early["missing"]) == len(plan.points())
     claims = run_claims(plan, tmp_path, quiet=True)
@@ -67,13 +69,15 @@ def test_tiny_claims_run_report_and_resume(tmp_path, tiny_config, one_thread):
     assert "| less feature leakage | blockmnist: leakage_paper ↓ |" in text and "## Weight frontier" in text
     assert "Single image: test image" in text
     saved = json.loads((tmp_path / "claims.json").read_text())
-    assert saved["claims"] == rows and len(saved["frontier"]) == 1 + 5 * 2  # none, then 10 and the selected weight
-    fraction, = claims["fractions"]
-    assert fraction["method"] == "mdr@0.5" and "**mdr@0.5**" in text
-    assert [c["comparator"] for c in fraction["rows"][0]["versus"]] == ["mdr", "none"]
-    assert fraction["keeps_leakage_cut"]["verdict"] in ("SUPPORTED", "CONTRADICTED", "INCONCLUSIVE")
-    mdr, half = (next(r for r in claims["results"] if (r["method"], r["seed"]) == (m, 0)) for m in ("mdr", "mdr@0.5"))
-    assert mdr["metrics"]["leakage_paper"] != half["metrics"]["leakage_paper"]  # another training objective
+    assert saved["claims"] == rows and len(saved["frontier"]) == 1 + 6 * 2  # none, then 10 and the selected weight
+    assert [c["method"] for c in claims["cheaper"]] == ["mdr@0.5", "mdr%2"]
+    for cheaper in claims["cheaper"]:
+        assert f"**{cheaper['method']}**" in text
+        assert [c["comparator"] for c in cheaper["rows"][0]["versus"]] == ["mdr", "none"]
+        assert cheaper["keeps_leakage_cut"]["verdict"] in ("SUPPORTED", "CONTRADICTED", "INCONCLUSIVE")
+    mdr, half, lazy = (next(r for r in claims["results"] if (r["method"], r["seed"]) == (m, 0))
+                       for m in ("mdr", "mdr@0.5", "mdr%2"))
+    assert len({r["metrics"]["leakage_paper"] for r in (mdr, half, lazy)}) == 3  # three training objectives
     for name in ("figures/frontier.png", "blockmnist/figures/figure1.png", "blockmnist/results.md"):
         assert (tmp_path / name).exists(), name
     # a frontier point read from a full run scores what light_scores gives for the same model

@@ -36,6 +36,11 @@ def test_round_trip_through_dict_is_exact():
     ({"methods": ("none@0.5",)}, "regularised method"),
     ({"methods": ("mdr@half",)}, "not a number"),
     ({"weights": {"mdr@2": 1.0}}, "unknown method"),
+    ({"methods": ("mdr%1",)}, "integer >= 2"),
+    ({"methods": ("mdr%04",)}, "integer >= 2"),
+    ({"methods": ("none%4",)}, "regularised method"),
+    ({"methods": ("mdr%four",)}, "integer >= 2"),
+    ({"methods": ("mdr@0.5%4",)}, "not both"),
     ({"spurious_patch": "corner"}, "spurious_patch"),
     ({"spurious_agreement": 1.5}, "spurious_agreement"),
 ])
@@ -60,9 +65,17 @@ def test_fraction_methods_follow_their_base_and_have_their_own_key():
     cfg = ExperimentConfig(methods=("none", "mdr", "mdr@0.25"), weights={"mdr": 3.0})
     assert cfg.weights["mdr@0.25"] == 3.0 and cfg.estimators["mdr@0.25"] == cfg.estimators["mdr"]
     assert ExperimentConfig.from_dict(cfg.to_dict()) == cfg
-    assert parse_method("mdr@0.25") == ("mdr", 0.25) and parse_method("igr") == ("igr", 1.0)
+    assert parse_method("mdr@0.25") == ("mdr", 0.25, 1) and parse_method("igr") == ("igr", 1.0, 1)
     keys = {cfg.run_key(m) for m in cfg.methods}
     assert len(keys) == 3
     # the fraction run's key moves with its own weight only
     other = cfg.replace(weights={**cfg.weights, "mdr@0.25": 1.0})
     assert other.run_key("mdr@0.25") != cfg.run_key("mdr@0.25") and other.run_key("mdr") == cfg.run_key("mdr")
+
+
+def test_lazy_methods_follow_their_base_and_have_their_own_key():
+    cfg = ExperimentConfig(methods=("none", "mdr", "mdr%4", "igr%2"), weights={"mdr": 3.0})
+    assert parse_method("mdr%4") == ("mdr", 1.0, 4) and parse_method("mdr-exact%16").every == 16
+    assert cfg.weights["mdr%4"] == 3.0 and cfg.estimators["mdr%4"] == cfg.estimators["mdr"]
+    assert cfg.estimators["igr%2"] == "exact" and ExperimentConfig.from_dict(cfg.to_dict()) == cfg
+    assert len({cfg.run_key(m) for m in cfg.methods}) == 4
