@@ -4,15 +4,19 @@ Models: ``cnn`` = SmallCNN(width 32) on 1x28x28, batch 128; ``vit`` = SmallViT(d
 patch 4: 49 tokens, SDPA attention) on 1x28x28, batch 128; ``resnet`` = ResidualCNN(width 16, 2 basic
 blocks, BatchNorm in train mode, SiLU) on 3x32x32, batch 64; timm's ``resnet18`` (BatchNorm, ReLU, max
 pooling) and ``convnext_atto`` (LayerNorm, GELU) as released, random init, train mode, on 3x224x224,
-batch 8 (``--models resnet18 convnext_atto``, written to ``--name train_step_timm``); eager and
-``torch.compile``. Methods:
+batch 8 (``--models resnet18 convnext_atto``, written to ``--name train_step_timm``); ``papercnn`` =
+the claims' PaperCNN (width 8, ReLU, max pooling) on 1x56x28 BlockMNIST-sized inputs, batch 64, the
+cost axis of the claims' fractions and lazy steps (``--models papercnn``, ``--name train_step_claims``);
+eager and ``torch.compile``. Methods:
 ``plain`` (CE only: ``MarginalDensityRegularizer(penalty="none")``) and the marginal penalty with
 ``exact``, ``jvp``, ``fd``, ``central`` and ``rfd`` (the default) at the library's default step, all
 through ``MarginalDensityRegularizer``; ``floor`` is the structural floor of fd and rfd written in
 plain torch ops with no library code: a forward at x, a backward to x only, a forward at x + h v and
 the training backward through both graphs. ``rfd@f`` is the default estimator with the regulariser's
 ``fraction=f`` (the penalty on max(1, round(f B)) samples, the CE on the whole batch) and ``floor@f``
-its floor: a forward of the whole batch for the CE plus the floor's passes on the subset.
+its floor: a forward of the whole batch for the CE plus the floor's passes on the subset. ``rfd%k``
+(and ``floor%k``) is lazy regularisation: one step of rfd (floor) then k - 1 plain steps, timed
+together and reported per step, so its median is the cost of a step averaged over the schedule.
 
 * Time: for each (model, mode) one process builds the model (and one compiled wrapper), warms every
   method up (compilation happens here), then runs ``--rounds`` rounds, each timing one step of every
@@ -62,14 +66,19 @@ from margreg_fast.subsample import subset_size  # noqa: E402
 MODELS, MODES = ("cnn", "vit", "resnet"), ("eager", "compile")
 #: The regulariser's penalised fractions below 1 (issue 16), each timed with the default estimator next to its floor.
 FRACTIONS = (0.5, 0.25, 0.125)
+#: Lazy intervals k (the penalty on every k-th step): not in the default run (``--methods rfd%4``).
+LAZY = (4, 8)
 METHODS = (("plain", "floor", "exact", "jvp", "fd", "central", "rfd")
            + tuple(f"{kind}@{f:g}" for f in FRACTIONS for kind in ("floor", DEFAULT_METHOD)))
+LAZY_METHODS = tuple(f"{kind}%{k}" for k in LAZY for kind in ("floor", DEFAULT_METHOD))
 #: Real models from timm (``--models``), not in the default run.
 TIMM_MODELS = ("resnet18", "convnext_atto")
 MEMORY_STEPS = 3
+#: The claims' model (``margreg-fast claims``), not in the default run.
+CLAIMS_MODELS = ("papercnn",)
 #: (batch, input shape) per model
 SHAPES = {"cnn": (128, (1, 28, 28)), "vit": (128, (1, 28, 28)), "resnet": (64, (3, 32, 32)),
-          "resnet18": (8, (3, 224, 224)), "convnext_atto": (8, (3, 224, 224))}
+          "resnet18": (8, (3, 224, 224)), "convnext_atto": (8, (3, 224, 224)), "papercnn": (64, (1, 56, 28))}
 
 
 def _timm_model(name: str):
@@ -84,6 +93,7 @@ def build(model_name: str, mode: str, device: str):
     model = {"cnn": lambda: models.SmallCNN(width=32, image_size=28),
              "vit": lambda: models.SmallViT(dim=64, image_size=28, depth=2, heads=4),
              "resnet": lambda: models.ResidualCNN(in_channels=3, width=16, blocks=2, activation="silu"),
+             "papercnn": lambda: models.PaperCNN(width=8, image_size=(56, 28)),
              **{name: (lambda name=name: _timm_model(name)) for name in TIMM_MODELS}}[model_name]()
     batch, shape = SHAPES[model_name]
     gen = torch.Generator().manual_seed(1)
@@ -130,7 +140,18 @@ def split_method(method: str):
 
 
 def make_step(model, net, x, y, method: str):
-    """One training step of ``method`` (lr 0: the weights, hence the work, stay the same)."""
+    """One training step of ``method`` (lr 0: the weights, hence the work, stay the same); for a lazy
+    ``method%k``, one step of ``method`` then k - 1 plain ones, with ``.steps = k`` (the timers divide by it)."""
+    method, _, every = method.partition("%")
+    if every:
+        penalised, plain = make_step(model, net, x, y, method), make_step(model, net, x, y, "plain")
+
+        def lazy_steps():
+            penalised()
+            for _ in range(int(every) - 1):
+                plain()
+        lazy_steps.steps = int(every)
+        return lazy_steps
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     method, fraction = split_method(method)
     if method == "floor":
@@ -218,7 +239,7 @@ def measure_times(model_name: str, mode: str, methods, warmup: int, rounds: int,
             t0 = time.perf_counter()
             step()
             _sync(device)
-            times[method].append(time.perf_counter() - t0)
+            times[method].append((time.perf_counter() - t0) / getattr(step, "steps", 1))
     for method, ts in times.items():
         out[method] = {"status": "ok", "median_ms": 1e3 * statistics.median(ts)}
     return out
@@ -298,9 +319,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=None, help="default: 2 eager, 6 compiled")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1)")
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS + TIMM_MODELS)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS + TIMM_MODELS + CLAIMS_MODELS)
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS + LAZY_METHODS)
     parser.add_argument("--no-memory", action="store_true", help="skip the per-method memory subprocesses")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default: %(default)s")
     parser.add_argument("--out", type=Path, default=report.RESULTS, help="output directory (default: %(default)s)")

@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"trained {len(cfg.methods) * len(cfg.seeds)} run(s) into {out}/runs; "
                       f"evaluate with: margreg-fast evaluate {out}")
                 return 0
-            summary = runner.run_experiment(cfg, out, quiet=args.quiet, device=device, jobs=args.jobs)
+            runner.run_experiment(cfg, out, quiet=args.quiet, device=device, jobs=args.jobs)
     except (ValueError, DataFileError) as exc:
         parser.error(str(exc))  # exits with status 2
     print((Path(out) / "results.md").read_text(), end="")

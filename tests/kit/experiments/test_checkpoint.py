@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from margreg_fast.kit.experiments.checkpoint import load_checkpoint, save_checkpoint, save_json, load_json
+from margreg_fast.kit.experiments.checkpoint import load_checkpoint, save_json, load_json
 from margreg_fast.kit.experiments.datasets import build_datasets
 from margreg_fast.kit.experiments.training import CHECKPOINT_NAME, train_run
 

@@ -2,7 +2,6 @@
 import json
 
 import pytest
-import torch
 
 from margreg_fast.kit.experiments.claims import CLAIMS, ClaimsPlan, run_claims
 from margreg_fast.kit.experiments.claims_report import stability_markdown, write_claims
@@ -10,16 +9,6 @@ from margreg_fast.kit.experiments.evaluation import LIGHT_KEYS, light_scores
 from margreg_fast.kit.experiments.runner import run_dir
 from margreg_fast.kit.experiments.training import train_run
 from margreg_fast.kit.experiments.datasets import build_datasets
-
-
-@pytest.fixture
-def one_thread():
-    """One torch thread, as the kit's commands run (--threads 1): on a busy 2-core machine the default
-    thread pool makes these tiny models' ops tens of times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _plan(cfg, **kw):
