@@ -10,7 +10,6 @@ import contextlib
 
 import pytest
 import torch
-from torch import nn
 
 from margreg_fast import MarginalDensityRegularizer, marginal_density_penalty
 from margreg_fast.estimators.passes import ModelPasses

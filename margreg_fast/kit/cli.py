@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "evaluate":
-            summary = runner.evaluate_all(args.out, quiet=args.quiet)
+            runner.evaluate_all(args.out, quiet=args.quiet)
             out = args.out
         else:
             cfg = config_from_args(args)
