@@ -151,6 +151,6 @@ class SecantMonitor:
             return ("A slope this far above the gradient usually means the passes see different networks: "
                     "random draws outside torch's generators (NumPy, Python's random) or state the model "
                     "changes between forwards. Make the forward deterministic given torch's generators.")
-        return (f"Check the step h (step=; the default 'auto' scales with the input), and kinks or max-pool "
+        return ("Check the step h (step=; the default 'auto' scales with the input), and kinks or max-pool "
                 "ties, where any secant differs from autograd's derivative"
                 + ("." if self.method != "fd" else "; method='fd' is one-sided: prefer the default method='rfd'."))
