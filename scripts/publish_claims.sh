@@ -18,4 +18,6 @@ for f in figure1 attributions insertion; do
 done
 if [ -f "$src/figures/frontier.png" ]; then cp "$src/figures/frontier.png" docs/figures/claims_frontier.png; fi
 if [ -n "${2:-}" ] && [ -f "$2/stability.md" ]; then cp "$2/stability.md" "$dst/stability_threads2.md"; fi
+# the cost-against-leakage table and figure pair these claims with the benchmarked step costs
+if [ -f benchmarks/results/train_step_claims.csv ]; then "${PYTHON:-.venv/bin/python}" benchmarks/cost_leakage.py; fi
 echo "published $src into $dst and docs/figures/claims_*.png"
