@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 src=${1:?usage: scripts/publish_claims.sh CLAIMS_OUT [RERUN_OUT]}
 dst=docs/results/claims
 mkdir -p "$dst" docs/figures
-for f in claims.md claims.json claims_table.md claims_seeds.md figure1.md attribution_robustness.md cheaper.md frontier.md compute.md; do
+for f in claims.md claims.json claims_table.md claims_seeds.md figure1.md attribution_robustness.md cheaper.md estimator.md frontier.md compute.md; do
     if [ -f "$src/$f" ]; then cp "$src/$f" "$dst/$f"; fi
 done
 cp "$src/blockmnist/results.md" "$dst/blockmnist.md"

@@ -76,6 +76,12 @@ def test_tiny_claims_run_report_and_resume(tmp_path, tiny_config, one_thread):
     full = next(r for r in claims["records"] if (r["method"], r["weight"], r["seed"], r["full"]) == ("mdr", 1.0, 0, True))
     light = light_scores(model, test, cfg)
     assert {k: light[k] for k in LIGHT_KEYS} == {k: full["scores"][k] for k in LIGHT_KEYS}
+    # the default estimator against the exact penalty at mdr's weight: leakage and accuracy (the frontier's
+    # light runs), paired over the same seeds
+    estimator = {r["metric"]: r["versus"][0] for r in claims["estimator"]}
+    assert {"leakage_paper", "clean_acc"} <= set(estimator) and "pgd_linf_acc" not in estimator
+    assert estimator["leakage_paper"]["comparator"] == "mdr-exact" and len(estimator["leakage_paper"]["diffs"]) == 2
+    assert "## The default estimator against the exact penalty" in text
     # every point records the wall time its command spent on it; the report sums them
     walls = [r["wall_s"] for r in claims["records"]]
     assert all(w is not None and w > 0 for w in walls) and len(walls) == len(plan.points())
