@@ -28,7 +28,7 @@ from pathlib import Path
 
 from .checkpoint import load_json, save_json
 from .config import FRACTION_SEPARATOR, LAZY_SEPARATOR, ExperimentConfig
-from .evaluation import LIGHT_KEYS, light_scores
+from .evaluation import LIGHT_KEYS, light_scores, marginal_penalty
 from .intervals import Paired, paired, verdict
 from .parallel import run_tasks
 from .runner import RESULT_NAME, _datasets, _one_run, claim_output_dir, deterministic, run_dir
@@ -48,6 +48,9 @@ FRONTIER_METHODS = ("igr", "joint", "mdr", "mdr-exact")
 #: SUPPORTED as at most this share of mdr's mean cut (none - mdr) worse: a non-inferiority margin fixed in advance.
 KEEP_MARGIN = 0.2
 SCORES_NAME = "scores.json"
+#: Per run directory of the subject and EXACT_TWIN at the subject's weight: the trained model's exact
+#: marginal penalty on the evaluated images ({"marginal_penalty": R}), the estimator comparison's extra row.
+PENALTY_NAME = "penalty.json"
 #: Per run directory: the wall seconds the commands that finished work on the point spent on it (summed
 #: over resumptions; a command stopped mid-point adds nothing), so the plan's cost can be told from its outputs.
 WALL_NAME = "wall.json"
@@ -84,6 +87,10 @@ CLAIMS = (
     Claim("robust to density perturbations", "blockmnist", "density_shift", -1),
     Claim("clean accuracy kept (at most 1 point lower)", "blockmnist", "clean_acc", 1, 0.01),
 )
+
+
+#: Not a claim of the paper: what the penalty itself measures on the trained model (the estimator rows).
+TRUE_PENALTY = Claim("smaller true penalty (exact R on the evaluated images)", "blockmnist", "marginal_penalty", -1)
 
 
 @dataclass(frozen=True)
@@ -179,26 +186,49 @@ def _light_point(cfg: ExperimentConfig, out: Path, seed: int, method: str, *, qu
 def _run_point(plan: ClaimsPlan, out: Path, experiment: str, method: str, weight: float, seed: int, full: bool,
                quiet: bool, device: str, train: bool = True) -> dict | None:
     """The scores (and, if ``full``, the whole result) of one point; with ``train=False`` only what is
-    already on disk: the full result, else the light scores, else None (a point not finished)."""
+    already on disk: the full result, else the light scores, else None (a point not finished). The
+    subject and EXACT_TWIN at the subject's weight also get their true penalty (``marginal_penalty``)."""
     cfg = _point_config(plan, experiment, method, weight)
     where = Path(out) / experiment
     rdir = run_dir(where, cfg, method, seed)
     if not train:
         if full and (rdir / RESULT_NAME).exists():
-            got = load_json(rdir / RESULT_NAME)
-            return {"scores": got["metrics"], "result": got, "wall_s": _wall(rdir)}
-        # a point scored only by light_scores (e.g. by a --light run) gives its accuracies and leakage
-        return {"scores": load_json(rdir / SCORES_NAME), "wall_s": _wall(rdir)} if (rdir / SCORES_NAME).exists() else None
-    finished = (rdir / RESULT_NAME).exists() or (not full and (rdir / SCORES_NAME).exists())
-    start = time.perf_counter()
-    if full:
-        result = _one_run(cfg, where, seed, method, train=True, evaluate=True, quiet=quiet, device=device)
-        got = {"scores": result["metrics"], "result": result}
+            result = load_json(rdir / RESULT_NAME)
+            got = {"scores": result["metrics"], "result": result}
+        elif (rdir / SCORES_NAME).exists():  # scored by light_scores only (e.g. by a --light run)
+            got = {"scores": load_json(rdir / SCORES_NAME)}
+        else:
+            return None
     else:
-        got = {"scores": _light_point(cfg, where, seed, method, quiet=quiet, device=device)}
-    if not finished:
-        save_json(rdir / WALL_NAME, {"wall_s": (_wall(rdir) or 0.0) + time.perf_counter() - start})
+        finished = (rdir / RESULT_NAME).exists() or (not full and (rdir / SCORES_NAME).exists())
+        start = time.perf_counter()
+        if full:
+            result = _one_run(cfg, where, seed, method, train=True, evaluate=True, quiet=quiet, device=device)
+            got = {"scores": result["metrics"], "result": result}
+        else:
+            got = {"scores": _light_point(cfg, where, seed, method, quiet=quiet, device=device)}
+        if not finished:
+            save_json(rdir / WALL_NAME, {"wall_s": (_wall(rdir) or 0.0) + time.perf_counter() - start})
+    subject_weight = plan.experiment_config("blockmnist").weights[plan.subject]
+    if (experiment, weight) == ("blockmnist", subject_weight) and method in (plan.subject, EXACT_TWIN):
+        penalty = _true_penalty(cfg, where, method, seed, compute=train)
+        if penalty is not None:
+            got["scores"] = {**got["scores"], "marginal_penalty": penalty}
     return {**got, "wall_s": _wall(rdir)}
+
+
+def _true_penalty(cfg: ExperimentConfig, where: Path, method: str, seed: int, *, compute: bool) -> float | None:
+    """evaluation.marginal_penalty of a finished run, cached in its PENALTY_NAME (None if not cached and
+    not ``compute``)."""
+    path = run_dir(where, cfg, method, seed) / PENALTY_NAME
+    if path.exists() or not compute:
+        return load_json(path)["marginal_penalty"] if path.exists() else None
+    with deterministic():
+        train_set, eval_set = _datasets(cfg, seed)
+        model = train_run(cfg, method, seed, train_set, path.parent, quiet=True, allow_training=False).model
+        penalty = marginal_penalty(model.cpu(), eval_set, cfg)
+    save_json(path, {"marginal_penalty": penalty})
+    return penalty
 
 
 def _wall(rdir: Path) -> float | None:
@@ -276,7 +306,7 @@ def claim_rows(plan: ClaimsPlan, records: list[dict]) -> dict:
                      for c in CLAIMS if c.experiment == "blockmnist"]
         cheaper.append({"method": method, "keeps_leakage_cut": keep, "cut": cut, "rows": per_claim})
     twin = {**weights, EXACT_TWIN: weights[plan.subject]}
-    estimator = [{**c.__dict__, "versus": [cell]} for c in CLAIMS if c.experiment == "blockmnist"
+    estimator = [{**c.__dict__, "versus": [cell]} for c in (*CLAIMS, TRUE_PENALTY) if c.experiment == "blockmnist"
                  for cell in [_compare(records, c, plan.subject, EXACT_TWIN, twin)] if cell["mean"] is not None]
     return {"claims": rows, "cheaper": cheaper, "estimator": estimator}
 

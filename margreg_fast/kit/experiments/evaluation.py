@@ -37,6 +37,9 @@ Attribution, attack and density metrics use the first ``eval_samples`` test imag
 (PGD random starts, random density directions) runs under ``torch.random.fork_rng`` seeded from the
 run seed, so evaluation is reproducible and does not disturb the caller's RNG.
 
+``marginal_penalty`` is the trained model's exact R on the evaluated images (the claims compare the
+default estimator's model with the exact-penalty twin's by it).
+
 ``light_scores`` computes only the cheap part (accuracies and, where there is a null mask, the
 leakage), with the same code and images, so its numbers equal the full evaluation's: the weight
 frontier and the spurious rows of the claims need no more.
@@ -50,6 +53,7 @@ import math
 
 import torch
 
+from ... import marginal_density_penalty
 from .. import metrics
 from ..attacks import PGD, SIMILARITIES, attribution_robustness
 from ..attribution import attribute
@@ -100,6 +104,16 @@ def _leakage_scores(attr: torch.Tensor, null_mask: torch.Tensor, cfg: Experiment
 def _attribute(model, test: ImageDataset, cfg: ExperimentConfig, method: str | None = None) -> torch.Tensor:
     n = min(cfg.eval_samples, len(test.y))
     return attribute(model, test.x[:n], test.y[:n], method=method or cfg.attribution, n_steps=cfg.ig_steps).detach()
+
+
+def marginal_penalty(model: torch.nn.Module, test: ImageDataset, cfg: ExperimentConfig) -> float:
+    """The trained model's true marginal penalty: the mean over the first ``eval_samples`` test images of
+    R(x) = ||grad_x logsumexp f(x)||^2, computed exactly (by autograd, whatever estimator trained it)."""
+    n = min(cfg.eval_samples, len(test.y))
+    with torch.no_grad():
+        total = math.fsum(marginal_density_penalty(model, xb, method="exact", reduction="sum").item()
+                          for xb in test.x[:n].split(EVAL_BATCH))
+    return total / n
 
 
 #: Keys of ``light_scores``.

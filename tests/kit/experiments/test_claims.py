@@ -2,6 +2,7 @@
 import json
 
 import pytest
+import torch
 
 from margreg_fast.kit.experiments.claims import CLAIMS, ClaimsPlan, run_claims
 from margreg_fast.kit.experiments.claims_report import stability_markdown, write_claims
@@ -76,10 +77,14 @@ def test_tiny_claims_run_report_and_resume(tmp_path, tiny_config, one_thread):
     full = next(r for r in claims["records"] if (r["method"], r["weight"], r["seed"], r["full"]) == ("mdr", 1.0, 0, True))
     light = light_scores(model, test, cfg)
     assert {k: light[k] for k in LIGHT_KEYS} == {k: full["scores"][k] for k in LIGHT_KEYS}
+    # its true penalty is the exact R of that model on the evaluated images, by plain autograd
+    x = test.x[:cfg.eval_samples].clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(torch.logsumexp(model(x), dim=1).sum(), x)
+    assert full["scores"]["marginal_penalty"] == pytest.approx(g.flatten(1).pow(2).sum(1).mean().item(), rel=1e-6)
     # the default estimator against the exact penalty at mdr's weight: leakage and accuracy (the frontier's
     # light runs), paired over the same seeds
     estimator = {r["metric"]: r["versus"][0] for r in claims["estimator"]}
-    assert {"leakage_paper", "clean_acc"} <= set(estimator) and "pgd_linf_acc" not in estimator
+    assert {"leakage_paper", "clean_acc", "marginal_penalty"} <= set(estimator) and "pgd_linf_acc" not in estimator
     assert estimator["leakage_paper"]["comparator"] == "mdr-exact" and len(estimator["leakage_paper"]["diffs"]) == 2
     assert "## The default estimator against the exact penalty" in text
     # every point records the wall time its command spent on it; the report sums them
