@@ -313,7 +313,8 @@ def claim_rows(plan: ClaimsPlan, records: list[dict]) -> dict:
 
 def frontier_rows(plan: ClaimsPlan, records: list[dict]) -> list[dict]:
     """Per (method, weight) of the frontier on the frontier seeds: clean_acc and leakage_paper, their
-    means and the paired differences against none, and the median step time."""
+    means and the paired differences against none (and the runs' median step time, a record of the
+    load they ran under rather than a cost: the benchmarks measure cost)."""
     weights = plan.experiment_config("blockmnist").weights
     seeds = set(plan.frontier_seeds)
     out = []
