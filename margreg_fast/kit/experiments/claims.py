@@ -22,9 +22,13 @@ comparator by paired differences over seeds (intervals.py); the report is in cla
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
+
+import torch
 
 from .checkpoint import load_json, save_json
 from .config import FRACTION_SEPARATOR, LAZY_SEPARATOR, ExperimentConfig
@@ -54,6 +58,9 @@ PENALTY_NAME = "penalty.json"
 #: Per run directory: the wall seconds the commands that finished work on the point spent on it (summed
 #: over resumptions; a command stopped mid-point adds nothing), so the plan's cost can be told from its outputs.
 WALL_NAME = "wall.json"
+#: In the output directory: one JSON line per command that trained (start, wall seconds, jobs, threads),
+#: so the plan's wall time, resumptions included, can be told from its outputs.
+INVOCATIONS_NAME = "invocations.jsonl"
 
 
 @dataclass(frozen=True)
@@ -242,6 +249,7 @@ def run_claims(plan: ClaimsPlan, out: Path, *, quiet: bool = False, device: str 
     full results, rows, and the points missing) that claims_report writes out. With ``train=False``
     nothing runs: the object is built from the points already finished, and ``missing`` lists the rest."""
     out = Path(out)
+    started, start = datetime.now(timezone.utc), time.perf_counter()
     for experiment in ("blockmnist", "spurious") if plan.spurious else ("blockmnist",):
         claim_output_dir(out / experiment, plan.experiment_config(experiment))
     points = plan.points()
@@ -254,8 +262,15 @@ def run_claims(plan: ClaimsPlan, out: Path, *, quiet: bool = False, device: str 
     results = [g["result"] for g in got if g is not None and "result" in g]
     missing = [{"experiment": e, "method": m, "weight": w, "seed": s, "full": full}
                for (e, m, w, s, full), g in zip(points, got) if g is None or (full and "result" not in g)]
+    log = out / INVOCATIONS_NAME
+    if train:
+        with open(log, "a") as fh:
+            fh.write(json.dumps({"started": started.isoformat(timespec="seconds"), "wall_s": time.perf_counter() - start,
+                                 "jobs": jobs, "threads": torch.get_num_threads(), "points": len(points),
+                                 "unfinished": len(missing)}) + "\n")
+    invocations = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     return {"plan": plan_dict(plan), "records": records, "results": results, "missing": missing,
-            **claim_rows(plan, records)}
+            "invocations": invocations, **claim_rows(plan, records)}
 
 
 def plan_dict(plan: ClaimsPlan) -> dict:

@@ -270,7 +270,7 @@ def write_claims(plan: ClaimsPlan, claims: dict, out: Path) -> str:
             f"Weight frontier on BlockMNIST, seeds {list(plan.frontier_seeds)}: means over those seeds; differences "
             "against none paired over them, with their 95% percentile bootstrap intervals.", "",
             frontier_table(frontier)]))]
-    parts += ["## Compute", "", _write(out / "compute.md", compute_section(claims["records"]))]
+    parts += ["## Compute", "", _write(out / "compute.md", compute_section(claims["records"], claims["invocations"]))]
     if claims.get("missing"):
         parts += ["## Not finished", "", f"{len(claims['missing'])} planned runs had not finished (or had only their "
                   "accuracies and leakage scored, by a `--light` run) when this report was written (`--report-only`); "
@@ -280,15 +280,25 @@ def write_claims(plan: ClaimsPlan, claims: dict, out: Path) -> str:
     return _write(out / "claims.md", "\n".join(parts))
 
 
-def compute_section(records: list[dict]) -> str:
-    """What the finished points cost: the sum of their recorded wall seconds (claims.WALL_NAME), per
+def compute_section(records: list[dict], invocations: list[dict]) -> str:
+    """What the plan cost: the wall time of every command that trained into this directory
+    (claims.INVOCATIONS_NAME), then the finished points' own recorded wall seconds (claims.WALL_NAME) per
     experiment and kind of point, and how many points were run before times were recorded."""
     timed = [r for r in records if r.get("wall_s") is not None]
     groups: dict = {}
     for r in timed:
         key = (r["experiment"], r["method"], "full" if r["full"] else "light")
         groups.setdefault(key, []).append(r["wall_s"])
-    lines = [f"Wall time recorded per point (one worker process each; points run in parallel share the "
+    lines = []
+    if invocations:
+        lines += [f"Commands that trained into this directory ({len(invocations)}, "
+                  f"{math.fsum(i['wall_s'] for i in invocations):.0f} s wall in all; each resumes the last):", "",
+                  "| started (UTC) | wall s | jobs | threads | planned points | unfinished after it |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        lines += [f"| {i['started']} | {i['wall_s']:.0f} | {i['jobs']} | {i['threads']} | {i['points']} | "
+                  f"{i['unfinished']} |" for i in invocations]
+        lines.append("")
+    lines += [f"Wall time recorded per point (one worker process each; points run in parallel share the "
              f"machine): {len(timed)} of {len(records)} finished points, {math.fsum(r['wall_s'] for r in timed) / 3600:.2f} "
              "worker-hours in all. A point resumed from an earlier command counts only the work done after the "
              "times began to be recorded.", "",

@@ -92,10 +92,14 @@ def test_tiny_claims_run_report_and_resume(tmp_path, tiny_config, one_thread):
     assert all(w is not None and w > 0 for w in walls) and len(walls) == len(plan.points())
     hours = f"{sum(walls) / 3600:.2f} worker-hours"
     assert hours in text and hours in (tmp_path / "compute.md").read_text()
+    # and the command logged its own wall time, which covers every point's
+    (logged,) = claims["invocations"]
+    assert logged["wall_s"] >= max(walls) and logged["unfinished"] == 0 and logged["points"] == len(walls)
+    assert "Commands that trained into this directory (1," in text
     # resuming recomputes nothing (the wall times stay) and reproduces everything; so does a report
     # from the finished runs
     again = run_claims(plan, tmp_path, quiet=True)
-    assert again["records"] == claims["records"] and again["claims"] == rows
+    assert again["records"] == claims["records"] and again["claims"] == rows and len(again["invocations"]) == 2
     assert run_claims(plan, tmp_path, quiet=True, train=False)["claims"] == rows
     table = stability_markdown(saved, again, "itself")
     assert "| no |" not in table and table.count("| yes |") >= len(rows)
