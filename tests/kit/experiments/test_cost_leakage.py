@@ -33,6 +33,6 @@ def test_cost_leakage_rows_figure_and_table(tmp_path, tiny_config, one_thread):
                                                    if row["metric"] == "leakage_paper")["versus"][0]
     assert half["versus"]["leakage_paper"]["comparator"] == "mdr"
     text = cost_leakage.write_table(rows, claims, tmp_path / "cost_leakage.md")
-    assert "| mdr%2 | 1.8 |" in text and cheaper["mdr%2"]["keeps_leakage_cut"]["verdict"] in text
+    assert "| mdr%2 | 1.8 | 0.667 |" in text and cheaper["mdr%2"]["keeps_leakage_cut"]["verdict"] in text
     cost_leakage.write_figure(rows, tmp_path / "cost_leakage.png")
     assert (tmp_path / "cost_leakage.png").stat().st_size > 10_000
