@@ -260,7 +260,8 @@ def write_claims(plan: ClaimsPlan, claims: dict, out: Path) -> str:
         parts += ["## The default estimator against the exact penalty", "", _write(out / "estimator.md", "\n".join([
             f"{plan.subject} (the library's default estimator, {cfg.estimators[plan.subject]}, step {cfg.step}) against "
             f"{EXACT_TWIN} (the same penalty by double backprop) at {plan.subject}'s weight "
-            f"{cfg.weights[plan.subject]:g}, on the same seeds: the paired difference ({plan.subject} − {EXACT_TWIN}), "
+            f"{cfg.weights[plan.subject]:g}, model {cfg.model} with {cfg.activation}, on the same seeds {list(cfg.seeds)}: "
+            f"the paired difference ({plan.subject} − {EXACT_TWIN}), "
             "its 95% bootstrap interval and the verdict read as for the claims (SUPPORTED: the default estimator's "
             "model is better on that row). Rows where both were measured.", "",
             claims_table(claims["estimator"], plan.subject)]))]

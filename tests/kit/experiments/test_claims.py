@@ -86,7 +86,8 @@ def test_tiny_claims_run_report_and_resume(tmp_path, tiny_config, one_thread):
     estimator = {r["metric"]: r["versus"][0] for r in claims["estimator"]}
     assert {"leakage_paper", "clean_acc", "marginal_penalty"} <= set(estimator) and "pgd_linf_acc" not in estimator
     assert estimator["leakage_paper"]["comparator"] == "mdr-exact" and len(estimator["leakage_paper"]["diffs"]) == 2
-    assert "## The default estimator against the exact penalty" in text
+    assert "## The default estimator against the exact penalty" in text and "model cnn with relu" in text
+    assert "{" not in text  # every placeholder of the report filled in
     # every point records the wall time its command spent on it; the report sums them
     walls = [r["wall_s"] for r in claims["records"]]
     assert all(w is not None and w > 0 for w in walls) and len(walls) == len(plan.points())
