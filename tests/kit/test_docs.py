@@ -42,7 +42,7 @@ def test_readme_includes_the_claims_files_verbatim():
     for name in ("claims_table.md", "figure1.md", "attribution_robustness.md", "frontier.md", "cheaper.md"):
         assert f"docs/results/claims/{name}" in files, name
     assert expand(section) == section
-    listed = subprocess.run(["git", "ls-files", "docs/results/claims"], cwd=ROOT, capture_output=True, text=True,
+    listed = subprocess.run(["git", "ls-files", "docs/results", "benchmarks/results"], cwd=ROOT, capture_output=True, text=True,
                             check=True).stdout.split()
     for path in files:
         assert path in listed, f"{path} is included in the README but not committed"
