@@ -15,9 +15,9 @@ move it too. ``rfd``'s randomly signed slope stays near 1 (0.85-0.91 in the same
 :class:`SecantWarning`) when their median leaves ``band`` (default [0.5, 2]), after ``warmup`` steps
 (default 100). The warm-up is there because a freshly initialised max-pool net on zero-background
 images has exact ties in most pooling windows, where any secant differs from autograd's tie-breaking:
-measured per epoch of 22 steps, the ratio starts near 0.45 for every estimator, then rises to
-0.87-0.94 under ``rfd`` by the third epoch and falls to 0.27-0.32 under ``fd`` by the eighth
-(``tests/test_estimator_training.py``'s setting).
+in ``tests/test_estimator_training.py``'s setting the ratio starts well below the band for every
+estimator, then rises into it under ``rfd`` within the first epochs while under ``fd`` it falls and
+stays low (the end-of-training ratios are in ``benchmarks/results/estimator_training.md``).
 
 A diverging run cannot wait for a window: the monitor warns at once (also once) when the step's
 penalty is not finite, or when the ratio is not finite while the input gradient is non-zero. A zero
