@@ -142,17 +142,20 @@ class _HeldStatsGradient(torch.autograd.Function):
 class _BatchStatistics(torch.autograd.Function):
     r"""Per-channel mean and biased variance of a (N, C, L) tensor, with a fused backward.
 
-    Forward: two passes (mean, then the mean of squared deviations); backward in one expression,
-    d/da = gmean / n + (a - mean) * 2 gvar / n, instead of autograd's chain through sub, pow and two
-    means.
+    Forward: the statistics the native batch-norm kernel has just computed for this tensor
+    (``known``: its saved mean and variance), or else two passes (mean, then the mean of squared
+    deviations); backward in one expression, d/da = gmean / n + (a - mean) * 2 gvar / n, instead of
+    autograd's chain through sub, pow and two means.
     """
 
     @staticmethod
-    def forward(ctx, v):
+    def forward(ctx, v, known):
         n = v.shape[0] * v.shape[2]
-        mean = v.mean(dim=(0, 2))
-        centred = v - mean[None, :, None]
-        var = centred.square().sum(dim=(0, 2)) / n
+        if known is not None:
+            mean, var = (t.clone() for t in known)
+        else:
+            mean = v.mean(dim=(0, 2))
+            var = (v - mean[None, :, None]).square().sum(dim=(0, 2)) / n
         ctx.save_for_backward(v, mean)
         return mean, var
 
@@ -162,12 +165,28 @@ class _BatchStatistics(torch.autograd.Function):
         n = v.shape[0] * v.shape[2]
         gmean = torch.zeros_like(mean) if gmean is None else gmean
         gvar = torch.zeros_like(mean) if gvar is None else gvar
-        return torch.addcmul((gmean / n)[None, :, None], v - mean[None, :, None], (2 * gvar / n)[None, :, None])
+        return torch.addcmul((gmean / n)[None, :, None], v - mean[None, :, None], (2 * gvar / n)[None, :, None]), None
 
 
-def batch_statistics(a: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and biased variance of a (N, C, ...) tensor (the statistics batch_norm uses), differentiable."""
-    return _BatchStatistics.apply(a.reshape(a.shape[0], a.shape[1], -1))
+def batch_statistics(a: torch.Tensor, known: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+                     ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and biased variance of a (N, C, ...) tensor (the statistics batch_norm uses),
+    differentiable; ``known``: their values, already computed (``native_statistics``)."""
+    return _BatchStatistics.apply(a.reshape(a.shape[0], a.shape[1], -1), known)
+
+
+def native_statistics(out: torch.Tensor, a: torch.Tensor, eps: float) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+    """The batch mean and biased variance that the native train-mode batch-norm kernel computed for
+    input ``a`` on its way to ``out``, read from its autograd node (which saves the mean and
+    1 / sqrt(var + eps)) instead of recomputed: None where ``out`` has no such node (no grad, cuDNN's
+    or another kernel) or ``a`` is not fp32/fp64 (under autocast the statistics are recomputed in fp32)."""
+    node = out.grad_fn
+    if type(node).__name__ != "NativeBatchNormBackward0" or a.dtype not in (torch.float32, torch.float64):
+        return None
+    mean, invstd = node._saved_result1, node._saved_result2
+    if mean.dtype != a.dtype or mean.shape != (a.shape[1],):
+        return None
+    return mean, invstd.pow(-2) - eps
 
 
 def _channel_shape(x: torch.Tensor) -> Tuple[int, ...]:
@@ -369,7 +388,8 @@ class ModelPasses:
         a = call.input
         # fp16/bf16 activations (autocast): statistics in fp32, as batch_norm accumulates them and as
         # its mixed-precision form wants its running statistics next to fp32 parameters
-        mean, var = batch_statistics(a if a.dtype in (torch.float32, torch.float64) else a.float())
+        mean, var = batch_statistics(a if a.dtype in (torch.float32, torch.float64) else a.float(),
+                                     native_statistics(out, a, call.eps))
         self.stats.append(_HeldStats(mean, var))
         scale = torch.rsqrt(var + call.eps)
         if call.weight is not None:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from margreg_fast import marginal_density_penalty
-from margreg_fast.estimators.passes import HeldStatisticsError, ModelPasses
+from margreg_fast.estimators.passes import HeldStatisticsError, ModelPasses, batch_statistics, native_statistics
 from tests.estimators.references import batch_statistics_copy, cosine, flat_grad, per_sample, ratio
 
 
@@ -250,3 +250,36 @@ def test_shared_logits_of_a_model_with_unannounced_batch_norm_calls_raise():
 def test_passes_need_a_clean_pass_before_a_probe():
     with pytest.raises(RuntimeError, match="needs a clean pass"):
         ModelPasses(nn.Linear(2, 2)).probe(torch.rand(1, 2))
+
+
+def test_held_statistics_are_read_from_the_native_kernel_and_equal_recomputed_ones():
+    """The clean pass reads the batch mean and variance that native batch_norm saved (mean, 1/sqrt(var +
+    eps)) instead of recomputing them: values and gradients equal the recomputed ones (float64, so a
+    1e-12 relative tolerance is rounding: var comes back through (var + eps) - eps)."""
+    torch.manual_seed(0)
+    a = (torch.randn(6, 3, 5, 5, dtype=torch.float64) * torch.tensor([1.0, 1e-2, 30.0]).view(1, 3, 1, 1)).requires_grad_()
+    out = F.batch_norm(a, None, None, training=True, eps=1e-5)
+    known = native_statistics(out, a, 1e-5)
+    assert known is not None
+    read, recomputed = batch_statistics(a, known), batch_statistics(a)
+    for x, y in zip(read, recomputed):
+        torch.testing.assert_close(x, y, rtol=1e-12, atol=0)
+    weights = torch.randn(2, 3, dtype=torch.float64)
+    grads = [torch.autograd.grad((s[0] * weights[0] + s[1] * weights[1]).sum(), a)[0] for s in (read, recomputed)]
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-12, atol=1e-15)
+    with torch.no_grad():  # no autograd node: recomputed
+        assert native_statistics(F.batch_norm(a, None, None, training=True), a, 1e-5) is None
+    low = a.detach().bfloat16().requires_grad_()
+    assert native_statistics(F.batch_norm(low, None, None, training=True), low, 1e-5) is None
+
+
+def test_the_clean_pass_reads_the_native_statistics(monkeypatch):
+    import margreg_fast.estimators.passes as passes
+
+    read = []
+    real = passes.native_statistics
+    monkeypatch.setattr(passes, "native_statistics", lambda *args: read.append(real(*args)) or read[-1])
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 6 * 6, 4)).train()
+    marginal_density_penalty(model, torch.randn(5, 1, 8, 8)).backward()
+    assert len(read) == 1 and read[0] is not None
