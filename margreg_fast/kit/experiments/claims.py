@@ -1,7 +1,7 @@
 """Every claim of the paper on one instrument: the runs it needs, run resumably, and the paired rows.
 
     margreg-fast claims --seeds 0 1 2 3 4 --eval-samples 500 --weights-file WEIGHTS \\
-        --fractions 0.5 0.25 0.125 --lazy 4 --grid 0.1 1 10 --frontier-seeds 0 1 2 3 4 --out runs/claims
+        --fractions 0.5 0.25 0.125 --lazy 4 8 --grid 0.1 1 10 --frontier-seeds 0 1 2 3 4 --out runs/claims
 
 The plan (``ClaimsPlan``) holds one BlockMNIST config (seeds, evaluation images, selected weights) and:
 
