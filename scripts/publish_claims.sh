@@ -2,8 +2,8 @@
 # Copy the outputs of `margreg-fast claims` (and of its rerun under another thread count) into docs/:
 # docs/results/claims/ (tables, claims.json, the BlockMNIST per-method files) and docs/figures/claims_*.png.
 # Usage: scripts/publish_claims.sh CLAIMS_OUT [RERUN_OUT [GELU_OUT]]     (`make claims` runs it)
-# RERUN_OUT: the rerun under another thread count (its stability.md); GELU_OUT: the estimator comparison
-# on the GELU model (its estimator.md, as estimator_gelu.md).
+# RERUN_OUT: the rerun under another thread count (its stability.md and compute.md, as *_threads2.md);
+# GELU_OUT: the estimator comparison on the GELU model (its estimator.md and compute.md, as *_gelu.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 src=${1:?usage: scripts/publish_claims.sh CLAIMS_OUT [RERUN_OUT [GELU_OUT]]}
@@ -20,7 +20,9 @@ for f in figure1 attributions insertion; do
 done
 if [ -f "$src/figures/frontier.png" ]; then cp "$src/figures/frontier.png" docs/figures/claims_frontier.png; fi
 if [ -n "${2:-}" ] && [ -f "$2/stability.md" ]; then cp "$2/stability.md" "$dst/stability_threads2.md"; fi
+if [ -n "${2:-}" ] && [ -f "$2/compute.md" ]; then cp "$2/compute.md" "$dst/compute_threads2.md"; fi
 if [ -n "${3:-}" ] && [ -f "$3/estimator.md" ]; then cp "$3/estimator.md" "$dst/estimator_gelu.md"; fi
+if [ -n "${3:-}" ] && [ -f "$3/compute.md" ]; then cp "$3/compute.md" "$dst/compute_gelu.md"; fi
 # the cost-against-leakage table and figure pair these claims with the benchmarked step costs
 if [ -f benchmarks/results/train_step_claims.csv ]; then "${PYTHON:-.venv/bin/python}" benchmarks/cost_leakage.py; fi
 echo "published $src into $dst and docs/figures/claims_*.png"
