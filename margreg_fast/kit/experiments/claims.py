@@ -46,7 +46,7 @@ EXACT_TWIN = "mdr-exact"
 #: The fully evaluated methods by default: the subject and its comparators.
 CLAIM_METHODS = ("none", "igr", "joint", "mdr")
 SPURIOUS_METHODS = ("none", "igr", "joint", "mdr")
-#: Methods of the frontier besides the mdr@F ones (none is its reference point).
+#: Methods of the frontier besides the cheaper forms (none is its reference point).
 FRONTIER_METHODS = ("igr", "joint", "mdr", "mdr-exact")
 #: "a cheaper form (mdr@F, mdr%K) keeps the leakage cut of mdr" when its leakage_paper minus mdr's is
 #: SUPPORTED as at most this share of mdr's mean cut (none - mdr) worse: a non-inferiority margin fixed in advance.
