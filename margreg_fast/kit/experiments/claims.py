@@ -218,21 +218,21 @@ def _run_point(plan: ClaimsPlan, out: Path, experiment: str, method: str, weight
             save_json(rdir / WALL_NAME, {"wall_s": (_wall(rdir) or 0.0) + time.perf_counter() - start})
     subject_weight = plan.experiment_config("blockmnist").weights[plan.subject]
     if (experiment, weight) == ("blockmnist", subject_weight) and method in (plan.subject, EXACT_TWIN):
-        penalty = _true_penalty(cfg, where, method, seed, compute=train)
+        penalty = _true_penalty(cfg, rdir, method, seed, compute=train)
         if penalty is not None:
             got["scores"] = {**got["scores"], "marginal_penalty": penalty}
     return {**got, "wall_s": _wall(rdir)}
 
 
-def _true_penalty(cfg: ExperimentConfig, where: Path, method: str, seed: int, *, compute: bool) -> float | None:
-    """evaluation.marginal_penalty of a finished run, cached in its PENALTY_NAME (None if not cached and
-    not ``compute``)."""
-    path = run_dir(where, cfg, method, seed) / PENALTY_NAME
+def _true_penalty(cfg: ExperimentConfig, rdir: Path, method: str, seed: int, *, compute: bool) -> float | None:
+    """evaluation.marginal_penalty of the finished run in ``rdir``, cached in its PENALTY_NAME (None if not
+    cached and not ``compute``)."""
+    path = rdir / PENALTY_NAME
     if path.exists() or not compute:
         return load_json(path)["marginal_penalty"] if path.exists() else None
     with deterministic():
         train_set, eval_set = _datasets(cfg, seed)
-        model = train_run(cfg, method, seed, train_set, path.parent, quiet=True, allow_training=False).model
+        model = train_run(cfg, method, seed, train_set, rdir, quiet=True, allow_training=False).model
         penalty = marginal_penalty(model.cpu(), eval_set, cfg)
     save_json(path, {"marginal_penalty": penalty})
     return penalty

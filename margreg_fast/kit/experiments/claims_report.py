@@ -13,6 +13,7 @@ computed here from the records of claims.run_claims; nothing is typed in.
 from __future__ import annotations
 
 import math
+import statistics
 from pathlib import Path
 
 from .checkpoint import save_json
@@ -305,10 +306,8 @@ def compute_section(records: list[dict], invocations: list[dict]) -> str:
              "times began to be recorded.", "",
              "| experiment | method | evaluation | points | median wall s | total wall s |", "|---|---|---|---:|---:|---:|"]
     for (experiment, method, kind), walls in sorted(groups.items()):
-        walls = sorted(walls)
-        k = len(walls)
-        median = walls[k // 2] if k % 2 else (walls[k // 2 - 1] + walls[k // 2]) / 2
-        lines.append(f"| {experiment} | {method} | {kind} | {k} | {median:.0f} | {math.fsum(walls):.0f} |")
+        lines.append(f"| {experiment} | {method} | {kind} | {len(walls)} | {statistics.median(walls):.0f} | "
+                     f"{math.fsum(walls):.0f} |")
     return "\n".join(lines) + "\n"
 
 
