@@ -14,7 +14,9 @@ through ``MarginalDensityRegularizer``; ``floor`` is the structural floor of fd 
 plain torch ops with no library code: a forward at x, a backward to x only, a forward at x + h v and
 the training backward through both graphs. ``rfd@f`` is the default estimator with the regulariser's
 ``fraction=f`` (the penalty on max(1, round(f B)) samples, the CE on the whole batch) and ``floor@f``
-its floor: a forward of the whole batch for the CE plus the floor's passes on the subset. ``rfd%k``
+its floor: with train-mode BatchNorm a forward of the whole batch for the CE plus the floor's passes on
+the subset, without it a forward of the rest of the batch plus the floor's passes on the subset,
+whose forward serves its CE too. ``rfd%k``
 (and ``floor%k``) is lazy regularisation: one step of rfd (floor) then k - 1 plain steps, timed
 together and reported per step, so its median is the cost of a step averaged over the schedule.
 
@@ -60,6 +62,7 @@ import torch  # noqa: E402
 from benchmarks import report  # noqa: E402
 from margreg_fast.kit import models  # noqa: E402
 from margreg_fast.estimators import DEFAULT_METHOD, DEFAULT_STEP, UnsupportedEstimatorError  # noqa: E402
+from margreg_fast.estimators.passes import couples_batch  # noqa: E402
 from margreg_fast.regularizer import MarginalDensityRegularizer  # noqa: E402
 from margreg_fast.subsample import subset_size  # noqa: E402
 
@@ -120,17 +123,24 @@ def floor_loss(net, x, y, fraction: float = 1.0, h: float = 1e-2):
     """CE + the secant penalty in plain torch ops: the passes fd and rfd cannot avoid.
 
     At fraction 1 the forward at x serves the CE and the penalty (F + B_x + F + B over two graphs).
-    Below 1 the CE takes a forward of the whole batch and the penalty a forward of the first
-    max(1, round(fraction B)) samples of its own, a backward to them and a forward at x + h v (a
-    floor in cost, not in meaning: under train-mode BatchNorm these plain passes use the subset's
-    statistics).
+    Below 1 the first m = max(1, round(fraction B)) samples are penalised. A model whose forward couples
+    the samples (train-mode BatchNorm) takes a forward of the whole batch for the CE, and the penalty
+    a forward of the subset of its own, a backward to it and a forward at x + h v (a floor in cost,
+    not in meaning: these plain passes normalise the subset with its own statistics). A sample-wise
+    model takes a forward of the other B - m samples for their CE and one of the subset that serves
+    its CE and the penalty, as at fraction 1.
     """
     if fraction == 1.0:
         x_in = x.detach().requires_grad_(True)
         z0 = net(x_in)
         return torch.nn.functional.cross_entropy(z0, y) + _secant_penalty(net, x_in, z0, h).mean()
-    x_sub = x[:subset_size(x.shape[0], fraction)].detach().requires_grad_(True)
-    return torch.nn.functional.cross_entropy(net(x), y) + _secant_penalty(net, x_sub, net(x_sub), h).mean()
+    m = subset_size(x.shape[0], fraction)
+    x_sub = x[:m].detach().requires_grad_(True)
+    if couples_batch(net):
+        return torch.nn.functional.cross_entropy(net(x), y) + _secant_penalty(net, x_sub, net(x_sub), h).mean()
+    z_sub = net(x_sub)
+    ce = torch.nn.functional.cross_entropy(torch.cat([z_sub, net(x[m:])]), y)
+    return ce + _secant_penalty(net, x_sub, z_sub, h).mean()
 
 
 def split_method(method: str):

@@ -35,6 +35,14 @@ def draw_subset(batch: int, fraction: float, device: torch.device,
     return torch.randperm(batch, generator=generator, device=draw_device)[:subset_size(batch, fraction)].to(device)
 
 
+def complement(subset: torch.Tensor, batch: int) -> torch.Tensor:
+    """The indices (B - m,) of a batch of ``batch`` samples that are not in ``subset`` (m distinct indices),
+    in increasing order; by a stable sort, whose output size is known, not ``nonzero`` (a host sync on CUDA)."""
+    outside = torch.ones(batch, dtype=torch.uint8, device=subset.device)
+    outside[subset] = 0
+    return torch.argsort(outside, descending=True, stable=True)[:batch - subset.shape[0]]
+
+
 def subset_mean(per_sample: torch.Tensor, batch: int, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
     """P_S from R_i on the subset (m,); ``labels``: the whole batch's, for a penalty that needs a label.
 

@@ -33,15 +33,17 @@ def test_ddp_two_processes_match_single_process(tmp_path):
             assert (compiled - eager).abs().max() <= 1e-5
     for a, b in zip(ranks[0]["compiled"], ranks[1]["compiled"]):
         assert (a - b).abs().max() <= 1e-6  # different local batches: equal only if all-reduced
-    # fraction=0.5: DDP's step is SGD on the mean over ranks of each rank's own subset-penalty gradient
-    grads = []
-    for rank, (xs, ys) in enumerate(zip(x.chunk(2), y.chunk(2))):
-        model = ddp.bn_cnn()
-        loss, _ = ddp.fraction_regularizer(rank)(model, xs, ys)
-        grads.append(torch.autograd.grad(loss, list(model.parameters())))
-    expected = [p.detach() - ddp.LR * (g0 + g1) / 2 for p, g0, g1 in zip(ddp.bn_cnn().parameters(), *grads)]
-    for want, got in zip(expected, torch.load(tmp_path / "fraction.pt")):
-        assert (want - got).abs().max() <= 1e-5
+    # fraction=0.5: DDP's step is SGD on the mean over ranks of each rank's own subset-penalty gradient,
+    # with the whole batch in one forward (BatchNorm) and split in two (sample-wise)
+    for build, method, name in ((ddp.bn_cnn, "exact", "fraction.pt"), (ddp.cnn, "rfd", "fraction_split.pt")):
+        grads = []
+        for rank, (xs, ys) in enumerate(zip(x.chunk(2), y.chunk(2))):
+            model = build()
+            loss, _ = ddp.fraction_regularizer(rank, method)(model, xs, ys)
+            grads.append(torch.autograd.grad(loss, list(model.parameters())))
+        expected = [p.detach() - ddp.LR * (g0 + g1) / 2 for p, g0, g1 in zip(build().parameters(), *grads)]
+        for want, got in zip(expected, torch.load(tmp_path / name)):
+            assert (want - got).abs().max() <= 1e-5, name
 
 
 @pytest.fixture(scope="module")

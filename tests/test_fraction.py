@@ -3,7 +3,9 @@
 Float64 throughout; exact is the reference estimator. Averaged over every subset the subset's
 penalty term equals the whole batch's mean penalty (value and parameter gradient), so those checks
 hold to summation-order rounding (1e-10 relative). Train-mode BatchNorm normalises the subset with
-the whole batch's statistics, so each subset sample's penalty is the one it has at fraction 1.
+the whole batch's statistics, so each subset sample's penalty is the one it has at fraction 1. A
+model without batch coupling splits the batch in two forwards, which must give the loss and gradient
+of one forward of the whole batch (to 1e-12 relative: the same sums in another order).
 """
 import itertools
 import math
@@ -14,10 +16,11 @@ import torch.nn.functional as F
 
 from margreg_fast import regularizer as regularizer_module
 from margreg_fast.estimators import METHODS
+from margreg_fast.estimators.passes import HeldStatisticsError, couples_batch
 from margreg_fast.kit import models
 from margreg_fast.penalty import marginal_density_penalty
 from margreg_fast.regularizer import MarginalDensityRegularizer
-from margreg_fast.subsample import draw_subset, subset_size
+from margreg_fast.subsample import complement, draw_subset, subset_size
 
 
 def _bn_model():
@@ -179,3 +182,102 @@ def test_compiled_cnn_with_fraction_matches_eager_across_recompiles():
         (e_loss, _, e_grad), (c_loss, _, c_grad) = runs
         assert math.isclose(e_loss.item(), c_loss.item(), rel_tol=1e-9), fraction
         assert (e_grad - c_grad).abs().max() <= 1e-9 * e_grad.abs().max(), fraction
+
+
+def _sample_wise_model():
+    torch.manual_seed(0)
+    return models.SmallCNN(width=4, image_size=8, activation="silu").double()
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("penalty,unlabelled", [("marginal", (2,)), ("conditional", (1, 4)), ("joint", ())])
+def test_split_batch_equals_one_forward_of_the_whole_batch(method, penalty, unlabelled):
+    """Sample-wise model: the subset's forward serving its CE and the penalty, plus the rest's, give the
+    loss and parameter gradient of the whole batch's forward (float64; only summation order differs)."""
+    model, (x, y) = _sample_wise_model(), _data(batch=8, unlabelled=unlabelled)
+    runs = [_loss_and_grads(model, MarginalDensityRegularizer(0.7, method=method, penalty=penalty, fraction=0.25,
+                                                              batch_coupled=coupled, step=1e-3,
+                                                              generator=torch.Generator().manual_seed(3)), x, y)
+            for coupled in (True, False)]
+    (one_loss, one_stats, one_grad), (split_loss, split_stats, split_grad) = runs
+    assert math.isclose(split_loss.item(), one_loss.item(), rel_tol=1e-12)
+    assert math.isclose(split_stats["ce"], one_stats["ce"], rel_tol=1e-12)
+    assert split_stats["penalty"] == pytest.approx(one_stats["penalty"], rel=1e-12)
+    assert (split_grad - one_grad).abs().max() <= 1e-12 * one_grad.abs().max()
+
+
+def _rows_through(model, reg, x, y):
+    """Rows of every forward the step makes through ``model``, in order."""
+    rows = []
+    handle = model.register_forward_pre_hook(lambda module, args: rows.append(args[0].shape[0]))
+    try:
+        reg(model, x, y)[0].backward()
+    finally:
+        handle.remove()
+    return rows
+
+
+def test_split_batch_forwards_each_sample_once_outside_the_probes():
+    """What makes the sample-wise step cheaper: forwards of B - m and m rows (+ the probe's m), not B + m + m."""
+    x, y = _data(batch=8)
+    reg = MarginalDensityRegularizer(1.0, fraction=0.25)  # rfd: the clean forward and one probe
+    assert _rows_through(_sample_wise_model(), reg, x, y) == [6, 2, 2]
+    assert _rows_through(_bn_model(), reg, x, y) == [8, 2, 2]
+    forced = MarginalDensityRegularizer(1.0, fraction=0.25, batch_coupled=True)
+    assert _rows_through(_sample_wise_model(), forced, x, y) == [8, 2, 2]
+
+
+def test_train_mode_batchnorm_is_detected_as_coupling():
+    from tests.timm_import import import_timm
+
+    evo = import_timm().layers.EvoNorm2dB0(4)
+    assert couples_batch(_bn_model()) and couples_batch(evo)
+    assert not couples_batch(_sample_wise_model()) and not couples_batch(_bn_model().eval())
+    assert not couples_batch(evo.eval()) and not couples_batch(import_timm().layers.EvoNorm2dS0(4))
+    assert not couples_batch(lambda x: x)
+
+
+class _FunctionalBatchNorm(torch.nn.Module):
+    """Train-mode F.batch_norm with buffers it passes itself: no module announces the coupling."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3)
+        self.head = torch.nn.Linear(4 * 6 * 6, 10)
+        self.register_buffer("mean", torch.zeros(4, dtype=torch.float64))
+        self.register_buffer("var", torch.ones(4, dtype=torch.float64))
+
+    def forward(self, x):
+        h = F.batch_norm(self.conv(x), self.mean, self.var, training=True)
+        return self.head(torch.tanh(h).flatten(1))
+
+
+@pytest.mark.parametrize("build,coupled,error", [(_FunctionalBatchNorm, None, HeldStatisticsError),
+                                                 (_bn_model, False, ValueError)])
+def test_batch_coupling_in_a_split_batch_raises_before_changing_state(build, coupled, error):
+    """Announced by a module (told False): refused before any pass; a functional call: at the call."""
+    torch.manual_seed(0)
+    model = build().double()
+    before = [b.clone() for b in model.buffers()]
+    x, y = _data()
+    reg = MarginalDensityRegularizer(1.0, fraction=0.5, batch_coupled=coupled)
+    with pytest.raises(error, match="batch_coupled"):
+        reg(model, x, y)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.buffers()))
+    if build is _FunctionalBatchNorm:  # as the error advises
+        loss, _ = MarginalDensityRegularizer(1.0, fraction=0.5, batch_coupled=True)(model, x, y)
+        assert math.isfinite(loss.item())
+
+
+@pytest.mark.parametrize("value,error", [(1, TypeError), ("yes", TypeError), (torch.tensor(True), TypeError)])
+def test_bad_batch_coupled_raises(value, error):
+    with pytest.raises(error, match="batch_coupled"):
+        MarginalDensityRegularizer(1.0, fraction=0.5, batch_coupled=value)
+
+
+def test_complement_is_the_rest_of_the_batch_in_order():
+    gen = torch.Generator().manual_seed(5)
+    for batch, fraction in ((8, 0.25), (7, 0.5), (5, 1.0), (64, 0.125)):
+        idx = draw_subset(batch, fraction, torch.device("cpu"), gen)
+        rest = complement(idx, batch)
+        assert rest.tolist() == sorted(set(range(batch)) - set(idx.tolist()))

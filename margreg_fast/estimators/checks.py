@@ -18,7 +18,8 @@ names what it received; a check that normalises its argument returns it.
 * :func:`check_choice` -- an option is one of its names (method, backend, penalty, reduction).
 * :func:`check_estimator_options` -- method and head-op backend.
 * :func:`real_number`, :func:`check_weight`, :func:`check_step`, :func:`check_fraction` -- numbers
-  (Python, NumPy or 0-d tensor) returned as floats; :func:`check_generator` -- a ``torch.Generator``.
+  (Python, NumPy or 0-d tensor) returned as floats; :func:`check_optional_flag` -- None or a bool;
+  :func:`check_generator` -- a ``torch.Generator``.
 """
 from __future__ import annotations
 
@@ -142,6 +143,13 @@ def check_fraction(fraction) -> float:
     if not (math.isfinite(fraction) and 0 < fraction <= 1):
         raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
     return fraction
+
+
+def check_optional_flag(value, name: str) -> Optional[bool]:
+    """None (decided by the library) or a bool; never a truthy stand-in such as 0, 1 or "yes"."""
+    if value is not None and not isinstance(value, bool):
+        raise TypeError(f"{name} must be True, False or None, got {_describe(value)}")
+    return value
 
 
 def check_generator(generator: Optional[torch.Generator], x: Optional[torch.Tensor] = None

@@ -261,6 +261,37 @@ def has_train_mode_batchnorm(model) -> bool:
         isinstance(m, _BatchNorm) and (m.training or not m.track_running_stats) for m in model.modules())
 
 
+#: Layers outside ``_BatchNorm`` whose train-mode forward uses batch statistics computed in their own code
+#: (timm's batch-variance EvoNorms), matched by class name so that timm need not be imported.
+_BATCH_COUPLED_LAYERS = ("EvoNorm2dB0", "EvoNorm2dB1", "EvoNorm2dB2")
+
+
+def couples_batch(model) -> bool:
+    """Does ``model``'s forward, as it is now (train or eval), make one sample's output depend on the
+    others of its batch? True for a train-mode BatchNorm (any ``_BatchNorm``, so timm's BatchNormAct
+    too) and timm's EvoNorm-B layers; other couplings (a functional ``F.batch_norm`` call in training
+    mode) are not visible from the modules, and :func:`sample_wise_forward` refuses them at run time."""
+    return has_train_mode_batchnorm(model) or (isinstance(model, nn.Module) and any(
+        m.training and type(m).__name__ in _BATCH_COUPLED_LAYERS for m in model.modules()))
+
+
+def _refuse_batch_statistics(func, call: _BatchNormCall, args, kwargs):
+    if call.training:
+        raise HeldStatisticsError(
+            "margreg_fast: the model made a train-mode batch-norm call, which couples the samples of a batch, "
+            "in a forward that assumed none (batch_coupled=False, or undetected: a functional F.batch_norm); "
+            "pass batch_coupled=True")
+    return func(*args, **kwargs)
+
+
+def sample_wise_forward(model, x: torch.Tensor) -> torch.Tensor:
+    """``model(x)`` through the unwrapped module (DDP's ``.module``: the step's one DDP forward is the
+    estimate's clean pass) for a model whose samples do not interact: a train-mode batch-norm call
+    raises :class:`HeldStatisticsError` before it runs (so no running statistic moves)."""
+    with _BatchNormMode(_refuse_batch_statistics):
+        return _unwrapped(model)(x)
+
+
 @contextmanager
 def frozen_running_stats(model) -> Iterator[None]:
     """Within the block ``model``'s train-mode BatchNorm modules use batch statistics but record nothing.

@@ -9,7 +9,10 @@ plain forward of an unwrapped copy on its local batch (OUT_DIR/bn_rank{r}.pt);
 both updated parameter sets and the number of graphs the compiling backend received
 (OUT_DIR/compiled_rank{r}.pt). Different local data: only an all-reduce makes the ranks agree;
 (4) the BatchNorm CNN in DDP with fraction=0.5 (exact, each rank's subset drawn from a generator seeded
-with FRACTION_SEED + rank) -- rank 0 saves the updated parameters (OUT_DIR/fraction.pt).
+with FRACTION_SEED + rank) -- rank 0 saves the updated parameters (OUT_DIR/fraction.pt);
+(5) a CNN without BatchNorm (sample-wise: the batch is split into the subset's forward, the step's one
+DDP forward, and the rest's) in DDP with fraction=0.5, rfd -- rank 0 saves the updated parameters
+(OUT_DIR/fraction_split.pt).
 """
 import copy
 import os
@@ -42,9 +45,14 @@ def bn_cnn():
     return models.SmallCNN(width=4, image_size=8, batchnorm=True)
 
 
-def fraction_regularizer(rank):
-    """The regulariser of case (4) on ``rank``: exact, fraction 0.5, its own seeded generator."""
-    return MarginalDensityRegularizer(WEIGHT, method="exact", fraction=FRACTION,
+def cnn():
+    torch.manual_seed(7)
+    return models.SmallCNN(width=4, image_size=8)
+
+
+def fraction_regularizer(rank, method="exact"):
+    """The regulariser of cases (4) and (5) on ``rank``: fraction 0.5, its own seeded generator."""
+    return MarginalDensityRegularizer(WEIGHT, method=method, fraction=FRACTION, step=STEP,
                                       generator=torch.Generator().manual_seed(FRACTION_SEED + rank))
 
 
@@ -94,6 +102,11 @@ def main(out_dir):
     step(DistributedDataParallel(fraction_net), xs, ys, reg=fraction_regularizer(rank))
     if rank == 0:
         torch.save([p.detach() for p in fraction_net.parameters()], os.path.join(out_dir, "fraction.pt"))
+
+    split_net = cnn()
+    step(DistributedDataParallel(split_net), xs, ys, reg=fraction_regularizer(rank, "rfd"))
+    if rank == 0:
+        torch.save([p.detach() for p in split_net.parameters()], os.path.join(out_dir, "fraction_split.pt"))
     finish()
 
 
