@@ -12,6 +12,9 @@ export PYTHONPATH=$PWD
 "$PY" benchmarks/bench_train_step.py --rounds 15    # train_step
 "$PY" benchmarks/bench_train_step.py --models resnet18 convnext_atto --modes eager --methods floor exact rfd \
     --rounds 10 --name train_step_timm              # train_step_timm: real timm models, 3x224x224, batch 8
+"$PY" benchmarks/bench_train_step.py --models resnet --modes eager \
+    --methods plain floor rfd floor@0.5 rfd@0.5 floor@0.25 rfd@0.25 floor@0.125 rfd@0.125 \
+    --rounds 20 --name train_step_bn              # train_step_bn: the BatchNorm ResNet's fractions, more rounds
 "$PY" benchmarks/bench_train_step.py --models papercnn --modes eager \
     --methods plain floor rfd floor@0.5 rfd@0.5 floor@0.25 rfd@0.25 floor@0.125 rfd@0.125 floor%4 rfd%4 floor%8 rfd%8 \
     --rounds 30 --name train_step_claims          # train_step_claims: the claims' model, the cost axis of cost_leakage

@@ -283,3 +283,29 @@ def test_the_clean_pass_reads_the_native_statistics(monkeypatch):
     model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 6 * 6, 4)).train()
     marginal_density_penalty(model, torch.randn(5, 1, 8, 8)).backward()
     assert len(read) == 1 and read[0] is not None
+
+
+def test_batch_statistics_backward_passes_gradcheck():
+    torch.manual_seed(0)
+    a = (torch.randn(4, 3, 2, 3, dtype=torch.float64) + torch.tensor([0.0, 5.0, -2.0]).view(1, 3, 1, 1)).requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: batch_statistics(t), (a,))
+
+
+def test_batch_statistics_fused_backward_in_float32_stays_within_the_activations_own_rounding():
+    """The backward is (gmean / n - c mean) + c a with c = 2 gvar / n; against float64 its error is at most
+    a few eps32 |c| (|a| + |mean|): the order of the rounding the stored fp32 activation carries (eps32 |a|),
+    times |c|. A channel with mean 1e3 and spread 1 is where that form and the centred one differ most."""
+    torch.manual_seed(0)
+    a64 = torch.randn(8, 2, 16, dtype=torch.float64) + torch.tensor([1e3, 0.0], dtype=torch.float64).view(1, 2, 1)
+    gmean, gvar = torch.randn(2, dtype=torch.float64), torch.randn(2, dtype=torch.float64)
+    grads = []
+    for dtype in (torch.float64, torch.float32):
+        a = a64.to(dtype).requires_grad_()
+        mean, var = batch_statistics(a)
+        (g,) = torch.autograd.grad((mean * gmean.to(dtype)).sum() + (var * gvar.to(dtype)).sum(), a)
+        grads.append(g.double())
+    n = a64.shape[0] * a64.shape[2]
+    c = (2 * gvar / n).abs().view(1, 2, 1)
+    bound = 4 * torch.finfo(torch.float32).eps * (c * (a64.abs() + a64.mean(dim=(0, 2)).abs().view(1, 2, 1))
+                                                   + (gmean / n).abs().view(1, 2, 1))
+    assert ((grads[1] - grads[0]).abs() <= bound).all()
