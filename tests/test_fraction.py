@@ -281,3 +281,21 @@ def test_complement_is_the_rest_of_the_batch_in_order():
         idx = draw_subset(batch, fraction, torch.device("cpu"), gen)
         rest = complement(idx, batch)
         assert rest.tolist() == sorted(set(range(batch)) - set(idx.tolist()))
+
+
+@pytest.mark.parametrize("build", [_sample_wise_model, _bn_model], ids=["split", "one-forward"])
+def test_fraction_under_bf16_autocast(build):
+    """Under CPU bf16 autocast both schedules give a finite step whose CE is the whole batch's autocast CE;
+    the logits are rounded to bf16 (eps 2^-8) in either, and a sample's rounding may differ with the
+    batch it is computed in, so they agree to a few bf16 ulps (2e-2 relative), not to float64's 1e-12."""
+    model = build().float()
+    x, y = _data(batch=8)
+    x = x.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, stats = MarginalDensityRegularizer(1.0, fraction=0.25, generator=torch.Generator().manual_seed(0))(
+            model, x, y)
+        plain = F.cross_entropy(build().float()(x), y).item()
+    loss.backward()
+    assert math.isfinite(loss.item()) and math.isfinite(stats["penalty"])
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    assert stats["ce"] == pytest.approx(plain, rel=2e-2)

@@ -22,6 +22,9 @@ For each model:
     4 eps^(1/3) RMS(x) = 2.4e-5 RMS(x), is small enough to stay on one piece for almost every unit,
     and the cosine must reach 0.99 there too. Every model is checked in float64.
 
+* **fraction < 1** splits the batch in two forwards exactly on the models without BatchNorm, and there
+  the split trains as one forward would (float64, the models without dropout or drop-path).
+
 Every test builds its model afresh (seeded), so each can run alone. The suite's time is measured
 (``pytest --durations``), not asserted.
 """
@@ -137,3 +140,51 @@ def test_exact_on_hardsigmoid_raises_a_clear_error():
     model, x, _ = _model_and_batch("mobilenetv3_small_100")
     with pytest.raises(UnsupportedEstimatorError, match="hardsigmoid_backward"):
         marginal_density_penalty(model, x, method="exact")
+
+
+#: The zoo models whose train-mode forward couples the samples of a batch (BatchNorm, timm's BatchNormAct).
+BATCH_COUPLED = ("resnet18", "efficientnet_b0", "mobilenetv3_small_100", "regnetx_002")
+
+
+def _rows_of_each_forward(model, reg, x, y):
+    rows = []
+    handle = model.register_forward_pre_hook(lambda module, args: rows.append(args[0].shape[0]))
+    try:
+        loss, stats = reg(model, x, y)
+        loss.backward()
+    finally:
+        handle.remove()
+    return loss, stats, rows
+
+
+@pytest.mark.parametrize("name", list(ZOO))
+def test_fraction_splits_the_batch_exactly_when_no_layer_couples_it(name):
+    """fraction=0.5 (2 of 4 samples), the default estimator: a BatchNorm model forwards the whole batch
+    once and probes the subset (4, 2, 2 rows); any other model forwards the rest and the subset, whose
+    forward serves its CE and the penalty (2, 2, 2). The step is finite either way (drop-path included)."""
+    model, x, y = _model_and_batch(name)
+    torch.manual_seed(SEED)
+    reg = MarginalDensityRegularizer(1.0, fraction=0.5, generator=torch.Generator().manual_seed(SEED))
+    loss, stats, rows = _rows_of_each_forward(model, reg, x, y)
+    assert rows == ([4, 2, 2] if name in BATCH_COUPLED else [2, 2, 2]), rows
+    assert torch.isfinite(loss) and stats["penalty"] > 0, stats
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+#: Sample-wise zoo models without stochastic layers: one forward and the split must train the same.
+DETERMINISTIC_SAMPLE_WISE = ("convnext_atto", "deit_tiny_patch16_224", "resnet18_groupnorm_silu")
+
+
+@pytest.mark.parametrize("name", DETERMINISTIC_SAMPLE_WISE)
+def test_split_batch_gives_the_one_forward_loss_and_gradient(name):
+    """float64: the two schedules compute the same sums in another order (1e-10 relative is rounding)."""
+    model, x, y = _model_and_batch(name, torch.float64)
+    runs = []
+    for coupled in (True, False):
+        reg = MarginalDensityRegularizer(1.0, fraction=0.5, batch_coupled=coupled,
+                                         generator=torch.Generator().manual_seed(SEED))
+        loss, _ = reg(model, x, y)
+        runs.append((loss.item(), _parameter_gradient(model, loss)))
+    (one_loss, one_grad), (split_loss, split_grad) = runs
+    assert math.isclose(split_loss, one_loss, rel_tol=1e-10)
+    assert (split_grad - one_grad).abs().max() <= 1e-10 * one_grad.abs().max()
