@@ -122,8 +122,7 @@ class MarginalDensityRegularizer(nn.Module):
             return ce, {"ce": ce.item(), "penalty": 0.0, "grad_norm": float("nan"), "secant_ratio": float("nan")}
         needs_label = self.penalty != "marginal"  # the marginal penalty needs no label
         if self.fraction == 1.0:
-            est = estimate(model, x, y, penalty=self.penalty, method=self.method, step=self.step,
-                           backend=self.backend, with_ce=True, generator=self.generator)
+            est = self._estimate(model, x, y, with_ce=True)
             ce, est_y = reduce(est.ce, "mean", labels=y), y
             penalty = reduce(est.value, "mean", labels=y if needs_label else None)
         else:
@@ -147,9 +146,7 @@ class MarginalDensityRegularizer(nn.Module):
             passes = ModelPasses(model)
             ce = F.cross_entropy(check_output(passes.clean(x), x), y, ignore_index=IGNORE_INDEX)
             idx = draw_subset(x.shape[0], self.fraction, x.device, self.generator)
-            est = estimate(model, x[idx], y[idx], penalty=self.penalty, method=self.method, step=self.step,
-                           backend=self.backend, generator=self.generator, passes=passes)
-            return ce, est, y[idx]
+            return ce, self._estimate(model, x[idx], y[idx], passes=passes), y[idx]
         idx = draw_subset(x.shape[0], self.fraction, x.device, self.generator)
         rest = complement(idx, x.shape[0])
         ce_rest = None
@@ -157,7 +154,10 @@ class MarginalDensityRegularizer(nn.Module):
             x_rest = x[rest]
             ce_rest = F.cross_entropy(check_output(sample_wise_forward(model, x_rest), x_rest), y[rest],
                                       reduction="none", ignore_index=IGNORE_INDEX)
-        est = estimate(model, x[idx], y[idx], penalty=self.penalty, method=self.method, step=self.step,
-                       backend=self.backend, with_ce=True, generator=self.generator)
+        est = self._estimate(model, x[idx], y[idx], with_ce=True)
         ce = reduce(est.ce if ce_rest is None else torch.cat([est.ce, ce_rest]), "mean", labels=y)
         return ce, est, y[idx]
+
+    def _estimate(self, model, x: torch.Tensor, y: torch.Tensor, **options) -> Estimate:
+        return estimate(model, x, y, penalty=self.penalty, method=self.method, step=self.step, backend=self.backend,
+                        generator=self.generator, **options)
