@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import report  # noqa: E402
-from margreg_fast.kit.experiments.claims_report import _cell, _g  # noqa: E402  (the claims report's cell formats)
+from margreg_fast.kit.experiments.claims_report import comparison_cell, number_cell  # noqa: E402
 
 CLAIMS = ROOT / "docs" / "results" / "claims" / "claims.json"
 STEPS = report.RESULTS / "train_step_claims.csv"
@@ -60,7 +60,7 @@ def points(claims: dict, costs: dict) -> list[dict]:
 
 
 def _cell_or_blank(c: dict | None) -> str:
-    return "" if c is None else _cell(c)
+    return "" if c is None else comparison_cell(c)
 
 
 def write_table(rows: list[dict], claims: dict, path: Path) -> str:
@@ -69,9 +69,10 @@ def write_table(rows: list[dict], claims: dict, path: Path) -> str:
     lines = report.table(
         ["method", "step x plain (benchmark)", f"step x {SUBJECT}'s", "leakage_paper", f"− {SUBJECT} [95% CI]",
          "keeps the leakage cut", "clean acc", f"− {SUBJECT} [95% CI]"],
-        [[r["method"], _g(r["cost"]), _g(None if r["cost"] is None or not subject_cost else r["cost"] / subject_cost),
-          _g(r["leakage_paper"]), _cell_or_blank(r["versus"]["leakage_paper"]),
-          keep[r["method"]]["verdict"] if r["method"] in keep else "", _g(r["clean_acc"]),
+        [[r["method"], number_cell(r["cost"]),
+          number_cell(None if r["cost"] is None or not subject_cost else r["cost"] / subject_cost),
+          number_cell(r["leakage_paper"]), _cell_or_blank(r["versus"]["leakage_paper"]),
+          keep[r["method"]]["verdict"] if r["method"] in keep else "", number_cell(r["clean_acc"]),
           _cell_or_blank(r["versus"]["clean_acc"])] for r in rows], "lrrrllrl")
     seeds = sorted({r["seeds"] for r in rows})
     title = (f"Cost against leakage on BlockMNIST ({'/'.join(map(str, seeds))} seeds per row, the selected weight): "

@@ -21,6 +21,7 @@ from margreg_fast.kit import models
 from margreg_fast.penalty import marginal_density_penalty
 from margreg_fast.regularizer import MarginalDensityRegularizer
 from margreg_fast.subsample import complement, draw_subset, subset_size
+from tests.gradients import rows_of_each_forward
 
 
 def _bn_model():
@@ -206,25 +207,14 @@ def test_split_batch_equals_one_forward_of_the_whole_batch(method, penalty, unla
     assert (split_grad - one_grad).abs().max() <= 1e-12 * one_grad.abs().max()
 
 
-def _rows_through(model, reg, x, y):
-    """Rows of every forward the step makes through ``model``, in order."""
-    rows = []
-    handle = model.register_forward_pre_hook(lambda module, args: rows.append(args[0].shape[0]))
-    try:
-        reg(model, x, y)[0].backward()
-    finally:
-        handle.remove()
-    return rows
-
-
 def test_split_batch_forwards_each_sample_once_outside_the_probes():
     """What makes the sample-wise step cheaper: forwards of B - m and m rows (+ the probe's m), not B + m + m."""
     x, y = _data(batch=8)
     reg = MarginalDensityRegularizer(1.0, fraction=0.25)  # rfd: the clean forward and one probe
-    assert _rows_through(_sample_wise_model(), reg, x, y) == [6, 2, 2]
-    assert _rows_through(_bn_model(), reg, x, y) == [8, 2, 2]
+    assert rows_of_each_forward(_sample_wise_model(), reg, x, y)[2] == [6, 2, 2]
+    assert rows_of_each_forward(_bn_model(), reg, x, y)[2] == [8, 2, 2]
     forced = MarginalDensityRegularizer(1.0, fraction=0.25, batch_coupled=True)
-    assert _rows_through(_sample_wise_model(), forced, x, y) == [8, 2, 2]
+    assert rows_of_each_forward(_sample_wise_model(), forced, x, y)[2] == [8, 2, 2]
 
 
 def test_train_mode_batchnorm_is_detected_as_coupling():

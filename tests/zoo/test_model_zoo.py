@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 from margreg_fast import MarginalDensityRegularizer, marginal_density_penalty
 from margreg_fast.estimators import UnsupportedEstimatorError
+from tests.gradients import rows_of_each_forward
 from tests.zoo.models import BATCH, NUM_CLASSES, ZOO
 from tests.zoo.reference import reference_penalty
 
@@ -146,17 +147,6 @@ def test_exact_on_hardsigmoid_raises_a_clear_error():
 BATCH_COUPLED = ("resnet18", "efficientnet_b0", "mobilenetv3_small_100", "regnetx_002")
 
 
-def _rows_of_each_forward(model, reg, x, y):
-    rows = []
-    handle = model.register_forward_pre_hook(lambda module, args: rows.append(args[0].shape[0]))
-    try:
-        loss, stats = reg(model, x, y)
-        loss.backward()
-    finally:
-        handle.remove()
-    return loss, stats, rows
-
-
 @pytest.mark.parametrize("name", list(ZOO))
 def test_fraction_splits_the_batch_exactly_when_no_layer_couples_it(name):
     """fraction=0.5 (2 of 4 samples), the default estimator: a BatchNorm model forwards the whole batch
@@ -165,7 +155,7 @@ def test_fraction_splits_the_batch_exactly_when_no_layer_couples_it(name):
     model, x, y = _model_and_batch(name)
     torch.manual_seed(SEED)
     reg = MarginalDensityRegularizer(1.0, fraction=0.5, generator=torch.Generator().manual_seed(SEED))
-    loss, stats, rows = _rows_of_each_forward(model, reg, x, y)
+    loss, stats, rows = rows_of_each_forward(model, reg, x, y)
     assert rows == ([4, 2, 2] if name in BATCH_COUPLED else [2, 2, 2]), rows
     assert torch.isfinite(loss) and stats["penalty"] > 0, stats
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

@@ -26,11 +26,13 @@ from .report import write_reports
 ARROW = {1: "↑", -1: "↓"}
 
 
-def _g(v: float | None) -> str:
+def number_cell(v: float | None) -> str:
+    """A table cell for a number: 3 significant digits, "n/a" for a missing one."""
     return "n/a" if v is None else f"{v:.3g}"
 
 
-def _cell(c: dict) -> str:
+def comparison_cell(c: dict) -> str:
+    """A table cell for a paired comparison: mean difference [95% interval] verdict."""
     if c["mean"] is None:
         return "n/a"
     interval = "" if c["low"] is None else f" [{c['low']:+.3g}, {c['high']:+.3g}]"
@@ -49,7 +51,7 @@ def claims_table(claims: list[dict], subject: str) -> str:
              "|---|---|" + "---|" * len(comparators)]
     for row in claims:
         lines.append(f"| {row['claim']} | {row['experiment']}: {_metric(row)} | "
-                     + " | ".join(_cell(c) for c in row["versus"]) + " |")
+                     + " | ".join(comparison_cell(c) for c in row["versus"]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -79,8 +81,8 @@ def spread_table(records: list[dict], weights: dict, methods: list[str], seeds: 
                 continue
             got = [vals.get(s) for s in seeds]
             mean = None if any(v is None for v in got) else math.fsum(got) / len(got)
-            lines.append(f"| {claim.experiment}: {claim.metric} | {m} | " + " | ".join(_g(v) for v in got)
-                         + f" | {_g(mean)} |")
+            lines.append(f"| {claim.experiment}: {claim.metric} | {m} | " + " | ".join(number_cell(v) for v in got)
+                         + f" | {number_cell(mean)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -100,8 +102,8 @@ def panel_table(results: list[dict], seed: int, methods: list[str]) -> str:
         mean = {k: None if any(r["metrics"][k] is None for r in runs) else
                 math.fsum(r["metrics"][k] for r in runs) / len(runs) for k in ("leakage_paper", "insertion_auc_paper")}
         p = by[m]["panel"]
-        lines.append(f"| {m} | {_g(p.get('leakage_paper'))} | {_g(mean['leakage_paper'])} | "
-                     f"{_g(p['insertion_auc_paper'])} | {_g(mean['insertion_auc_paper'])} |")
+        lines.append(f"| {m} | {number_cell(p.get('leakage_paper'))} | {number_cell(mean['leakage_paper'])} | "
+                     f"{number_cell(p['insertion_auc_paper'])} | {number_cell(mean['insertion_auc_paper'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -117,7 +119,7 @@ def cheaper_section(cheaper: list[dict], subject: str) -> str:
              "interleaved run.", ""]
     for f in cheaper:
         m, keep = f["method"], f["keeps_leakage_cut"]
-        lines.append(f"**{m}**: keeps the leakage cut: {keep['verdict']} ({m} − {subject} {_cell(keep)}; margin "
+        lines.append(f"**{m}**: keeps the leakage cut: {keep['verdict']} ({m} − {subject} {comparison_cell(keep)}; margin "
                      f"{keep['margin']:.3g}).")
         lines.append("")
         lines.append(claims_table(f["rows"], m))
@@ -133,8 +135,8 @@ def frontier_table(rows: list[dict]) -> str:
                f"{d[k]['mean']:+.3g}" + ("" if d[k]["low"] is None else f" [{d[k]['low']:+.3g}, {d[k]['high']:+.3g}]")
                for k in d}
         mark = " (selected)" if r["selected"] and r["method"] != "none" else ""
-        lines.append(f"| {r['method']} | {r['weight']:g}{mark} | {_g(r['clean_acc'])} | {fmt['clean_acc']} | "
-                     f"{_g(r['leakage_paper'])} | {fmt['leakage_paper']} |")
+        lines.append(f"| {r['method']} | {r['weight']:g}{mark} | {number_cell(r['clean_acc'])} | {fmt['clean_acc']} | "
+                     f"{number_cell(r['leakage_paper'])} | {fmt['leakage_paper']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -200,7 +202,7 @@ def diagnosis_table(results: list[dict], methods: list[str], subject: str) -> st
         cells = []
         for m in shown:
             got = [value(r, k) for r in per[m].values()]
-            cells.append(_g(None if any(v is None for v in got) else math.fsum(got) / len(got)))
+            cells.append(number_cell(None if any(v is None for v in got) else math.fsum(got) / len(got)))
         d = paired({s: value(r, k) for s, r in per.get(subject, {}).items()},
                    {s: value(r, k) for s, r in per.get("none", {}).items()})
         diff = "n/a" if d.mean is None else f"{d.mean:+.3g}" + ("" if d.low is None else f" [{d.low:+.3g}, {d.high:+.3g}]")

@@ -55,9 +55,8 @@ def make_regularizer(cfg: ExperimentConfig, method: str) -> MarginalDensityRegul
     base, fraction, every = parse_method(method)
     penalty = PENALTY_OF_METHOD[base]
     weight = 0.0 if penalty == "none" else cfg.weights[method] * every
-    sampled = {} if fraction == 1.0 else {"fraction": fraction}  # fraction 1 is the plain regulariser
     return MarginalDensityRegularizer(weight, method=cfg.estimators[method], step=cfg.step, penalty=penalty,
-                                      **sampled)
+                                      fraction=fraction)
 
 
 def step_objective(cfg: ExperimentConfig, method: str):
