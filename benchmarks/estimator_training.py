@@ -1,4 +1,4 @@
-"""Which estimators does training game? The outcome of training with each one (margreg_fast.kit.faithfulness).
+"""Which estimators does training game? The outcome of training with each one (margreg_fast.kit.estimator_training).
 
 For each activation and estimator: a max-pool CNN trained 8 epochs at weight 10 on zero-background
 digits; on held-out images the true penalty (exact R) over the estimator's own estimate, over the
@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from benchmarks import report  # noqa: E402
-from margreg_fast.kit.faithfulness import judge_all  # noqa: E402
+from margreg_fast.kit.estimator_training import judge_all  # noqa: E402
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Judge an estimator by the model it trains: can training game it? (margreg_fast.kit.faithfulness)
+"""Judge an estimator by the model it trains: can training game it? (margreg_fast.kit.estimator_training)
 
 Small max-pool CNNs (ReLU, and GELU as the smooth activation) train for 8 epochs at weight 10 on
 8x8 digits placed on a zero 20x20 canvas, where max-pool windows hold exact ties. Afterwards, on
@@ -15,7 +15,7 @@ the monitor warns.
 import pytest
 
 from margreg_fast.estimators import DEFAULT_METHOD
-from margreg_fast.kit.faithfulness import canvas_digits, judge
+from margreg_fast.kit.estimator_training import canvas_digits, judge
 
 #: Stated in the issue that asked for this test; both are about training outcome, not init.
 MAX_TRUE_OVER_OWN, MAX_TRUE_OVER_TWIN = 1.5, 3.0

@@ -25,7 +25,7 @@ from ..data import ImageDataset
 from ...regularizer import MarginalDensityRegularizer
 from .checkpoint import load_checkpoint, restore, save_checkpoint
 from .config import PENALTY_OF_METHOD, ExperimentConfig, parse_method
-from .modelzoo import build_model
+from .model_factory import build_model
 
 CHECKPOINT_NAME = "checkpoint.pt"
 NUM_CLASSES = 10  # digits, MNIST and Fashion-MNIST all have ten classes

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from margreg_fast.kit.experiments.datasets import build_datasets
-from margreg_fast.kit.experiments.modelzoo import build_model
+from margreg_fast.kit.experiments.model_factory import build_model
 from margreg_fast.kit.experiments.training import NUM_CLASSES, TrainedRun, _data_generator, train_run
 from margreg_fast.regularizer import MarginalDensityRegularizer
 
