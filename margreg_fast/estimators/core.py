@@ -67,6 +67,7 @@ class Estimate(NamedTuple):
     ce: Optional[torch.Tensor]  #: CE of the logits at x (only when asked for)
     grad_norm: torch.Tensor  #: ||grad_x S||, exact (detached)
     slope: torch.Tensor  #: the estimator's directional slope along v (detached); ||g|| for exact
+    logits: torch.Tensor  #: (B, C) logits at x of the estimate's forward (z0; they may serve a loss, see the regulariser)
 
 
 def _logits_and_grad_source(passes: ModelPasses, x: torch.Tensor, logits: Optional[torch.Tensor], held: bool
@@ -166,12 +167,12 @@ def estimate(model: nn.Module, x: torch.Tensor, target: Optional[torch.Tensor], 
     if probe_free:  # exact; rfd under no_grad, whose value ||g||^2 needs no probe
         r = g.flatten(1).pow(2).sum(dim=1)
         norm = r.detach().sqrt()
-        return Estimate(r, ce, norm, norm)
+        return Estimate(r, ce, norm, norm, z0)
 
     v, g_norm = unit_direction(g)
     if method == "jvp":
         slope = _jvp_slope(passes, x, v, penalty, target)
-        return Estimate(slope ** 2, ce, g_norm, slope.detach())
+        return Estimate(slope ** 2, ce, g_norm, slope.detach(), z0)
 
     h = resolve_step(step, x, z0.dtype, order=STEP_ORDER[method])
     if method == "central":
@@ -181,15 +182,15 @@ def estimate(model: nn.Module, x: torch.Tensor, target: Optional[torch.Tensor], 
         z_minus, z_plus = passes.probe(x - hv), passes.probe(x + hv)
         d, _ = difference(penalty, z_minus, z_plus, target, backend, False)
         slope = d / (2 * h)
-        return Estimate(slope ** 2, ce, g_norm, slope.detach())
+        return Estimate(slope ** 2, ce, g_norm, slope.detach(), z0)
     if method == "rfd":
         h = _random_signs(x, generator) * h
     d, ce = difference(penalty, z0, passes.probe(x + broadcast_step(h, x) * v), target, backend, with_ce)
     slope = d / h
     if method == "fd":
-        return Estimate(slope ** 2, ce, g_norm, slope.detach())
+        return Estimate(slope ** 2, ce, g_norm, slope.detach(), z0)
     g_norm = g_norm.to(slope.dtype)
-    return Estimate(g_norm ** 2 + 2 * g_norm * (slope - slope.detach()), ce, g_norm, slope.detach())
+    return Estimate(g_norm ** 2 + 2 * g_norm * (slope - slope.detach()), ce, g_norm, slope.detach(), z0)
 
 
 __all__ = ["PENALTIES", "Estimate", "estimate"]
