@@ -42,6 +42,8 @@ from typing import Deque, Optional, Tuple
 
 import torch
 
+from .estimators.registry import ESTIMATORS
+
 #: Median secant ratio outside this band over a full window triggers the warning.
 DEFAULT_BAND = (0.5, 2.0)
 DEFAULT_WINDOW = 50
@@ -144,13 +146,13 @@ class SecantMonitor:
 
     def _advice(self, median: float) -> str:
         low, high = self.band
-        if self.method == "fd" and median < low:
-            return ("Training games the one-sided secant (method='fd'): use the default method='rfd', or "
-                    "method='central' or 'exact'.")
+        specific = ESTIMATORS[self.method].low_ratio_advice if self.method in ESTIMATORS else ""
+        if specific and median < low:
+            return specific
         if median > 10 * high:
             return ("A slope this far above the gradient usually means the passes see different networks: "
                     "random draws outside torch's generators (NumPy, Python's random) or state the model "
                     "changes between forwards. Make the forward deterministic given torch's generators.")
         return ("Check the step h (step=; the default 'auto' scales with the input), and kinks or max-pool "
                 "ties, where any secant differs from autograd's derivative"
-                + ("." if self.method != "fd" else "; method='fd' is one-sided: prefer the default method='rfd'."))
+                ".")

@@ -44,6 +44,7 @@ meaning that all estimators share.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple, Optional, Tuple
 
 import torch
@@ -52,12 +53,10 @@ from torch import nn
 
 from . import errors
 from .checks import check_output
-from .passes import ModelPasses, has_train_mode_batchnorm
+from .passes import ModelPasses, has_train_mode_batchnorm, outside_inference_mode
 from .quantities import PENALTIES, difference, value
+from .registry import ESTIMATORS
 from .steps import Step, broadcast_step, resolve_step, unit_direction
-
-#: Order of the truncation error of each finite difference's value (fd) or expected gradient.
-STEP_ORDER = {"fd": 1, "central": 2, "rfd": 2}
 
 
 class Estimate(NamedTuple):
@@ -131,16 +130,32 @@ def _jvp_slope(passes: ModelPasses, x: torch.Tensor, v: torch.Tensor, penalty: s
     return slope
 
 
+def autocast_device(x: torch.Tensor) -> Optional[str]:
+    """x's device type when autocast to a lower precision than fp32 is active there, else None."""
+    kind = x.device.type
+    try:
+        on = torch.is_autocast_enabled(kind)
+    except (RuntimeError, TypeError):  # a device type autocast does not know
+        return None
+    return kind if on and torch.get_autocast_dtype(kind) in (torch.bfloat16, torch.float16) else None
+
+
+def _penalty_precision(device_type: Optional[str]):
+    """Autocast off on ``device_type`` inside (the penalty's passes in the model's own precision), or nothing."""
+    return torch.autocast(device_type, enabled=False) if device_type is not None else contextlib.nullcontext()
+
+
 def _random_signs(x: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
     """s = +-1 per sample, from ``generator`` (torch's global generator when None)."""
     return torch.randint(0, 2, (x.shape[0],), device=x.device, generator=generator).to(
         torch.float64 if x.dtype == torch.float64 else torch.float32).mul_(2).sub_(1)
 
 
+@outside_inference_mode
 def estimate(model: nn.Module, x: torch.Tensor, target: Optional[torch.Tensor], *, penalty: str, method: str,
              step: Step, logits: Optional[torch.Tensor] = None, backend: str = "auto",
              with_ce: bool = False, generator: Optional[torch.Generator] = None,
-             passes: Optional[ModelPasses] = None) -> Estimate:
+             passes: Optional[ModelPasses] = None, fp32_passes: bool = True) -> Estimate:
     """Estimate R(x) per sample with ``method`` (arguments validated by the caller; ``generator`` draws rfd's signs).
 
     ``passes``: the :class:`.passes.ModelPasses` of ``model`` whose clean pass already ran over a
@@ -148,33 +163,54 @@ def estimate(model: nn.Module, x: torch.Tensor, target: Optional[torch.Tensor], 
     probe: train-mode BatchNorm normalises x with that whole batch's statistics, and random draws
     replay that clean pass's generator states.
     """
+    entry = ESTIMATORS[method]
     held = passes is not None
     passes = passes if held else ModelPasses(model)
-    probe_free = method == "exact" or (method == "rfd" and not torch.is_grad_enabled())
-    if method == "exact":  # before any pass: a failed estimate changes no state
+    # exact differentiates g itself; an exact value needs no probe when no parameter gradient is wanted
+    probe_free = entry.double_backward or (entry.exact_value and not torch.is_grad_enabled())
+    if entry.double_backward:  # before any pass: a failed estimate changes no state
         errors.check_fsdp_exact(model)
         errors.check_compiled_exact(model)
+    device_type = autocast_device(x) if fp32_passes else None
+    z_ce = None
     with torch.enable_grad():  # grad_x is needed even when called under torch.no_grad() (evaluation)
-        x_in, z0, zg = _logits_and_grad_source(passes, x, logits, held)
-        s = value(penalty, zg, target)
-        if method == "exact":
-            g = _exact_gradient(s, x_in, passes, logits is not None)
-        else:
-            g = _input_gradient(s, x_in, passes, logits is not None, create_graph=False)
-    fused = method in ("fd", "rfd") and not probe_free  # their head-op pass on (z0, z1) also gives the CE of z0
-    ce = F.cross_entropy(z0, target, reduction="none") if with_ce and not fused else None
+        if device_type is not None and not held:  # the caller's forward in its autocast dtype, for the CE
+            z_ce = check_output(passes.clean(x) if logits is None else passes.capture(x), x)
+            z_ce, held = (z_ce if logits is None else logits), True
+        with _penalty_precision(device_type):
+            x_in, z0, zg = _logits_and_grad_source(passes, x, logits if z_ce is None else None, held)
+            s = value(penalty, zg, target)
+            if entry.double_backward:
+                g = _exact_gradient(s, x_in, passes, logits is not None)
+            else:
+                g = _input_gradient(s, x_in, passes, logits is not None, create_graph=False)
+    z_ce = z0 if z_ce is None else z_ce
+    # fd's and rfd's head-op pass on (z0, z1) also gives the CE of z0, when z0 is the CE's forward
+    fused = method in ("fd", "rfd") and not probe_free and z_ce is z0
+    ce = F.cross_entropy(z_ce.float() if z_ce is not z0 else z0, target, reduction="none") \
+        if with_ce and not fused else None
+    with _penalty_precision(device_type):
+        return _finish(entry, passes, x, target, g, z0, z_ce, ce, probe_free, step=step, penalty=penalty,
+                       backend=backend, with_ce=with_ce and fused, generator=generator)
+
+
+def _finish(entry, passes: ModelPasses, x: torch.Tensor, target: Optional[torch.Tensor], g: torch.Tensor,
+            z0: torch.Tensor, z_ce: torch.Tensor, ce: Optional[torch.Tensor], probe_free: bool, *, step: Step,
+            penalty: str, backend: str, with_ce: bool, generator: Optional[torch.Generator]) -> Estimate:
+    """The estimate from g = grad_x S and the logits z0 at x (``z_ce``: the logits that the CE read)."""
+    method = entry.name
 
     if probe_free:  # exact; rfd under no_grad, whose value ||g||^2 needs no probe
         r = g.flatten(1).pow(2).sum(dim=1)
         norm = r.detach().sqrt()
-        return Estimate(r, ce, norm, norm, z0)
+        return Estimate(r, ce, norm, norm, z_ce)
 
     v, g_norm = unit_direction(g)
-    if method == "jvp":
+    if entry.forward_mode:
         slope = _jvp_slope(passes, x, v, penalty, target)
-        return Estimate(slope ** 2, ce, g_norm, slope.detach(), z0)
+        return Estimate(slope ** 2, ce, g_norm, slope.detach(), z_ce)
 
-    h = resolve_step(step, x, z0.dtype, order=STEP_ORDER[method])
+    h = resolve_step(step, x, z0.dtype, entry.order, g_norm)
     if method == "central":
         hv = broadcast_step(h, x) * v
         # two forwards of B, not one of 2B: each replays the clean pass's draws (masks of 2B rows would
@@ -182,15 +218,16 @@ def estimate(model: nn.Module, x: torch.Tensor, target: Optional[torch.Tensor], 
         z_minus, z_plus = passes.probe(x - hv), passes.probe(x + hv)
         d, _ = difference(penalty, z_minus, z_plus, target, backend, False)
         slope = d / (2 * h)
-        return Estimate(slope ** 2, ce, g_norm, slope.detach(), z0)
+        return Estimate(slope ** 2, ce, g_norm, slope.detach(), z_ce)
     if method == "rfd":
         h = _random_signs(x, generator) * h
-    d, ce = difference(penalty, z0, passes.probe(x + broadcast_step(h, x) * v), target, backend, with_ce)
+    d, fused_ce = difference(penalty, z0, passes.probe(x + broadcast_step(h, x) * v), target, backend, with_ce)
+    ce = fused_ce if with_ce else ce
     slope = d / h
     if method == "fd":
-        return Estimate(slope ** 2, ce, g_norm, slope.detach(), z0)
+        return Estimate(slope ** 2, ce, g_norm, slope.detach(), z_ce)
     g_norm = g_norm.to(slope.dtype)
-    return Estimate(g_norm ** 2 + 2 * g_norm * (slope - slope.detach()), ce, g_norm, slope.detach(), z0)
+    return Estimate(g_norm ** 2 + 2 * g_norm * (slope - slope.detach()), ce, g_norm, slope.detach(), z_ce)
 
 
 __all__ = ["PENALTIES", "Estimate", "estimate"]

@@ -1,0 +1,55 @@
+r"""One entry per estimator of R(x) = ||grad_x S||^2: everything the library knows about it, in one place.
+
+The estimators' computations live in :mod:`.core`; what the rest of the library needs to know about
+each one -- its name, the order of its step rule, whether it needs a double backward or forward-mode
+AD, whether its value is the exact R, and what the secant monitor advises when its slope leaves the
+band -- is read from :data:`ESTIMATORS`: the checks (``method=`` must be a key), the step rule
+(:mod:`.steps` reads ``order``), the monitor's advice (:mod:`margreg_fast.monitor`), the audit and
+the experiment kit (which estimators take a step).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
+
+
+@dataclass(frozen=True)
+class Estimator:
+    """What one estimator is (see :mod:`.core` for its computation and cost)."""
+
+    #: the ``method=`` name
+    name: str
+    #: order p of the truncation error its step trades against rounding (:mod:`.steps`); None: no step
+    order: Optional[int]
+    #: differentiates the input gradient again (double backprop): refused on ops without a double
+    #: backward and on compiled or FSDP2-sharded models (:mod:`.errors`)
+    double_backward: bool
+    #: forward-mode AD (``torch.func.jvp``): refused on ops without a forward-AD formula
+    forward_mode: bool
+    #: its value is the exact R = ||g||^2 (its gradient may still be a finite difference's)
+    exact_value: bool
+    #: its parameter gradient is the exact gradient of R (no finite difference in it)
+    exact_gradient: bool
+    #: the monitor's advice when the secant ratio falls below its band ("" where none is specific)
+    low_ratio_advice: str = ""
+
+    @property
+    def takes_step(self) -> bool:
+        """Does ``step=`` change what it computes?"""
+        return self.order is not None
+
+
+ESTIMATORS: Dict[str, Estimator] = {e.name: e for e in (
+    Estimator("exact", order=None, double_backward=True, forward_mode=False, exact_value=True, exact_gradient=True),
+    Estimator("jvp", order=None, double_backward=False, forward_mode=True, exact_value=True, exact_gradient=True),
+    Estimator("fd", order=1, double_backward=False, forward_mode=False, exact_value=False, exact_gradient=False,
+              low_ratio_advice="Training games the one-sided secant (method='fd'): use the default method='rfd', "
+                               "or method='central' or 'exact'."),
+    Estimator("central", order=2, double_backward=False, forward_mode=False, exact_value=False, exact_gradient=False),
+    Estimator("rfd", order=2, double_backward=False, forward_mode=False, exact_value=True, exact_gradient=False),
+)}
+
+#: The estimators' names, in the registry's order.
+METHODS: Tuple[str, ...] = tuple(ESTIMATORS)
+#: Estimators that take no finite-difference step.
+STEPLESS: Tuple[str, ...] = tuple(name for name, e in ESTIMATORS.items() if not e.takes_step)
