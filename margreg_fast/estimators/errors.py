@@ -13,6 +13,12 @@ Under FSDP2 (``torch.distributed.fsdp.fully_shard``) ``exact`` needs the paramet
 unsharded from the input-gradient backward to the training backward: the double-backward graph
 holds the unsharded parameters, whose storage FSDP frees when it reshards after a backward.
 :func:`check_fsdp_exact` says so before the model runs.
+
+Errors are classified by type and graph structure, never by message text: ``NotImplementedError``
+(torch's type for a missing forward-AD formula or derivative formula), the ``NotImplemented`` and
+``CompiledFunctionBackwardBackward`` nodes in the gradient's graph, a compiled module in the model.
+Torch names the failing op only in its message text, so the text is read to *name* the op in the
+error (:func:`_failing_op`), never to decide whether an error is a missing derivative.
 """
 from __future__ import annotations
 
@@ -22,12 +28,15 @@ from typing import Optional
 import torch
 from torch import nn
 
+#: Autograd nodes that stand for a missing derivative (their name is the structure torch exposes).
 _NOT_IMPLEMENTED_NODE = "torch::autograd::NotImplemented"
 #: AOTAutograd's node for differentiating a compiled backward; it always raises this message.
 _COMPILED_DOUBLE_BACKWARD_NODE = "CompiledFunctionBackwardBackward"
 _COMPILED_DOUBLE_BACKWARD_MESSAGE = "torch.compile with aot_autograd does not currently support double backward"
-_PATTERNS = (
-    re.compile(r"derivative for (\S+) is not implemented"),
+_COMPILED = "torch.compile (AOTAutograd)"
+#: Where torch names the failing op only in its message text, the op is read from it (for the message only).
+_OP_IN_MESSAGE = (
+    re.compile(r"derivative for '?(\S+?)'? is not implemented"),
     re.compile(r"forward AD with (\S+) that does not support it"),
 )
 
@@ -37,19 +46,19 @@ class UnsupportedEstimatorError(NotImplementedError):
 
 
 def _failing_op(message: str) -> Optional[str]:
-    for pattern in _PATTERNS:
+    """The op named in a missing-derivative message, for the error text only (never to classify)."""
+    for pattern in _OP_IN_MESSAGE:
         match = pattern.search(message)
         if match:
             return match.group(1)
-    if "torch.compile" in message:
-        return "torch.compile (AOTAutograd)"
     return None
 
 
-def unsupported(method: str, err: BaseException) -> UnsupportedEstimatorError:
-    """An error naming the op that made ``method`` fail and pointing at the finite differences."""
+def unsupported(method: str, err: BaseException, op: Optional[str] = None) -> UnsupportedEstimatorError:
+    """An error naming the op that made ``method`` fail (``op``, else read from ``err``'s message) and
+    pointing at the finite differences."""
     message = str(err).splitlines()[0] if str(err) else type(err).__name__
-    op = _failing_op(str(err))
+    op = op or _failing_op(str(err))
     need = "forward-mode AD (a jvp)" if method == "jvp" else "a twice-differentiable backward (double backprop)"
     what = f"op {op}" if op else "an op"
     if op and "scaled_dot_product" in op:
@@ -61,8 +70,15 @@ def unsupported(method: str, err: BaseException) -> UnsupportedEstimatorError:
 
 
 def is_derivative_error(err: BaseException) -> bool:
-    """Whether a RuntimeError raised while building an exact estimate is a missing-derivative error."""
-    return _failing_op(str(err)) is not None
+    """Whether an error raised while building an exact (``exact``, ``jvp``) estimate is a missing derivative.
+
+    Classified by type: torch raises ``NotImplementedError`` for an op without a forward-AD formula
+    and for a derivative formula marked not implemented. A missing *backward* of a backward shows
+    up as a ``torch::autograd::NotImplemented`` node, which raises a plain ``RuntimeError`` only when
+    run; :func:`check_twice_differentiable` finds that node by the graph's structure before it runs.
+    Every other error (a ``CheckpointError``, a shape error, ...) is the model's own and propagates.
+    """
+    return isinstance(err, NotImplementedError) and not isinstance(err, UnsupportedEstimatorError)
 
 
 def check_twice_differentiable(g: torch.Tensor, method: str) -> None:
@@ -76,7 +92,7 @@ def check_twice_differentiable(g: torch.Tensor, method: str) -> None:
         if node.name() in (_NOT_IMPLEMENTED_NODE, _COMPILED_DOUBLE_BACKWARD_NODE):
             compiled = node.name() == _COMPILED_DOUBLE_BACKWARD_NODE
             err = RuntimeError(_COMPILED_DOUBLE_BACKWARD_MESSAGE) if compiled else _provoke(node)
-            raise unsupported(method, err) from err
+            raise unsupported(method, err, _COMPILED if compiled else None) from err
         stack.extend(child for child, _ in node.next_functions)
 
 
@@ -108,7 +124,7 @@ def check_compiled_exact(model: nn.Module) -> None:
     from torch._dynamo.eval_frame import OptimizedModule
 
     if any(isinstance(m, OptimizedModule) for m in model.modules()):
-        raise unsupported("exact", RuntimeError(_COMPILED_DOUBLE_BACKWARD_MESSAGE))
+        raise unsupported("exact", RuntimeError(_COMPILED_DOUBLE_BACKWARD_MESSAGE), _COMPILED)
 
 
 def check_fsdp_exact(model: nn.Module) -> None:

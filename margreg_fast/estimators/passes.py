@@ -70,6 +70,8 @@ compiled graph as a constant.
 from __future__ import annotations
 
 import contextlib
+import functools
+import itertools
 from contextlib import contextmanager
 from typing import Iterator, List, NamedTuple, Optional, Tuple
 
@@ -148,7 +150,8 @@ class _BatchStatistics(torch.autograd.Function):
     evaluated as (gmean / n - c mean) + c a: a single ``addcmul`` that allocates only its output (the
     centred form takes a second pass and a temporary, about 8x the time on a 4 MiB activation on CPU).
     Its rounding error, eps |c| (|a| + |mean|), is of the order of the error eps |a| that the stored
-    activation already carries, times |c|.
+    activation already carries, times |c|. The statistics are fp32 for fp16 / bf16 activations
+    (autocast), computed and differentiated from the activation itself: no fp32 copy is saved.
     """
 
     @staticmethod
@@ -156,10 +159,11 @@ class _BatchStatistics(torch.autograd.Function):
         n = v.shape[0] * v.shape[2]
         if known is not None:
             mean, var = (t.clone() for t in known)
-        else:
-            mean = v.mean(dim=(0, 2))
-            var = (v - mean[None, :, None]).square().sum(dim=(0, 2)) / n
-        ctx.save_for_backward(v, mean)
+        else:  # accumulated in fp32 (fp64 for fp64) without keeping an upcast copy of v
+            acc = torch.promote_types(v.dtype, torch.float32)
+            mean = v.mean(dim=(0, 2), dtype=acc)
+            var = (v.to(acc) - mean[None, :, None]).square().sum(dim=(0, 2)) / n
+        ctx.save_for_backward(v, mean)  # v as given (bf16 under autocast): the tensor batch-norm saves anyway
         return mean, var
 
     @staticmethod
@@ -169,7 +173,8 @@ class _BatchStatistics(torch.autograd.Function):
         gmean = torch.zeros_like(mean) if gmean is None else gmean
         gvar = torch.zeros_like(mean) if gvar is None else gvar
         c = 2 * gvar / n
-        return torch.addcmul((gmean / n - c * mean)[None, :, None], v, c[None, :, None]), None
+        grad = torch.addcmul((gmean / n - c * mean)[None, :, None], v, c[None, :, None])
+        return grad.to(v.dtype), None
 
 
 def batch_statistics(a: torch.Tensor, known: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
@@ -179,17 +184,27 @@ def batch_statistics(a: torch.Tensor, known: Optional[Tuple[torch.Tensor, torch.
     return _BatchStatistics.apply(a.reshape(a.shape[0], a.shape[1], -1), known)
 
 
+#: The autograd node of the native train-mode batch-norm kernel, whose saved mean and 1 / sqrt(var + eps)
+#: :func:`native_statistics` reads (private attributes: any mismatch falls back to recomputing them).
+NATIVE_BATCH_NORM_NODE = "NativeBatchNormBackward0"
+
+
 def native_statistics(out: torch.Tensor, a: torch.Tensor, eps: float) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
     """The batch mean and biased variance that the native train-mode batch-norm kernel computed for
     input ``a`` on its way to ``out``, read from its autograd node (which saves the mean and
-    1 / sqrt(var + eps)) instead of recomputed: None where ``out`` has no such node (no grad, cuDNN's
-    or another kernel) or ``a`` is not fp32/fp64 (under autocast the statistics are recomputed in fp32)."""
+    1 / sqrt(var + eps), in fp32 for fp16 / bf16 inputs) instead of recomputed.
+
+    None -- and the caller recomputes them -- wherever the read is not certain: ``out`` has no such
+    node (no grad, cuDNN's or another kernel), the node lacks the private attributes, or they are not
+    per-channel tensors in ``a``'s accumulation dtype on its device."""
     node = out.grad_fn
-    if type(node).__name__ != "NativeBatchNormBackward0" or a.dtype not in (torch.float32, torch.float64):
+    if node is None or type(node).__name__ != NATIVE_BATCH_NORM_NODE:
         return None
-    mean, invstd = node._saved_result1, node._saved_result2
-    if mean.dtype != a.dtype or mean.shape != (a.shape[1],):
-        return None
+    mean, invstd = getattr(node, "_saved_result1", None), getattr(node, "_saved_result2", None)
+    acc = torch.promote_types(a.dtype, torch.float32)
+    for t in (mean, invstd):
+        if not isinstance(t, torch.Tensor) or t.dtype != acc or t.shape != (a.shape[1],) or t.device != a.device:
+            return None
     return mean, invstd.pow(-2) - eps
 
 
@@ -211,20 +226,76 @@ class _BatchNormMode(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func in _BATCH_NORMS:
-            return _handle(self.handler, func, args, kwargs)
-        if func in _SYNC_BATCH_NORM_OPS:
-            raise HeldStatisticsError(
-                f"margreg_fast: {func.__name__} (multi-process SyncBatchNorm) computes statistics gathered across "
-                "processes, which the penalty's passes cannot hold; use per-process BatchNorm "
-                "(nn.BatchNorm*d) under DDP, or put the SyncBatchNorm layers in eval mode")
-        return func(*args, **kwargs)
+        with _stored_here():
+            if func in _BATCH_NORMS:
+                return _handle(self.handler, func, args, kwargs)
+            if func in _SYNC_BATCH_NORM_OPS:
+                raise HeldStatisticsError(
+                    f"margreg_fast: {func.__name__} (multi-process SyncBatchNorm) computes statistics gathered "
+                    "across processes, which the penalty's passes cannot hold; use per-process BatchNorm "
+                    "(nn.BatchNorm*d) under DDP, or put the SyncBatchNorm layers in eval mode")
+            return func(*args, **kwargs)
+
+
+def _identity(t):
+    return t
+
+
+def _stored_here():
+    """Inside a pass, tensors saved for backward are stored as they are, even in an activation-checkpoint
+    region (``torch.utils.checkpoint``, non-reentrant: timm's ``set_grad_checkpointing``).
+
+    Checkpointing saves nothing in forward and recomputes the region's forward in backward, outside
+    any pass, so without the mode: train-mode batch-norm would normalise with the probe's own
+    statistics (other values) and save other tensors than the pass did (torch's CheckpointError).
+    Innermost saved-tensor hooks win, so identity hooks around each op of the pass keep its saved
+    tensors out of the checkpoint's: nothing is recomputed, at the memory of an uncheckpointed
+    forward for the region during a regularised step. Only where some hooks are active (and never
+    while dynamo traces: inside a compiled graph AOTAutograd recomputes without Python modes).
+    """
+    if torch.compiler.is_compiling() or torch._C._autograd._top_saved_tensors_default_hooks(False) is None:
+        return contextlib.nullcontext()
+    return torch.autograd.graph.saved_tensors_hooks(_identity, _identity)
 
 
 @torch.compiler.disable
 def _handle(handler, func, args, kwargs):
     # Kept out of dynamo's graphs: the gradient switch reads a Python flag in backward (see module docstring).
     return handler(func, _BATCH_NORMS[func](*args, **kwargs), args, kwargs)
+
+
+class InferenceModeError(RuntimeError):
+    """The model was built under ``torch.inference_mode``: its tensors cannot take part in autograd."""
+
+
+def _usable(value):
+    """An inference tensor (made under ``torch.inference_mode``) as a normal tensor; anything else as is."""
+    return value.clone() if isinstance(value, torch.Tensor) and value.is_inference() else value
+
+
+def outside_inference_mode(fn):
+    """``fn`` (an estimate, the regulariser's step) computed with autograd even under ``torch.inference_mode``.
+
+    Every penalty needs grad_x, which inference mode forbids (``torch.enable_grad`` does not lift it;
+    Lightning evaluates under it by default). Under inference mode ``fn`` runs inside
+    ``torch.inference_mode(False)``, its tensor arguments made under inference mode cloned into
+    normal tensors (inference tensors cannot be saved for backward), so it returns the true value,
+    as under ``torch.no_grad``. A model whose parameters or buffers were themselves created under
+    inference mode cannot take part in autograd: :class:`InferenceModeError`.
+    """
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if not torch.is_inference_mode_enabled():
+            return fn(*args, **kwargs)
+        with torch.inference_mode(False), torch.set_grad_enabled(torch.is_grad_enabled()):  # grad stays off
+            for module in (v for v in (*args, *kwargs.values()) if isinstance(v, nn.Module)):
+                if any(t.is_inference() for t in itertools.chain(module.parameters(), module.buffers())):
+                    raise InferenceModeError(
+                        "margreg_fast: the model's parameters or buffers were created under torch.inference_mode, "
+                        "so no gradient can flow through them and the penalty (an input gradient) cannot be "
+                        "computed; create or load the model outside inference mode")
+            return fn(*[_usable(a) for a in args], **{k: _usable(v) for k, v in kwargs.items()})
+    return wrapper
 
 
 class RandomState:
@@ -292,6 +363,7 @@ def sample_wise_forward(model, x: torch.Tensor) -> torch.Tensor:
     """``model(x)`` through the unwrapped module (DDP's ``.module``: the step's one DDP forward is the
     estimate's clean pass) for a model whose samples do not interact: a train-mode batch-norm call
     raises :class:`HeldStatisticsError` before it runs (so no running statistic moves)."""
+    check_passable(model)
     with _BatchNormMode(_refuse_batch_statistics):
         return _unwrapped(model)(x)
 
@@ -316,16 +388,51 @@ def frozen_running_stats(model) -> Iterator[None]:
             m.track_running_stats = True
 
 
-def _compiled_graphs_retainable():
-    """Graphs that torch.compile builds inside a pass keep their saved tensors (no donated buffers).
+def is_compiled(model) -> bool:
+    """Does ``model`` (an ``nn.Module``) hold a ``torch.compile``'d module (``torch.compile(m)`` or ``m.compile()``)?"""
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    return isinstance(model, nn.Module) and any(
+        isinstance(m, OptimizedModule) or getattr(m, "_compiled_call_impl", None) is not None for m in model.modules())
+
+
+def _compiled_graphs_retainable(compiled: bool):
+    """For a compiled model: graphs that torch.compile builds inside a pass keep their saved tensors.
 
     The input-gradient backward retains its graph for the training backward. AOTAutograd may compile
     a backward that frees ("donates") its saved tensors, and then refuses ``retain_graph``; it does so
     when a pass's new batch size (the regulariser's ``fraction``, central's probes) recompiles a
     model with dynamic shapes. Forwards compiled inside a pass are built without donation, and the
     input-gradient backward runs under the same setting (AOTAutograd checks it again at backward).
+    The setting is process-wide, so it is set only around the passes of a compiled model.
     """
-    return torch._functorch.config.patch(donated_buffer=False)
+    return torch._functorch.config.patch(donated_buffer=False) if compiled else contextlib.nullcontext()
+
+
+def check_passable(model) -> None:
+    """Refuse, before any pass, the models whose forward the passes cannot hold or replay.
+
+    * ``nn.DataParallel`` over several devices runs its replicas' forwards in other threads, where the
+      passes' (thread-local) mode does not reach: batch-norm statistics would not be held and the
+      other devices' generators not replayed.
+    * timm's EvoNorm-B layers in train mode normalise with a batch variance computed in their own
+      code (no batch-norm call to hold): the probes would normalise with their own statistics and
+      update ``running_var`` again.
+    """
+    if not isinstance(model, nn.Module):
+        return
+    for m in model.modules():
+        if isinstance(m, nn.DataParallel) and len(m.device_ids) > 1:
+            raise HeldStatisticsError(
+                "margreg_fast: nn.DataParallel over several devices runs the forward in other threads, where the "
+                "penalty's passes cannot hold batch-norm statistics or replay random draws; use "
+                "DistributedDataParallel (one process per device), or call the regulariser on the module itself")
+        if m.training and type(m).__name__ in _BATCH_COUPLED_LAYERS:
+            raise HeldStatisticsError(
+                f"margreg_fast: {type(m).__name__} in train mode normalises with batch statistics that its own code "
+                "computes, which the penalty's passes cannot hold (the probes would use their own and update "
+                "running_var again); put these layers in eval mode, or use a sample-wise norm (EvoNorm-S, "
+                "GroupNorm) or BatchNorm")
 
 
 def _unwrapped(model):
@@ -347,11 +454,19 @@ class ModelPasses:
     """
 
     def __init__(self, model) -> None:
+        check_passable(model)
         self.model, self.inner = model, _unwrapped(model)
         self.stats: List[_HeldStats] = []
         self.switch = _Switch()
         self.random: Optional[RandomState] = None
         self._replayed, self._shared = 0, False
+        self.compiled = is_compiled(model)
+        # a compiled model with train-mode BatchNorm runs its passes eagerly (module docstring, torch.compile)
+        self.eager = self.compiled and has_train_mode_batchnorm(model)
+
+    def _compiled_setting(self):
+        """The compiler setting of every pass and input-gradient backward (module docstring, torch.compile)."""
+        return torch.compiler.set_stance("force_eager") if self.eager else _compiled_graphs_retainable(self.compiled)
 
     @property
     def held(self) -> bool:
@@ -360,12 +475,12 @@ class ModelPasses:
 
     def clean(self, x: torch.Tensor) -> torch.Tensor:
         self.random = RandomState(x.device)
-        with _compiled_graphs_retainable(), _BatchNormMode(self._capture_call):
+        with self._compiled_setting(), _BatchNormMode(self._capture_call):
             return self.model(x)
 
     def capture(self, x: torch.Tensor) -> torch.Tensor:
         self.random = RandomState(x.device)
-        with _compiled_graphs_retainable(), frozen_running_stats(self.inner), \
+        with self._compiled_setting(), frozen_running_stats(self.inner), \
                 _BatchNormMode(self._capture_call_without_update):
             return self.inner(x)
 
@@ -384,7 +499,7 @@ class ModelPasses:
         needs_mode = self.stats or self._shared
         mode = _BatchNormMode(self._replay_call) if needs_mode else contextlib.nullcontext()
         with self.random.replayed():
-            with _compiled_graphs_retainable(), frozen_running_stats(self.inner), mode:
+            with self._compiled_setting(), frozen_running_stats(self.inner), mode:
                 out = self.inner(x)
             drew = self._shared and not self.random.unchanged()
         hint = " (logits= was given: omit it)" if self._shared else ""
@@ -403,7 +518,7 @@ class ModelPasses:
         """Backward passes inside this block see batch-norm with the statistics held fixed (and may retain graphs)."""
         self.switch.input_gradient = True
         try:
-            with _compiled_graphs_retainable():
+            with self._compiled_setting():
                 yield
         finally:
             self.switch.input_gradient = False
@@ -423,8 +538,7 @@ class ModelPasses:
         a = call.input
         # fp16/bf16 activations (autocast): statistics in fp32, as batch_norm accumulates them and as
         # its mixed-precision form wants its running statistics next to fp32 parameters
-        mean, var = batch_statistics(a if a.dtype in (torch.float32, torch.float64) else a.float(),
-                                     native_statistics(out, a, call.eps))
+        mean, var = batch_statistics(a, native_statistics(out, a, call.eps))
         self.stats.append(_HeldStats(mean, var))
         scale = torch.rsqrt(var + call.eps)
         if call.weight is not None:

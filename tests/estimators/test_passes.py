@@ -269,8 +269,15 @@ def test_held_statistics_are_read_from_the_native_kernel_and_equal_recomputed_on
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-12, atol=1e-15)
     with torch.no_grad():  # no autograd node: recomputed
         assert native_statistics(F.batch_norm(a, None, None, training=True), a, 1e-5) is None
-    low = a.detach().bfloat16().requires_grad_()
+    # bf16 activations next to fp32 parameters (autocast): the kernel's statistics are fp32, and equal those
+    # recomputed in fp32 from the bf16 values; without fp32 parameters it keeps them in bf16: recomputed
+    low = a.detach().float().bfloat16().requires_grad_()
     assert native_statistics(F.batch_norm(low, None, None, training=True), low, 1e-5) is None
+    out = F.batch_norm(low, None, None, torch.ones(3), torch.zeros(3), training=True)
+    known = native_statistics(out, low, 1e-5)
+    assert known is not None and known[0].dtype == torch.float32
+    for x, y in zip(known, batch_statistics(low)):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-7)
 
 
 def test_the_clean_pass_reads_the_native_statistics(monkeypatch):
