@@ -16,7 +16,10 @@ forward). ``step`` is h of the finite differences: a positive float, or ``"auto"
 :func:`margreg_fast.energy_difference` (``backend`` picks its implementation).
 
 ``model`` is an ``nn.Module`` or any function of x returning (B, C) logits; anything else (a
-(B, T, C) or (B, C, 1, 1) tensor, a tuple, a dict) raises, whatever the method.
+(B, T, C) or (B, C, 1, 1) tensor, a tuple, a dict) raises, whatever the method, unless ``output=``
+reads the logits from it: ``output(model(x))`` must be (B, C) logits, e.g. ``output=lambda out: out.logits``
+for a Hugging Face ``ModelOutput``, ``lambda out: out[0]`` for a tuple, ``lambda out: out["logits"]``
+for a dict. Every pass of the estimate (the probes too) goes through it.
 
 Example::
 
@@ -27,7 +30,7 @@ Example::
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Tuple, Union
+from typing import Any, Callable, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -41,12 +44,14 @@ from .reduction import REDUCTIONS, reduce
 #: The baselines of :func:`input_gradient_penalty` (every penalty but the marginal one).
 BASELINES = PENALTIES[1:]
 Model = Union[nn.Module, Callable[[torch.Tensor], torch.Tensor]]
+#: ``output(model(x))`` -> (B, C) logits.
+Output = Callable[[Any], torch.Tensor]
 
 
 def _check_call(model, x, method: str, step: Step, reduction: str, logits: Optional[torch.Tensor],
-                backend: str, generator: Optional[torch.Generator]) -> Tuple[nn.Module, Step]:
+                backend: str, generator: Optional[torch.Generator], output: Optional[Output]) -> Tuple[nn.Module, Step]:
     """The arguments both penalty functions share; returns (model as a module, step as a float or "auto")."""
-    model = check_data(model, x)
+    model = check_data(model, x, output)
     check_generator(generator, x)
     check_estimator_options(method, backend)
     check_choice("reduction", reduction, REDUCTIONS)
@@ -57,13 +62,14 @@ def _check_call(model, x, method: str, step: Step, reduction: str, logits: Optio
 
 def marginal_density_penalty(model: Model, x: torch.Tensor, *, method: str = DEFAULT_METHOD, step: Step = DEFAULT_STEP,
                              reduction: str = "mean", logits: Optional[torch.Tensor] = None,
-                             backend: str = "auto", generator: Optional[torch.Generator] = None) -> torch.Tensor:
+                             backend: str = "auto", generator: Optional[torch.Generator] = None,
+                             output: Optional[Output] = None) -> torch.Tensor:
     """R(x) = ||grad_x logsumexp(model(x))||^2 per sample (``reduction="none"``), or its mean / sum.
 
     Args:
-        model: the classifier, returning logits of shape (B, C) (anything else raises). An
-            ``nn.Module`` or any function of x. May be wrapped in DDP or compiled
-            (``exact`` and ``jvp`` do not work on compiled models; they raise
+        model: the classifier, returning logits of shape (B, C) (anything else raises, unless
+            ``output`` reads them from its output). An ``nn.Module`` or any function of x. May be
+            wrapped in DDP or compiled (``exact`` and ``jvp`` do not work on compiled models; they raise
             :class:`~margreg_fast.estimators.UnsupportedEstimatorError`).
         x: inputs (B, ...), any floating dtype.
         method: ``"rfd"`` (default), ``"exact"``, ``"jvp"``, ``"fd"`` or ``"central"``.
@@ -78,8 +84,10 @@ def marginal_density_penalty(model: Model, x: torch.Tensor, *, method: str = DEF
         backend: implementation of the fused head op (``"auto"``, ``"torch"``, ``"native"``, ``"triton"``).
         generator: a ``torch.Generator`` on x's device for ``rfd``'s random signs (None: torch's
             global generator). Under ``torch.no_grad()`` ``rfd`` draws nothing and runs no probe.
+        output: None, or a function giving the (B, C) logits from the model's output,
+            ``output(model(x))`` (``logits``, when given, are those already read logits).
     """
-    model, step = _check_call(model, x, method, step, reduction, logits, backend, generator)
+    model, step = _check_call(model, x, method, step, reduction, logits, backend, generator, output)
     est = estimate(model, x, None, penalty="marginal", method=method, step=step, logits=logits, backend=backend,
                    generator=generator)
     return reduce(est.value, reduction)
@@ -88,7 +96,7 @@ def marginal_density_penalty(model: Model, x: torch.Tensor, *, method: str = DEF
 def input_gradient_penalty(model: Model, x: torch.Tensor, y: torch.Tensor, *, penalty: str = "conditional",
                            method: str = DEFAULT_METHOD, step: Step = DEFAULT_STEP, reduction: str = "mean",
                            logits: Optional[torch.Tensor] = None, backend: str = "auto",
-                           generator: Optional[torch.Generator] = None) -> torch.Tensor:
+                           generator: Optional[torch.Generator] = None, output: Optional[Output] = None) -> torch.Tensor:
     """Baselines: ||grad_x CE(model(x), y)||^2 (``penalty="conditional"``) or ||grad_x model(x)_y||^2 (``"joint"``).
 
     Same estimators, defaults and arguments as :func:`marginal_density_penalty` (the default method
@@ -96,7 +104,7 @@ def input_gradient_penalty(model: Model, x: torch.Tensor, y: torch.Tensor, *, pe
     indices (B,). A sample labelled -100 (``F.cross_entropy``'s ignore_index) has no label: its
     penalty is 0 and ``reduction="mean"`` averages over the labelled samples only.
     """
-    model, step = _check_call(model, x, method, step, reduction, logits, backend, generator)
+    model, step = _check_call(model, x, method, step, reduction, logits, backend, generator, output)
     y = check_labels(y, x)
     check_choice("penalty", penalty, BASELINES)
     est = estimate(model, x, y, penalty=penalty, method=method, step=step, logits=logits, backend=backend,

@@ -1,4 +1,4 @@
-r"""Drop-in training objective: mean CE + weight * mean penalty, in one call.
+r"""Drop-in training objective: loss + weight * mean penalty, in one call.
 
 Usage (a training loop changes by one line)::
 
@@ -7,8 +7,21 @@ Usage (a training loop changes by one line)::
     loss.backward(); optimizer.step()
     print(stats["ce"], stats["penalty"], stats["grad_norm"], stats["secant_ratio"])
 
-The logits of x are computed once and serve both the CE and the penalty; for ``rfd`` and ``fd`` the
-CE of those logits comes out of the same fused head pass as the finite difference. Every step the
+Any loss on the same logits (soft targets, label smoothing, mixup, class weights)::
+
+    loss, stats = reg(model, x, target, criterion=criterion)   # was: loss = criterion(model(x), target)
+
+A loop that owns its loss (a Hugging Face ``Trainer.compute_loss``, a LightningModule's
+``training_step``) takes the logits and the penalty of the one forward::
+
+    logits, penalty = reg.logits_and_penalty(model, x)
+    loss = its_loss(logits) + reg.weight * penalty
+
+A model whose output is not the logits tensor (a Hugging Face ``ModelOutput``, timm's distillation
+tuple, a dict) is read through ``output=``: ``MarginalDensityRegularizer(1.0, output=lambda out: out.logits)``.
+
+The logits of x are computed once and serve both the loss and the penalty; for ``rfd`` and ``fd`` the
+default CE of those logits comes out of the same fused head pass as the finite difference. Every step the
 regulariser feeds the estimator's secant ratio to a :class:`~margreg_fast.monitor.SecantMonitor`,
 which warns once if the finite difference stops measuring the gradient, and at once if the penalty
 diverges (see :mod:`.monitor`). A step synchronises with the device once: the statistics and the
@@ -16,7 +29,7 @@ monitor's two sums are stacked into one tensor and transferred together.
 
 With ``fraction`` f < 1 the penalty is computed on a random subset of m = max(1, round(f B)) samples,
 scaled so that its expectation, and so the expected parameter gradient, is fraction 1's at the same
-weight (:mod:`.subsample`); the CE still covers the whole batch. How the batch goes through the model
+weight (:mod:`.subsample`); the loss (the CE or the criterion) still covers the whole batch. How the batch goes through the model
 depends on whether its forward couples the samples (``batch_coupled``; by default detected:
 a train-mode BatchNorm or timm's EvoNorm-B couples them):
 
@@ -32,22 +45,31 @@ a train-mode BatchNorm or timm's EvoNorm-B couples them):
   depend on the others), and the cost on top of plain is about f (F + B_x + B), f times fraction 1's.
   Under DDP the subset's forward is the step's one DDP forward; the rest runs through the wrapped
   module. A train-mode batch-norm call in either forward raises (pass ``batch_coupled=True``).
+  A ``criterion`` sees the logits of both forwards put back in the batch's order, so its target's
+  rows (mixup's mixed targets, per-sample weights) match them as in a plain step.
+
+**Criteria and labelled penalties.** The marginal penalty needs no label, so ``criterion`` may take
+any target. The conditional and joint penalties are defined on integer class labels: with a
+criterion, their ``target`` must be those labels (B,), which both the criterion and the penalty
+read (e.g. a label-smoothed CE with ``penalty="conditional"``); any other target raises, naming
+``penalty="marginal"``.
 
 Cost at f = 1: F + B_x + B on top of plain, its forward at x shared with the CE (F forward, B_x backward
 to the input only, B training backward).
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .estimators import DEFAULT_METHOD, DEFAULT_STEP, PENALTIES, Estimate, estimate
-from .estimators.checks import (check_choice, check_data, check_estimator_options, check_fraction, check_generator,
-                                check_labels, check_optional_flag, check_output, check_step, check_weight)
-from .estimators.passes import ModelPasses, couples_batch, sample_wise_forward
+from .estimators.checks import (check_choice, check_criterion, check_data, check_estimator_options, check_fraction,
+                                check_generator, check_labels, check_loss, check_optional_flag, check_output,
+                                check_output_function, check_step, check_weight)
+from .estimators.passes import ModelPasses, couples_batch, outside_inference_mode, sample_wise_forward
 from .estimators.steps import Step
 from .monitor import DEFAULT_BAND, DEFAULT_WARMUP, DEFAULT_WINDOW, SecantMonitor, ratio_of_sums, secant_sums
 from .ops import IGNORE_INDEX
@@ -56,10 +78,12 @@ from .subsample import complement, draw_subset, subset_mean
 
 #: What ``penalty=`` accepts: the estimators' PENALTIES and "none" (plain cross-entropy).
 PENALTY_OPTIONS = PENALTIES + ("none",)
+#: ``criterion(logits, target)`` -> the scalar loss the penalty is added to.
+Criterion = Callable[[torch.Tensor, Any], torch.Tensor]
 
 
 class MarginalDensityRegularizer(nn.Module):
-    """loss = mean CE(model(x), y) + weight * mean R(x); ``reg(model, x, y) -> (loss, stats)``.
+    """loss = criterion(logits, target) + weight * mean R(x); ``reg(model, x, y, criterion=None) -> (loss, stats)``.
 
     Args:
         weight: lambda >= 0 (a Python or NumPy number, or a 0-d tensor).
@@ -79,16 +103,24 @@ class MarginalDensityRegularizer(nn.Module):
             instead of f (2F + B_x + 2B)); None (default): True when the model holds a train-mode
             BatchNorm or timm EvoNorm-B layer. A layer that couples samples by other means (batch-wise
             attention, a custom batch statistic) needs True.
-        monitor_window, monitor_band, monitor_warmup: the :class:`~margreg_fast.monitor.SecantMonitor`'s settings.
+        monitor_window: the :class:`~margreg_fast.monitor.SecantMonitor`'s window of steps.
+        monitor_band: the band its median secant ratio must stay in.
+        monitor_warmup: the steps before it judges.
         generator: a ``torch.Generator`` (on the inputs' device) for the random draws: the subset of
             ``fraction`` < 1 and ``rfd``'s signs; None draws them from torch's global generator.
+        output: None (the model returns the (B, C) logits) or a function reading them from its output,
+            ``output(model(x))``: ``lambda out: out.logits`` (Hugging Face), ``lambda out: out[0]``
+            (a tuple), ``lambda out: out["logits"]`` (a dict). Every pass, the probes too, goes through it.
 
-    ``stats`` holds detached Python floats: ``ce`` (mean CE), ``penalty`` (mean R),
+    ``stats`` holds detached Python floats: ``ce`` (the loss term: the mean CE, or the criterion's
+    value), ``penalty`` (mean R),
     ``grad_norm`` (mean ||grad_x S|| of the penalised quantity S) and ``secant_ratio``
     (sqrt(sum slope^2 / sum ||grad_x S||^2), 1 when the estimator measures the gradient); the last
-    two are NaN for ``penalty="none"``.
+    two are NaN for ``penalty="none"``. :attr:`last_stats` holds the last step's, also after
+    :meth:`logits_and_penalty` (without ``ce``).
 
-    ``model`` is an ``nn.Module`` or any function of x returning (B, C) logits. Labels of -100 mark
+    ``model`` is an ``nn.Module`` or any function of x returning (B, C) logits (or, with ``output=``,
+    an output they are read from). Labels of -100 mark
     unlabelled samples, as in ``F.cross_entropy``: the CE and the conditional / joint penalties
     are 0 there and averaged over the labelled samples; the marginal penalty, which needs no
     label, is averaged over all samples.
@@ -98,9 +130,11 @@ class MarginalDensityRegularizer(nn.Module):
                  penalty: str = "marginal", backend: str = "auto", fraction: float = 1.0,
                  batch_coupled: Optional[bool] = None, monitor_window: int = DEFAULT_WINDOW,
                  monitor_band: Tuple[float, float] = DEFAULT_BAND, monitor_warmup: int = DEFAULT_WARMUP,
-                 generator: Optional[torch.Generator] = None) -> None:
+                 generator: Optional[torch.Generator] = None, output: Optional[Callable] = None) -> None:
         super().__init__()
         self.generator = check_generator(generator)
+        self.output = check_output_function(output)
+        self.last_stats: Dict[str, float] = {}
         check_estimator_options(method, backend)
         self.weight, self.step = check_weight(weight), check_step(step)
         self.method, self.backend = method, backend
@@ -113,51 +147,140 @@ class MarginalDensityRegularizer(nn.Module):
         return (f"weight={self.weight}, method={self.method!r}, step={self.step!r}, penalty={self.penalty!r}, "
                 f"fraction={self.fraction}, batch_coupled={self.batch_coupled}")
 
-    def forward(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, float]]:
-        model = check_data(model, x)
+    @outside_inference_mode
+    def forward(self, model: nn.Module, x: torch.Tensor, target, criterion: Optional[Criterion] = None
+                ) -> Tuple[torch.Tensor, Dict[str, float]]:
+        """``(loss, stats)``: loss = criterion(logits, target) + weight * mean R(x), logits = output(model(x)).
+
+        ``criterion=None``: the mean cross-entropy with ``ignore_index=-100``, ``target`` integer class
+        indices (B,). Otherwise ``criterion(logits, target)`` returns the scalar loss and ``target`` is
+        whatever it takes (soft (B, C) targets, mixup's mixed targets); it sees the logits of the whole
+        batch, in the batch's order, for every ``fraction``.
+        """
+        model = check_data(model, x, self.output)
         check_generator(self.generator, x)
-        y = check_labels(y, x)
+        check_criterion(criterion)
+        labels = self._labels(target, x, criterion)
         if self.penalty == "none":
-            ce = F.cross_entropy(check_output(model(x), x), y)
-            return ce, {"ce": ce.item(), "penalty": 0.0, "grad_norm": float("nan"), "secant_ratio": float("nan")}
+            logits = check_output(model(x), x)
+            data = _cross_entropy(logits, labels) if criterion is None else check_loss(criterion(logits, target))
+            self.last_stats = {"ce": data.item(), "penalty": 0.0, "grad_norm": float("nan"),
+                               "secant_ratio": float("nan")}
+            return data, dict(self.last_stats)
+        data, est, penalty, est_labels = self._passes(model, x, labels, with_ce=criterion is None)
+        if criterion is not None:  # data: the whole batch's logits
+            data = check_loss(criterion(data, target))
+        self._observe(est, penalty, est_labels, ce=data)
+        return data + self.weight * penalty, dict(self.last_stats)
+
+    @outside_inference_mode
+    def logits_and_penalty(self, model: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(logits, penalty)`` for a loop that owns its loss: loss = its_loss(logits) + weight * penalty.
+
+        ``logits``: (B, C), the whole batch's, in its order, from the forward that the penalty shares
+        (for every ``fraction``; ``output=`` applied). ``penalty``: the differentiable mean marginal
+        penalty, ``fraction`` applied (a subset's mean scaled as in :mod:`.subsample`) and the weight
+        NOT applied. The monitor updates as in :meth:`forward`, and :attr:`last_stats` holds the step's
+        ``penalty``, ``grad_norm`` and ``secant_ratio``. Only for ``penalty="marginal"`` (which needs no
+        label) and ``"none"`` (penalty 0).
+        """
+        model = check_data(model, x, self.output)
+        check_generator(self.generator, x)
+        if self.penalty in ("conditional", "joint"):
+            raise ValueError(f"logits_and_penalty takes no labels, and penalty={self.penalty!r} needs them: call "
+                             f"reg(model, x, y, criterion=...) instead, or use penalty='marginal'")
+        if self.penalty == "none":
+            logits = check_output(model(x), x)
+            self.last_stats = {"penalty": 0.0, "grad_norm": float("nan"), "secant_ratio": float("nan")}
+            return logits, logits.new_zeros(())
+        logits, est, penalty, _ = self._passes(model, x, None, with_ce=False)
+        self._observe(est, penalty, None)
+        return logits, penalty
+
+    def _labels(self, target, x: torch.Tensor, criterion: Optional[Criterion]) -> Optional[torch.Tensor]:
+        """The integer labels that the default CE or a labelled penalty reads from ``target`` (None: neither)."""
+        if criterion is None:
+            return check_labels(target, x)
+        if self.penalty in ("marginal", "none"):
+            return None
+        try:
+            return check_labels(target, x)
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"penalty={self.penalty!r} is defined on integer class labels, so with a criterion its "
+                            f"target must be the labels (B,). Soft or mixed targets need penalty='marginal', "
+                            f"which needs no label. ({err})") from err
+
+    def _passes(self, model, x: torch.Tensor, labels: Optional[torch.Tensor], with_ce: bool
+                ) -> Tuple[torch.Tensor, Estimate, torch.Tensor, Optional[torch.Tensor]]:
+        """(data, estimate, mean penalty, the labels of the estimate's samples) of one step.
+
+        data: the mean CE over the whole batch (``with_ce``: the default criterion, fused with the head
+        op where the estimate's forward serves it) or the whole batch's logits in its order.
+        """
         needs_label = self.penalty != "marginal"  # the marginal penalty needs no label
         if self.fraction == 1.0:
-            est = self._estimate(model, x, y, with_ce=True)
-            ce, est_y = reduce(est.ce, "mean", labels=y), y
-            penalty = reduce(est.value, "mean", labels=y if needs_label else None)
-        else:
-            ce, est, est_y = self._subset_estimate(model, x, y)
-            penalty = subset_mean(est.value, x.shape[0], labels=y if needs_label else None)
-        grad_norm = reduce(est.grad_norm, "mean", labels=est_y if needs_label else None)
-        loss = ce + self.weight * penalty
-        means = torch.stack([t.detach().double() for t in (ce, penalty, grad_norm)])
-        ce_v, penalty_v, grad_norm_v, slope_sq, grad_sq = torch.cat([means, secant_sums(est.slope, est.grad_norm)]).tolist()
-        ratio = ratio_of_sums(slope_sq, grad_sq)
-        self.monitor.update(ratio, penalty_v, grad_norm_v)
-        return loss, {"ce": ce_v, "penalty": penalty_v, "grad_norm": grad_norm_v, "secant_ratio": ratio}
+            est = self._estimate(model, x, labels, with_ce=with_ce)
+            data = reduce(est.ce, "mean", labels=labels) if with_ce else est.logits
+            return data, est, reduce(est.value, "mean", labels=labels if needs_label else None), labels
+        data, est, idx = self._subset_estimate(model, x, labels, with_ce)
+        penalty = subset_mean(est.value, x.shape[0], labels=labels if needs_label else None)
+        return data, est, penalty, _rows(labels, idx)
 
-    def _subset_estimate(self, model, x: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, Estimate, torch.Tensor]:
-        """(mean CE over the whole batch, the estimate on a drawn subset, the subset's labels)."""
+    def _subset_estimate(self, model, x: torch.Tensor, labels: Optional[torch.Tensor], with_ce: bool
+                         ) -> Tuple[torch.Tensor, Estimate, torch.Tensor]:
+        """(data as in :meth:`_passes`, the estimate on a drawn subset, the subset's indices)."""
         detected = couples_batch(model)
         if detected and self.batch_coupled is False:  # before any pass: a refused step changes no state
             raise ValueError("batch_coupled=False, but the model holds a train-mode BatchNorm (or timm EvoNorm-B) "
                              "layer, whose statistics couple the samples of a batch; leave batch_coupled=None")
         if detected or self.batch_coupled:
             passes = ModelPasses(model)
-            ce = F.cross_entropy(check_output(passes.clean(x), x), y, ignore_index=IGNORE_INDEX)
+            logits = check_output(passes.clean(x), x)
+            data = _cross_entropy(logits, labels) if with_ce else logits
             idx = draw_subset(x.shape[0], self.fraction, x.device, self.generator)
-            return ce, self._estimate(model, x[idx], y[idx], passes=passes), y[idx]
+            return data, self._estimate(model, x[idx], _rows(labels, idx), passes=passes), idx
         idx = draw_subset(x.shape[0], self.fraction, x.device, self.generator)
         rest = complement(idx, x.shape[0])
-        ce_rest = None
+        rest_logits = None
         if rest.numel():  # the rest first: a batch-norm call it refuses has then changed no state
             x_rest = x[rest]
-            ce_rest = F.cross_entropy(check_output(sample_wise_forward(model, x_rest), x_rest), y[rest],
-                                      reduction="none", ignore_index=IGNORE_INDEX)
-        est = self._estimate(model, x[idx], y[idx], with_ce=True)
-        ce = reduce(est.ce if ce_rest is None else torch.cat([est.ce, ce_rest]), "mean", labels=y)
-        return ce, est, y[idx]
+            rest_logits = check_output(sample_wise_forward(model, x_rest), x_rest)
+        est = self._estimate(model, x[idx], _rows(labels, idx), with_ce=with_ce)
+        if not with_ce:
+            return _in_batch_order(est.logits, rest_logits, idx, rest), est, idx
+        ce = est.ce if rest_logits is None else torch.cat(
+            [est.ce, F.cross_entropy(rest_logits, labels[rest], reduction="none", ignore_index=IGNORE_INDEX)])
+        return reduce(ce, "mean", labels=labels), est, idx
 
-    def _estimate(self, model, x: torch.Tensor, y: torch.Tensor, **options) -> Estimate:
+    def _observe(self, est: Estimate, penalty: torch.Tensor, est_labels: Optional[torch.Tensor],
+                 ce: Optional[torch.Tensor] = None) -> None:
+        """Feed the monitor and set :attr:`last_stats`, in one host synchronisation."""
+        grad_norm = reduce(est.grad_norm, "mean", labels=est_labels if self.penalty != "marginal" else None)
+        named = ({} if ce is None else {"ce": ce}) | {"penalty": penalty, "grad_norm": grad_norm}
+        means = torch.stack([t.detach().double() for t in named.values()])
+        *values, slope_sq, grad_sq = torch.cat([means, secant_sums(est.slope, est.grad_norm)]).tolist()
+        stats = dict(zip(named, values))
+        stats["secant_ratio"] = ratio_of_sums(slope_sq, grad_sq)
+        self.monitor.update(stats["secant_ratio"], stats["penalty"], stats["grad_norm"])
+        self.last_stats = stats
+
+    def _estimate(self, model, x: torch.Tensor, y: Optional[torch.Tensor], **options) -> Estimate:
         return estimate(model, x, y, penalty=self.penalty, method=self.method, step=self.step, backend=self.backend,
                         generator=self.generator, **options)
+
+
+def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The default criterion: mean CE over the labelled samples (``F.cross_entropy``'s ignore_index)."""
+    return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
+
+
+def _rows(labels: Optional[torch.Tensor], idx: torch.Tensor) -> Optional[torch.Tensor]:
+    return None if labels is None else labels[idx]
+
+
+def _in_batch_order(subset_logits: torch.Tensor, rest_logits: Optional[torch.Tensor], idx: torch.Tensor,
+                    rest: torch.Tensor) -> torch.Tensor:
+    """The whole batch's logits in its order, from the subset's (rows ``idx``) and the rest's (rows ``rest``)."""
+    rows, order = (subset_logits, idx) if rest_logits is None else (
+        torch.cat([subset_logits, rest_logits]), torch.cat([idx, rest]))
+    return rows[torch.argsort(order)]  # row j holds sample order[j]: the inverse permutation puts it back

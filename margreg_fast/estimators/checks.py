@@ -13,8 +13,12 @@ names what it received; a check that normalises its argument returns it.
   feature dimension (and the model a model).
 * :func:`check_labels` -- y holds integer class indices (never truncated floats), one per sample
   of x (ignore_index allowed).
+* :class:`OutputModel` -- a model whose output is not the logits tensor (a Hugging Face
+  ``ModelOutput``, timm's distillation tuple, a dict), read through the user's ``output=``.
 * :func:`check_output` -- the model returned logits of shape (B, C) (not (B, T, C), (B, C, 1, 1),
-  a tuple or a dict).
+  a tuple or a dict: the error names ``output=``).
+* :func:`check_criterion` / :func:`check_loss` -- a user's ``criterion(logits, target)`` and the
+  scalar it returns.
 * :func:`check_choice` -- an option is one of its names (method, backend, penalty, reduction).
 * :func:`check_estimator_options` -- method and head-op backend.
 * :func:`real_number`, :func:`check_weight`, :func:`check_step`, :func:`check_fraction` -- numbers
@@ -46,13 +50,38 @@ class FunctionModel(nn.Module):
         return self.function(x)
 
 
-def as_model(model) -> nn.Module:
-    """``model`` itself if it is an ``nn.Module``, a :class:`FunctionModel` around any other callable."""
-    if isinstance(model, nn.Module):
-        return model
-    if not callable(model):
-        raise TypeError(f"model must be callable (an nn.Module or a function of x), got {type(model).__name__}")
-    return FunctionModel(model)
+class OutputModel(nn.Module):
+    """``model`` read through ``output``: ``OutputModel(model, output)(x) == output(model(x))``.
+
+    Every pass of an estimate (the clean forward and the probes at x + h v) goes through it, so each
+    returns logits. ``model`` is registered as a submodule: its BatchNorm layers, DDP wrapper and
+    compiled modules stay visible, and the probes unwrap a DDP model inside it (:mod:`.passes`).
+    """
+
+    def __init__(self, model: nn.Module, output: Callable) -> None:
+        super().__init__()
+        self.model, self.output = model, output
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.output(self.model(x))
+
+
+def as_model(model, output: Optional[Callable] = None) -> nn.Module:
+    """``model`` itself if it is an ``nn.Module``, a :class:`FunctionModel` around any other callable;
+    with ``output`` (a callable taking the model's output to (B, C) logits) an :class:`OutputModel` around that."""
+    if not isinstance(model, nn.Module):
+        if not callable(model):
+            raise TypeError(f"model must be callable (an nn.Module or a function of x), got {type(model).__name__}")
+        model = FunctionModel(model)
+    return model if check_output_function(output) is None else OutputModel(model, output)
+
+
+def check_output_function(output) -> Optional[Callable]:
+    """``output=``: None (the model returns the logits) or a callable taking the model's output to them."""
+    if output is not None and not callable(output):
+        raise TypeError(f"output must be None or a callable taking the model's output to (B, C) logits "
+                        f"(e.g. lambda out: out.logits), got {type(output).__name__}")
+    return output
 
 
 def check_input(x) -> None:
@@ -63,10 +92,10 @@ def check_input(x) -> None:
         raise ValueError(f"x must have a batch dimension and at least one feature dimension, got shape {tuple(x.shape)}")
 
 
-def check_data(model, x) -> nn.Module:
-    """The model (returned as a module, see :func:`as_model`) and the input batch x."""
+def check_data(model, x, output: Optional[Callable] = None) -> nn.Module:
+    """The model (returned as a module reading its logits through ``output``, see :func:`as_model`) and the input batch x."""
     check_input(x)
-    return as_model(model)
+    return as_model(model, output)
 
 
 def check_labels(y, x: torch.Tensor, name: str = "y") -> torch.Tensor:
@@ -82,17 +111,49 @@ def check_labels(y, x: torch.Tensor, name: str = "y") -> torch.Tensor:
 def _describe(value) -> str:
     if isinstance(value, torch.Tensor):
         return f"a tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
+    if isinstance(value, dict):  # a Hugging Face ModelOutput is an OrderedDict
+        return f"a {type(value).__name__} with keys {list(value.keys())}"
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of {len(value)}: ({', '.join(_describe(v) for v in value)})"
     return f"a {type(value).__name__}"
 
 
-def check_output(z, x: torch.Tensor, name: str = "the model's output") -> torch.Tensor:
-    """``z`` must be (B, C) logits for x: a floating-point tensor of shape (x.shape[0], C)."""
+#: How ``output=`` reads the logits of the common non-tensor outputs (the hint of :func:`check_output`'s error).
+_OUTPUT_HINT = ("pass output= to read them from it: output=lambda out: out.logits (a Hugging Face ModelOutput), "
+                "output=lambda out: out[0] (a tuple, e.g. timm's distilled models in training mode), "
+                "output=lambda out: out['logits'] (a dict)")
+
+
+MODEL_OUTPUT = "the model's output"
+
+
+def check_output(z, x: torch.Tensor, name: str = MODEL_OUTPUT) -> torch.Tensor:
+    """``z`` must be (B, C) logits for x: a floating-point tensor of shape (x.shape[0], C).
+
+    Anything else raises (TypeError for a non-tensor, ValueError for a wrong shape); for the model's
+    output the error points at ``output=``, the keyword that reads the logits from it."""
     wrong_type = not isinstance(z, torch.Tensor) or not z.is_floating_point()
     if wrong_type or z.dim() != 2 or z.shape[0] != x.shape[0]:
+        hint = f". If the logits are inside the model's output, {_OUTPUT_HINT}" if name == MODEL_OUTPUT else ""
         raise (TypeError if wrong_type else ValueError)(
             f"{name} must be (B, C) logits, a floating-point tensor of shape (batch={x.shape[0]}, classes) "
-            f"with one row per sample of x; got {_describe(z)}")
+            f"with one row per sample of x; got {_describe(z)}{hint}")
     return z
+
+
+def check_criterion(criterion) -> None:
+    """None (the default cross-entropy) or a callable ``criterion(logits, target)``."""
+    if criterion is not None and not callable(criterion):
+        raise TypeError(f"criterion must be None or a callable criterion(logits, target) returning a scalar loss, "
+                        f"got {type(criterion).__name__}")
+
+
+def check_loss(loss) -> torch.Tensor:
+    """What a criterion returned: a scalar (one-element) floating-point tensor."""
+    if not isinstance(loss, torch.Tensor) or not loss.is_floating_point() or loss.numel() != 1:
+        raise ValueError(f"criterion(logits, target) must return a scalar loss (a one-element floating-point tensor: "
+                         f"reduce it, e.g. reduction='mean'); got {_describe(loss)}")
+    return loss.reshape(())
 
 
 def real_number(value, name: str) -> float:
