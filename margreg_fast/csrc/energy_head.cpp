@@ -25,11 +25,14 @@
 // rebuilt from the saved stats.
 //
 // Accumulation in float for float/bfloat16/float16 input (half rows are first converted to a
-// per-thread float row), in double for double. Vectorised with at::vec::Vectorized: setup.py adds
-// -mavx2 -mfma -mf16c -DCPU_CAPABILITY_AVX2 when the build machine has AVX2, FMA and F16C (then float
-// exp is an inlined Cephes polynomial, ~2 ulp, and double exp Sleef's, <= 1 ulp); otherwise the same
-// code compiles to at::vec's portable fallback (build-time choice: the .so targets the build machine).
-#include <torch/extension.h>
+// per-thread float row), in double for double. Vectorised with at::vec::Vectorized: the loader
+// (margreg_fast/ops/native) compiles it on first use with -mavx2 -mfma -mf16c -DCPU_CAPABILITY_AVX2 when
+// torch reports AVX2 or AVX512 for the CPU that runs it (then float exp is an inlined Cephes polynomial,
+// ~2 ulp, and double exp Sleef's, <= 1 ulp); otherwise the same code compiles to at::vec's portable
+// fallback. Only ATen and torch/library.h are included (no Python headers): the ops are registered
+// with torch.library and the library is loaded with torch.ops.load_library.
+#include <ATen/ATen.h>
+#include <torch/library.h>
 
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
@@ -698,6 +701,3 @@ TORCH_LIBRARY_IMPL(margreg_fast, CPU, m) {
   m.impl("energy_head_forward", &energy_head_forward);
   m.impl("energy_head_backward", &energy_head_backward);
 }
-
-// Importing margreg_fast._C registers the ops above; the module itself exposes nothing.
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {}

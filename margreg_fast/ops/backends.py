@@ -39,18 +39,20 @@ BACKEND_NAMES = ("auto",) + tuple(BACKENDS)
 def resolve(name: str, device: torch.device) -> str:
     """Map a user-facing backend name to a concrete, available one for tensors on ``device``.
 
-    ``auto`` picks triton on CUDA, native on CPU when the extension is built, torch otherwise
-    (with a warning giving the reason when it falls back). A backend asked for by name that cannot
-    run raises ``RuntimeError`` saying why.
+    ``auto`` picks triton on CUDA, native on CPU (compiled on first use), torch otherwise, with a
+    warning giving the reason when it falls back (for native: the one NativeBuildWarning of its failed
+    build). A backend asked for by name that cannot run raises ``RuntimeError`` saying why.
     """
     if not isinstance(name, str) or name not in BACKEND_NAMES:
         raise ValueError(f"backend must be one of {BACKEND_NAMES}, got {name!r}")
     if name == "auto":
         preferred = "triton" if device.type == "cuda" else "native" if device.type == "cpu" else "torch"
-        if BACKENDS[preferred].is_available(device):
+        module = BACKENDS[preferred]
+        if module.is_available(device):
             return preferred
-        warnings.warn(f"backend 'auto' uses the torch reference for {device.type} tensors: "
-                      f"{preferred} is unavailable ({BACKENDS[preferred].unavailable_reason(device)})", stacklevel=3)
+        if not getattr(module, "reported_unavailable", lambda device: False)(device):  # native warns once itself
+            warnings.warn(f"backend 'auto' uses the torch reference for {device.type} tensors: "
+                          f"{preferred} is unavailable ({module.unavailable_reason(device)})", stacklevel=3)
         return "torch"
     module = BACKENDS[name]
     if not module.is_available(device):

@@ -3,7 +3,14 @@ import os
 import pytest
 import torch
 
-from margreg_fast.ops import backends
+from margreg_fast.ops import backends, native
+
+
+@pytest.fixture(scope="session", autouse=True)
+def native_kernel_loaded():
+    """Compile (first use) and load the native kernel before any test calls torch.ops.margreg_fast.* directly;
+    test_native.py's first test fails, with the reason, when it cannot be."""
+    native.is_available(torch.device("cpu"))
 
 
 def _cpu_backends():
