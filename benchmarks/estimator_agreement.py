@@ -32,8 +32,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from benchmarks import report  # noqa: E402
 
-from margreg_fast import marginal_density_penalty  # noqa: E402
-from margreg_fast.estimators import DEFAULT_STEP  # noqa: E402
+from margreg_fast import DEFAULT_STEP, marginal_density_penalty  # noqa: E402
 from margreg_fast.kit import models  # noqa: E402
 from margreg_fast.kit.data import load_digits_images, place_on_canvas  # noqa: E402
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import torch
 
-from ..estimators.checks import check_labels
 from .metrics import (cosine_per_sample, evaluating, kendall_tau, nanmean, project, random_perturbation,
                       spearman_per_sample, steepest_direction, topk_intersection, topk_mass)
+from .validation import check_batch_labels
 
 _NORMS = ("linf", "l2")
 
@@ -25,7 +25,7 @@ def _check_batch(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Validate the batch as the regulariser does (any integer label dtype); returns int64 labels."""
     if not torch.is_tensor(images) or not images.is_floating_point() or images.dim() < 2:
         raise TypeError("images must be a floating-point tensor (N, ...)")
-    return check_labels(labels, images, name="labels")
+    return check_batch_labels(labels, images, name="labels")
 
 
 class PGD:

@@ -15,8 +15,8 @@ import numbers
 import torch
 from captum.attr import FeatureAblation, IntegratedGradients, Saliency
 
-from ..ops.validation import check_class_indices
 from .metrics import evaluating
+from .validation import check_class_indices
 
 METHODS = ("saliency", "integrated_gradients", "ablation")
 

@@ -17,9 +17,8 @@ import json
 import sys
 from pathlib import Path
 
-from ..estimators.checks import check_step
 from .experiments.config import (ATTRIBUTIONS, DATASETS, DEFAULT_ESTIMATORS, DEFAULT_WEIGHTS, ESTIMATORS, EXPERIMENTS,
-                                 METHODS, MODELS, SPURIOUS_PATCHES, ExperimentConfig, parse_method)
+                                 METHODS, MODELS, SPURIOUS_PATCHES, ExperimentConfig, check_step, parse_method)
 from .experiments.claims import CLAIM_METHODS
 from .models import ACTIVATIONS
 
@@ -84,7 +83,7 @@ _positive_float = _number_type(float, lambda v: v > 0, "a positive number")
 
 
 def _step(text: str):
-    """--step: a positive float or a step-policy name, validated by margreg_fast.estimators.checks.check_step."""
+    """--step: a positive float or a step-policy name, validated by the library (experiments.config.check_step)."""
     try:
         value = float(text)
     except ValueError:

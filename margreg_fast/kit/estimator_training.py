@@ -24,11 +24,7 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from ..estimators import DEFAULT_STEP, estimate
-from ..estimators.steps import Step
-from ..monitor import SecantWarning, secant_ratio
-from ..penalty import marginal_density_penalty
-from ..regularizer import MarginalDensityRegularizer
+from .. import DEFAULT_STEP, MarginalDensityRegularizer, SecantWarning, marginal_density_penalty
 from .data import load_digits_images, place_on_canvas
 from .models import MaxPoolCNN
 
@@ -61,7 +57,7 @@ def canvas_digits() -> Tuple[torch.Tensor, torch.Tensor]:
     return place_on_canvas(images, CANVAS, seed=0), labels
 
 
-def train(method: str, activation: str, data: Tuple[torch.Tensor, torch.Tensor], *, step: Step = DEFAULT_STEP,
+def train(method: str, activation: str, data: Tuple[torch.Tensor, torch.Tensor], *, step: float | str = DEFAULT_STEP,
           epochs: int = EPOCHS, weight: float = WEIGHT) -> Tuple[torch.nn.Module, bool]:
     """(model trained on the first TRAIN images with ``method``, whether the secant monitor warned)."""
     x, y = data
@@ -84,21 +80,21 @@ def train(method: str, activation: str, data: Tuple[torch.Tensor, torch.Tensor],
 
 
 def judge(method: str, activation: str, data: Optional[Tuple[torch.Tensor, torch.Tensor]] = None, *,
-          step: Step = DEFAULT_STEP) -> Outcome:
+          step: float | str = DEFAULT_STEP) -> Outcome:
     """Train with ``method`` and measure the outcome on the held-out images."""
     data = canvas_digits() if data is None else data
     model, warned = train(method, activation, data, step=step)
     x_test, y_test = data[0][TRAIN:], data[1][TRAIN:]
     torch.manual_seed(2)
-    est = estimate(model, x_test, None, penalty="marginal", method=method, step=step)
+    # the estimator's own mean estimate and secant ratio on the held-out batch, as a training step reports them
+    _, stats = MarginalDensityRegularizer(WEIGHT, method=method, step=step)(model, x_test, y_test)
     true = marginal_density_penalty(model, x_test, method="exact").item()
     with torch.no_grad():
         accuracy = (model(x_test).argmax(1) == y_test).float().mean().item()
-    return Outcome(method, activation, true, est.value.mean().item(), secant_ratio(est.slope, est.grad_norm),
-                   accuracy, warned)
+    return Outcome(method, activation, true, stats["penalty"], stats["secant_ratio"], accuracy, warned)
 
 
-def judge_all(methods, activations, step: Step = DEFAULT_STEP) -> Dict[Tuple[str, str], Outcome]:
+def judge_all(methods, activations, step: float | str = DEFAULT_STEP) -> Dict[Tuple[str, str], Outcome]:
     """:func:`judge` for every (method, activation), the exact twins included."""
     data = canvas_digits()
     return {(m, a): judge(m, a, data, step=step) for a in activations for m in dict.fromkeys(("exact",) + tuple(methods))}

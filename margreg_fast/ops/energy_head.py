@@ -96,7 +96,8 @@ def energy_difference(z0: torch.Tensor, z1: torch.Tensor, target: Optional[torch
     """(D, CE of z0) per row: D = logsumexp(z1, 1) - logsumexp(z0, 1) without catastrophic cancellation.
 
     Args:
-        z0, z1: logits of shape (B, C), same dtype and device. Any layout.
+        z0: logits of shape (B, C). Any layout.
+        z1: logits of the same shape, dtype and device as z0.
         target: optional integer class indices (B,); then the per-sample CE of z0 comes from the
             same pass (0 on rows equal to ``ignore_index``), else ``ce`` is None.
         ignore_index: the label of an unlabelled row (``F.cross_entropy``'s default).

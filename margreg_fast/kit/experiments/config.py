@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from ..models import ACTIVATIONS
-from ...estimators import DEFAULT_METHOD, DEFAULT_STEP
-from ...estimators import METHODS as ESTIMATOR_METHODS
-from ...estimators.checks import Step, check_step
+from ... import DEFAULT_METHOD, DEFAULT_STEP, MarginalDensityRegularizer
+from ... import METHODS as ESTIMATOR_METHODS
 
 #: Training methods and the penalty each one trains with (``MarginalDensityRegularizer(penalty=...)``).
 #: ``mdr-exact`` is the reference row: the marginal penalty by double backprop, at mdr's weight.
@@ -91,12 +90,18 @@ SPURIOUS_PATCHES = ("band", "overlay")
 #: Default penalty weights (lambda in CE + lambda * R). "none" trains plain CE whatever its weight.
 DEFAULT_WEIGHTS = {"none": 0.0, "igr": 1.0, "joint": 1.0, "mdr": 1.0, "mdr-exact": 1.0}
 #: Default estimator per method: the baselines and the reference use their textbook double-backprop
-#: form, mdr the library's default estimator (margreg_fast.estimators.defaults).
+#: form, mdr the library's default estimator (margreg_fast.DEFAULT_METHOD).
 DEFAULT_ESTIMATORS = {"none": DEFAULT_METHOD, "igr": "exact", "joint": "exact", "mdr": DEFAULT_METHOD,
                       "mdr-exact": "exact"}
 ESTIMATORS = ESTIMATOR_METHODS
 #: Estimators that take no finite-difference step.
 STEPLESS_ESTIMATORS = ("exact", "jvp")
+
+
+def check_step(step: float | str) -> float | str:
+    """A finite-difference step as the library takes it (a positive float or ``DEFAULT_STEP``), checked and
+    normalised by the library itself (the regulariser's constructor); raises its TypeError or ValueError."""
+    return MarginalDensityRegularizer(0.0, step=step).step
 
 
 def _check_method_key(kind: str, method: str) -> None:
@@ -137,7 +142,7 @@ class ExperimentConfig:
     lr: float = 1e-3
     weights: dict = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     estimators: dict = field(default_factory=lambda: dict(DEFAULT_ESTIMATORS))
-    step: Step = DEFAULT_STEP          # finite-difference step h (or policy name) of the estimators that take one
+    step: float | str = DEFAULT_STEP          # finite-difference step h (or policy name) of the estimators that take one
     # --- evaluation
     attribution: str = "integrated_gradients"
     ig_steps: int = 16                 # Integrated Gradients quadrature nodes

@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data import ImageDataset
-from ...regularizer import MarginalDensityRegularizer
+from ... import MarginalDensityRegularizer
 from .checkpoint import load_checkpoint, restore, save_checkpoint
 from .config import PENALTY_OF_METHOD, ExperimentConfig, parse_method
 from .model_factory import build_model
