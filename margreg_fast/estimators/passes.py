@@ -82,8 +82,6 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.overrides import TorchFunctionMode
 
-from .checks import OutputModel
-
 
 class HeldStatisticsError(RuntimeError):
     """A pass's batch-norm calls cannot be matched with the clean pass's held statistics."""
@@ -289,7 +287,8 @@ def outside_inference_mode(fn):
     def wrapper(*args, **kwargs):
         if not torch.is_inference_mode_enabled():
             return fn(*args, **kwargs)
-        with torch.inference_mode(False), torch.set_grad_enabled(torch.is_grad_enabled()):  # grad stays off
+        grad = torch.is_grad_enabled()  # off under inference mode; inference_mode(False) would turn it on
+        with torch.inference_mode(False), torch.set_grad_enabled(grad):
             for module in (v for v in (*args, *kwargs.values()) if isinstance(v, nn.Module)):
                 if any(t.is_inference() for t in itertools.chain(module.parameters(), module.buffers())):
                     raise InferenceModeError(
@@ -438,10 +437,6 @@ def check_passable(model) -> None:
 
 
 def _unwrapped(model):
-    """DDP's ``.module``, also inside the :class:`.checks.OutputModel` of a model given with ``output=``."""
-    if isinstance(model, OutputModel):
-        inner = _unwrapped(model.model)
-        return model if inner is model.model else OutputModel(inner, model.output)
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
