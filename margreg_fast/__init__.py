@@ -5,6 +5,7 @@ The public API is what this module exports (``__all__``); the submodules below i
 experiment kit :mod:`margreg_fast.kit`, are internal and may change without notice.
 """
 from .estimators import DEFAULT_METHOD, DEFAULT_STEP, METHODS, HeldStatisticsError, UnsupportedEstimatorError
+from .estimators.passes import InferenceModeError
 from .monitor import SecantWarning
 from .ops import EnergyDifference, EnergyPenalty, available_backends, energy_difference, energy_penalty
 from .ops.native import NativeBuildWarning
@@ -20,5 +21,5 @@ __all__ = [
     # the estimators' names and defaults
     "METHODS", "DEFAULT_METHOD", "DEFAULT_STEP",
     # every exception and warning the library raises of its own type
-    "UnsupportedEstimatorError", "HeldStatisticsError", "SecantWarning", "NativeBuildWarning",
+    "UnsupportedEstimatorError", "HeldStatisticsError", "InferenceModeError", "SecantWarning", "NativeBuildWarning",
 ]
