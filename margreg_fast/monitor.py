@@ -20,7 +20,8 @@ estimator, then rises into it under ``rfd`` within the first epochs while under 
 stays low (the end-of-training ratios are in ``benchmarks/results/estimator_training.md``).
 
 A diverging run cannot wait for a window: the monitor warns at once (also once) when the step's
-penalty is not finite, or when the ratio is not finite while the input gradient is non-zero. A zero
+penalty is not finite (naming an empty batch or a non-finite input batch as such, when that is the
+cause), or when the ratio is not finite while the input gradient is non-zero. A zero
 input gradient is no failure (timm zero-initialises some heads, which gives R = 0 exactly): its
 ratio 0/0 is NaN and stays quiet. Each warning names the cause that fits the method and the
 symptom -- the one-sided secant (``fd``, low ratio), the step h, random draws that differ between
@@ -54,9 +55,17 @@ class SecantWarning(UserWarning):
     """The finite difference has stopped measuring the input gradient it stands for, or the penalty diverged."""
 
 
+def stats_dtype(device: torch.device) -> torch.dtype:
+    """The dtype of per-step statistics on ``device``: float64, or float32 where the device has no
+    float64 (MPS)."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 def secant_sums(slope: torch.Tensor, grad_norm: torch.Tensor) -> torch.Tensor:
-    """(sum sigma^2, sum ||g||^2) over the batch as one float64 tensor of shape (2,), on the device."""
-    return torch.stack([slope.detach().double().pow(2).sum(), grad_norm.detach().double().pow(2).sum()])
+    """(sum sigma^2, sum ||g||^2) over the batch as one tensor of shape (2,), on the device, in
+    :func:`stats_dtype`."""
+    dtype = stats_dtype(slope.device)
+    return torch.stack([slope.detach().to(dtype).pow(2).sum(), grad_norm.detach().to(dtype).pow(2).sum()])
 
 
 def ratio_of_sums(slope_sq: float, grad_sq: float) -> float:
@@ -86,6 +95,19 @@ def user_stacklevel() -> int:
     return level
 
 
+def _input_fault(inputs: Optional[torch.Tensor]) -> Optional[str]:
+    """What is wrong with the step's input batch, when that explains a non-finite penalty (else None)."""
+    if inputs is None:
+        return None
+    if inputs.shape[0] == 0:
+        return ("The batch is empty (0 samples): its means are 0/0. Skip empty batches (a sampler or filter "
+                "that can yield none).")
+    if not bool(torch.isfinite(inputs).all()):  # the failure path only: one more host read
+        return ("The input batch holds NaN or infinite values, not the model or the step: check the data "
+                "pipeline (normalisation by a zero std, corrupt samples, a mixing augmentation).")
+    return None
+
+
 class SecantMonitor:
     """Watches the secant ratio step by step: warns once when its windowed median leaves the band,
     and at once when the penalty or (with a non-zero gradient) the ratio is not finite."""
@@ -103,11 +125,13 @@ class SecantMonitor:
         self.ratios: Deque[float] = deque(maxlen=window)
         self.warmup, self.steps, self.warned, self.warned_non_finite = warmup, 0, False, False
 
-    def update(self, ratio: float, penalty: float = 0.0, grad_norm: float = 0.0) -> Optional[float]:
+    def update(self, ratio: float, penalty: float = 0.0, grad_norm: float = 0.0,
+               inputs: Optional[torch.Tensor] = None) -> Optional[float]:
         """Record one step (its secant ratio, mean penalty and mean ||g||); returns the window median
-        once warm-up is over and the window full."""
+        once warm-up is over and the window full. ``inputs``: the step's input batch, read (once, on
+        the device) only when the penalty is not finite, to name an empty batch or a non-finite input."""
         self.steps += 1
-        self._check_finite(ratio, penalty, grad_norm)
+        self._check_finite(ratio, penalty, grad_norm, inputs)
         if self.steps <= self.warmup:
             return None
         if math.isfinite(ratio):
@@ -126,13 +150,15 @@ class SecantMonitor:
                 SecantWarning, stacklevel=user_stacklevel())
         return median
 
-    def _check_finite(self, ratio: float, penalty: float, grad_norm: float) -> None:
+    def _check_finite(self, ratio: float, penalty: float, grad_norm: float,
+                      inputs: Optional[torch.Tensor] = None) -> None:
         if self.warned_non_finite:
             return
         if not math.isfinite(penalty) or not math.isfinite(grad_norm):
             what = f"the penalty is {penalty} (mean ||grad_x S|| {grad_norm})"
-            advice = ("The input gradient diverged: lower the weight or the learning rate, or check the input "
-                      "scale and the model's numerics (e.g. BatchNorm over tiny batches).")
+            advice = _input_fault(inputs) or (
+                "The input gradient diverged: lower the weight or the learning rate, or check the input "
+                "scale and the model's numerics (e.g. BatchNorm over tiny batches).")
         elif grad_norm != 0 and not math.isfinite(ratio):
             what = f"the {self.method!r} estimator's secant ratio is {ratio} with a non-zero input gradient"
             advice = ("Its probe forward gave non-finite logits: the step h may be too large for the model's "

@@ -24,8 +24,12 @@ The logits of x are computed once and serve both the loss and the penalty; for `
 default CE of those logits comes out of the same fused head pass as the finite difference. Every step the
 regulariser feeds the estimator's secant ratio to a :class:`~margreg_fast.monitor.SecantMonitor`,
 which warns once if the finite difference stops measuring the gradient, and at once if the penalty
-diverges (see :mod:`.monitor`). A step synchronises with the device once: the statistics and the
-monitor's two sums are stacked into one tensor and transferred together.
+diverges (see :mod:`.monitor`). A step synchronises with the device once, on every backend: the
+statistics, the monitor's two sums and the head op's target range checks are stacked into one
+tensor and transferred together (so an out-of-range label raises after the step's passes). With
+``sync=False`` a step does not synchronise at all: the statistics stay on the device, for loops that
+log every N steps. Under ``torch.inference_mode`` (Lightning's evaluation) a step computes the true
+value, as under ``torch.no_grad`` (:func:`.estimators.passes.outside_inference_mode`).
 
 With ``fraction`` f < 1 the penalty is computed on a random subset of m = max(1, round(f B)) samples,
 scaled so that its expectation, and so the expected parameter gradient, is fraction 1's at the same
@@ -59,7 +63,7 @@ to the input only, B training backward).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -71,8 +75,10 @@ from .estimators.checks import (check_choice, check_criterion, check_data, check
                                 check_output_function, check_step, check_weight)
 from .estimators.passes import ModelPasses, couples_batch, outside_inference_mode, sample_wise_forward
 from .estimators.steps import Step
-from .monitor import DEFAULT_BAND, DEFAULT_WARMUP, DEFAULT_WINDOW, SecantMonitor, ratio_of_sums, secant_sums
+from .monitor import (DEFAULT_BAND, DEFAULT_WARMUP, DEFAULT_WINDOW, SecantMonitor, ratio_of_sums, secant_sums,
+                      stats_dtype)
 from .ops import IGNORE_INDEX
+from .ops.validation import DeferredTargetCheck, deferred_target_checks
 from .reduction import reduce
 from .subsample import complement, draw_subset, subset_mean
 
@@ -112,7 +118,14 @@ class MarginalDensityRegularizer(nn.Module):
             ``output(model(x))``: ``lambda out: out.logits`` (Hugging Face), ``lambda out: out[0]``
             (a tuple), ``lambda out: out["logits"]`` (a dict). Every pass, the probes too, goes through it.
 
-    ``stats`` holds detached Python floats: ``ce`` (the loss term: the mean CE, or the criterion's
+        sync: True (default): ``stats`` holds Python floats, from the step's one host transfer, and the
+            secant monitor checks every step. False: no host synchronisation at all; ``stats`` and
+            :attr:`last_stats` hold 0-d tensors on the device (float64; float32 on MPS), to be read when
+            logging (``{k: float(v) ...}``, one transfer per read); the monitor, which needs the values
+            on the host, is not fed (call ``reg.monitor.update(ratio, penalty, grad_norm)`` with the read
+            values to keep it), and an out-of-range label fails a device assert instead of a ValueError.
+
+    ``stats`` holds detached Python floats (see ``sync``): ``ce`` (the loss term: the mean CE, or the criterion's
     value), ``penalty`` (mean R),
     ``grad_norm`` (mean ||grad_x S|| of the penalised quantity S) and ``secant_ratio``
     (sqrt(sum slope^2 / sum ||grad_x S||^2), 1 when the estimator measures the gradient); the last
@@ -130,8 +143,12 @@ class MarginalDensityRegularizer(nn.Module):
                  penalty: str = "marginal", backend: str = "auto", fraction: float = 1.0,
                  batch_coupled: Optional[bool] = None, monitor_window: int = DEFAULT_WINDOW,
                  monitor_band: Tuple[float, float] = DEFAULT_BAND, monitor_warmup: int = DEFAULT_WARMUP,
-                 generator: Optional[torch.Generator] = None, output: Optional[Callable] = None) -> None:
+                 generator: Optional[torch.Generator] = None, output: Optional[Callable] = None,
+                 sync: bool = True) -> None:
         super().__init__()
+        if not isinstance(sync, bool):
+            raise TypeError(f"sync must be True or False, got {type(sync).__name__}")
+        self.sync = sync
         self.generator = check_generator(generator)
         self.output = check_output_function(output)
         self.last_stats: Dict[str, float] = {}
@@ -164,13 +181,14 @@ class MarginalDensityRegularizer(nn.Module):
         if self.penalty == "none":
             logits = check_output(model(x), x)
             data = _cross_entropy(logits, labels) if criterion is None else check_loss(criterion(logits, target))
-            self.last_stats = {"ce": data.item(), "penalty": 0.0, "grad_norm": float("nan"),
-                               "secant_ratio": float("nan")}
+            self.last_stats = {"ce": data.item() if self.sync else data.detach(), "penalty": 0.0,
+                               "grad_norm": float("nan"), "secant_ratio": float("nan")}
             return data, dict(self.last_stats)
-        data, est, penalty, est_labels = self._passes(model, x, labels, with_ce=criterion is None)
+        with deferred_target_checks() as checks:  # read at _observe's one transfer
+            data, est, penalty, est_labels = self._passes(model, x, labels, with_ce=criterion is None)
         if criterion is not None:  # data: the whole batch's logits
             data = check_loss(criterion(data, target))
-        self._observe(est, penalty, est_labels, ce=data)
+        self._observe(est, penalty, est_labels, x, checks, ce=data)
         return data + self.weight * penalty, dict(self.last_stats)
 
     @outside_inference_mode
@@ -193,8 +211,9 @@ class MarginalDensityRegularizer(nn.Module):
             logits = check_output(model(x), x)
             self.last_stats = {"penalty": 0.0, "grad_norm": float("nan"), "secant_ratio": float("nan")}
             return logits, logits.new_zeros(())
-        logits, est, penalty, _ = self._passes(model, x, None, with_ce=False)
-        self._observe(est, penalty, None)
+        with deferred_target_checks() as checks:
+            logits, est, penalty, _ = self._passes(model, x, None, with_ce=False)
+        self._observe(est, penalty, None, x, checks)
         return logits, penalty
 
     def _labels(self, target, x: torch.Tensor, criterion: Optional[Criterion]) -> Optional[torch.Tensor]:
@@ -252,16 +271,33 @@ class MarginalDensityRegularizer(nn.Module):
             [est.ce, F.cross_entropy(rest_logits, labels[rest], reduction="none", ignore_index=IGNORE_INDEX)])
         return reduce(ce, "mean", labels=labels), est, idx
 
-    def _observe(self, est: Estimate, penalty: torch.Tensor, est_labels: Optional[torch.Tensor],
-                 ce: Optional[torch.Tensor] = None) -> None:
-        """Feed the monitor and set :attr:`last_stats`, in one host synchronisation."""
+    def _observe(self, est: Estimate, penalty: torch.Tensor, est_labels: Optional[torch.Tensor], x: torch.Tensor,
+                 checks: List[DeferredTargetCheck], ce: Optional[torch.Tensor] = None) -> None:
+        """Feed the monitor and set :attr:`last_stats`, in one host synchronisation: the statistics, the
+        monitor's two sums and the head op's target range checks travel in one tensor (``sync=False``:
+        none; the statistics stay on the device and the range checks become device asserts)."""
         grad_norm = reduce(est.grad_norm, "mean", labels=est_labels if self.penalty != "marginal" else None)
         named = ({} if ce is None else {"ce": ce}) | {"penalty": penalty, "grad_norm": grad_norm}
-        means = torch.stack([t.detach().double() for t in named.values()])
-        *values, slope_sq, grad_sq = torch.cat([means, secant_sums(est.slope, est.grad_norm)]).tolist()
+        dtype = stats_dtype(penalty.device)
+        means = torch.stack([t.detach().to(dtype) for t in named.values()])
+        sums = secant_sums(est.slope, est.grad_norm)
+        bad = [check.bad.any() for check in checks]
+        if not self.sync:
+            for flag, check in zip(bad, checks):
+                torch._assert_async(~flag, f"margreg_fast: target contains a class index outside "
+                                           f"[0, {check.num_classes}) (and not ignore_index={check.ignore_index})")
+            stats = dict(zip(named, means.unbind()))
+            stats["secant_ratio"] = torch.where(sums[1] > 0, (sums[0] / sums[1]).sqrt(), float("nan"))
+            self.last_stats = stats
+            return
+        host = torch.cat([means, sums] + ([torch.stack(bad).to(dtype)] if bad else [])).tolist()
+        n = len(named)
+        values, (slope_sq, grad_sq), flags = host[:n], host[n:n + 2], host[n + 2:]
+        for flag, check in zip(flags, checks):
+            check.raise_if_bad(flag != 0)
         stats = dict(zip(named, values))
         stats["secant_ratio"] = ratio_of_sums(slope_sq, grad_sq)
-        self.monitor.update(stats["secant_ratio"], stats["penalty"], stats["grad_norm"])
+        self.monitor.update(stats["secant_ratio"], stats["penalty"], stats["grad_norm"], x)
         self.last_stats = stats
 
     def _estimate(self, model, x: torch.Tensor, y: Optional[torch.Tensor], **options) -> Estimate:

@@ -1,5 +1,6 @@
-"""The regulariser's hot path: one host transfer per step, rfd's generator=, no probe under no_grad,
-Triton launches under the input's device guard.
+"""The regulariser's hot path: one host transfer per step on every backend (none with sync=False), the
+label range checked at that transfer, the monitor's diagnosis of the input on its failure path only,
+rfd's generator=, no probe under no_grad, Triton launches under the input's device guard.
 
 Host synchronisations are counted on CPU by wrapping every Tensor method that hands a value to the
 host (item, tolist, __float__, __int__, __bool__, __index__, numpy): on a GPU each of them waits for
@@ -7,12 +8,15 @@ the device. (On CUDA, torch.cuda.set_sync_debug_mode would count them directly.)
 """
 import collections
 import contextlib
+import copy
+import os
 
 import pytest
 import torch
 
 from margreg_fast import MarginalDensityRegularizer, marginal_density_penalty
 from margreg_fast.estimators.passes import ModelPasses
+from margreg_fast.monitor import SecantMonitor, SecantWarning, stats_dtype
 from margreg_fast.kit.models import ResidualCNN
 from margreg_fast.ops import triton_head
 
@@ -41,16 +45,82 @@ def bn_model():
     return ResidualCNN(in_channels=3, width=4, blocks=1).train(), torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 2, 3])
 
 
+def _backends():
+    """Every head-op backend that runs here: torch, native, and triton under its interpreter (CI)."""
+    return ["torch", "native"] + (["triton"] if os.environ.get("TRITON_INTERPRET") == "1" else [])
+
+
+@pytest.mark.parametrize("backend", _backends())
 @pytest.mark.parametrize("fraction", [1.0, 0.5])
 @pytest.mark.parametrize("method", ["rfd", "exact", "central", "fd", "jvp"])
-def test_one_host_transfer_per_step(bn_model, monkeypatch, method, fraction):
+def test_one_host_transfer_per_step(bn_model, monkeypatch, method, fraction, backend):
+    """Every backend: the torch and triton backends' target range check rides on the step's one transfer."""
     model, x, y = bn_model
-    reg = MarginalDensityRegularizer(1.0, method=method, fraction=fraction)
+    reg = MarginalDensityRegularizer(1.0, method=method, fraction=fraction, backend=backend)
     reg(model, x, y)  # warm: first-call work (e.g. backend selection) is not the steady state
     with host_transfers(monkeypatch) as calls:
         loss, stats = reg(model, x, y)
     assert sum(calls.values()) == 1 and calls["tolist"] == 1, calls
     assert all(type(v) is float for v in stats.values())
+
+
+@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("method", ["rfd", "central"])
+def test_sync_false_makes_no_host_transfer_and_keeps_the_stats_on_the_device(bn_model, monkeypatch, method, backend):
+    model, x, y = bn_model
+    synced = MarginalDensityRegularizer(1.0, method=method, backend=backend)
+    lazy = MarginalDensityRegularizer(1.0, method=method, backend=backend, sync=False)
+    lazy(model, x, y)
+    states = [copy.deepcopy(model.state_dict()), torch.get_rng_state()]
+    with host_transfers(monkeypatch) as calls:
+        loss, stats = lazy(model, x, y)
+    assert sum(calls.values()) == 0, calls
+    assert lazy.monitor.steps == 0 and stats.keys() == {"ce", "penalty", "grad_norm", "secant_ratio"}
+    assert all(isinstance(v, torch.Tensor) and v.dim() == 0 and v.dtype == torch.float64 for v in stats.values())
+    model.load_state_dict(states[0])
+    torch.set_rng_state(states[1])
+    want_loss, want = synced(model, x, y)
+    assert loss.item() == want_loss.item()
+    assert {k: float(v) for k, v in stats.items()} == pytest.approx(want, rel=1e-12, nan_ok=True)
+
+
+@pytest.mark.parametrize("sync", [True, False])
+@pytest.mark.parametrize("backend", _backends())
+def test_an_out_of_range_label_raises_at_the_one_transfer(bn_model, backend, sync):
+    model, x, y = bn_model
+    bad = y.clone()
+    bad[2] = 10  # ResidualCNN has 10 classes
+    # sync=False: a device assert (a RuntimeError on CPU); the native kernel checks the range itself
+    error = ValueError if sync or backend == "native" else RuntimeError
+    with pytest.raises(error, match=r"class index (10 )?outside \[0, 10\)"):
+        MarginalDensityRegularizer(1.0, backend=backend, sync=sync)(model, x, bad)
+    MarginalDensityRegularizer(1.0, backend=backend, sync=sync)(model, x, torch.tensor([0, -100, 9, 3]))
+
+
+def test_stats_avoid_float64_where_the_device_has_none():
+    assert stats_dtype(torch.device("mps")) == torch.float32
+    assert stats_dtype(torch.device("cpu")) == stats_dtype(torch.device("cuda")) == torch.float64
+
+
+@pytest.mark.parametrize("fault", ["nan", "inf", "empty"])
+def test_the_monitor_names_a_non_finite_input_or_an_empty_batch(bn_model, fault):
+    model, x, y = bn_model
+    x = x.clone()
+    if fault == "empty":
+        x, y = x[:0], y[:0]
+    else:
+        x[1, 0, 2, 3] = float(fault)
+    with pytest.warns(SecantWarning) as record:
+        MarginalDensityRegularizer(1.0)(model.eval(), x, y)
+    message = str(record[0].message)
+    assert ("The batch is empty" if fault == "empty" else "input batch holds NaN or infinite values") in message
+    assert "diverged" not in message
+
+
+def test_a_diverged_penalty_on_a_finite_input_is_still_named_as_such():
+    monitor = SecantMonitor("rfd")
+    with pytest.warns(SecantWarning, match="The input gradient diverged"):
+        monitor.update(float("nan"), float("inf"), float("inf"), torch.ones(2, 3))
 
 
 def test_generator_draws_rfd_signs_and_leaves_the_global_generator_alone(bn_model):

@@ -4,12 +4,15 @@ One function per rule; the public layer (:mod:`margreg_fast.estimators.checks`) 
 pass to the penalties and the regulariser and reuses :func:`check_class_indices` from here. Every
 check raises ``TypeError`` (wrong kind of object or dtype) or ``ValueError`` (wrong shape, device or
 value) naming the offending argument. Value checks that need the data (step positivity,
-target range) are skipped while ``torch.compile`` traces, so they never cause a graph break.
+target range) are skipped while ``torch.compile`` traces, so they never cause a graph break; inside
+:func:`deferred_target_checks` the target range check leaves its host read to the caller.
 """
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Iterator, List, NamedTuple, Optional, Union
 
 import torch
 
@@ -74,15 +77,47 @@ def check_head_target(target: Optional[torch.Tensor], z0: torch.Tensor, ignore_i
         raise ValueError(f"target must be on the logits' device {z0.device}, got {target.device}")
     num_classes = z0.shape[1]
     if check_range and target.numel() and not torch.compiler.is_compiling():
-        low, high = (int(v) for v in torch.aminmax(target))  # one pass; the exact check only if needed
-        bad = None if low >= 0 and high < num_classes else ((target < 0) | (target >= num_classes)) & (target != ignore_index)
-        if bad is not None and bool(bad.any()):
-            first = int(target[bad][0])
-            raise ValueError(
-                f"target contains class index {first} outside [0, {num_classes}) "
-                f"(and not ignore_index={ignore_index})"
-            )
+        bad = ((target < 0) | (target >= num_classes)) & (target != ignore_index)
+        pending = _DEFERRED.get()
+        if pending is not None:  # checked at the caller's one host transfer; no bad index reaches a kernel
+            pending.append(DeferredTargetCheck(bad, target, num_classes, ignore_index))
+            return torch.where(bad, ignore_index, target).long()
+        DeferredTargetCheck(bad, target, num_classes, ignore_index).raise_if_bad(bool(bad.any()))
     return target.long()
+
+
+class DeferredTargetCheck(NamedTuple):
+    """A target range check whose host read is left to the caller (:func:`deferred_target_checks`)."""
+
+    bad: torch.Tensor  #: (B,) bool on the device: out of [0, C) and not ignore_index
+    target: torch.Tensor
+    num_classes: int
+    ignore_index: int
+
+    def raise_if_bad(self, any_bad: bool) -> None:
+        """Raise the range error if ``any_bad`` (the host value of ``bad.any()``); names the first bad index."""
+        if any_bad:
+            first = int(self.target[self.bad][0])  # the failure path: one more read, to name the index
+            raise ValueError(f"target contains class index {first} outside [0, {self.num_classes}) "
+                             f"(and not ignore_index={self.ignore_index})")
+
+
+_DEFERRED: ContextVar[Optional[List[DeferredTargetCheck]]] = ContextVar("margreg_fast_deferred_target_checks",
+                                                                        default=None)
+
+
+@contextmanager
+def deferred_target_checks() -> Iterator[List[DeferredTargetCheck]]:
+    """Inside, head-op target range checks cost no host synchronisation: each records its (B,) flag of bad
+    targets in the yielded list, and the kernels see bad targets as ``ignore_index``. The caller must
+    read the flags on the host (with its own transfer) and call :meth:`DeferredTargetCheck.raise_if_bad`.
+    The regulariser does, so that a step synchronises once on every backend."""
+    pending: List[DeferredTargetCheck] = []
+    token = _DEFERRED.set(pending)
+    try:
+        yield pending
+    finally:
+        _DEFERRED.reset(token)
 
 
 def check_head_step(step: HeadStep, batch: int, device: torch.device) -> Union[float, torch.Tensor]:
