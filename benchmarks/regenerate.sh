@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Rerun every benchmark the README quotes, write benchmarks/results/*.{csv,md} (each .md names the
-# command that produced it) and copy the tables into README.md. About 30-45 minutes on 2 CPU cores.
+# Rerun every benchmark the documentation shows, write benchmarks/results/*.{csv,md} (each .md names the
+# command that produced it); the site's results pages include those files when it is built (make docs).
+# About 30-45 minutes on 2 CPU cores.
 # Usage: benchmarks/regenerate.sh [PYTHON]   (default: .venv/bin/python; `make results` runs it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,4 +23,3 @@ export PYTHONPATH=$PWD
 "$PY" benchmarks/estimator_training.py              # estimator_training: the outcome of training per estimator
 "$PY" benchmarks/estimator_agreement.py             # estimator_agreement: parameter-gradient cosines with exact
 "$PY" benchmarks/estimator_agreement.py --sweep --kinds relu-max gelu-avg bn-silu --methods fd central rfd
-"$PY" benchmarks/readme_tables.py

@@ -25,4 +25,6 @@ if [ -n "${3:-}" ] && [ -f "$3/estimator.md" ]; then cp "$3/estimator.md" "$dst/
 if [ -n "${3:-}" ] && [ -f "$3/compute.md" ]; then cp "$3/compute.md" "$dst/compute_gelu.md"; fi
 # the cost-against-leakage table and figure pair these claims with the benchmarked step costs
 if [ -f benchmarks/results/train_step_claims.csv ]; then "${PYTHON:-.venv/bin/python}" benchmarks/cost_leakage.py; fi
+# the README's claims table is generated from claims.json
+"${PYTHON:-.venv/bin/python}" benchmarks/readme_tables.py
 echo "published $src into $dst and docs/figures/claims_*.png"

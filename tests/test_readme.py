@@ -1,70 +1,104 @@
-"""The README: its usage example runs as written, and its benchmark numbers come from committed result files."""
+"""The README: short, its quickstart runs as written, its claims table is generated from the committed
+claims, its support matrix is the matrix test's, and its links resolve. (Every code block of it runs
+or is checked in tests/test_docs_site.py.)"""
 import re
 import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.readme_tables import expand, included_files
+from benchmarks.readme_tables import BLOCK, expand
+from tests.matrix import cells
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+MAX_CHARS = 15_000
 
 
-def _usage_block():
+def _section(heading: str) -> str:
     text = README.read_text()
-    usage = text[text.index("## Usage"):]
-    return re.search(r"```python\n(.*?)```", usage, re.S).group(1)
+    start = text.index(f"\n## {heading}")
+    end = text.find("\n## ", start + 1)
+    return text[start:] if end < 0 else text[start:end]
 
 
-def test_usage_example_is_ten_lines_and_runs():
-    code = _usage_block()
+def test_readme_is_at_most_15000_characters():
+    assert len(README.read_text()) <= MAX_CHARS, len(README.read_text())
+
+
+def test_quickstart_is_ten_lines_and_runs():
+    code = re.search(r"```python\n(.*?)```", _section("Quickstart"), re.S).group(1)
     assert len(code.strip().splitlines()) == 10
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         cwd=README.parent)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert "'ce'" in out.stdout and "'penalty'" in out.stdout
 
 
 def test_readme_starts_with_the_two_commands():
+    first_block = re.search(r"```bash\n(.*?)```", README.read_text(), re.S).group(1)
+    lines = first_block.splitlines()
+    assert lines[0].startswith("make demo") and lines[1].startswith("make test") and len(lines) == 2
+
+
+def test_readme_has_the_sections_a_newcomer_looks_for():
     text = README.read_text()
-    first_block = re.search(r"```bash\n(.*?)```", text, re.S).group(1)
-    assert first_block.splitlines()[0].startswith("make demo") and first_block.splitlines()[1].startswith("make test")
+    for heading in ("Install", "Quickstart", "In your training loop", "Choosing the estimator, the weight and the fraction",
+                    "Support matrix", "Claims", "Documentation", "How to cite"):
+        assert f"\n## {heading}\n" in text, heading
+    assert re.search(r"!\[[^\]]+\]\(docs/figures/[^)]+\.png\)", text), "no figure"
 
 
-# ---------------------------------------------------------------- provenance of the benchmark numbers
-RESULT_DIRS = ("benchmarks/results", "docs/results")
-#: A number not glued to a letter, digit, dot or underscore on its left (so not the 32 of fp32).
-NUMBER = re.compile(r"(?<![A-Za-z0-9_.])\d+(?:\.\d+)?")
-
-
-def _benchmark_section():
-    """The estimator and benchmark sections (every number there must come from a result file)."""
+def test_readme_names_no_issue_and_tells_no_story_of_runs():
     text = README.read_text()
-    start = text.index("## Estimators, judged by the model they train")
-    end = text.index("\n## ", text.index("## Benchmarks"))
-    return text[start:end]
+    assert not re.search(r"\bissues?\b|#\d", text, re.I), re.search(r"\bissues?\b|#\d", text, re.I)
+    for story in ("were deleted", "rerun", "reran", "retrain", "session"):
+        assert story not in text, story
 
 
-def _committed_results():
-    """Text of every committed file under RESULT_DIRS (the files on disk when git is unavailable)."""
-    root = README.parent
-    try:
-        listed = subprocess.run(["git", "ls-files", *RESULT_DIRS], cwd=root, capture_output=True, text=True,
-                                check=True, timeout=60).stdout.split()
-    except (OSError, subprocess.CalledProcessError):
-        listed = [str(p.relative_to(root)) for d in RESULT_DIRS for p in (root / d).rglob("*") if p.is_file()]
-    return {path: (root / path).read_text(errors="ignore") for path in listed if (root / path).is_file()}
-
-
-def test_benchmark_tables_are_the_result_files_verbatim():
+def test_claims_table_is_generated_from_the_committed_claims():
     text = README.read_text()
-    assert included_files(_benchmark_section()), "the benchmark section includes no result file"
-    assert expand(text) == text, "README tables differ from their files: run python benchmarks/readme_tables.py"
+    assert BLOCK.search(text), "README.md has no claims-table block"
+    assert expand(text) == text, "README's claims table differs from claims.json: run python benchmarks/readme_tables.py"
 
 
-def test_every_benchmark_number_is_in_a_committed_result_file():
-    committed = _committed_results()
-    known = {number for text in committed.values() for number in NUMBER.findall(text)}
-    missing = sorted(set(NUMBER.findall(_benchmark_section())) - known)
-    assert not missing, f"numbers in the README's benchmark section found in no committed result file: {missing}"
-    for path in included_files(_benchmark_section()):
-        assert path in committed, f"{path} is included in the README but not committed"
+def test_every_relative_link_of_the_readme_resolves():
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", README.read_text())
+    local = [link for link in links if "://" not in link and not link.startswith("mailto:")]
+    assert local, "the README links to no file of the repository"
+    missing = [link for link in local if not (ROOT / link).exists()]
+    assert not missing, missing
+
+
+# ---------------------------------------------------------------- the support matrix is the matrix test's
+MODES = {"eager": "eager", "compile": "compile"}
+PROCESSES = {"1 process": "single", "DDP": "ddp", "FSDP2": "fsdp"}
+COLUMNS = {("fp32", "BatchNorm"): ("fp32", "bn"), ("fp32", "dropout"): ("fp32", "dropout"),
+           ("fp32", "SDPA"): ("fp32", "sdpa"), ("bf16", "BatchNorm"): ("bf16", "bn"),
+           ("bf16", "dropout"): ("bf16", "dropout"), ("bf16", "SDPA"): ("bf16", "sdpa")}
+
+
+def _matrix_rows():
+    """{(mode, processes): [cell text, ...]} from the README's support-matrix table."""
+    rows = {}
+    for line in _section("Support matrix").splitlines():
+        cols = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cols) == 8 and cols[0] in MODES and cols[1] in PROCESSES:
+            rows[(MODES[cols[0]], PROCESSES[cols[1]])] = cols[2:]
+    return rows
+
+
+def test_support_matrix_is_the_matrix_test():
+    """Each cell says "tested" exactly where the matrix test runs the default estimator there and expects
+    it to train, and the exact-estimator errors listed are the ones the matrix test expects."""
+    rows = _matrix_rows()
+    assert len(rows) == len(MODES) * len(PROCESSES), sorted(rows)
+    all_cells = set(cells.cells())
+    for (mode, processes), texts in rows.items():
+        for text, (precision, model) in zip(texts, COLUMNS.values()):
+            cell = cells.Cell(mode, processes, precision, model, "default")
+            assert cell in all_cells and cells.expected_error(cell) is None, cell
+            assert text.startswith("tested"), (cell, text)
+    section = _section("Support matrix")
+    for cell in all_cells:
+        error = cells.expected_error(cell)
+        if error is not None:
+            assert error in section, f"the README does not name the error of {cell.id}: {error}"
