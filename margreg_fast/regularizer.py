@@ -75,6 +75,8 @@ from .estimators.checks import (check_choice, check_criterion, check_data, check
                                 check_output_function, check_step, check_weight)
 from .estimators.passes import ModelPasses, couples_batch, outside_inference_mode, sample_wise_forward
 from .estimators.steps import Step
+from .audit import DirectionAudit, audit_cosine
+from .estimators.core import autocast_device
 from .monitor import (DEFAULT_BAND, DEFAULT_WARMUP, DEFAULT_WINDOW, SecantMonitor, ratio_of_sums, secant_sums,
                       stats_dtype)
 from .ops import IGNORE_INDEX
@@ -117,7 +119,11 @@ class MarginalDensityRegularizer(nn.Module):
         output: None (the model returns the (B, C) logits) or a function reading them from its output,
             ``output(model(x))``: ``lambda out: out.logits`` (Hugging Face), ``lambda out: out[0]``
             (a tuple), ``lambda out: out["logits"]`` (a dict). Every pass, the probes too, goes through it.
-
+        audit_every: None (default: no audit) or N: every N steps (the first included) the direction
+            audit (:mod:`.audit`) compares the estimator's parameter gradient of the penalty with fp32
+            exact's (central's where exact is refused) on 8 samples; ``stats["audit_cosine"]`` holds the
+            cosine (NaN on the other steps), and a :class:`~margreg_fast.audit.GradientDirectionWarning`
+            says once when it falls below 0.5.
         sync: True (default): ``stats`` holds Python floats, from the step's one host transfer, and the
             secant monitor checks every step. False: no host synchronisation at all; ``stats`` and
             :attr:`last_stats` hold 0-d tensors on the device (float64; float32 on MPS), to be read when
@@ -144,7 +150,7 @@ class MarginalDensityRegularizer(nn.Module):
                  batch_coupled: Optional[bool] = None, monitor_window: int = DEFAULT_WINDOW,
                  monitor_band: Tuple[float, float] = DEFAULT_BAND, monitor_warmup: int = DEFAULT_WARMUP,
                  generator: Optional[torch.Generator] = None, output: Optional[Callable] = None,
-                 sync: bool = True) -> None:
+                 audit_every: Optional[int] = None, sync: bool = True) -> None:
         super().__init__()
         if not isinstance(sync, bool):
             raise TypeError(f"sync must be True or False, got {type(sync).__name__}")
@@ -159,6 +165,7 @@ class MarginalDensityRegularizer(nn.Module):
         self.batch_coupled = check_optional_flag(batch_coupled, "batch_coupled")
         self.penalty = check_choice("penalty", penalty, PENALTY_OPTIONS)
         self.monitor = SecantMonitor(method, monitor_window, monitor_band, monitor_warmup)
+        self.audit = None if audit_every is None else DirectionAudit(audit_every, method)
 
     def extra_repr(self) -> str:
         return (f"weight={self.weight}, method={self.method!r}, step={self.step!r}, penalty={self.penalty!r}, "
@@ -189,6 +196,7 @@ class MarginalDensityRegularizer(nn.Module):
         if criterion is not None:  # data: the whole batch's logits
             data = check_loss(criterion(data, target))
         self._observe(est, penalty, est_labels, x, checks, ce=data)
+        self._audit(model, x, labels)
         return data + self.weight * penalty, dict(self.last_stats)
 
     @outside_inference_mode
@@ -214,6 +222,7 @@ class MarginalDensityRegularizer(nn.Module):
         with deferred_target_checks() as checks:
             logits, est, penalty, _ = self._passes(model, x, None, with_ce=False)
         self._observe(est, penalty, None, x, checks)
+        self._audit(model, x, None)
         return logits, penalty
 
     def _labels(self, target, x: torch.Tensor, criterion: Optional[Criterion]) -> Optional[torch.Tensor]:
@@ -299,6 +308,17 @@ class MarginalDensityRegularizer(nn.Module):
         stats["secant_ratio"] = ratio_of_sums(slope_sq, grad_sq)
         self.monitor.update(stats["secant_ratio"], stats["penalty"], stats["grad_norm"], x)
         self.last_stats = stats
+
+    def _audit(self, model, x: torch.Tensor, labels: Optional[torch.Tensor]) -> None:
+        """With ``audit_every``: the direction audit's cosine in :attr:`last_stats` (NaN on unaudited steps)."""
+        if self.audit is None:
+            return
+        cosine = float("nan")
+        if self.audit.due():
+            cosine, reference = audit_cosine(model, x, labels, penalty=self.penalty, method=self.method,
+                                             step=self.step, backend=self.backend, samples=self.audit.samples)
+            self.audit.check(cosine, reference, self.last_stats["secant_ratio"], autocast_device(x) is not None)
+        self.last_stats["audit_cosine"] = cosine
 
     def _estimate(self, model, x: torch.Tensor, y: Optional[torch.Tensor], **options) -> Estimate:
         return estimate(model, x, y, penalty=self.penalty, method=self.method, step=self.step, backend=self.backend,

@@ -1,11 +1,12 @@
 r"""One entry per estimator of R(x) = ||grad_x S||^2: everything the library knows about it, in one place.
 
 The estimators' computations live in :mod:`.core`; what the rest of the library needs to know about
-each one -- its name, the order of its step rule, whether it needs a double backward or forward-mode
-AD, whether its value is the exact R, and what the secant monitor advises when its slope leaves the
-band -- is read from :data:`ESTIMATORS`: the checks (``method=`` must be a key), the step rule
-(:mod:`.steps` reads ``order``), the monitor's advice (:mod:`margreg_fast.monitor`), the audit and
-the experiment kit (which estimators take a step).
+each one -- its name, whether it takes a step and the order of its truncation error, whether it
+needs a double backward or forward-mode AD, whether its value and gradient are exact, and what the
+secant monitor advises when its slope leaves the band -- is read from :data:`ESTIMATORS`: the checks
+(``method=`` must be a key), the core (which passes each one makes), the monitor's advice
+(:mod:`margreg_fast.monitor`), the audit (:mod:`margreg_fast.audit`) and the experiment kit (which
+estimators take a step: :data:`STEPLESS`).
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ class Estimator:
 
     #: the ``method=`` name
     name: str
-    #: order p of the truncation error its step trades against rounding (:mod:`.steps`); None: no step
+    #: order p of the truncation error of its value (fd) or expected gradient (central, rfd): bias O(h^p);
+    #: None: it takes no step (:mod:`.steps`)
     order: Optional[int]
     #: differentiates the input gradient again (double backprop): refused on ops without a double
     #: backward and on compiled or FSDP2-sharded models (:mod:`.errors`)

@@ -6,46 +6,42 @@ sample with g = 0 gets v = 0 (and so x+ = x, D = 0, penalty 0, never NaN).
 
 Step ``"auto"`` (the default): per sample, the smaller of a rounding bound and a curvature bound,
 
-    h_i = min( c_p eps^(1/(p+1)) RMS(x_i),  C / ||g_i|| ),
+    h_i = min( eps^(1/2) RMS(x_i),  C / ||g_i|| ),
 
-with eps the machine epsilon of the logits' dtype, RMS(x_i) = sqrt(mean(x_i^2)) (1 where x_i = 0),
-p the order of the truncation error that h trades against rounding (the registry's ``order``:
-:mod:`.registry`), and ||g_i|| = ||grad_x S(x_i)||, known exactly (detached) from the backward that
-gives v. h is detached.
+with eps the machine epsilon of the logits' dtype, RMS(x_i) = sqrt(mean(x_i^2)) (1 where x_i = 0)
+the input's scale, and ||g_i|| = ||grad_x S(x_i)||, known exactly (detached) from the backward that
+gives v. h is detached. It applies to the estimators that take a step (the registry's
+``takes_step``, :mod:`.registry`: fd, central, rfd).
 
-**The rounding bound** (as before the curvature bound existed):
-
-* ``fd`` (p = 1, c_1 = 1): its value has error ~ h (truncation) + eps / h (rounding): h = eps^(1/2) RMS.
-* ``central`` and ``rfd`` (p = 2, c_2 = 1): the *parameter gradient* is what trains the model. rfd's
-  expected gradient is the central secant's, with bias ~ h^2, and its rounding error is that of two
-  backward passes subtracted and divided by h: eps_grad / h with eps_grad above the logits' eps.
-  Minimising eps_grad / h + h^2 gives h ~ eps_grad^(1/3). On smooth CNNs the cosine of rfd's and
-  central's parameter gradients with exact's stays at 0.9997-1.0000 in fp32 from h = 2.3e-4 to
-  0.06 (``benchmarks/results/estimator_step_sweep.md``), so rounding leaves a wide range. c_2 = 1
-  (h = 4.9e-3 RMS in fp32) sits low in it because ReLU nets want small steps: a probe that crosses
-  many ReLU kinks measures an average of the pieces' slopes, not the slope at x. On RepVGG-A0 at
-  224 px (plain ReLU, 3x3 convolutions, no pooling) the secant ratio is 0.79 at 0.02 RMS, 0.92-1.01
-  at 5e-3 RMS and 0.97-1.05 at 2e-3 RMS (``benchmarks/results/estimator_step_rule.md``).
+**The rounding bound.** A secant's value carries a rounding error of about eps / h relative (two
+forwards subtracted) and a truncation error of about h (fd's value; central's and rfd's expected
+gradient: h^2), so rounding alone would ask for h ~ eps^(1/2) (fd) or eps^(1/3) (order 2). The
+estimators' parameter gradients on smooth CNNs keep a cosine of 0.9997-1.0000 with exact's in fp32
+from h = 2.3e-4 to 0.06 (``benchmarks/results/estimator_step_sweep.md``): rounding leaves a wide
+range. ReLU nets want the low end of it, because a probe that crosses ReLU kinks measures an average
+of the pieces' slopes, not the slope at x: on RepVGG-A0 (plain ReLU, random init, dropout and
+drop-path, 64 px) the secant ratios are 0.30 / 0.08 at 4.9e-3 RMS (eps^(1/3)), 0.62 / 0.55 at 1e-3
+RMS and 0.90 / 0.88 at 3.5e-4 RMS (eps^(1/2)), where they return in float64 at 1e-5 and below. So
+every estimator takes eps^(1/2) RMS, the smallest step at which the value's rounding error is still
+no larger than its truncation error.
 
 **The curvature bound.** Along v, S(x + e v) = S(x) + e ||g|| + (e^2/2) v^T H v + ..., so a secant's
 slope is ||g|| (1 + (h/2) v^T H v / ||g|| + ...). For the head alone, S = logsumexp(z) with z linear
-in x, the curvature along v is the variance under softmax(z) of the logits' rates d z_k / de, while
-the slope ||g|| is their mean: curvature and squared slope have one scale, and the relative error of
-the secant is of the order of h ||g||, the number of nats the probe moves S. A deep network adds its
-own curvature on the same kind of scale. So the step must keep h ||g|| small, whatever the input's
-scale says: h ||g|| <= C. Deep BatchNorm nets at init have ||g|| in the hundreds to thousands (at
-random init their batch-normalised layers amplify input perturbations), where the rounding bound
-alone moves S by 10 nats or more and the secant ratio falls to 0.05-0.5. C = 0.03 nats: on the
-suite's timm zoo extended with MobileOne, FBNet, MnasNet, MobileNetV4, RepVGG and EfficientNetV2
-(random init, train mode, 64 and 224 px, with and without dropout / drop-path), both one-sided
-secant ratios lie in [0.85, 1.02] at C = 0.03, while C = 0.1 leaves MobileOne-S0 at 0.62-0.75 and
-C = 0.01 meets rounding on MobileNetV4-conv-small at 224 px (h ||x|| / ||x||_inf near fp32's
-resolution of x; ratio 0.74-0.76). The measured table:
-``benchmarks/results/estimator_step_rule.md`` (``benchmarks/estimator_step_rule.py``).
+in x, the curvature along v is the variance under softmax(z) of the logits' rates dz_k/de, while the
+slope ||g|| is their mean: curvature and squared slope have one scale, and the secant's relative
+error is of the order of h ||g||, the number of nats the probe moves S. A deep network adds its own
+curvature on the same kind of scale. So the step keeps h ||g|| <= C, whatever the input's scale
+says. Deep BatchNorm nets at random init have ||g|| in the tens to thousands (their
+batch-normalised layers amplify input perturbations), where the rounding bound alone moves S by
+several nats and the secant ratio falls to 0.03-0.5. C = 0.03 nats: on the suite's timm zoo
+extended with MobileOne, FBNet, MnasNet, MobileNetV4, RepVGG and EfficientNetV2 (random init, train
+mode, 64 and 224 px, with and without dropout / drop-path) the secant ratios stay in [0.8, 1.25]
+(``benchmarks/results/estimator_step_rule.md``, from ``benchmarks/estimator_step_rule.py``), while
+C = 0.1 leaves MobileOne-S0 at 0.62-0.75 and C = 0.01 meets rounding on MobileNetV4-conv-small at
+224 px (ratio 0.74-0.76).
 
-fp32 logits give a rounding bound of h = 3.5e-4 RMS (fd) / 4.9e-3 RMS (central, rfd), bf16 logits
-0.088 RMS / 0.20 RMS, fp64 1.5e-8 RMS / 6.1e-6 RMS. Under autocast the penalty's passes run in
-fp32 (:mod:`.core`), so their logits, and their step, are fp32's.
+fp32 logits give a rounding bound of h = 3.5e-4 RMS, bf16 logits 0.088 RMS, fp64 1.5e-8 RMS. Under
+autocast the penalty's passes run in fp32 (:mod:`.core`), so their logits, and their step, are fp32's.
 """
 from __future__ import annotations
 
@@ -55,8 +51,6 @@ import torch
 
 from .defaults import AUTO, Step
 
-#: c_p of the rounding bound per truncation order p (see the module docstring).
-ROUNDING_FACTOR = {1: 1.0, 2: 1.0}
 #: C, the most nats that the probe may move S along v: h ||g|| <= C (see the module docstring).
 CURVATURE_BOUND = 0.03
 
@@ -74,18 +68,18 @@ def unit_direction(g: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     return v, scale * unorm
 
 
-def resolve_step(step: Step, x: torch.Tensor, logits_dtype: torch.dtype, order: int,
+def resolve_step(step: Step, x: torch.Tensor, logits_dtype: torch.dtype,
                  grad_norm: torch.Tensor) -> Union[float, torch.Tensor]:
     """h as a float, or for ``"auto"`` a detached (B,) tensor (see the module docstring).
 
-    ``order``: the estimator's truncation order (1 = fd, 2 = central / rfd); ``grad_norm``: ||g|| per
-    sample, shape (B,) (0 where g = 0: that sample takes the rounding bound, and its v is 0 anyway)."""
+    ``grad_norm``: ||g|| per sample, shape (B,) (0 where g = 0: that sample takes the rounding bound,
+    and its v is 0 anyway)."""
     if step != AUTO:
         return step
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     rms = x.detach().to(acc).flatten(1).pow(2).mean(dim=1).sqrt()
     rms = torch.where(rms > 0, rms, torch.ones_like(rms))
-    rounding = ROUNDING_FACTOR[order] * torch.finfo(logits_dtype).eps ** (1.0 / (order + 1)) * rms
+    rounding = torch.finfo(logits_dtype).eps ** 0.5 * rms
     norm = grad_norm.detach().to(acc)
     curvature = torch.where(norm > 0, CURVATURE_BOUND / norm, torch.full_like(norm, float("inf")))
     return torch.minimum(rounding, curvature)

@@ -61,3 +61,30 @@ ZOO: Dict[str, ZooModel] = {
     "deit_tiny_patch16_224": ZooModel(_timm("deit_tiny_patch16_224", **_VIT), (3, 32, 32), smooth=True),
     "resnet18_groupnorm_silu": ZooModel(_groupnorm_resnet, (3, 32, 32), smooth=True),
 }
+
+#: Deep mobile BatchNorm families (smallest variants), whose input gradients at random init are in the
+#: hundreds to thousands: the step rule's curvature bound is for them (margreg_fast/estimators/steps.py).
+MOBILE = ("mobileone_s0", "fbnetc_100", "mnasnet_small", "mobilenetv4_conv_small", "repvgg_a0",
+          "efficientnetv2_rw_t")
+#: Dropout and drop-path rates of the zoo's stochastic variants.
+DROP = dict(drop_rate=0.2, drop_path_rate=0.1)
+
+
+def build_at(name: str, size: int, drop: bool) -> nn.Module:
+    """A fresh zoo or mobile model (10 classes, train mode) for 3 x size x size inputs, with dropout and
+    drop-path at :data:`DROP` or without either (ViTs: 16x16 patches, their image size set to ``size``)."""
+    timm = import_timm()
+    rates = DROP if drop else dict(drop_rate=0.0, drop_path_rate=0.0)
+    if name == "resnet18_groupnorm_silu":
+        from timm.layers import GroupNorm
+        model = timm.create_model("resnet18", pretrained=False, num_classes=NUM_CLASSES, act_layer="silu",
+                                  norm_layer=lambda channels, **kw: GroupNorm(channels, num_groups=8, **kw),
+                                  replace_stem_pool=True, **rates)
+    else:
+        extra = dict(img_size=size, patch_size=16) if name.startswith(("vit_", "deit_")) else {}
+        model = timm.create_model(name, pretrained=False, num_classes=NUM_CLASSES, **rates, **extra)
+    return model.train()
+
+
+#: Every model of the step rule's checks: the zoo and the mobile families.
+STEP_RULE_MODELS = tuple(ZOO) + MOBILE
