@@ -1,7 +1,7 @@
 """Result files of the benchmark scripts: a CSV of the rows and a markdown table that names its command.
 
-Each markdown file is self-contained (title, table, the command that produced it), so the README can
-include it verbatim and every number there traces back to a committed output of a documented command.
+Each markdown file is self-contained (title, table, the command that produced it), so the documentation
+can include it verbatim (mkdocs.yml: pymdownx.snippets) and every number there traces back to a committed output of a documented command.
 """
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ Each cell is checked twice (relative errors: |loss - ref| / |ref| and ||grad - r
      8 eps_bf16 = 3.1e-2 (two bf16 backward passes). The default (rfd) computes another estimator
      instance: ``step="auto"`` grows with the logits' epsilon, to 32x the fp32 step (0.8 RMS(x)),
      and rfd's gradient carries the O(h) curvature term of its random signs (it cancels only in
-     expectation), so it is held to the library's bf16 contract, 10% of fp32 (README;
+     expectation), so it is held to the library's bf16 contract, 10% of fp32 (docs/guides/estimators.md;
      tests/estimators/test_steps.py). The BatchNorm CNN sits near that bound: fp32 at the bf16 step
      gives the same gap, so it is the step's, not bf16 rounding's or a wrapper's.
 

@@ -17,7 +17,7 @@ For each model:
   - ReLU / max-pool models: exact's gradient is the derivative of the one linear piece x sits on,
     and any secant over a step h averages the pieces it crosses; in float32 the default step is
     large enough for the probe to cross ReLU kinks, and the cosine there is not an accuracy
-    measure (README "Estimators, judged by the model they train", and the relu-max columns of the
+    measure (docs/guides/estimators.md, "Judged by the model they train", and the relu-max columns of the
     committed benchmarks/results/estimator_agreement.md). In float64 the default step,
     4 eps^(1/3) RMS(x) = 2.4e-5 RMS(x), is small enough to stay on one piece for almost every unit,
     and the cosine must reach 0.99 there too. Every model is checked in float64.
