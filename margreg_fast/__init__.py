@@ -11,11 +11,14 @@ from .ops import EnergyDifference, EnergyPenalty, available_backends, energy_dif
 from .ops.native import NativeBuildWarning
 from .penalty import input_gradient_penalty, marginal_density_penalty
 from .regularizer import MarginalDensityRegularizer
+from .sweep import sweep_weights
 
 __version__ = "0.2.0"
 __all__ = [
     # the training objective and the penalties
     "MarginalDensityRegularizer", "marginal_density_penalty", "input_gradient_penalty",
+    # choosing the weight on your own model and data
+    "sweep_weights",
     # the fused head op and its result types
     "energy_difference", "energy_penalty", "available_backends", "EnergyDifference", "EnergyPenalty",
     # the estimators' names and defaults

@@ -250,12 +250,21 @@ def _stored_here():
     statistics (other values) and save other tensors than the pass did (torch's CheckpointError).
     Innermost saved-tensor hooks win, so identity hooks around each op of the pass keep its saved
     tensors out of the checkpoint's: nothing is recomputed, at the memory of an uncheckpointed
-    forward for the region during a regularised step. Only where some hooks are active (and never
-    while dynamo traces: inside a compiled graph AOTAutograd recomputes without Python modes).
+    forward for the region during a regularised step. Only where the innermost hooks are the
+    checkpoint's (recognised by the module that defines them; other hooks, e.g. ``save_on_cpu``,
+    recompute nothing and stay), and never while dynamo traces (inside a compiled graph AOTAutograd
+    recomputes without Python modes).
     """
-    if torch.compiler.is_compiling() or torch._C._autograd._top_saved_tensors_default_hooks(False) is None:
+    if torch.compiler.is_compiling():
+        return contextlib.nullcontext()
+    hooks = torch._C._autograd._top_saved_tensors_default_hooks(False)
+    if hooks is None or getattr(hooks[0], "__module__", None) != _CHECKPOINT_MODULE:
         return contextlib.nullcontext()
     return torch.autograd.graph.saved_tensors_hooks(_identity, _identity)
+
+
+#: The module whose saved-tensor hooks recompute a region in backward (activation checkpointing).
+_CHECKPOINT_MODULE = "torch.utils.checkpoint"
 
 
 @torch.compiler.disable
