@@ -17,12 +17,15 @@ import json
 import sys
 from pathlib import Path
 
-from .experiments.config import (ATTRIBUTIONS, DATASETS, DEFAULT_ESTIMATORS, DEFAULT_WEIGHTS, ESTIMATORS, EXPERIMENTS,
-                                 METHODS, MODELS, SPURIOUS_PATCHES, ExperimentConfig, check_step, parse_method)
-from .experiments.claims import CLAIM_METHODS
-from .models import ACTIVATIONS
+# The experiment modules (and torch with them) are imported by the functions that need them, and a
+# subcommand's arguments are defined only when it is the one run: `margreg-fast --help` imports neither.
 
-_DEFAULTS = ExperimentConfig()
+#: The weights chosen by `margreg-fast select` for the claims (see the README), shipped inside the package.
+PACKAGED_WEIGHTS = Path(__file__).resolve().parent / "configs" / "blockmnist_weights.json"
+#: `claims --demo`: the claims at demo size (make demo): 3 seeds, 100 evaluation images, no spurious rows, no
+#: fractions, no frontier, the packaged weights; options after --demo override these.
+DEMO = {"seeds": [0, 1, 2], "eval_samples": 100, "weights_file": PACKAGED_WEIGHTS, "no_spurious": True,
+        "threads": 1, "jobs": 2}
 
 
 def _per_method(kind: str, cast, allowed=None):
@@ -47,6 +50,8 @@ def _per_method(kind: str, cast, allowed=None):
 def _method(text: str) -> str:
     """--methods / METHOD=...: a method name, optionally with a penalised fraction (``mdr@0.25``) or a lazy
     interval (``mdr%4``)."""
+    from .experiments.config import parse_method
+
     try:
         parse_method(text)
     except ValueError as exc:
@@ -55,6 +60,8 @@ def _method(text: str) -> str:
 
 
 def _resolve(tokens, defaults: dict) -> dict:
+    from .experiments.config import METHODS
+
     out = dict(defaults)
     for method, value in tokens or []:
         if method is None:
@@ -84,6 +91,8 @@ _positive_float = _number_type(float, lambda v: v > 0, "a positive number")
 
 def _step(text: str):
     """--step: a positive float or a step-policy name, validated by the library (experiments.config.check_step)."""
+    from .experiments.config import check_step
+
     try:
         value = float(text)
     except ValueError:
@@ -113,7 +122,11 @@ def load_weights_file(path: Path) -> dict:
 
 
 def _add_common(p: argparse.ArgumentParser, *, experiment: bool = True) -> None:
-    d = _DEFAULTS
+    from .experiments.config import (ATTRIBUTIONS, DATASETS, DEFAULT_ESTIMATORS, DEFAULT_WEIGHTS, ESTIMATORS,
+                                     EXPERIMENTS, METHODS, MODELS, SPURIOUS_PATCHES, ExperimentConfig)
+    from .models import ACTIVATIONS
+
+    d = ExperimentConfig()
     if experiment:
         p.add_argument("experiment", choices=EXPERIMENTS,
                        help="blockmnist: digit + null block (feature leakage); spurious: label-correlated patch "
@@ -179,7 +192,77 @@ def _add_common(p: argparse.ArgumentParser, *, experiment: bool = True) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _Demo(argparse.Action):
+    """--demo: set the options of :data:`DEMO` (options given after it override them)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        for key, value in DEMO.items():
+            setattr(namespace, key, value)
+
+
+def _add_select(p: argparse.ArgumentParser) -> None:
+    _add_common(p)
+    p.add_argument("--grid", nargs="+", type=_positive_float, required=True, metavar="W",
+                   help="penalty weights tried for every method")
+    p.add_argument("--write", type=Path, default=None, help="also write the selection JSON here")
+
+
+def _add_claims(p: argparse.ArgumentParser) -> None:
+    from .experiments.claims import CLAIM_METHODS
+
+    _add_common(p, experiment=False)
+    p.set_defaults(experiment="blockmnist", methods=list(CLAIM_METHODS))
+    p.add_argument("--demo", action=_Demo, nargs=0,
+                   help="the claims at demo size, as `make demo` runs them: --seeds 0 1 2 --eval-samples 100 "
+                        "--no-spurious --threads 1 --jobs 2 --weights-file with the weights shipped in the package "
+                        f"({PACKAGED_WEIGHTS.name}); options after --demo override these")
+    p.add_argument("--fractions", nargs="+", type=_number_type(float, lambda v: 0 < v < 1, "a number in (0, 1)"),
+                   default=[], metavar="F", help="also train mdr on a random fraction F of each batch")
+    p.add_argument("--lazy", nargs="+", type=_number_type(int, lambda v: v >= 2, "an integer >= 2"), default=[],
+                   metavar="K", help="also train mdr with the penalty on every K-th step only, at K times the weight")
+    p.add_argument("--grid", nargs="+", type=_positive_float, default=[], metavar="W",
+                   help="frontier weights (with --frontier-seeds)")
+    p.add_argument("--frontier-seeds", nargs="+", type=_nonneg_int, default=[], metavar="SEED")
+    p.add_argument("--no-spurious", action="store_true", help="leave out the spurious-shortcut rows")
+    p.add_argument("--light", action="store_true",
+                   help="score every run by accuracies and leakage only (no attacks, insertion or density): the "
+                        "cheap rerun that --compare-to checks")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: write the report from the runs already finished in OUT, listing the others")
+    p.add_argument("--compare-to", type=Path, default=None,
+                   help="a claims output directory of the same plan (e.g. another thread count): write "
+                        "OUT/stability.md, this run's paired means against that run's intervals and verdicts")
+
+
+def _add_evaluate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("out", type=Path, help="output directory of a `train` or `experiment` run")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+#: Each command: its one-line help, its description, and the function defining its arguments.
+COMMANDS = {
+    "experiment": ("train and evaluate every method and seed, write results and figures",
+                   "Train and evaluate every method over every seed; write OUT/results.json (means over seeds), "
+                   "OUT/results.md, OUT/results_seeds.json, OUT/figures/*.png.", _add_common),
+    "train": ("train (or resume) models only; evaluate them later with `evaluate OUT`",
+              "Train every method and seed into OUT/runs/*/checkpoint.pt without evaluating.", _add_common),
+    "select": ("choose the weights of igr, joint and mdr on a validation split",
+               "Train none once and igr / joint / mdr at every grid weight on the training split minus a validation "
+               "part, score them there and pick each method's weight by one fixed rule (see "
+               "margreg_fast/kit/experiments/select.py). --methods is ignored. Writes OUT/selection.{json,md} and, "
+               "with --write, the weights file that `experiment --weights-file` reads.", _add_select),
+    "claims": ("every claim of the paper: paired intervals over seeds, fractions, frontier",
+               "Train and evaluate none / igr / joint / mdr (--methods) on BlockMNIST and the spurious-shortcut "
+               "variant, mdr@F for each --fractions F, mdr%%K for each --lazy K, and the weight frontier (--grid on "
+               "--frontier-seeds); write OUT/claims.{json,md}, OUT/figures/frontier.png and OUT/blockmnist/ (see "
+               "margreg_fast/kit/experiments/claims.py).", _add_claims),
+    "evaluate": ("evaluate the trained models in OUT and write results and figures",
+                 "Evaluate every finished run in OUT (made by `train` or `experiment`).", _add_evaluate),
+}
+
+
+def build_parser(commands=None) -> argparse.ArgumentParser:
+    """The parser; only the commands in ``commands`` (default: all) get their arguments defined."""
     parser = argparse.ArgumentParser(
         prog="margreg-fast",
         description="Train plain, input-gradient (IGR), joint and marginal-density-regularised (MDR) classifiers "
@@ -187,55 +270,16 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Runs are resumable: rerun the same command after an interruption and it continues from the "
                "last finished epoch.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    exp = sub.add_parser("experiment", help="train and evaluate every method and seed, write results and figures",
-                         description="Train and evaluate every method over every seed; write OUT/results.json "
-                                     "(means over seeds), OUT/results.md, OUT/results_seeds.json, OUT/figures/*.png.")
-    _add_common(exp)
-    tr = sub.add_parser("train", help="train (or resume) models only; evaluate them later with `evaluate OUT`",
-                        description="Train every method and seed into OUT/runs/*/checkpoint.pt without evaluating.")
-    _add_common(tr)
-    sel = sub.add_parser("select", help="choose the weights of igr, joint and mdr on a validation split",
-                         description="Train none once and igr / joint / mdr at every grid weight on the training "
-                                     "split minus a validation part, score them there and pick each method's weight "
-                                     "by one fixed rule (see margreg_fast/kit/experiments/select.py). --methods is "
-                                     "ignored. Writes OUT/selection.{json,md} and, with --write, the weights file "
-                                     "that `experiment --weights-file` reads.")
-    _add_common(sel)
-    sel.add_argument("--grid", nargs="+", type=_positive_float, required=True, metavar="W",
-                     help="penalty weights tried for every method")
-    sel.add_argument("--write", type=Path, default=None, help="also write the selection JSON here")
-    cl = sub.add_parser("claims", help="every claim of the paper: paired intervals over seeds, fractions, frontier",
-                        description="Train and evaluate none / igr / joint / mdr (--methods) on BlockMNIST and the "
-                                    "spurious-shortcut variant, mdr@F for each --fractions F, mdr%%K for each --lazy K, "
-                                    "and the weight frontier "
-                                    "(--grid on --frontier-seeds); write OUT/claims.{json,md}, OUT/figures/frontier.png "
-                                    "and OUT/blockmnist/ (see margreg_fast/kit/experiments/claims.py).")
-    _add_common(cl, experiment=False)
-    cl.set_defaults(experiment="blockmnist", methods=list(CLAIM_METHODS))
-    cl.add_argument("--fractions", nargs="+", type=_number_type(float, lambda v: 0 < v < 1, "a number in (0, 1)"),
-                    default=[], metavar="F", help="also train mdr on a random fraction F of each batch")
-    cl.add_argument("--lazy", nargs="+", type=_number_type(int, lambda v: v >= 2, "an integer >= 2"), default=[],
-                    metavar="K", help="also train mdr with the penalty on every K-th step only, at K times the weight")
-    cl.add_argument("--grid", nargs="+", type=_positive_float, default=[], metavar="W",
-                    help="frontier weights (with --frontier-seeds)")
-    cl.add_argument("--frontier-seeds", nargs="+", type=_nonneg_int, default=[], metavar="SEED")
-    cl.add_argument("--no-spurious", action="store_true", help="leave out the spurious-shortcut rows")
-    cl.add_argument("--light", action="store_true",
-                    help="score every run by accuracies and leakage only (no attacks, insertion or density): the "
-                         "cheap rerun that --compare-to checks")
-    cl.add_argument("--report-only", action="store_true",
-                    help="train nothing: write the report from the runs already finished in OUT, listing the others")
-    cl.add_argument("--compare-to", type=Path, default=None,
-                    help="a claims output directory of the same plan (e.g. another thread count): write "
-                         "OUT/stability.md, this run's paired means against that run's intervals and verdicts")
-    ev = sub.add_parser("evaluate", help="evaluate the trained models in OUT and write results and figures",
-                        description="Evaluate every finished run in OUT (made by `train` or `experiment`).")
-    ev.add_argument("out", type=Path, help="output directory of a `train` or `experiment` run")
-    ev.add_argument("--quiet", action="store_true", help="no progress bars")
+    for name, (help_text, description, add_arguments) in COMMANDS.items():
+        command = sub.add_parser(name, help=help_text, description=description)
+        if commands is None or name in commands:
+            add_arguments(command)
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
+    from .experiments.config import DEFAULT_ESTIMATORS, DEFAULT_WEIGHTS, ExperimentConfig
+
     if args.data_dir is not None and not args.data_dir.is_dir():
         raise ValueError(f"--data-dir {args.data_dir} is not a directory")
     weights = DEFAULT_WEIGHTS if args.weights_file is None else {**DEFAULT_WEIGHTS, **load_weights_file(args.weights_file)}
@@ -301,7 +345,8 @@ def _claims(cfg: ExperimentConfig, args: argparse.Namespace, device: str) -> int
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(commands=argv[:1])  # the command comes first: only its arguments are needed
     args = parser.parse_args(argv)
     from .data import DataFileError
     from .experiments import runner
