@@ -1,0 +1,117 @@
+"""The weight sweep on tiny data: what it measures equals independent measurements of the models it
+trained; results are files, one per weight, and a rerun resumes after an interruption."""
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from margreg_fast.kit.attacks import PGD
+from margreg_fast import sweep_weights
+
+WEIGHTS = [0, 0.1, 1.0]
+
+
+class Factory:
+    """make_model for the sweep; keeps every model it made (the sweep trains them in place)."""
+
+    def __init__(self, fail_at=None):
+        self.models, self.initial, self.fail_at = [], [], fail_at
+
+    def __call__(self):
+        if self.fail_at is not None and len(self.models) == self.fail_at:
+            raise KeyboardInterrupt  # as if the user pressed Ctrl-C while this weight trained
+        model = nn.Sequential(nn.Flatten(), nn.Linear(36, 16), nn.Tanh(), nn.Linear(16, 3))
+        self.models.append(model)
+        self.initial.append({k: v.clone() for k, v in model.state_dict().items()})
+        return model
+
+
+def _loaders():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(48, 1, 6, 6, generator=gen)
+    y = (x[:, 0, :, :2].mean((1, 2)) * 3).long().clamp(max=2)  # a learnable rule
+    train = DataLoader(TensorDataset(x[:32], y[:32]), batch_size=8, shuffle=True, generator=gen)
+    return train, DataLoader(TensorDataset(x[32:], y[32:]), batch_size=8)
+
+
+def _sweep(tmp_path, factory, **kwargs):
+    train, val = _loaders()
+    return sweep_weights(factory, train, val, WEIGHTS, out_dir=tmp_path, epochs=2, pgd_steps=3, progress=False,
+                         **kwargs)
+
+
+def test_measurements_equal_independent_ones(tmp_path):
+    factory = Factory()
+    results = _sweep(tmp_path, factory)
+    assert [r["weight"] for r in results] == WEIGHTS
+    _, val = _loaders()
+    x, y = (torch.cat(t) for t in zip(*val))
+    for result, model in zip(results, factory.models):
+        model.eval()
+        xg = x.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(torch.logsumexp(model(xg), 1).sum(), xg)
+        assert math.isclose(result["penalty"], g.flatten(1).pow(2).sum(1).mean().item(), rel_tol=1e-5)
+        with torch.no_grad():
+            assert result["clean_acc"] == (model(x).argmax(1) == y).double().mean().item()
+        adversarial = torch.cat([PGD(model, eps=8 / 255, alpha=2.5 * (8 / 255) / 3, steps=3, seed=0)(xb, yb)
+                                 for xb, yb in val])
+        with torch.no_grad():
+            assert result["pgd_acc"] == (model(adversarial).argmax(1) == y).double().mean().item()
+        assert result["step_ms"] > 0
+    assert results[0]["x_plain"] == 1.0 and math.isnan(results[0]["secant_ratio"])
+    assert all(0.5 < r["secant_ratio"] < 2 for r in results[1:])
+    # the penalty's weight lowers the penalty: plain training leaves the largest one
+    assert results[0]["penalty"] > results[2]["penalty"]
+
+
+def test_the_same_initialisation_for_every_weight(tmp_path):
+    factory = Factory()
+    _sweep(tmp_path, factory)
+    first, *others = factory.initial
+    for state in others:
+        assert all(torch.equal(first[k], state[k]) for k in first)
+    assert not torch.equal(factory.models[0][1].weight, factory.models[1][1].weight)  # then trained apart
+
+
+def test_interrupted_sweep_resumes(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        _sweep(tmp_path, Factory(fail_at=2))  # the third weight never starts
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["weight_0.0.json", "weight_0.1.json"]
+    done = json.loads((tmp_path / "weight_0.1.json").read_text())
+    rerun = Factory()
+    results = _sweep(tmp_path, rerun)
+    assert len(rerun.models) == 1  # only weight 1 trained again
+    assert results[1]["penalty"] == done["penalty"] and results[1]["step_ms"] == done["step_ms"]
+    again = Factory()
+    assert _sweep(tmp_path, again) == results and not again.models  # all done: nothing trains
+
+
+def test_other_settings_refuse_the_directory(tmp_path):
+    _sweep(tmp_path, Factory())
+    train, val = _loaders()
+    with pytest.raises(ValueError, match="written with settings.*use another out_dir"):
+        sweep_weights(Factory(), train, val, WEIGHTS, out_dir=tmp_path, epochs=1, pgd_steps=3, progress=False)
+
+
+def test_table_and_plot(tmp_path):
+    results = _sweep(tmp_path, Factory(), pgd_eps=None)
+    table = results.table()
+    lines = table.splitlines()
+    assert lines[0].startswith("| weight | clean acc | PGD acc | penalty | step (ms) | x plain | secant ratio |")
+    assert len(lines) == 2 + len(WEIGHTS) and lines[2].startswith("| 0 | ")
+    assert all(r["pgd_acc"] is None for r in results)
+    results.plot(tmp_path / "sweep.png")
+    assert (tmp_path / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bad_arguments(tmp_path):
+    train, val = _loaders()
+    with pytest.raises(ValueError, match="distinct"):
+        sweep_weights(Factory(), train, val, [0.1, 0.1], out_dir=tmp_path)
+    with pytest.raises(ValueError, match="weight must be finite and >= 0"):
+        sweep_weights(Factory(), train, val, [-1], out_dir=tmp_path)
+    with pytest.raises(ValueError, match="fraction must be in"):
+        sweep_weights(Factory(), train, val, [0, 1], out_dir=tmp_path, fraction=2.0)
