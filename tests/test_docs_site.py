@@ -2,6 +2,7 @@
 block of the README and the docs passes the check its language names (tests/docs_blocks.py)."""
 import html.parser
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -96,3 +97,12 @@ def test_the_block_checks_can_fail():
     assert docs_blocks.check_block(block._replace(lang="console", body="pip install '.[no-such-extra]'\n"))
     assert docs_blocks.check_block(block._replace(lang="", body="print(1)\n"))
     assert not docs_blocks.check_block(block._replace(lang="console", body="make -n test  # a comment\n"))
+
+
+def test_the_api_reference_documents_every_public_name():
+    import margreg_fast
+
+    page = (ROOT / "docs" / "reference" / "api.md").read_text()
+    documented = set(re.findall(r"^::: margreg_fast\.(\w+)$", page, re.M))
+    assert documented == set(margreg_fast.__all__), (sorted(set(margreg_fast.__all__) - documented),
+                                                    sorted(documented - set(margreg_fast.__all__)))
