@@ -2,6 +2,11 @@
 trained; results are files, one per weight, and a rerun resumes after an interruption."""
 import json
 import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -115,3 +120,39 @@ def test_bad_arguments(tmp_path):
         sweep_weights(Factory(), train, val, [-1], out_dir=tmp_path)
     with pytest.raises(ValueError, match="fraction must be in"):
         sweep_weights(Factory(), train, val, [0, 1], out_dir=tmp_path, fraction=2.0)
+
+
+# ---------------------------------------------------------------- the guide (docs/guides/choosing-the-weight.md)
+ROOT = Path(__file__).resolve().parents[1]
+GUIDE = ROOT / "docs" / "guides" / "choosing-the-weight.md"
+FRONTIER = ROOT / "docs" / "results" / "claims" / "frontier.md"
+
+
+def test_the_guides_code_runs_on_tiny_data(tmp_path):
+    """Each python block of the guide, as a user pastes it, in a fresh interpreter and an empty directory:
+    the sweep writes its four result files, the table and the plot."""
+    blocks = re.findall(r"```python\n(.*?)```", GUIDE.read_text(), re.S)
+    assert len(blocks) == 2
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    for code in blocks:
+        out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=600)
+        assert out.returncode == 0, out.stderr[-4000:]
+    sweep = tmp_path / "runs" / "weight-sweep"
+    assert sorted(p.name for p in sweep.glob("*.json")) == [f"weight_{w!r}.json" for w in (0.0, 0.1, 1.0, 10.0)]
+    assert (sweep / "sweep.png").exists()
+
+
+def test_the_guides_frontier_rows_are_the_committed_files():
+    """The guide's table: the mdr rows of the committed frontier file, cell for cell."""
+    guide = GUIDE.read_text()
+    committed = {}
+    for line in FRONTIER.read_text().splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 6 and cells[0] == "mdr":
+            committed[cells[1].split()[0]] = (cells[3], cells[5])
+    rows = re.findall(r"^\| ([\d.]+) \| (.+?) \| (.+?) \|$", guide, re.M)
+    assert len(rows) == 3
+    for weight, accuracy, leakage in rows:
+        assert committed[weight] == (accuracy, leakage), weight
+    assert "cut leakage_paper by 4.27" in guide and "-4.27 [-5.05, -3.49]" in FRONTIER.read_text()
