@@ -27,6 +27,10 @@ Example::
     logits = model(x)
     loss = F.cross_entropy(logits, y) + lam * marginal_density_penalty(model, x, logits=logits)
     loss.backward()
+
+This works with any loss on those logits. In a training loop, :class:`~margreg_fast.MarginalDensityRegularizer`
+does the same in one call and adds ``fraction=`` and the monitor: ``reg(model, x, target, criterion=...)``,
+or ``logits, penalty = reg.logits_and_penalty(model, x)`` for a loop that owns its loss.
 """
 from __future__ import annotations
 
