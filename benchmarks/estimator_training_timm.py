@@ -18,7 +18,8 @@ Each run writes one JSON file under benchmarks/results/estimator_training_timm/ 
 runs whose file exists: the benchmark is resumable); ``--table`` writes
 benchmarks/results/estimator_training_timm.{csv,md} from those files.
 
-    nice -n 19 python benchmarks/estimator_training_timm.py --models test_efficientnet mnasnet_small --seeds 0 1 2
+    nice -n 10 python benchmarks/estimator_training_timm.py --models test_efficientnet --seeds 0 1 2
+    nice -n 10 python benchmarks/estimator_training_timm.py --models mnasnet_small --seeds 0 1 2 --fp32-twin
     python benchmarks/estimator_training_timm.py --table
 """
 from __future__ import annotations
@@ -121,6 +122,8 @@ def run(args) -> None:
             twin = twin_method(name)
             for precision in args.precisions:
                 for method in dict.fromkeys((DEFAULT_METHOD, twin)):
+                    if method == twin and precision != "fp32" and args.fp32_twin:
+                        continue
                     path = runs / f"{name}-{precision}-{method}-seed{seed}.json"
                     if path.exists():
                         continue
@@ -142,16 +145,19 @@ def table(runs: Path) -> None:
     keys = sorted({(r["model"], r["precision"]) for r in rows}, key=lambda k: (k[0], PRECISIONS.index(k[1])))
     for name, precision in keys:
         cell = {(r["method"], r["seed"]): r for r in rows if (r["model"], r["precision"]) == (name, precision)}
+        fp32 = {(r["method"], r["seed"]): r for r in rows if (r["model"], r["precision"]) == (name, "fp32")}
         twin = next(r["true_penalty_by"] for r in cell.values())
-        seeds = sorted(s for (m, s) in cell if m == DEFAULT_METHOD and (twin, s) in cell)
+        twins = {s: cell.get((twin, s), fp32.get((twin, s))) for (m, s) in cell if m == DEFAULT_METHOD}
+        seeds = sorted(s for s, t in twins.items() if t is not None)
         if not seeds:
             continue
         d = [cell[DEFAULT_METHOD, s] for s in seeds]
-        t = [cell[twin, s] for s in seeds]
+        t = [twins[s] for s in seeds]
+        twin_label = twin if all((twin, s) in cell for s in seeds) else f"{twin} (fp32)"
         ratio = [a["true_penalty"] / b["true_penalty"] for a, b in zip(d, t)]
         gap = [100 * (a["accuracy"] - b["accuracy"]) for a, b in zip(d, t)]
         lines.append("| " + " | ".join([
-            name, precision, " ".join(map(str, seeds)), twin,
+            name, precision, " ".join(map(str, seeds)), twin_label,
             " ".join(f"{r['true_penalty']:.3g}" for r in d), " ".join(f"{r['true_penalty']:.3g}" for r in t),
             " ".join(f"{v:.2f}" for v in ratio), f"{statistics.median(ratio):.2f}",
             " ".join(f"{r['accuracy']:.3f}" for r in d), " ".join(f"{r['accuracy']:.3f}" for r in t),
@@ -179,6 +185,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--weight", type=float, default=0.1)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--fp32-twin", action="store_true",
+                   help="train the twin in fp32 only; the bf16 default is then compared with the fp32 twin")
     p.add_argument("--runs", default=str(DEFAULT_RUNS), help="the directory of the per-run files")
     p.add_argument("--table", action="store_true", help="write the table from the run files and exit")
     args = p.parse_args()

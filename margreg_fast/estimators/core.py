@@ -34,6 +34,17 @@ everything that was built):
   Under ``torch.no_grad()`` (evaluation) no parameter gradient is wanted: rfd returns ||g||^2 and
   its slope ||g|| (ratio 1) with no probe forward and no draw.
 
+**Autocast.** Under ``torch.autocast`` to bf16 or fp16 on x's device, the forward at x runs as the
+caller's (in the autocast dtype: it is the clean pass, whose logits serve the CE), and every pass of
+the penalty -- the forward at x that gives g, the probes, exact's double backward -- runs with
+autocast off, in the model's own precision (fp32), as probes of that clean pass (statistics held,
+draws replayed). A difference of two bf16 forwards carries the forward's rounding (about 2^-8 of
+the activations at every layer), which no step can beat on a deep net: a step large enough to rise
+above it leaves the range where a secant measures a slope, and the parameter gradient of the
+penalty loses its direction while its value and secant ratio stay near fp32's. The cost: one fp32
+forward more than the bf16 one, and the penalty's passes at fp32 speed
+(``benchmarks/results/estimator_autocast.md``).
+
 Every estimate also returns the secant slope sigma next to ||g|| (detached), so a training loop can
 watch sigma / ||g||, which is 1 when the finite difference measures what it should
 (:mod:`margreg_fast.monitor`). v and h are detached. Every pass goes through
@@ -155,13 +166,14 @@ def _random_signs(x: torch.Tensor, generator: Optional[torch.Generator]) -> torc
 def estimate(model: nn.Module, x: torch.Tensor, target: Optional[torch.Tensor], *, penalty: str, method: str,
              step: Step, logits: Optional[torch.Tensor] = None, backend: str = "auto",
              with_ce: bool = False, generator: Optional[torch.Generator] = None,
-             passes: Optional[ModelPasses] = None, fp32_passes: bool = True) -> Estimate:
+             passes: Optional[ModelPasses] = None) -> Estimate:
     """Estimate R(x) per sample with ``method`` (arguments validated by the caller; ``generator`` draws rfd's signs).
 
     ``passes``: the :class:`.passes.ModelPasses` of ``model`` whose clean pass already ran over a
     batch that contains x (the regulariser's ``fraction`` < 1). Every pass of this estimate is then a
     probe: train-mode BatchNorm normalises x with that whole batch's statistics, and random draws
-    replay that clean pass's generator states.
+    replay that clean pass's generator states. Under autocast the penalty's passes run in fp32 (see
+    "Autocast" in the module docstring).
     """
     entry = ESTIMATORS[method]
     held = passes is not None
@@ -171,7 +183,7 @@ def estimate(model: nn.Module, x: torch.Tensor, target: Optional[torch.Tensor], 
     if entry.double_backward:  # before any pass: a failed estimate changes no state
         errors.check_fsdp_exact(model)
         errors.check_compiled_exact(model)
-    device_type = autocast_device(x) if fp32_passes else None
+    device_type = autocast_device(x)
     z_ce = None
     with torch.enable_grad():  # grad_x is needed even when called under torch.no_grad() (evaluation)
         if device_type is not None and not held:  # the caller's forward in its autocast dtype, for the CE

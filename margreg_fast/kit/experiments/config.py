@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 from ..models import ACTIVATIONS
 from ... import DEFAULT_METHOD, DEFAULT_STEP, MarginalDensityRegularizer
+from ... import ESTIMATORS as ESTIMATOR_REGISTRY
 from ... import METHODS as ESTIMATOR_METHODS
 
 #: Training methods and the penalty each one trains with (``MarginalDensityRegularizer(penalty=...)``).
@@ -95,7 +96,7 @@ DEFAULT_ESTIMATORS = {"none": DEFAULT_METHOD, "igr": "exact", "joint": "exact", 
                       "mdr-exact": "exact"}
 ESTIMATORS = ESTIMATOR_METHODS
 #: Estimators that take no finite-difference step.
-STEPLESS_ESTIMATORS = ("exact", "jvp")
+STEPLESS_ESTIMATORS = tuple(name for name, e in ESTIMATOR_REGISTRY.items() if not e.takes_step)
 
 
 def check_step(step: float | str) -> float | str:
