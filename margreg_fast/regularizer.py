@@ -223,7 +223,8 @@ class MarginalDensityRegularizer(nn.Module):
             logits, est, penalty, _ = self._passes(model, x, None, with_ce=False)
         self._observe(est, penalty, None, x, checks)
         self._audit(model, x, None)
-        return logits, penalty
+        # the estimate's forward runs with grad enabled (for grad_x); a caller without grad gets values
+        return (logits, penalty) if torch.is_grad_enabled() else (logits.detach(), penalty.detach())
 
     def _labels(self, target, x: torch.Tensor, criterion: Optional[Criterion]) -> Optional[torch.Tensor]:
         """The integer labels that the default CE or a labelled penalty reads from ``target`` (None: neither)."""

@@ -246,3 +246,18 @@ def test_default_criterion_is_the_cross_entropy_with_ignore_index():
     assert math.isclose(default.item(), explicit.item(), rel_tol=1e-12)
     torch.testing.assert_close(parameter_gradient(model, default), parameter_gradient(model, explicit),
                                rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("fraction", [1.0, 0.5])
+def test_logits_and_penalty_without_grad_are_values(fraction):
+    """Under torch.no_grad() (a validation step) both outputs are detached, with the values of grad mode."""
+    model = _model()
+    x, _ = _batch()
+    reg = MarginalDensityRegularizer(W, method="exact", fraction=fraction, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        logits, penalty = reg.logits_and_penalty(model, x)
+    assert not logits.requires_grad and not penalty.requires_grad
+    reg.generator.manual_seed(4)
+    want_logits, want_penalty = reg.logits_and_penalty(model, x)
+    torch.testing.assert_close(logits, want_logits.detach(), rtol=1e-12, atol=1e-14)
+    assert math.isclose(penalty.item(), want_penalty.item(), rel_tol=1e-12)
