@@ -141,9 +141,13 @@ def sweep_weights(make_model: Callable[[], nn.Module], train_loader: Iterable, v
         out_dir: one JSON file per weight (created if missing); rerunning resumes.
         epochs: training epochs per weight.
         make_optimizer: ``make_optimizer(parameters)`` -> optimizer (default Adam, lr 1e-3).
-        criterion, method, fraction, output: as for :class:`~margreg_fast.MarginalDensityRegularizer`.
-        pgd_eps, pgd_alpha, pgd_steps: the L-inf PGD attack (alpha defaults to 2.5 eps / steps);
-            ``pgd_eps=None`` skips it (``pgd_acc`` is then None).
+        criterion: as for :class:`~margreg_fast.MarginalDensityRegularizer`.
+        method: as for :class:`~margreg_fast.MarginalDensityRegularizer`.
+        fraction: as for :class:`~margreg_fast.MarginalDensityRegularizer`.
+        output: as for :class:`~margreg_fast.MarginalDensityRegularizer`.
+        pgd_eps: the L-inf budget of the PGD attack; ``pgd_eps=None`` skips it (``pgd_acc`` is then None).
+        pgd_alpha: the attack's step (default 2.5 eps / steps).
+        pgd_steps: the attack's number of steps.
         device: where to train (default: the device of the model's parameters).
         seed: initialisation and attack seed.
         progress: show a tqdm progress bar over the training steps.
