@@ -48,12 +48,20 @@ call: ``training=True``, which modules also pass when they keep no running stati
 * **Capture** (:meth:`ModelPasses.capture`): the clean pass at x changing no state (when the caller
   brought its own logits). Captures and probes run with the BatchNorm modules'
   ``track_running_stats`` off (:func:`frozen_running_stats`), and a capture's functional train-mode
-  calls run without the running buffers they pass: no running statistic or counter moves.
+  calls run without the running buffers they pass: no running statistic or counter moves. The flag
+  is restored in a ``finally``, on every exit (tested with a model that raises in a pass).
+
+The statistics of a native train-mode call are read from its autograd node (``NativeBatchNormBackward0``'s
+saved mean and 1 / sqrt(var + eps): private attributes, :func:`native_statistics`), and recomputed
+wherever that read is not certain (another node, other attributes; tested by renaming the node).
 
 Multi-process ``SyncBatchNorm`` (CUDA, world size > 1) computes its statistics with
 ``torch.batch_norm_stats`` and gathers them across processes; holding such statistics is not
 implemented, and those ops raise :class:`HeldStatisticsError` that says so (use per-process
-``nn.BatchNorm*d`` under DDP, or put the SyncBatchNorm layers in eval mode).
+``nn.BatchNorm*d`` under DDP, or put the SyncBatchNorm layers in eval mode). The mode is
+thread-local, so forwards in other threads escape it: ``nn.DataParallel`` over several devices is
+refused (:func:`check_passable`), as are timm's EvoNorm-B layers in train mode, whose batch variance
+is computed in their own code, with no batch-norm call to hold.
 
 **Shared logits.** When the caller's own logits serve as the clean pass (``logits=``, x requiring
 grad, no train-mode ``_BatchNorm`` module), the masks of the caller's forward are unknown: the probes
@@ -61,11 +69,29 @@ then start from one recorded state, and a probe that draws random numbers raises
 :class:`HeldStatisticsError` (omit ``logits=``), as does a probe that makes train-mode batch-norm
 calls that no module announced.
 
-**torch.compile.** The handler of the batch-norm calls is excluded from dynamo's tracing
-(``torch.compiler.disable``): a compiled model graph-breaks at each batch-norm call while an estimate
-runs (only then: outside an estimate no mode is active), and everything between the calls stays
-compiled. Were the gradient switch traced, the flag its backward reads would be baked into the
-compiled graph as a constant.
+**Activation checkpointing** (``torch.utils.checkpoint``, non-reentrant, timm's
+``set_grad_checkpointing``). A checkpointed region saves nothing and recomputes its forward in
+backward, outside any pass: a probe's batch norm would be recomputed with the probe's own statistics,
+and torch's consistency check fails. Inside a pass each op stores its saved tensors itself while the
+innermost saved-tensor hooks are a checkpoint's (:func:`_stored_here`): nothing is recomputed, the
+values are the uncheckpointed model's, and the regularised step needs the memory of an
+uncheckpointed forward for those regions.
+
+**Inference mode.** ``torch.inference_mode`` forbids the autograd that every penalty needs (grad_x);
+:func:`outside_inference_mode` lifts it around an estimate and the regulariser's step, so they give
+the true value, as under ``torch.no_grad``.
+
+**torch.compile.** The handler of the batch-norm calls cannot be traced: the gradient switch is a
+Python flag its backward reads, which dynamo would bake into the compiled graph as a constant. A
+compiled graph broken at each batch-norm call would hand the call's output to the next graph as an
+input, and AOTAutograd fails on an input that the graph both saves and modifies in place (an in-place
+activation after BatchNorm, timm's ``BatchNormAct2d``: "modified by an inplace operation"). So the
+passes of a compiled model with train-mode BatchNorm run eagerly
+(``torch.compiler.set_stance("force_eager")``, only while an estimate runs: the model's own forward
+elsewhere stays compiled), and so does their input-gradient backward. A compiled model without
+train-mode BatchNorm stays compiled in every pass; its functional train-mode batch-norm calls, if
+any, graph-break at the handler. ``torch._functorch.config.donated_buffer`` is switched off around
+the passes of compiled models only (:func:`_compiled_graphs_retainable`).
 """
 from __future__ import annotations
 
