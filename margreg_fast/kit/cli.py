@@ -133,7 +133,7 @@ def _add_common(p: argparse.ArgumentParser, *, experiment: bool = True) -> None:
                             "(shortcut, worst-group accuracy)")
     p.add_argument("--out", type=Path, required=True, help="output directory (reused to resume an interrupted run)")
     p.add_argument("--methods", nargs="+", type=_method, default=list(METHODS), metavar="METHOD",
-                   help=f"methods to train: {', '.join(METHODS)} (default: all). none = plain CE, "
+                   help=f"training schemes to train: {', '.join(METHODS)} (default: all). none = plain CE, "
                         "igr = conditional ||grad_x CE||^2, joint = ||grad_x z_y||^2, mdr = marginal ||grad_x logsumexp||^2; "
                         "METHOD@F penalises a random fraction F of each batch (e.g. mdr@0.25), METHOD%%K every K-th "
                         "step at K times the weight (lazy, e.g. mdr%%4)")

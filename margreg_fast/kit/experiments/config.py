@@ -17,7 +17,8 @@ from ... import DEFAULT_METHOD, DEFAULT_STEP, MarginalDensityRegularizer
 from ... import ESTIMATORS as ESTIMATOR_REGISTRY
 from ... import METHODS as ESTIMATOR_METHODS
 
-#: Training methods and the penalty each one trains with (``MarginalDensityRegularizer(penalty=...)``).
+#: Training schemes (the kit's ``methods``, ``--methods``) and the penalty kind each one trains with
+#: (``MarginalDensityRegularizer(penalty=...)``).
 #: ``mdr-exact`` is the reference row: the marginal penalty by double backprop, at mdr's weight.
 PENALTY_OF_METHOD = {"none": "none", "igr": "conditional", "joint": "joint", "mdr": "marginal",
                      "mdr-exact": "marginal"}
