@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from .estimators import ModelPasses, UnsupportedEstimatorError, estimate
-from .estimators.core import autocast_device
+from .estimators.core import autocast_device, penalty_precision
 from .estimators.passes import _unwrapped
 from .estimators.registry import ESTIMATORS
 from .monitor import user_stacklevel
@@ -65,13 +65,13 @@ def audit_cosine(model, x: torch.Tensor, target: Optional[torch.Tensor], *, pena
     devices = [xs.device] if xs.device.type != "cpu" else []
     with torch.random.fork_rng(devices=devices, device_type=xs.device.type):
         passes = ModelPasses(inner)
-        with torch.enable_grad():
-            passes.capture(xs)
+        device_type = autocast_device(xs)
+        with torch.enable_grad(), penalty_precision(device_type):
+            passes.capture(xs)  # fp32 batch statistics, as the training estimate's under autocast
         est = estimate(inner, xs, ts, penalty=penalty, method=method, step=step, backend=backend, passes=passes)
         g_est = _parameter_gradient(params, est.value.float().mean(), retain=True)  # the capture's graph serves both
-        device_type = autocast_device(xs)
         reference = "exact"
-        with torch.autocast(device_type, enabled=False) if device_type else torch.enable_grad():
+        with penalty_precision(device_type):
             try:
                 ref = estimate(inner, xs, ts, penalty=penalty, method="exact", step=step, backend=backend,
                                passes=passes)

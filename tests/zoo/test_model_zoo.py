@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from margreg_fast import MarginalDensityRegularizer, marginal_density_penalty
 from margreg_fast.estimators import UnsupportedEstimatorError
 from tests.gradients import rows_of_each_forward
-from tests.zoo.models import BATCH, NUM_CLASSES, ZOO
+from tests.zoo.models import BATCH, NUM_CLASSES, STEP_RULE_MODELS, ZOO, build_at
 from tests.zoo.reference import reference_penalty
 
 SEED = 1234
@@ -178,3 +178,61 @@ def test_split_batch_gives_the_one_forward_loss_and_gradient(name):
     (one_loss, one_grad), (split_loss, split_grad) = runs
     assert math.isclose(split_loss, one_loss, rel_tol=1e-10)
     assert (split_grad - one_grad).abs().max() <= 1e-10 * one_grad.abs().max()
+
+
+#: The step rule's cases: every zoo model and deep mobile family, 64 px and (slow) 224 px, with and without
+#: dropout and drop-path. Measured ratios: benchmarks/results/estimator_step_rule.md.
+STEP_RULE_CASES = [pytest.param(name, size, drop, id=f"{name}-{size}px-{'drop' if drop else 'nodrop'}",
+                                marks=[pytest.mark.slow] if size == 224 else [])
+                   for size in (64, 224) for name in STEP_RULE_MODELS for drop in (False, True)]
+
+
+@pytest.mark.parametrize("name, size, drop", STEP_RULE_CASES)
+def test_auto_step_keeps_the_secant_ratio_in_the_band(name, size, drop):
+    """The curvature bound h ||g|| <= 0.03 (estimators/steps.py): the regulariser's secant ratio, for the
+    default rfd (random signs) and the one-sided fd (s = +1), lies in [0.8, 1.25] at random init,
+    where the rounding bound alone gave 0.03-0.6 on the deep BatchNorm nets (batch 4 at 64 px, 2 at 224 px)."""
+    torch.manual_seed(0)
+    model = build_at(name, size, drop)
+    gen = torch.Generator().manual_seed(1)
+    batch = 4 if size == 64 else 2
+    x, y = torch.rand(batch, 3, size, size, generator=gen), torch.randint(0, NUM_CLASSES, (batch,), generator=gen)
+    for method in ("rfd", "fd"):
+        torch.manual_seed(SEED)
+        _, stats = MarginalDensityRegularizer(1.0, method=method)(model, x, y)
+        assert 0.8 <= stats["secant_ratio"] <= 1.25, (method, stats)
+
+
+#: Smooth nets under bf16 autocast (64 px, batch 4): the ViT runs SDPA, whose missing double backward
+#: makes its reference fp32 central. Measured cosines: benchmarks/results/estimator_autocast.md.
+AUTOCAST_MODELS = ("efficientnet_b0", "convnext_atto", "vit_tiny_patch16_224")
+DRAWS = 3
+
+
+def _median_cosine(model, x, reference, autocast: bool) -> float:
+    cosines = []
+    for draw in range(DRAWS):
+        torch.manual_seed(SEED + draw)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            penalty = marginal_density_penalty(model, x)
+        cosines.append(_cosine(_parameter_gradient(model, penalty.float()), reference))
+    return sorted(cosines)[DRAWS // 2]
+
+
+@pytest.mark.parametrize("name", AUTOCAST_MODELS)
+def test_bf16_autocast_keeps_the_default_gradients_direction(name):
+    """The issue's bound: under bf16 autocast the default's parameter gradient of the penalty has, as the
+    median over sign draws, at least 0.9x the fp32 default's cosine with the fp32 reference (exact, or
+    central where SDPA refuses exact)."""
+    torch.manual_seed(0)
+    model = build_at(name, 64, drop=False)
+    x = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(SEED)
+    try:
+        reference = _parameter_gradient(model, marginal_density_penalty(model, x, method="exact"))
+    except UnsupportedEstimatorError:
+        torch.manual_seed(SEED)
+        reference = _parameter_gradient(model, marginal_density_penalty(model, x, method="central"))
+    fp32 = _median_cosine(model, x, reference, autocast=False)
+    bf16 = _median_cosine(model, x, reference, autocast=True)
+    assert bf16 >= 0.9 * fp32, (bf16, fp32)
