@@ -102,3 +102,29 @@ def test_support_matrix_is_the_matrix_test():
         error = cells.expected_error(cell)
         if error is not None:
             assert error in section, f"the README does not name the error of {cell.id}: {error}"
+
+
+STACK_COLUMNS = {"activation checkpointing": "checkpoint", "inference mode": "inference",
+                 "timm BatchNormAct2d in place": "bnact", "inductor's own RNG": "inductor_rng"}
+
+
+def test_stacks_table_is_the_matrix_tests_stack_columns():
+    """The second table: the columns of the stacks people train in, where the matrix test has them."""
+    stacks = getattr(cells, "STACKS", ())
+    rows = {}
+    for line in _section("Support matrix").splitlines():
+        cols = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cols) == 2 + len(STACK_COLUMNS) and cols[0] in MODES and cols[1] in PROCESSES:
+            rows[(MODES[cols[0]], PROCESSES[cols[1]])] = cols[2:]
+    if not stacks:
+        assert not rows
+        return
+    assert set(STACK_COLUMNS.values()) == set(stacks), stacks
+    all_cells = set(cells.cells())
+    expected = {(c.mode, c.processes) for c in all_cells if c.model in stacks}
+    assert set(rows) == expected, (sorted(rows), sorted(expected))
+    for (mode, processes), texts in rows.items():
+        for text, stack in zip(texts, STACK_COLUMNS.values()):
+            cell = cells.Cell(mode, processes, "fp32", stack, "default")
+            assert cell in all_cells and cells.expected_error(cell) is None, cell
+            assert text.startswith("tested"), (cell, text)
