@@ -2,8 +2,10 @@
 
 For each model, precision and seed, two twins train from the same initialisation on the same batches:
 one with the default estimator, one with ``exact`` (or, where a model refuses exact, ``central`` with
-its passes in fp32). On held-out images both are then measured the same way, in eval mode and fp32:
-the true penalty (exact R, or central's in fp32 where exact is refused) and accuracy.
+its passes in fp32). With ``--fp32-twin`` the twin trains in fp32 only, and the bf16 default is
+compared with it (a stricter comparison: the twin then also has fp32's CE). On held-out images both
+are measured the same way, in eval mode and fp32: the true penalty (exact R, or central's in fp32
+where exact is refused) and accuracy.
 
 Models (random init, 10 classes):
 
