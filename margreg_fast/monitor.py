@@ -30,6 +30,11 @@ user's line: its stacklevel is that of the first frame outside margreg_fast and 
 
 The ratio is computed from two sums that the regulariser transfers with its other statistics in
 one host synchronisation (:func:`secant_sums`, :func:`ratio_of_sums`).
+
+The ratio measures a magnitude. The direction of the penalty's parameter gradient -- what training
+follows -- can be lost while the ratio stays near 1 (kinks on one side of a sample, rounding): the
+opt-in direction audit of :mod:`margreg_fast.audit` (``audit_every=``) measures it. The estimators'
+advice for a low ratio comes from their registry entries (:mod:`.estimators.registry`).
 """
 from __future__ import annotations
 

@@ -12,6 +12,9 @@ their kinks -- and reports, on held-out images:
   regulariser's :class:`~margreg_fast.monitor.SecantMonitor` warned during training;
 * ``accuracy`` on the held-out images.
 
+The same judgement on real timm models (a deep BatchNorm ReLU MnasNet and a BatchNormAct SiLU
+EfficientNet, fp32 and bf16 autocast, seeds): ``benchmarks/estimator_training_timm.py``.
+
 ``tests/test_estimator_training.py`` holds the default estimator to true_over_own <= 1.5 and
 over_twin <= 3 and checks that ``fd`` fails; ``benchmarks/estimator_training.py`` writes the
 table for every estimator.
