@@ -97,7 +97,7 @@ def load() -> Path:
     name = build_name(isa)
     folder = build_directory(name)
     library = folder / f"{name}.so"
-    if not (folder / _STAMP).is_file():
+    if not ((folder / _STAMP).is_file() and library.is_file()):
         print(f"margreg_fast: compiling the native CPU kernel into {folder} (once for this torch, Python and "
               "CPU; about a minute)", file=sys.stderr, flush=True)
         folder.mkdir(parents=True, exist_ok=True)
