@@ -6,7 +6,8 @@ reports (sqrt(sum slope^2 / sum ||g||^2), the monitor's ratio; statistics held a
 in training) for
 
 * ``fd`` (the forward secant, s = +1), ``central`` and the default ``rfd`` (a random sign per sample),
-  each at the step rule "auto" (min(eps^(1/2) RMS(x), 0.03 / ||g||): margreg_fast/estimators/steps.py);
+  each at the step rule "auto" (min(r, 0.03 / ||g||) with r = eps^(1/2) RMS(x) for fd and rfd,
+  4 eps^(1/3) RMS(x) for central: margreg_fast/estimators/steps.py);
 * ``fd`` and ``rfd`` at the rule before the curvature bound, 4 eps^(1/3) RMS(x) (2.0e-2 RMS in fp32).
 
     python benchmarks/estimator_step_rule.py [--sizes 64 224] [--models ...]
@@ -80,7 +81,8 @@ def main() -> None:
         lines.append(f"- {column}: secant ratios in [{min(values):.2f}, {max(values):.2f}] over every row.")
     title = ("Secant ratios (the regulariser's stats['secant_ratio']) at random init, train mode, float32, batch 4 "
              "(64 px) or 2 (224 px) of uniform [0, 1) images; dropout 0.2 and drop-path 0.1 where marked. "
-             "auto = min(eps^(1/2) RMS(x), 0.03 / ||g||); old = 4 eps^(1/3) RMS(x).")
+             "auto = min(r, 0.03 / ||g||), r = eps^(1/2) RMS(x) (fd, rfd) or 4 eps^(1/3) RMS(x) (central); "
+             "old = 4 eps^(1/3) RMS(x).")
     print(report.write_markdown(out.with_suffix(".md"), title, lines, report.command_line()))
 
 

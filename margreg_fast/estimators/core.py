@@ -243,7 +243,7 @@ def _finish(entry, passes: ModelPasses, x: torch.Tensor, target: Optional[torch.
         slope = _jvp_slope(passes, x, v, penalty, target)
         return Estimate(slope ** 2, ce, g_norm, slope.detach(), z_ce)
 
-    h = resolve_step(step, x, z0.dtype, g_norm)
+    h = resolve_step(step, x, z0.dtype, g_norm, entry)
     if method == "central":
         hv = broadcast_step(h, x) * v
         # two forwards of B, not one of 2B: each replays the clean pass's draws (masks of 2B rows would

@@ -6,24 +6,30 @@ sample with g = 0 gets v = 0 (and so x+ = x, D = 0, penalty 0, never NaN).
 
 Step ``"auto"`` (the default): per sample, the smaller of a rounding bound and a curvature bound,
 
-    h_i = min( eps^(1/2) RMS(x_i),  C / ||g_i|| ),
+    h_i = min( r_i,  C / ||g_i|| ),
 
-with eps the machine epsilon of the logits' dtype, RMS(x_i) = sqrt(mean(x_i^2)) (1 where x_i = 0)
-the input's scale, and ||g_i|| = ||grad_x S(x_i)||, known exactly (detached) from the backward that
-gives v. h is detached. It applies to the estimators that take a step (the registry's
-``takes_step``, :mod:`.registry`: fd, central, rfd).
+with ||g_i|| = ||grad_x S(x_i)||, known exactly (detached) from the backward that gives v, and r_i
+the rounding bound below, a multiple of RMS(x_i) = sqrt(mean(x_i^2)) (1 where x_i = 0), the input's
+scale. h is detached. It applies to the estimators that take a step (the registry's ``takes_step``,
+:mod:`.registry`).
 
-**The rounding bound.** A secant's value carries a rounding error of about eps / h relative (two
-forwards subtracted) and a truncation error of about h (fd's value; central's and rfd's expected
-gradient: h^2), so rounding alone would ask for h ~ eps^(1/2) (fd) or eps^(1/3) (order 2). The
-estimators' parameter gradients on smooth CNNs keep a cosine of 0.9997-1.0000 with exact's in fp32
-from h = 2.3e-4 to 0.06 (``benchmarks/results/estimator_step_sweep.md``): rounding leaves a wide
-range. ReLU nets want the low end of it, because a probe that crosses ReLU kinks measures an average
-of the pieces' slopes, not the slope at x: on RepVGG-A0 (plain ReLU, random init, dropout and
-drop-path, 64 px) the secant ratios are 0.30 / 0.08 at 4.9e-3 RMS (eps^(1/3)), 0.62 / 0.55 at 1e-3
-RMS and 0.90 / 0.88 at 3.5e-4 RMS (eps^(1/2)), where they return in float64 at 1e-5 and below. So
-every estimator takes eps^(1/2) RMS, the smallest step at which the value's rounding error is still
-no larger than its truncation error.
+**The rounding bound** depends on what the secant feeds (the registry's ``exact_value``), with eps the
+machine epsilon of the logits' dtype:
+
+* an estimator whose *value* is the secant (``fd``, order p = 1; ``central``, p = 2) trades its
+  value's truncation error ~ h^p against rounding ~ eps / h: r = eps^(1/2) RMS for fd and
+  4 eps^(1/3) RMS for central (c = 4 as the rule had it before the curvature bound). A smaller step
+  would cost central's value accuracy: on a small SDPA ViT whose ||g|| is 0.016, central's value at
+  3.5e-4 RMS is 1% off exact's (tests/test_models_conditions.py holds it to 0.1%).
+* ``rfd``, whose value is the exact ||g||^2 and whose secant feeds only the parameter gradient, takes
+  r = eps^(1/2) RMS, the low end of the range that rounding allows: its parameter gradient keeps a
+  cosine of 0.9997-1.0000 with exact's in fp32 from h = 2.3e-4 to 0.06 on smooth CNNs
+  (``benchmarks/results/estimator_step_sweep.md``), and ReLU nets want small steps, because a probe
+  that crosses ReLU kinks measures an average of the pieces' slopes, not the slope at x. RepVGG-A0
+  (plain ReLU, random init, dropout and drop-path, 64 px) is the case that decided it: its secant
+  ratio was far below 0.8 at 4.9e-3 RMS (eps^(1/3)) and inside [0.8, 1.25] at eps^(1/2) RMS
+  (probes over the step, not committed; the chosen rule's ratios are in the table cited below), and
+  in float64 it returns to 1 at steps below 1e-5.
 
 **The curvature bound.** Along v, S(x + e v) = S(x) + e ||g|| + (e^2/2) v^T H v + ..., so a secant's
 slope is ||g|| (1 + (h/2) v^T H v / ||g|| + ...). For the head alone, S = logsumexp(z) with z linear
@@ -36,11 +42,13 @@ batch-normalised layers amplify input perturbations), where the rounding bound a
 several nats and the secant ratio falls to 0.03-0.5. C = 0.03 nats: on the suite's timm zoo
 extended with MobileOne, FBNet, MnasNet, MobileNetV4, RepVGG and EfficientNetV2 (random init, train
 mode, 64 and 224 px, with and without dropout / drop-path) the secant ratios stay in [0.8, 1.25]
-(``benchmarks/results/estimator_step_rule.md``, from ``benchmarks/estimator_step_rule.py``), while
-C = 0.1 leaves MobileOne-S0 at 0.62-0.75 and C = 0.01 meets rounding on MobileNetV4-conv-small at
-224 px (ratio 0.74-0.76).
+(``benchmarks/results/estimator_step_rule.md``, from ``benchmarks/estimator_step_rule.py``, which
+also shows the ratios of the rule without the curvature bound). C was chosen from probes at
+C = 1, 0.3, 0.1, 0.03 and 0.01 (not committed): 0.1 left MobileOne-S0 below the band, and 0.01 met
+rounding on MobileNetV4-conv-small at 224 px, whose ||g|| is in the thousands.
 
-fp32 logits give a rounding bound of h = 3.5e-4 RMS, bf16 logits 0.088 RMS, fp64 1.5e-8 RMS. Under
+fp32 logits give a rounding bound of h = 3.5e-4 RMS (fd, rfd) / 2.0e-2 RMS (central), bf16 logits
+0.088 RMS / 0.79 RMS, fp64 1.5e-8 RMS / 2.4e-5 RMS. Under
 autocast the penalty's passes run in fp32 (:mod:`.core`), so their logits, and their step, are fp32's.
 """
 from __future__ import annotations
@@ -50,6 +58,7 @@ from typing import Tuple, Union
 import torch
 
 from .defaults import AUTO, Step
+from .registry import Estimator
 
 #: C, the most nats that the probe may move S along v: h ||g|| <= C (see the module docstring).
 CURVATURE_BOUND = 0.03
@@ -68,18 +77,26 @@ def unit_direction(g: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     return v, scale * unorm
 
 
-def resolve_step(step: Step, x: torch.Tensor, logits_dtype: torch.dtype,
-                 grad_norm: torch.Tensor) -> Union[float, torch.Tensor]:
+def rounding_bound(estimator: Estimator, logits_dtype: torch.dtype) -> float:
+    """r / RMS(x) for ``estimator`` (see "The rounding bound" in the module docstring)."""
+    eps = torch.finfo(logits_dtype).eps
+    if estimator.exact_value or estimator.order == 1:
+        return eps ** 0.5
+    return 4.0 * eps ** (1.0 / (estimator.order + 1))
+
+
+def resolve_step(step: Step, x: torch.Tensor, logits_dtype: torch.dtype, grad_norm: torch.Tensor,
+                 estimator: Estimator) -> Union[float, torch.Tensor]:
     """h as a float, or for ``"auto"`` a detached (B,) tensor (see the module docstring).
 
     ``grad_norm``: ||g|| per sample, shape (B,) (0 where g = 0: that sample takes the rounding bound,
-    and its v is 0 anyway)."""
+    and its v is 0 anyway); ``estimator``: the registry entry of the estimator that takes the step."""
     if step != AUTO:
         return step
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     rms = x.detach().to(acc).flatten(1).pow(2).mean(dim=1).sqrt()
     rms = torch.where(rms > 0, rms, torch.ones_like(rms))
-    rounding = torch.finfo(logits_dtype).eps ** 0.5 * rms
+    rounding = rounding_bound(estimator, logits_dtype) * rms
     norm = grad_norm.detach().to(acc)
     curvature = torch.where(norm > 0, CURVATURE_BOUND / norm, torch.full_like(norm, float("inf")))
     return torch.minimum(rounding, curvature)
