@@ -175,8 +175,8 @@ def table(runs: Path) -> None:
              f"images. bf16: the training step under torch.autocast('cpu', dtype=torch.bfloat16). Runs on a shared "
              f"2-core CPU, 1 thread.")
     print(report.write_markdown(report.RESULTS / "estimator_training_timm.md", title, lines,
-                                "python benchmarks/estimator_training_timm.py --table (the runs: "
-                                + " ".join(sorted({r.get('command', '') for r in rows} - {''})) + ")"))
+                                "python benchmarks/estimator_training_timm.py --table` from the runs of `"
+                                + "`, `".join(sorted({r.get('command', '') for r in rows} - {''}))))
 
 
 def main() -> None:
