@@ -90,13 +90,17 @@ def main(out_dir):
         return torch._dynamo.lookup_backend("aot_eager")(gm, example_inputs)
 
     compiled_net, eager_net = bn_cnn(), bn_cnn()
+    compiled = DistributedDataParallel(torch.compile(compiled_net, backend=counting))
     torch.manual_seed(1)  # rfd's signs: the same on both runs
-    step(DistributedDataParallel(torch.compile(compiled_net, backend=counting)), xs, ys, method="rfd")
+    step(compiled, xs, ys, method="rfd")
+    in_step = len(graphs)  # the estimate's passes of a compiled BatchNorm model run eagerly
     torch.manual_seed(1)
     step(DistributedDataParallel(eager_net), xs, ys, method="rfd")
-    torch.save({"compiled": [p.detach() for p in compiled_net.parameters()],
-                "eager": [p.detach() for p in eager_net.parameters()], "graphs": len(graphs)},
-               os.path.join(out_dir, f"compiled_rank{rank}.pt"))
+    params = [p.detach().clone() for p in compiled_net.parameters()]
+    with torch.no_grad():
+        compiled(xs)  # outside an estimate the model runs compiled
+    torch.save({"compiled": params, "eager": [p.detach() for p in eager_net.parameters()],
+                "graphs_in_step": in_step, "graphs": len(graphs)}, os.path.join(out_dir, f"compiled_rank{rank}.pt"))
 
     fraction_net = bn_cnn()
     step(DistributedDataParallel(fraction_net), xs, ys, reg=fraction_regularizer(rank))
