@@ -75,4 +75,5 @@ def test_the_clean_pass_saves_at_most_a_tenth_more_than_a_plain_forward(precisio
     with context:
         (plain,) = saved_bytes_per_forward(model, lambda: model(x))
         (clean,) = saved_bytes_per_forward(model, lambda: ModelPasses(model).clean(x))
-    assert plain > 0 and clean <= 1.1 * plain, (plain, clean)
+    # at least the plain forward's: the pass leaves saved-tensor hooks other than a checkpoint's in place
+    assert 0 < plain <= clean <= 1.1 * plain, (plain, clean)
