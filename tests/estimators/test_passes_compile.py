@@ -131,3 +131,22 @@ def test_compiled_batch_norm_act_with_an_in_place_activation_equals_eager():
         torch.testing.assert_close(got[0], want[0], rtol=1e-6, atol=0)
         for a, b in zip(got[2], want[2]):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_compiled_timm_mobilenetv3_equals_eager():
+    """The README's kind of model: timm's mobilenetv3_small_050 (BatchNormAct2d with in-place hard-swish,
+    squeeze-excite, train mode) compiled; its regularised step equals the eager model's (the passes run
+    eagerly: the same ops, so float64 rounding)."""
+    from tests.timm_import import import_timm
+
+    timm = import_timm()
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    eager = timm.create_model("mobilenetv3_small_050", num_classes=5).double().train()
+    net = copy.deepcopy(eager)
+    x, y = torch.randn(4, 3, 32, 32, dtype=torch.float64), torch.randint(0, 5, (4,))
+    want = _step(eager, list(eager.parameters()), "rfd", x, y)
+    got = _step(torch.compile(net), list(net.parameters()), "rfd", x, y)
+    torch.testing.assert_close(got[0], want[0], **TOL)
+    for a, b in zip(got[2], want[2]):
+        torch.testing.assert_close(a, b, **TOL)
