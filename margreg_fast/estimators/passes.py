@@ -108,6 +108,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.overrides import TorchFunctionMode
 
+from .checks import OutputModel
+
 
 class HeldStatisticsError(RuntimeError):
     """A pass's batch-norm calls cannot be matched with the clean pass's held statistics."""
@@ -472,6 +474,10 @@ def check_passable(model) -> None:
 
 
 def _unwrapped(model):
+    """DDP's ``.module``, also inside the :class:`.checks.OutputModel` of a model given with ``output=``."""
+    if isinstance(model, OutputModel):
+        inner = _unwrapped(model.model)
+        return model if inner is model.model else OutputModel(inner, model.output)
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
