@@ -149,13 +149,16 @@ def table(runs: Path) -> None:
         cell = {(r["method"], r["seed"]): r for r in rows if (r["model"], r["precision"]) == (name, precision)}
         fp32 = {(r["method"], r["seed"]): r for r in rows if (r["model"], r["precision"]) == (name, "fp32")}
         twin = next(r["true_penalty_by"] for r in cell.values())
-        twins = {s: cell.get((twin, s), fp32.get((twin, s))) for (m, s) in cell if m == DEFAULT_METHOD}
-        seeds = sorted(s for s, t in twins.items() if t is not None)
+        defaults = sorted(s for (m, s) in cell if m == DEFAULT_METHOD)
+        # the twin of the same precision where every seed has one, else the fp32 twin (--fp32-twin)
+        same = all((twin, s) in cell for s in defaults)
+        source = cell if same else fp32
+        seeds = [s for s in defaults if (twin, s) in source]
         if not seeds:
             continue
         d = [cell[DEFAULT_METHOD, s] for s in seeds]
-        t = [twins[s] for s in seeds]
-        twin_label = twin if all((twin, s) in cell for s in seeds) else f"{twin} (fp32)"
+        t = [source[twin, s] for s in seeds]
+        twin_label = twin if same else f"{twin} (fp32)"
         ratio = [a["true_penalty"] / b["true_penalty"] for a, b in zip(d, t)]
         gap = [100 * (a["accuracy"] - b["accuracy"]) for a, b in zip(d, t)]
         lines.append("| " + " | ".join([
