@@ -158,7 +158,7 @@ def table(runs: Path) -> None:
             continue
         d = [cell[DEFAULT_METHOD, s] for s in seeds]
         t = [source[twin, s] for s in seeds]
-        twin_label = twin if same else f"{twin} (fp32)"
+        twin_label = twin if same or precision == "fp32" else f"{twin} (fp32)"
         ratio = [a["true_penalty"] / b["true_penalty"] for a, b in zip(d, t)]
         gap = [100 * (a["accuracy"] - b["accuracy"]) for a, b in zip(d, t)]
         lines.append("| " + " | ".join([
