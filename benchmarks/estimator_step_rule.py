@@ -73,7 +73,7 @@ def main() -> None:
                 print(" | ".join(cells[-1]), flush=True)
     out = report.RESULTS / "estimator_step_rule"
     report.write_csv(out.with_suffix(".csv"), rows)
-    lines = report.table(["model", "px", "dropout + drop-path", "mean ||g||"] + [c for c, _, _ in RULES], cells,
+    lines = report.table(["model", "px", "dropout + drop-path", "mean ‖g‖"] + [c for c, _, _ in RULES], cells,
                          "lllr" + "r" * len(RULES))
     lines.append("")
     for column, _, _ in RULES:
