@@ -34,7 +34,7 @@ claims: $(STAMP)
 	scripts/publish_claims.sh $(CLAIMS_DIR) $(CLAIMS_DIR)-threads2 $(CLAIMS_DIR)-gelu
 
 test: $(STAMP)
-	TRITON_INTERPRET=1 $(PY) -m pytest -q tests
+	TRITON_INTERPRET=1 $(PY) -m pytest -q --durations=25 tests
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_head.py
