@@ -69,13 +69,11 @@ def main() -> None:
         rows.append(row)
         cells.append([name, f"{1000 * base:.0f}", f"{row['every_1']:.2f}", f"{row['every_10']:.2f}"])
         print(" | ".join(cells[-1]), flush=True)
-    out = report.RESULTS / "estimator_audit"
-    report.write_csv(out.with_suffix(".csv"), rows)
     lines = report.table(["model", "step without audit (ms, median)", "audit_every=1 (median ratio)",
                           "audit_every=10 (mean ratio)"], cells, "lrrr")
     title = (f"Cost of the direction audit (8 samples, exact as the reference) per training step of the default "
              f"estimator, {args.steps} interleaved rounds, 1 thread on a shared CPU.")
-    print(report.write_markdown(out.with_suffix(".md"), title, lines, report.command_line()))
+    print(report.publish("estimator_audit", rows, title, lines))
 
 
 if __name__ == "__main__":

@@ -160,8 +160,6 @@ def main() -> None:
                      + [f"{row['fp32 passes'] / fp32_default:.2f}"])
         cost_cells.append([name, str(size)] + [f"{row['cost ' + k]:.2f}" for k in timed])
         print(" | ".join(cells[-1]), " || ", " | ".join(cost_cells[-1]), flush=True)
-    out = report.RESULTS / "estimator_autocast"
-    report.write_csv(out.with_suffix(".csv"), rows)
     lines = ["**Cosine with the fp32 reference** (median over sign draws)", ""]
     lines += report.table(["model", "px", "reference", "fp32 default", *OPTIONS, "fp32 passes / fp32 default"],
                           cells, "lllrrrrrrr")
@@ -171,7 +169,7 @@ def main() -> None:
                            "exact, fp32 passes"], cost_cells, "llrrr")
     title = (f"The penalty's parameter gradient under torch.autocast('cpu', dtype=torch.bfloat16): random init, train "
              f"mode, batch 4, {args.draws} sign draws, {args.reps} timing repetitions, 1 thread on a shared CPU.")
-    print(report.write_markdown(out.with_suffix(".md"), title, lines, report.command_line()))
+    print(report.publish("estimator_autocast", rows, title, lines))
 
 
 if __name__ == "__main__":

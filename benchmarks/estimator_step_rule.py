@@ -71,8 +71,6 @@ def main() -> None:
                 cells.append([name, str(size), "yes" if drop else "no", f"{row['grad_norm']:.3g}"]
                              + [f"{row[c]:.2f}" for c, _, _ in RULES])
                 print(" | ".join(cells[-1]), flush=True)
-    out = report.RESULTS / "estimator_step_rule"
-    report.write_csv(out.with_suffix(".csv"), rows)
     lines = report.table(["model", "px", "dropout + drop-path", "mean ‖g‖"] + [c for c, _, _ in RULES], cells,
                          "lllr" + "r" * len(RULES))
     lines.append("")
@@ -83,7 +81,7 @@ def main() -> None:
              "(64 px) or 2 (224 px) of uniform [0, 1) images; dropout 0.2 and drop-path 0.1 where marked. "
              "auto = min(r, 0.03 / ||g||), r = eps^(1/2) RMS(x) (fd, rfd) or 4 eps^(1/3) RMS(x) (central); "
              "old = 4 eps^(1/3) RMS(x).")
-    print(report.write_markdown(out.with_suffix(".md"), title, lines, report.command_line()))
+    print(report.publish("estimator_step_rule", rows, title, lines))
 
 
 if __name__ == "__main__":

@@ -41,11 +41,9 @@ def main() -> None:
                      f"{o.over_twin(twin):.2f} | {o.secant_ratio:.2f} | {'yes' if o.warned else 'no'} | "
                      f"{o.accuracy:.3f} |")
         print(lines[-1], flush=True)
-    out = report.RESULTS / "estimator_training"
-    report.write_csv(out.with_suffix(".csv"), rows, list(rows[0]))
     title = ("Training outcome per estimator: MaxPoolCNN (width 16, hidden 128), 8 epochs at weight 10 on the 8x8 "
              "digits on a zero 20x20 canvas, default step; measured on 397 held-out images.")
-    print(report.write_markdown(out.with_suffix(".md"), title, lines, report.command_line()))
+    print(report.publish("estimator_training", rows, title, lines))
 
 
 if __name__ == "__main__":

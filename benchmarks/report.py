@@ -43,3 +43,10 @@ def write_markdown(path: Path, title: str, body: List[str], command: str) -> str
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return text
+
+
+def publish(stem: str, rows: List[dict], title: str, body: List[str]) -> str:
+    """Write ``RESULTS/stem.csv`` (``rows``) and ``RESULTS/stem.md`` (``title``, ``body`` and this run's
+    command line); return the Markdown text."""
+    write_csv(RESULTS / f"{stem}.csv", rows)
+    return write_markdown(RESULTS / f"{stem}.md", title, body, command_line())
