@@ -176,6 +176,24 @@ def attribution_similarity(before: torch.Tensor, after: torch.Tensor, k: int,
     return out
 
 
+def attacked_maps(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, k: int, steps: int,
+                  alpha: float | None = None, fd_step: float = 0.03, noise_seed: int | None = None,
+                  batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(before, after, noisy): the saliency maps of x, of AttributionAttack(x) (alpha defaults to
+    2.5 eps / steps) and, with ``noise_seed``, of x plus random +-eps noise (a uniformly random vertex of
+    the L-inf ball, clipped to [0, 1]; else None)."""
+    alpha = 2.5 * eps / max(steps, 1) if alpha is None else alpha
+    attack = AttributionAttack(model, eps=eps, alpha=alpha, steps=steps, k=k, fd_step=fd_step, batch_size=batch_size)
+    adv = attack(x, y)
+    with evaluating(model):
+        before, after = _saliency(model, x, y)[1], _saliency(model, adv, y)[1]
+        noisy = None
+        if noise_seed is not None:
+            gen = torch.Generator(device=x.device).manual_seed(noise_seed)
+            noisy = _saliency(model, (x + random_perturbation(x, eps, "linf", gen)).clamp(0, 1), y)[1]
+    return before, after, noisy
+
+
 def attribution_robustness(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, k: int,
                            steps: int, alpha: float | None = None, fd_step: float = 0.03,
                            noise_seed: int | None = None, wide_k: int | None = None,
@@ -187,16 +205,10 @@ def attribution_robustness(model: torch.nn.Module, x: torch.Tensor, y: torch.Ten
     With ``noise_seed``, also the similarities under random
     +-eps noise (a uniformly random vertex of the L-inf ball, clipped to [0, 1]), keys ending in
     ``_random``: what any perturbation of that size does, the baseline the attack is read against."""
-    alpha = 2.5 * eps / max(steps, 1) if alpha is None else alpha
-    attack = AttributionAttack(model, eps=eps, alpha=alpha, steps=steps, k=k, fd_step=fd_step, batch_size=batch_size)
-    adv = attack(x, y)
-    with evaluating(model):
-        before, after = _saliency(model, x, y)[1], _saliency(model, adv, y)[1]
-        out = {**attribution_similarity(before, after, k, wide_k), "topk_mass": topk_mass(before, k),
-               "saliency_l2": before.flatten(1).double().norm(dim=1).mean().item()}
-        if noise_seed is not None:
-            gen = torch.Generator(device=x.device).manual_seed(noise_seed)
-            noisy = (x + random_perturbation(x, eps, "linf", gen)).clamp(0, 1)
-            out.update({f"{name}_random": v for name, v in
-                        attribution_similarity(before, _saliency(model, noisy, y)[1], k, wide_k).items()})
+    before, after, noisy = attacked_maps(model, x, y, eps=eps, k=k, steps=steps, alpha=alpha, fd_step=fd_step,
+                                         noise_seed=noise_seed, batch_size=batch_size)
+    out = {**attribution_similarity(before, after, k, wide_k), "topk_mass": topk_mass(before, k),
+           "saliency_l2": before.flatten(1).double().norm(dim=1).mean().item()}
+    if noisy is not None:
+        out.update({f"{name}_random": v for name, v in attribution_similarity(before, noisy, k, wide_k).items()})
     return out

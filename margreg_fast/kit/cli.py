@@ -229,6 +229,14 @@ def _add_claims(p: argparse.ArgumentParser) -> None:
                         "cheap rerun that --compare-to checks")
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: write the report from the runs already finished in OUT, listing the others")
+    p.add_argument("--scale-free", action="store_true",
+                   help="also the scale-free rows: each claim model's scale-dependent metrics after temperature "
+                        "scaling and the density shift in its own units, computed on the finished models (see "
+                        "margreg_fast/kit/experiments/scale.py); the claims table shows raw and scale-free verdicts")
+    p.add_argument("--budgets", action="store_true",
+                   help="also the attack-budget curves of each claim model: the attribution attack at L-inf 0.01, "
+                        "0.02, 0.05, 0.1 beside uniform sign noise of each size, PGD at several budgets (see "
+                        "margreg_fast/kit/experiments/budgets.py); computed on the finished models")
     p.add_argument("--compare-to", type=Path, default=None,
                    help="a claims output directory of the same plan (e.g. another thread count): write "
                         "OUT/stability.md, this run's paired means against that run's intervals and verdicts")
@@ -327,7 +335,8 @@ def _claims(cfg: ExperimentConfig, args: argparse.Namespace, device: str) -> int
 
     plan = ClaimsPlan(cfg, fractions=tuple(args.fractions), lazy=tuple(args.lazy), spurious=not args.no_spurious,
                       grid=tuple(args.grid),
-                      frontier_seeds=tuple(args.frontier_seeds), light=args.light)
+                      frontier_seeds=tuple(args.frontier_seeds), light=args.light, scale_free=args.scale_free,
+                      budgets=args.budgets)
     reference = None
     if args.compare_to is not None:
         try:

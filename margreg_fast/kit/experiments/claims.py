@@ -30,13 +30,15 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import load_json, save_json
+from .checkpoint import finite_or_none, load_json, save_json
 from .config import FRACTION_SEPARATOR, LAZY_SEPARATOR, ExperimentConfig
 from .evaluation import LIGHT_KEYS, light_scores, marginal_penalty
 from .intervals import Paired, paired, verdict
 from .parallel import run_tasks
 from .runner import RESULT_NAME, _datasets, _one_run, claim_output_dir, deterministic, run_dir
 from .training import train_run
+from .budgets import ATTACK_BUDGETS, ATTACK_MEASURES, LOWER_IS_BETTER, PGD_L2_BUDGETS, PGD_LINF_BUDGETS, budget_scores, key
+from .scale import SCALE_FREE_TWINS, scale_free_scores
 
 SUBJECT = "mdr"
 COMPARATORS = ("none", "igr", "joint")
@@ -61,6 +63,11 @@ WALL_NAME = "wall.json"
 #: In the output directory: one JSON line per command that trained (start, wall seconds, jobs, threads),
 #: so the plan's wall time, resumptions included, can be told from its outputs.
 INVOCATIONS_NAME = "invocations.jsonl"
+#: Per run directory of a fully evaluated claim method (with ``--scale-free`` / ``--budgets``): the scale-free
+#: scores (scale.py) and the budget curves (budgets.py), ``{"scores": {...}, "wall_s": seconds}``, computed
+#: from the finished model after its evaluation, so that adding them trains nothing again.
+SCALE_NAME = "scale.json"
+BUDGETS_NAME = "budgets.json"
 
 
 @dataclass(frozen=True)
@@ -113,6 +120,8 @@ class ClaimsPlan:
     frontier_seeds: tuple[int, ...] = ()
     subject: str = field(default=SUBJECT)
     light: bool = False  # score every point by light_scores only (accuracies and leakage: a cheap rerun)
+    scale_free: bool = False  # also the scale-free scores of every fully evaluated claim method (scale.py)
+    budgets: bool = False  # also the attack-budget curves of every fully evaluated claim method (budgets.py)
 
     def __post_init__(self) -> None:
         if self.config.experiment != "blockmnist":
@@ -221,7 +230,36 @@ def _run_point(plan: ClaimsPlan, out: Path, experiment: str, method: str, weight
         penalty = _true_penalty(cfg, rdir, method, seed, compute=train)
         if penalty is not None:
             got["scores"] = {**got["scores"], "marginal_penalty": penalty}
+    if "result" in got and experiment == "blockmnist" and method in plan.config.methods:
+        confounds = _confound_scores(plan, cfg, rdir, method, seed, got["result"], compute=train)
+        got["scores"] = {**got["scores"], **confounds}
+        got["result"]["extra"] = {**got["result"]["extra"], **confounds}  # into results_seeds.json
     return {**got, "wall_s": _wall(rdir)}
+
+
+def _confound_scores(plan: ClaimsPlan, cfg: ExperimentConfig, rdir: Path, method: str, seed: int, result: dict, *,
+                     compute: bool) -> dict:
+    """The scale-free scores and budget curves the plan asks for, of the finished run in ``rdir``, each
+    cached in its file (SCALE_NAME, BUDGETS_NAME) with the wall seconds it took; only cached ones if not
+    ``compute``."""
+    out, model = {}, None
+    for name, wanted in ((SCALE_NAME, plan.scale_free), (BUDGETS_NAME, plan.budgets)):
+        path = rdir / name
+        if not wanted or (not path.exists() and not compute):
+            continue
+        if not path.exists():
+            start = time.perf_counter()
+            with deterministic():
+                train_set, eval_set = _datasets(cfg, seed)
+                if model is None:
+                    model = train_run(cfg, method, seed, train_set, rdir, quiet=True, allow_training=False).model.cpu()
+                scores = (scale_free_scores(model, eval_set, cfg, result["metrics"]["density_shift"])
+                          if name == SCALE_NAME else budget_scores(model, eval_set, cfg, seed))
+            save_json(path, {"scores": {k: finite_or_none(v) for k, v in scores.items()},
+                             "wall_s": time.perf_counter() - start})
+        saved = load_json(path)
+        out.update({**saved["scores"], f"{name.split('.')[0]}_wall_s": saved["wall_s"]})
+    return out
 
 
 def _true_penalty(cfg: ExperimentConfig, rdir: Path, method: str, seed: int, *, compute: bool) -> float | None:
@@ -277,7 +315,7 @@ def plan_dict(plan: ClaimsPlan) -> dict:
     return {"config": plan.config.to_dict(), "fractions": list(plan.fractions), "lazy": list(plan.lazy),
             "spurious": plan.spurious,
             "grid": list(plan.grid), "frontier_seeds": list(plan.frontier_seeds), "subject": plan.subject,
-            "light": plan.light}
+            "light": plan.light, "scale_free": plan.scale_free, "budgets": plan.budgets}
 
 
 def seed_values(records: list[dict], experiment: str, method: str, weight: float, metric: str,
@@ -323,7 +361,54 @@ def claim_rows(plan: ClaimsPlan, records: list[dict]) -> dict:
     twin = {**weights, EXACT_TWIN: weights[plan.subject]}
     estimator = [{**c.__dict__, "versus": [cell]} for c in (*CLAIMS, TRUE_PENALTY) if c.experiment == "blockmnist"
                  for cell in [_compare(records, c, plan.subject, EXACT_TWIN, twin)] if cell["mean"] is not None]
-    return {"claims": rows, "cheaper": cheaper, "estimator": estimator}
+    out = {"claims": rows, "cheaper": cheaper, "estimator": estimator}
+    if plan.scale_free:
+        out["scale_free"] = scale_free_rows(plan, records, rows)
+    if plan.budgets:
+        out["budgets"] = budget_rows(plan, records)
+    return out
+
+
+#: Not a claim: the logit scale itself, raw and after temperature scaling (the scale-free rows' context).
+LOGIT_SCALE = (Claim("logit scale (not a claim)", "blockmnist", "target_logit_mean", 1),
+               Claim("logit scale (not a claim)", "blockmnist", "target_logit_mean_T", 1))
+
+
+def scale_free_rows(plan: ClaimsPlan, records: list[dict], rows: list[dict]) -> list[dict]:
+    """Per claim row and each of its scale-free twins (scale.SCALE_FREE_TWINS; ``twin`` None where the
+    metric is scale-free by construction, its verdict then the raw one): the raw comparisons (``raw``)
+    and the twin's (``scale_free``), then the LOGIT_SCALE rows (their own metric in both)."""
+    weights = plan.experiment_config("blockmnist").weights
+    out = []
+    for row in rows:
+        for twin in SCALE_FREE_TWINS.get(row["metric"], (None,)):
+            claim = Claim(row["claim"], row["experiment"], twin or row["metric"], row["better"], row["margin"])
+            versus = row["versus"] if twin is None else [_compare(records, claim, plan.subject, c["comparator"], weights)
+                                                           for c in row["versus"]]
+            out.append({**{k: row[k] for k in ("claim", "experiment", "metric", "better", "margin")}, "twin": twin,
+                        "raw": row["versus"], "scale_free": versus})
+    for claim in LOGIT_SCALE:
+        versus = [_compare(records, claim, plan.subject, c, weights) for c in COMPARATORS
+                  if c != plan.subject and _has(records, claim.experiment, c)]
+        if any(c["mean"] is not None for c in versus):
+            out.append({**claim.__dict__, "twin": None, "raw": versus, "scale_free": versus})
+    return out
+
+
+def budget_rows(plan: ClaimsPlan, records: list[dict]) -> list[dict]:
+    """Per budget and measure of budgets.py: the subject against each comparator, paired over seeds
+    (``kind``: "attack" for the attribution attack and its noise, "pgd_linf" / "pgd_l2" for PGD)."""
+    weights = plan.experiment_config("blockmnist").weights
+    comparators = [c for c in COMPARATORS if c != plan.subject and _has(records, "blockmnist", c)]
+    specs = [("attack", m, eps) for eps in ATTACK_BUDGETS for m in ATTACK_MEASURES]
+    specs += [("pgd_linf", "pgd_linf_acc", eps) for eps in PGD_LINF_BUDGETS]
+    specs += [("pgd_l2", "pgd_l2_acc", eps) for eps in PGD_L2_BUDGETS]
+    out = []
+    for kind, measure, eps in specs:
+        claim = Claim(f"{kind} at {eps:g}", "blockmnist", key(measure, eps), -1 if measure in LOWER_IS_BETTER else 1)
+        out.append({"kind": kind, "measure": measure, "eps": eps, "metric": claim.metric, "better": claim.better,
+                    "versus": [_compare(records, claim, plan.subject, c, weights) for c in comparators]})
+    return out
 
 
 def frontier_rows(plan: ClaimsPlan, records: list[dict]) -> list[dict]:

@@ -22,6 +22,7 @@ from .config import ExperimentConfig, parse_method
 from .figures import _save, plt, write_figures
 from .intervals import CONFIDENCE, RESAMPLES, paired
 from .report import write_reports
+from .confounds_report import budget_part, scale_free_part
 
 ARROW = {1: "↑", -1: "↓"}
 
@@ -242,7 +243,7 @@ def write_claims(plan: ClaimsPlan, claims: dict, out: Path) -> str:
         "and the verdict (SUPPORTED: the interval excludes 0, or the margin, on the claimed side; CONTRADICTED: on "
         "the other side; INCONCLUSIVE: otherwise).", "",
         claims_table(claims["claims"], plan.subject), "Marginal beats conditional / joint (rows without a margin):", "",
-        beats_summary(claims["claims"], plan.subject)]))
+        beats_summary(claims["claims"], plan.subject), *scale_free_part(plan, claims, out, _write)]))
     parts = [f"# Claims of the paper, measured (seeds {seeds}, {cfg.eval_samples} evaluation images)", "", table,
              "## Every seed", "",
              _write(out / "claims_seeds.md", spread_table(claims["records"], cfg.weights, full_methods, seeds))]
@@ -256,6 +257,7 @@ def write_claims(plan: ClaimsPlan, claims: dict, out: Path) -> str:
                       f"{cfg.leakage_top_fraction:g} of pixels; topk_mass: share of a clean map's |saliency| in its "
                       "top k; saliency_l2: its L2 norm; target_logit_mean: the mean target logit. Means over seeds.", "",
                       diagnosis_table(claims["results"], full_methods, plan.subject)]))]
+    parts += budget_part(plan, claims, out, _write)
     if claims["cheaper"]:
         parts += ["## Less penalty work: fractions of each batch, lazy steps", "", _write(out / "cheaper.md", cheaper_section(
             claims["cheaper"], plan.subject))]
