@@ -23,7 +23,9 @@ flatter softmax. Two corrections, fixed in advance:
 - **Own units**: ``density_shift_own_units`` = density_shift / std_i E(x_i), the raw shift divided by
   the standard deviation (n - 1 in the denominator) of log p(x) + log Z over the clean evaluated test
   images: how far the adversarial perturbation moves log p(x) compared with how much it varies across
-  the test digits. ``energy_std`` is that spread.
+  the test digits. ``energy_std`` is that spread. This correction is approximate: logsumexp(z / c) =
+  logsumexp(z) / c only where one logit dominates, so a logit scale c divides out of it only roughly
+  (tests/kit/experiments/test_scale.py measures it); the tempered shift is the exact one.
 
 The calibration images. The claims' models train on every image of the training split (``split="test"``,
 datasets.py), so no training image is held out from them, and holding some out would change what every
