@@ -36,7 +36,11 @@ def _cell(verdicts: list) -> str:
 
 def claims_summary(claims: dict) -> str:
     """The claims table of README.md: one row per claim of the paper, one column per comparator; each
-    cell counts the verdicts of the claim's metrics (the paired intervals of docs/results/claims/claims.json)."""
+    cell counts the verdicts of the claim's metrics (the paired intervals of docs/results/claims/claims.json).
+    With scale-free rows (``claims --scale-free``) each comparator gets a second column, the verdicts after
+    the logit scale is taken out, and a sentence generated from the verdicts says which claims survive."""
+    if claims.get("scale_free"):
+        return scale_free_summary(claims)
     rows, comparators = {}, []
     for row in claims["claims"]:
         for cell in row["versus"]:
@@ -50,6 +54,39 @@ def claims_summary(claims: dict) -> str:
         lines.append(f"| {claim} | " + " | ".join(_cell(by_comparator.get(c, [])) for c in comparators) + " |")
     return ("\n".join(lines) + f"\n\nEach cell: the verdicts of the claim's metrics (paired 95% intervals over "
             f"{len(seeds)} seeds), generated from `docs/results/claims/claims.json` by "
+            "`python benchmarks/readme_tables.py`.\n")
+
+
+def scale_free_summary(claims: dict) -> str:
+    """claims_summary with a raw and a scale-free column per comparator, and the survival sentence."""
+    from margreg_fast.kit.experiments.confounds_report import NOT_A_CLAIM, survival
+
+    rows, comparators = {}, []
+    for row in claims["scale_free"]:
+        if row["claim"] == NOT_A_CLAIM:
+            continue
+        for raw, free in zip(row["raw"], row["scale_free"]):
+            c = raw["comparator"]
+            if c not in comparators:
+                comparators.append(c)
+            cell = rows.setdefault(row["claim"], {}).setdefault(c, {"raw": {}, "free": []})
+            cell["raw"][row["metric"]] = raw["verdict"]  # a metric with two twins counts once raw
+            cell["free"].append(free["verdict"])
+    seeds = claims["plan"]["config"]["seeds"]
+    lines = ["| claim of the paper | " + " | ".join(f"mdr against {c} | scale-free" for c in comparators) + " |",
+             "|---" * (2 * len(comparators) + 1) + "|"]
+    for claim, by in rows.items():
+        lines.append(f"| {claim} | " + " | ".join(f"{_cell(list(by[c]['raw'].values()))} | {_cell(by[c]['free'])}"
+                                                 if c in by else " | " for c in comparators) + " |")
+    verdicts = survival(claims["scale_free"])
+    kept = [f"\"{s['claim']}\" against {s['comparator']}" for s in verdicts if s["survives"] is True]
+    lost = [f"\"{s['claim']}\" against {s['comparator']}" for s in verdicts if s["survives"] is False]
+    sentence = ("After the logit scale is taken out (temperature scaling; the density shift also in each model's "
+                f"own units), the claims that survive are: {', '.join(kept) or 'none'}; those that do not: "
+                f"{', '.join(lost) or 'none'}. Every other claim is measured by a scale-free metric, so its verdict "
+                "stands as it is.")
+    return ("\n".join(lines) + f"\n\n{sentence}\n\nEach cell: the verdicts of the claim's metrics (paired 95% intervals "
+            f"over {len(seeds)} seeds), raw and scale-free, generated from `docs/results/claims/claims.json` by "
             "`python benchmarks/readme_tables.py`.\n")
 
 
