@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo claims test bench results docs gpu-check clean
+.PHONY: setup demo claims claims-confounds test bench results docs gpu-check clean
 
 $(STAMP): requirements.txt setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,13 @@ claims: $(STAMP)
 	$(PY) -m margreg_fast claims $(CLAIMS) --fractions 0.5 0.25 0.125 --lazy 4 8 --grid 0.1 1 10 --frontier-seeds 0 1 2 3 4 --threads 1 --jobs 2 --quiet --out $(CLAIMS_DIR)
 	$(PY) -m margreg_fast claims $(CLAIMS) --methods none mdr --no-spurious --light --threads 2 --jobs 1 --quiet --out $(CLAIMS_DIR)-threads2 --compare-to $(CLAIMS_DIR)
 	$(PY) -m margreg_fast claims $(CLAIMS) --methods none mdr mdr-exact --activation gelu --no-spurious --light --threads 1 --jobs 2 --quiet --out $(CLAIMS_DIR)-gelu
+	scripts/publish_claims.sh $(CLAIMS_DIR) $(CLAIMS_DIR)-threads2 $(CLAIMS_DIR)-gelu
+
+# The confound rows on the claims' own models, after `make claims` (the same plan: nothing is trained
+# again; each finished model is evaluated once more and its scale.json / budgets.json kept): the
+# scale-free rows and the attack-budget curves, then the claims published with them. Resumable.
+claims-confounds: $(STAMP)
+	$(PY) -m margreg_fast claims $(CLAIMS) --fractions 0.5 0.25 0.125 --lazy 4 8 --grid 0.1 1 10 --frontier-seeds 0 1 2 3 4 --scale-free --budgets --threads 1 --jobs 2 --quiet --out $(CLAIMS_DIR)
 	scripts/publish_claims.sh $(CLAIMS_DIR) $(CLAIMS_DIR)-threads2 $(CLAIMS_DIR)-gelu
 
 test: $(STAMP)

@@ -19,6 +19,8 @@ for f in figure1 attributions insertion; do
     cp "$src/blockmnist/figures/$f.png" "docs/figures/claims_$f.png"
 done
 if [ -f "$src/figures/frontier.png" ]; then cp "$src/figures/frontier.png" docs/figures/claims_frontier.png; fi
+# the confound rows (claims --scale-free --budgets), if this claims run has them
+if [ -f "$src/scale_free.md" ] || [ -f "$src/budgets.md" ]; then scripts/publish_confounds.sh "$src"; fi
 if [ -n "${2:-}" ] && [ -f "$2/stability.md" ]; then cp "$2/stability.md" "$dst/stability_threads2.md"; fi
 if [ -n "${2:-}" ] && [ -f "$2/compute.md" ]; then cp "$2/compute.md" "$dst/compute_threads2.md"; fi
 if [ -n "${3:-}" ] && [ -f "$3/estimator.md" ]; then cp "$3/estimator.md" "$dst/estimator_gelu.md"; fi

@@ -219,7 +219,8 @@ def scale_free_part(plan, claims: dict, out: Path, write) -> list[str]:
     cfg = plan.experiment_config("blockmnist")
     methods = [m for m in plan.config.methods if any(r["method"] == m for r in claims["records"])]
     text = "\n".join([
-        "Raw and scale-free verdicts side by side. Scale-free: after temperature scaling (one temperature per model, "
+        f"Raw and scale-free verdicts side by side (seeds {list(cfg.seeds)}, {cfg.eval_samples} evaluation images). "
+        "Scale-free: after temperature scaling (one temperature per model, "
         "fitted by NLL on the test images that no attack, insertion or density row reads) and, for the density "
         "shift, also in the model's own units (the shift over the standard deviation of log p(x) over the "
         "evaluated clean test images); see margreg_fast/kit/experiments/scale.py.", "",
