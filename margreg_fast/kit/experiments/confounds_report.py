@@ -150,12 +150,14 @@ def _unit_gap(records: list[dict]) -> float:
     return max(gaps, default=float("nan"))
 
 
-def budget_verdicts(rows: list[dict], comparator: str = "none") -> dict[float, str]:
+def budget_verdicts(rows: list[dict], comparator: str = "none", suffix: str = "") -> dict[float, str]:
     """{budget: "more" | "less" | "mixed" | "indistinguishable"}: the subject's attributions against the
-    comparator's under the attack, from the verdicts of the SIMILARITIES (module docstring)."""
+    comparator's under the attack (``suffix`` "_random": under the noise), from the verdicts of the
+    SIMILARITIES (module docstring)."""
+    measures = {m + suffix for m in SIMILARITIES}
     out = {}
     for eps in ATTACK_BUDGETS:
-        verdicts = [c["verdict"] for r in rows if r["kind"] == "attack" and r["eps"] == eps and r["measure"] in SIMILARITIES
+        verdicts = [c["verdict"] for r in rows if r["kind"] == "attack" and r["eps"] == eps and r["measure"] in measures
                     for c in r["versus"] if c["comparator"] == comparator]
         if not verdicts:
             continue
@@ -165,16 +167,19 @@ def budget_verdicts(rows: list[dict], comparator: str = "none") -> dict[float, s
 
 
 def budget_sentence(rows: list[dict], subject: str, comparator: str = "none") -> str:
-    got = budget_verdicts(rows, comparator)
-    if not got:
-        return ""
     words = {"more": "more robust", "less": "less robust", "mixed": "more robust on some measures and less on others",
              "indistinguishable": "indistinguishable (every interval includes 0)"}
-    parts = [f"{words[w]} at L-inf {', '.join(f'{e:g}' for e, v in got.items() if v == w)}"
-             for w in words if w in got.values()]
-    return (f"Under the attribution attack, {subject}'s saliency maps compared with {comparator}'s are " + "; ".join(parts)
-            + f" (from the verdicts of the {len(SIMILARITIES)} similarities, paired over seeds; more robust: SUPPORTED on "
-            "at least one and CONTRADICTED on none).\n")
+    sentences = []
+    for suffix, what in (("", "Under the attribution attack"), ("_random", "Under uniform sign noise of the same size")):
+        got = budget_verdicts(rows, comparator, suffix)
+        if got:
+            parts = [f"{words[w]} at L-inf {', '.join(f'{e:g}' for e, v in got.items() if v == w)}"
+                     for w in words if w in got.values()]
+            sentences.append(f"{what}, {subject}'s saliency maps compared with {comparator}'s are " + "; ".join(parts) + ".")
+    if not sentences:
+        return ""
+    return (" ".join(sentences) + f" (From the verdicts of the {len(SIMILARITIES)} similarities, paired over seeds; more "
+            "robust: SUPPORTED on at least one and CONTRADICTED on none; less robust: the reverse.)\n")
 
 
 def budget_figure(records: list[dict], weights: dict, methods: list[str], path: Path) -> None:
