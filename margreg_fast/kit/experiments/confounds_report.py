@@ -203,6 +203,7 @@ def budget_figure(records: list[dict], weights: dict, methods: list[str], path: 
         ax.set_title(measure + ("" if measure.startswith("pgd") else " (solid: attack, dashed: noise)"), fontsize=9)
         ax.grid(alpha=0.3)
     axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
     _save(fig, path)
 
 
