@@ -13,6 +13,10 @@ The plan (``ClaimsPlan``) holds one BlockMNIST config (seeds, evaluation images,
   igr, joint and mdr on every seed, scored by ``light_scores`` (accuracies only);
 - the weight frontier: igr, joint, mdr, mdr-exact and every cheaper form at every ``grid`` weight and at
   its selected weight, on the ``frontier_seeds``, scored by ``light_scores`` (accuracy and leakage).
+- with ``scale_free`` / ``budgets`` (``--scale-free``, ``--budgets``), on every fully evaluated BlockMNIST
+  model of the ``methods``: the scale-free scores (scale.py) and the attack-budget curves (budgets.py),
+  computed from the finished model and cached in its run directory (SCALE_NAME, BUDGETS_NAME), giving the
+  rows ``scale_free`` (each claim's raw and scale-free verdicts) and ``budgets``.
 
 Every point is one (experiment, method, weight, seed) run under ``OUT/<experiment>/runs/``, named by
 ``runner.run_dir``, so a point needed twice (a frontier point at the selected weight is a claims run)

@@ -7,7 +7,9 @@ claims.md holds, in order: the claims table (mdr against none, igr and joint: me
 every seed's value of every claim metric (the spread), the single-image panel next to the dataset
 means, the cheaper forms of mdr (mdr@F, mdr%K against mdr and none), mdr against mdr-exact (estimator.md),
 the weight frontier, and the compute the points took
-(compute.md). Every number in it is
+(compute.md); with the confound rows (claims --scale-free / --budgets) also the raw and scale-free
+verdicts side by side in the claims table (scale_free.md) and the attack budgets (budgets.md,
+figures/budgets.png), written by confounds_report.py. Every number in it is
 computed here from the records of claims.run_claims; nothing is typed in.
 """
 from __future__ import annotations
