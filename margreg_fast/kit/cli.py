@@ -121,6 +121,16 @@ def load_weights_file(path: Path) -> dict:
     return weights
 
 
+def _task_file(text: str) -> tuple[str, Path]:
+    """``TASK=FILE`` of --shortcut-weights-file, TASK one of claims.SHORTCUT_PATCHES."""
+    from .experiments.claims import SHORTCUT_PATCHES
+
+    task, sep, path = text.partition("=")
+    if not sep or task not in SHORTCUT_PATCHES or not path:
+        raise argparse.ArgumentTypeError(f"expected TASK=FILE with TASK one of {tuple(SHORTCUT_PATCHES)}, got {text!r}")
+    return task, Path(path)
+
+
 def _add_common(p: argparse.ArgumentParser, *, experiment: bool = True) -> None:
     from .experiments.config import (ATTRIBUTIONS, DATASETS, DEFAULT_ESTIMATORS, DEFAULT_WEIGHTS, ESTIMATORS,
                                      EXPERIMENTS, METHODS, MODELS, SPURIOUS_PATCHES, ExperimentConfig)
@@ -234,6 +244,14 @@ def _add_claims(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compare-to", type=Path, default=None,
                    help="a claims output directory of the same plan (e.g. another thread count): write "
                         "OUT/stability.md, this run's paired means against that run's intervals and verdicts")
+    p.add_argument("--texture", action="store_true",
+                   help="also the non-robust shortcut's rows: a faint class-coded texture over the whole image")
+    p.add_argument("--shortcut-frontier", action="store_true",
+                   help="also run the --grid on the spurious tasks (worst-group accuracy, accuracy where the "
+                        "shortcut disagrees), on the --frontier-seeds")
+    p.add_argument("--shortcut-weights-file", nargs="+", type=_task_file, default=[], metavar="TASK=FILE",
+                   help="the weights of a spurious task (spurious or texture), chosen on its own validation split "
+                        "(`margreg-fast select spurious --spurious-patch overlay|texture --write FILE`)")
 
 
 def _add_evaluate(p: argparse.ArgumentParser) -> None:
@@ -329,7 +347,9 @@ def _claims(cfg: ExperimentConfig, args: argparse.Namespace, device: str) -> int
 
     plan = ClaimsPlan(cfg, fractions=tuple(args.fractions), lazy=tuple(args.lazy), spurious=not args.no_spurious,
                       grid=tuple(args.grid),
-                      frontier_seeds=tuple(args.frontier_seeds), light=args.light)
+                      frontier_seeds=tuple(args.frontier_seeds), light=args.light, texture=args.texture,
+                      shortcut_frontier=args.shortcut_frontier,
+                      shortcut_weights={t: load_weights_file(f) for t, f in args.shortcut_weights_file})
     reference = None
     if args.compare_to is not None:
         try:
