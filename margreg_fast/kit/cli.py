@@ -249,6 +249,9 @@ def _add_claims(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shortcut-frontier", action="store_true",
                    help="also run the --grid on the spurious tasks (worst-group accuracy, accuracy where the "
                         "shortcut disagrees), on the --frontier-seeds")
+    p.add_argument("--shortcuts-only", action="store_true",
+                   help="run only the spurious tasks' points (with --texture and --shortcut-frontier: both shortcuts "
+                        "and their frontier), as a command of its own")
     p.add_argument("--shortcut-weights-file", nargs="+", type=_task_file, default=[], metavar="TASK=FILE",
                    help="the weights of a spurious task (spurious or texture), chosen on its own validation split "
                         "(`margreg-fast select spurious --spurious-patch overlay|texture --write FILE`)")
@@ -348,7 +351,7 @@ def _claims(cfg: ExperimentConfig, args: argparse.Namespace, device: str) -> int
     plan = ClaimsPlan(cfg, fractions=tuple(args.fractions), lazy=tuple(args.lazy), spurious=not args.no_spurious,
                       grid=tuple(args.grid),
                       frontier_seeds=tuple(args.frontier_seeds), light=args.light, texture=args.texture,
-                      shortcut_frontier=args.shortcut_frontier,
+                      shortcut_frontier=args.shortcut_frontier, shortcuts_only=args.shortcuts_only,
                       shortcut_weights={t: load_weights_file(f) for t, f in args.shortcut_weights_file})
     reference = None
     if args.compare_to is not None:

@@ -129,6 +129,7 @@ class ClaimsPlan:
     texture: bool = False  # the non-robust shortcut's rows (experiment "texture")
     shortcut_frontier: bool = False  # the grid on the spurious tasks too
     shortcut_weights: dict = field(default_factory=dict)  # {"spurious" or "texture": {method: weight}}
+    shortcuts_only: bool = False  # only the spurious tasks' points (their claims and frontier): a command of its own
 
     def __post_init__(self) -> None:
         if self.config.experiment != "blockmnist":
@@ -146,6 +147,8 @@ class ClaimsPlan:
             raise ValueError("the frontier needs both a grid and frontier seeds (or neither)")
         if self.shortcut_frontier and not (self.grid and self.shortcut_experiments):
             raise ValueError("the shortcut frontier needs a grid, frontier seeds and a spurious task")
+        if self.shortcuts_only and not self.shortcut_experiments:
+            raise ValueError("shortcuts only needs a spurious task (the square or the texture)")
         unknown = set(self.shortcut_weights) - set(SHORTCUT_PATCHES)
         if unknown:
             raise ValueError(f"shortcut weights for unknown tasks {sorted(unknown)}; choose from {tuple(SHORTCUT_PATCHES)}")
@@ -157,7 +160,7 @@ class ClaimsPlan:
 
     @property
     def experiments(self) -> tuple[str, ...]:
-        return ("blockmnist", *self.shortcut_experiments)
+        return self.shortcut_experiments if self.shortcuts_only else ("blockmnist", *self.shortcut_experiments)
 
     @property
     def cheaper_methods(self) -> tuple[str, ...]:
@@ -178,7 +181,8 @@ class ClaimsPlan:
         """Every (experiment, method, weight, seed, full evaluation) to run, each once, in the order of
         their worth should the command be stopped early: the claims table (BlockMNIST, then the
         spurious variant), the frontier of none / igr / joint / mdr / mdr-exact seed by seed, the
-        cheaper forms at the selected weight, then their frontier seed by seed."""
+        cheaper forms at the selected weight, then their frontier seed by seed, then the shortcut frontier.
+        With ``shortcuts_only``, the spurious tasks' points alone."""
         cfg = self.experiment_config("blockmnist")
         full = not self.light
         out = [("blockmnist", m, cfg.weights[m], s, full) for s in cfg.seeds for m in self.config.methods]
@@ -199,6 +203,8 @@ class ClaimsPlan:
         out += list(frontier(("none", *FRONTIER_METHODS)))
         out += cheaper_full
         out += list(frontier(self.cheaper_methods))
+        if self.shortcuts_only:
+            out = [p for p in out if p[0] != "blockmnist"]
         for task in self.shortcut_experiments if self.shortcut_frontier else ():
             weights = self.experiment_config(task).weights
             out += [(task, m, w, s, False) for s in self.frontier_seeds for m in SPURIOUS_METHODS
@@ -316,7 +322,7 @@ def plan_dict(plan: ClaimsPlan) -> dict:
             "spurious": plan.spurious,
             "grid": list(plan.grid), "frontier_seeds": list(plan.frontier_seeds), "subject": plan.subject,
             "light": plan.light, "texture": plan.texture, "shortcut_frontier": plan.shortcut_frontier,
-            "shortcut_weights": plan.shortcut_weights}
+            "shortcut_weights": plan.shortcut_weights, "shortcuts_only": plan.shortcuts_only}
 
 
 def seed_values(records: list[dict], experiment: str, method: str, weight: float, metric: str,

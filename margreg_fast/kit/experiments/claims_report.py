@@ -278,14 +278,15 @@ def write_claims(plan: ClaimsPlan, claims: dict, out: Path) -> str:
         results = [r for r in claims["results"] if r["method"] in done]
         write_reports(report_cfg, results, out / "blockmnist")
         write_figures(report_cfg, results, out / "blockmnist" / "figures")
-    frontier = frontier_rows(plan, claims["records"]) if plan.grid else []
+    frontier = frontier_rows(plan, claims["records"]) if plan.grid and not plan.shortcuts_only else []
     shortcut = shortcut_frontier_rows(plan, claims["records"])
     save_json(out / "claims.json", {k: v for k, v in claims.items() if k != "results"} | {"frontier": frontier}
               | ({"shortcut_frontier": shortcut} if shortcut else {}))
     seeds = list(cfg.seeds)
     weights = ", ".join(f"{m}={cfg.weights[m]:g}" for m in full_methods if m != "none")
     table = _write(out / "claims_table.md", "\n".join([
-        f"Claims table: BlockMNIST{' and the spurious variant' if plan.spurious else ''}"
+        f"Claims table: {'the spurious tasks' if plan.shortcuts_only else 'BlockMNIST'}"
+        f"{' and the spurious variant' if plan.spurious and not plan.shortcuts_only else ''}"
         f"{' (accuracies and leakage only)' if plan.light else ''}, seeds {seeds}, {cfg.eval_samples} evaluation images, "
         f"weights {weights}. Each cell: mean over seeds of the paired difference ({plan.subject} − comparator, same "
         f"seed, same data), its {CONFIDENCE:.0%} percentile bootstrap interval over seeds ({RESAMPLES} resamples), "

@@ -84,3 +84,32 @@ def test_texture_weights_are_chosen_on_its_own_validation_split(tiny_config, tmp
         if fine:  # by hand: the lowest disagreeing error among the accurate weights
             assert table[got["weights"][method]]["disagree_error"] == min(table[w]["disagree_error"] for w in fine)
     assert "val disagree_error" in (tmp_path / "selection.md").read_text()
+
+
+def test_cli_selects_each_tasks_weights_then_runs_the_shortcuts_alone(tmp_path, one_thread):
+    """`select spurious --spurious-patch texture|overlay --write FILE`, then `claims --shortcuts-only
+    --texture --shortcut-frontier --shortcut-weights-file ...`: the two tasks trained at their selected
+    weights, no BlockMNIST run, the frontier table written, and each task's claims rows."""
+    import json
+
+    from margreg_fast.kit.cli import main
+
+    from .conftest import TINY_FLAGS
+
+    files = {}
+    for task, patch in (("spurious", "overlay"), ("texture", "texture")):
+        files[task] = tmp_path / f"{task}.json"
+        assert main(["select", "spurious", "--spurious-patch", patch, "--grid", "1", "10", "--methods", "none", "mdr",
+                     "--out", str(tmp_path / f"select-{task}"), "--write", str(files[task]), *TINY_FLAGS]) == 0
+    out = tmp_path / "claims"
+    assert main(["claims", "--methods", "none", "mdr", "--seeds", "0", "1", "--shortcuts-only", "--texture",
+                 "--shortcut-frontier", "--grid", "3", "--frontier-seeds", "0", "1", "--out", str(out),
+                 "--shortcut-weights-file", *(f"{t}={f}" for t, f in files.items()), *TINY_FLAGS]) == 0
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["figures", "spurious", "texture"]
+    saved = json.loads((out / "claims.json").read_text())
+    for task, f in files.items():
+        chosen = json.loads(f.read_text())["weights"]["mdr"]
+        assert saved["plan"]["shortcut_weights"][task]["mdr"] == chosen
+        assert any(r["experiment"] == task and r["method"] == "mdr" and r["weight"] == chosen for r in saved["records"])
+    assert {r["experiment"] for r in saved["claims"]} == {"spurious", "texture"}
+    assert (out / "shortcut_frontier.md").exists() and not (out / "frontier.md").exists()
