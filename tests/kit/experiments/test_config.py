@@ -24,7 +24,7 @@ def test_round_trip_through_dict_is_exact():
     ({"split": "train"}, "split"),
     ({"patch_size": 2}, "patch_size"),
     ({"activation": "swish"}, "activation"),
-    ({"model": "resnet"}, "model"),
+    ({"model": "densenet"}, "model"), ({"spurious_amplitude": 0.0}, "spurious_amplitude"),
     ({"weights": {"mdr": -1.0}}, "weight for mdr"),
     ({"weights": {"foo": 1.0}}, "unknown method"),
     ({"estimators": {"mdr": "magic"}}, "estimator for mdr"),
