@@ -18,7 +18,8 @@ import statistics
 from pathlib import Path
 
 from .checkpoint import save_json
-from .claims import CLAIMS, EXACT_TWIN, KEEP_MARGIN, ClaimsPlan, frontier_rows, seed_values, shortcut_frontier_rows
+from .claims import (CLAIMS, EXACT_TWIN, KEEP_MARGIN, SPURIOUS_METHODS, ClaimsPlan, frontier_rows, seed_values,
+                     shortcut_frontier_rows)
 from .config import ExperimentConfig, parse_method
 from .figures import _save, plt, write_figures
 from .intervals import CONFIDENCE, RESAMPLES, paired
@@ -284,6 +285,10 @@ def write_claims(plan: ClaimsPlan, claims: dict, out: Path) -> str:
               | ({"shortcut_frontier": shortcut} if shortcut else {}))
     seeds = list(cfg.seeds)
     weights = ", ".join(f"{m}={cfg.weights[m]:g}" for m in full_methods if m != "none")
+    if plan.shortcut_weights or plan.shortcuts_only:  # each task at its own weights
+        weights = "; ".join(f"{e}: " + ", ".join(f"{m}={plan.experiment_config(e).weights[m]:g}" for m in shown if m != "none")
+                            for e in plan.experiments
+                            for shown in [full_methods if e == "blockmnist" else SPURIOUS_METHODS])
     table = _write(out / "claims_table.md", "\n".join([
         f"Claims table: {'the spurious tasks' if plan.shortcuts_only else 'BlockMNIST'}"
         f"{' and the spurious variant' if plan.spurious and not plan.shortcuts_only else ''}"
