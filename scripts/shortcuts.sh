@@ -5,15 +5,17 @@
 # (`claims --shortcuts-only`), then the tables and figure copied into DEST (docs/results/shortcuts by default).
 # Resumable: run it again with the same OUT to finish an interrupted run.
 # Usage: scripts/shortcuts.sh OUT [extra options for every command, e.g. --max-train 2000 --epochs 8]
-# Environment: SEEDS (claims and frontier seeds, default "0 1 2 3 4"), SELECT_SEEDS (default "0"),
-# GRID (default "0.1 1 10"), JOBS (default 2), DEST (default docs/results/shortcuts), PYTHON.
+# Environment: SEEDS (claims and frontier seeds, default "0 1 2 3 4"; commas or spaces), SELECT_SEEDS
+# (default "0"), GRID (default "0.1 1 10"; commas or spaces), JOBS (default 2), DEST (default docs/results/shortcuts), PYTHON.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:?usage: scripts/shortcuts.sh OUT [extra options]}
 shift
 py=${PYTHON:-.venv/bin/python}
 seeds=${SEEDS:-0 1 2 3 4}
+seeds=${seeds//,/ }
 grid=${GRID:-0.1 1 10}
+grid=${grid//,/ }
 jobs=${JOBS:-2}
 dest=${DEST:-docs/results/shortcuts}
 for task in spurious:overlay texture:texture; do
