@@ -5,6 +5,7 @@ statistics held fixed in x), is checked against an independent float64 reference
 holding the batch's biased statistics as running statistics, differentiated by plain autograd
 (tests.estimators.references.batch_statistics_copy), and trained through the kit it beats chance.
 """
+import pytest
 import torch
 
 from margreg_fast import MarginalDensityRegularizer, marginal_density_penalty
@@ -59,3 +60,30 @@ def test_resnet_trains_above_chance_on_the_digits_fixture(tiny_config, tmp_path,
     assert not model.training  # evaluated in eval mode (running statistics)
     acc = accuracy(model, test.x, test.y)
     assert acc > 0.5, acc  # chance is 0.1
+
+
+@pytest.mark.parametrize("setting", [["--model", "resnet", "--width", "4"], ["--dataset", "animal", "--patch-size", "11"]],
+                         ids=["resnet", "animal"])
+def test_claim_rows_on_the_second_model_and_dataset(setting, tmp_path, one_thread):
+    """`margreg-fast claims --model resnet` and `--dataset animal`, tiny: every BlockMNIST claim row of mdr
+    against none (leakage, PGD, density, attribution, accuracy) is decided over the two seeds, on the
+    setting asked for."""
+    import json
+
+    from margreg_fast.kit.cli import main
+
+    from .conftest import TINY_FLAGS
+
+    out = tmp_path / "claims"
+    assert main(["claims", "--methods", "none", "mdr", "--seeds", "0", "1", "--no-spurious", "--out", str(out),
+                 *TINY_FLAGS, *setting]) == 0
+    saved = json.loads((out / "claims.json").read_text())
+    cfg = saved["plan"]["config"]
+    assert (cfg["model"], cfg["dataset"]) == (("resnet", "digits") if "resnet" in setting else ("cnn", "animal"))
+    rows = {r["metric"]: r["versus"][0] for r in saved["claims"]}
+    for metric in ("leakage_paper", "pgd_linf_acc", "density_shift", "topk_intersection", "insertion_auc_prob",
+                   "clean_acc"):
+        assert rows[metric]["comparator"] == "none" and len(rows[metric]["diffs"]) == 2, metric
+        assert rows[metric]["verdict"] in ("SUPPORTED", "CONTRADICTED", "INCONCLUSIVE")
+    shape = json.loads((out / "blockmnist" / "results.json").read_text())["config"]["image_shape"]
+    assert shape == ([1, 16, 8] if "resnet" in setting else [1, 56, 28])
