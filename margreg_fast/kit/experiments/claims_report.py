@@ -286,9 +286,9 @@ def write_claims(plan: ClaimsPlan, claims: dict, out: Path) -> str:
     seeds = list(cfg.seeds)
     weights = ", ".join(f"{m}={cfg.weights[m]:g}" for m in full_methods if m != "none")
     if plan.shortcut_weights or plan.shortcuts_only:  # each task at its own weights
-        weights = "; ".join(f"{e}: " + ", ".join(f"{m}={plan.experiment_config(e).weights[m]:g}" for m in shown if m != "none")
-                            for e in plan.experiments
-                            for shown in [full_methods if e == "blockmnist" else SPURIOUS_METHODS])
+        weights = "; ".join(
+            f"{e}: " + ", ".join(f"{m}={plan.experiment_config(e).weights[m]:g}" for m in shown if m != "none")
+            for e in plan.experiments for shown in [full_methods if e == "blockmnist" else SPURIOUS_METHODS])
     table = _write(out / "claims_table.md", "\n".join([
         f"Claims table: {'the spurious tasks' if plan.shortcuts_only else 'BlockMNIST'}"
         f"{' and the spurious variant' if plan.spurious and not plan.shortcuts_only else ''}"

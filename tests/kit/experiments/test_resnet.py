@@ -62,8 +62,8 @@ def test_resnet_trains_above_chance_on_the_digits_fixture(tiny_config, tmp_path,
     assert acc > 0.5, acc  # chance is 0.1
 
 
-@pytest.mark.parametrize("setting", [["--model", "resnet", "--width", "4"], ["--dataset", "animal", "--patch-size", "11"]],
-                         ids=["resnet", "animal"])
+@pytest.mark.parametrize("setting", [["--model", "resnet", "--width", "4"],
+                                     ["--dataset", "animal", "--patch-size", "11"]], ids=["resnet", "animal"])
 def test_claim_rows_on_the_second_model_and_dataset(setting, tmp_path, one_thread):
     """`margreg-fast claims --model resnet` and `--dataset animal`, tiny: every BlockMNIST claim row of mdr
     against none (leakage, PGD, density, attribution, accuracy) is decided over the two seeds, on the
