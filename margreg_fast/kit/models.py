@@ -8,6 +8,8 @@ r"""Small reference classifiers for tests, benchmarks and experiments (inputs (B
   a one-sided finite difference is not the autograd derivative).
 * :class:`ResidualCNN` -- a BatchNorm residual network (stem conv, ``blocks`` basic blocks of two
   3x3 conv + BatchNorm, global average pooling), SiLU by default, like the small ResNets users train.
+* :class:`ResNet` -- a CIFAR-style ResNet with BatchNorm: ``stages`` stages of ``blocks`` basic blocks,
+  doubling the channels and halving the map at each stage after the first (projection shortcuts).
 * :class:`PaperCNN` -- the BlockMNIST model of the paper's first author (for 56x28 inputs), a
   MaxPoolCNN with 5x5 kernels and a hidden layer of 32 ``width``: ``width=32`` gives its conv 32, conv
   64, fc 1024, fc 10.
@@ -149,6 +151,48 @@ class ResidualCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.blocks(self.stem(x)).mean(dim=(2, 3)))
+
+
+class _DownBlock(nn.Module):
+    """act(P(x) + BN(Conv(act(BN(Conv_s2(x)))))): the first block of a stage, stride 2 and ``c_out``
+    channels, its shortcut P a stride-2 1x1 conv + BN (ResNet's projection shortcut)."""
+
+    def __init__(self, c_in: int, c_out: int, activation: str) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=2, bias=False), nn.BatchNorm2d(c_out))
+        self.act = _activation(activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.shortcut(x) + self.bn2(self.conv2(self.act(self.bn1(self.conv1(x))))))
+
+
+class ResNet(nn.Module):
+    """A small CIFAR-style ResNet with BatchNorm: Conv3x3(width) -> BN -> act, then ``stages`` stages of
+    ``blocks`` basic blocks at width, 2 width, 4 width, ... channels (every stage after the first opens
+    with a stride-2 block), global average pooling, Linear. ``stages=3, blocks=2, width=16`` on 1x56x28
+    BlockMNIST: maps 56x28, 28x14, 14x7, about 0.17M parameters."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 16, stages: int = 3, blocks: int = 2,
+                 activation: str = "relu") -> None:
+        super().__init__()
+        _positive(in_channels=in_channels, num_classes=num_classes, width=width, stages=stages, blocks=blocks)
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+                                  _activation(activation))
+        layers, channels = [], width
+        for stage in range(stages):
+            out = width * 2 ** stage
+            first = _BasicBlock(out, activation) if stage == 0 else _DownBlock(channels, out, activation)
+            layers += [first] + [_BasicBlock(out, activation) for _ in range(blocks - 1)]
+            channels = out
+        self.stages = nn.Sequential(*layers)
+        self.head = nn.Linear(channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.stages(self.stem(x)).mean(dim=(2, 3)))
 
 
 class _Block(nn.Module):

@@ -37,29 +37,41 @@ def patch_layout(height: int, width: int, num_classes: int, patch: int | None = 
     return p, per_row, math.ceil(num_classes / per_row) * p
 
 
-def make_spurious(images: torch.Tensor, labels: torch.Tensor, *, seed: int, train: bool, agreement: float = 0.95,
-                  num_classes: int = 10, overlay: bool = False, patch: int | None = None) -> ImageDataset:
-    """Add the class-coding patch band: x (N, 1, H + band_rows, W), or (N, 1, H, W) with ``overlay``; see
-    the module docstring."""
-    check_images(images, labels)
+def shortcut_classes(labels: torch.Tensor, *, seed: int, train: bool, agreement: float, num_classes: int) -> torch.Tensor:
+    """The class each image's shortcut names (module docstring): on training data the label with probability
+    ``agreement``, else uniform over the other classes; on test data uniform and independent of the label.
+    Drawn from a generator seeded with ``seed``."""
+    n = labels.shape[0]
+    gen = torch.Generator().manual_seed(seed)
+    if train:
+        agree = torch.rand(n, generator=gen) < agreement
+        # uniform over the other num_classes - 1 classes: add an offset in 1..C-1 modulo C
+        offset = torch.randint(1, num_classes, (n,), generator=gen)
+        return torch.where(agree, labels, (labels + offset) % num_classes)
+    return torch.randint(0, num_classes, (n,), generator=gen)
+
+
+def check_shortcut_args(labels: torch.Tensor, agreement: float, num_classes: int) -> None:
+    """Raise ValueError unless agreement is in [0, 1], num_classes >= 2 and every label is below it."""
     if not 0.0 <= agreement <= 1.0:
         raise ValueError(f"agreement must be in [0, 1], got {agreement}")
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
     if labels.numel() and labels.max() >= num_classes:
         raise ValueError(f"labels must be < num_classes={num_classes}, got max {int(labels.max())}")
+
+
+def make_spurious(images: torch.Tensor, labels: torch.Tensor, *, seed: int, train: bool, agreement: float = 0.95,
+                  num_classes: int = 10, overlay: bool = False, patch: int | None = None) -> ImageDataset:
+    """Add the class-coding patch band: x (N, 1, H + band_rows, W), or (N, 1, H, W) with ``overlay``; see
+    the module docstring."""
+    check_images(images, labels)
+    check_shortcut_args(labels, agreement, num_classes)
     n, _, h, w = images.shape
     p, per_row, band_rows = patch_layout(h, w, num_classes, patch)
     if overlay and band_rows >= h:
         raise ValueError(f"an overlaid band of {band_rows} rows leaves nothing of {h}-row images")
-    gen = torch.Generator().manual_seed(seed)
-    if train:
-        agree = torch.rand(n, generator=gen) < agreement
-        # uniform over the other num_classes - 1 classes: add an offset in 1..C-1 modulo C
-        offset = torch.randint(1, num_classes, (n,), generator=gen)
-        patch_class = torch.where(agree, labels, (labels + offset) % num_classes)
-    else:
-        patch_class = torch.randint(0, num_classes, (n,), generator=gen)
+    patch_class = shortcut_classes(labels, seed=seed, train=train, agreement=agreement, num_classes=num_classes)
     band = torch.zeros(n, 1, band_rows // p, per_row, dtype=images.dtype)
     band[torch.arange(n), 0, patch_class // per_row, patch_class % per_row] = 1
     band = band.repeat_interleave(p, dim=2).repeat_interleave(p, dim=3)

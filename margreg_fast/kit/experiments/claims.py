@@ -11,6 +11,12 @@ The plan (``ClaimsPlan``) holds one BlockMNIST config (seeds, evaluation images,
 - the spurious-shortcut variant (``spurious_patch="overlay"``: 28x28 digits, a class-coded 2x2 square in
   the blank top rows agreeing with the label on 95% of training images and on 10% at test) for none,
   igr, joint and mdr on every seed, scored by ``light_scores`` (accuracies only);
+- opt-in (``texture=True``): the non-robust shortcut, experiment "texture" (``spurious_patch="texture"``: a
+  faint +-0.05 class-coded texture over the whole 28x28 image, data.make_texture), on the same methods and seeds;
+- the spurious tasks' weights (``shortcut_weights``): each chosen on that task's own validation split by
+  select.py's rule (``margreg-fast select spurious ...``), else the BlockMNIST ones;
+- opt-in (``shortcut_frontier=True``): the frontier over the ``grid`` weights of none / igr / joint / mdr on each
+  spurious task on the ``frontier_seeds`` (worst-group accuracy, accuracy where the shortcut disagrees);
 - the weight frontier: igr, joint, mdr, mdr-exact and every cheaper form at every ``grid`` weight and at
   its selected weight, on the ``frontier_seeds``, scored by ``light_scores`` (accuracy and leakage).
 - with ``scale_free`` / ``budgets`` (``--scale-free``, ``--budgets``), on every fully evaluated BlockMNIST
@@ -52,6 +58,11 @@ EXACT_TWIN = "mdr-exact"
 #: The fully evaluated methods by default: the subject and its comparators.
 CLAIM_METHODS = ("none", "igr", "joint", "mdr")
 SPURIOUS_METHODS = ("none", "igr", "joint", "mdr")
+#: The spurious tasks and their shortcut (config.spurious_patch): the robust class-coded 2x2 square, the
+#: non-robust class-coded texture.
+SHORTCUT_PATCHES = {"spurious": "overlay", "texture": "texture"}
+#: Per spurious task's frontier point: the accuracies it is read by.
+SHORTCUT_KEYS = ("clean_acc", "worst_group_acc", "acc_patch_disagrees")
 #: Methods of the frontier besides the cheaper forms (none is its reference point).
 FRONTIER_METHODS = ("igr", "joint", "mdr", "mdr-exact")
 #: "a cheaper form (mdr@F, mdr%K) keeps the leakage cut of mdr" when its leakage_paper minus mdr's is
@@ -96,6 +107,8 @@ CLAIMS = (
     Claim("more faithful attribution (insertion, Figure 1)", "blockmnist", "insertion_auc_prob", 1),
     Claim("spurious correlation mitigated", "spurious", "worst_group_acc", 1),
     Claim("spurious correlation mitigated", "spurious", "acc_patch_disagrees", 1),
+    Claim("non-robust (texture) shortcut mitigated", "texture", "worst_group_acc", 1),
+    Claim("non-robust (texture) shortcut mitigated", "texture", "acc_patch_disagrees", 1),
     Claim("robust to pixel perturbations", "blockmnist", "pgd_linf_acc", 1),
     Claim("robust to pixel perturbations", "blockmnist", "pgd_l2_acc", 1),
     Claim("robust to input-gradient perturbations", "blockmnist", "topk_intersection", 1),
@@ -126,6 +139,10 @@ class ClaimsPlan:
     light: bool = False  # score every point by light_scores only (accuracies and leakage: a cheap rerun)
     scale_free: bool = False  # also the scale-free scores of every fully evaluated claim method (scale.py)
     budgets: bool = False  # also the attack-budget curves of every fully evaluated claim method (budgets.py)
+    texture: bool = False  # the non-robust shortcut's rows (experiment "texture")
+    shortcut_frontier: bool = False  # the grid on the spurious tasks too
+    shortcut_weights: dict = field(default_factory=dict)  # {"spurious" or "texture": {method: weight}}
+    shortcuts_only: bool = False  # only the spurious tasks' points (their claims and frontier): a command of its own
 
     def __post_init__(self) -> None:
         if self.config.experiment != "blockmnist":
@@ -141,6 +158,22 @@ class ClaimsPlan:
             raise ValueError(f"the grid must hold distinct positive weights, got {self.grid}")
         if bool(self.grid) != bool(self.frontier_seeds):
             raise ValueError("the frontier needs both a grid and frontier seeds (or neither)")
+        if self.shortcut_frontier and not (self.grid and self.shortcut_experiments):
+            raise ValueError("the shortcut frontier needs a grid, frontier seeds and a spurious task")
+        if self.shortcuts_only and not self.shortcut_experiments:
+            raise ValueError("shortcuts only needs a spurious task (the square or the texture)")
+        unknown = set(self.shortcut_weights) - set(SHORTCUT_PATCHES)
+        if unknown:
+            raise ValueError(f"shortcut weights for unknown tasks {sorted(unknown)}; choose from {tuple(SHORTCUT_PATCHES)}")
+
+    @property
+    def shortcut_experiments(self) -> tuple[str, ...]:
+        """The spurious tasks of the plan: "spurious" (the robust 2x2 square), "texture" (the non-robust texture)."""
+        return (("spurious",) if self.spurious else ()) + (("texture",) if self.texture else ())
+
+    @property
+    def experiments(self) -> tuple[str, ...]:
+        return self.shortcut_experiments if self.shortcuts_only else ("blockmnist", *self.shortcut_experiments)
 
     @property
     def cheaper_methods(self) -> tuple[str, ...]:
@@ -152,20 +185,23 @@ class ClaimsPlan:
         """The config of ``experiment`` with every method of the plan (so each has its weight)."""
         methods = tuple(dict.fromkeys((*self.config.methods, *self.cheaper_methods, *FRONTIER_METHODS)))
         cfg = self.config.replace(methods=methods)
-        if experiment == "spurious":
-            cfg = cfg.replace(experiment="spurious", spurious_patch="overlay")
+        if experiment in SHORTCUT_PATCHES:
+            cfg = cfg.replace(experiment="spurious", spurious_patch=SHORTCUT_PATCHES[experiment],
+                              weights={**cfg.weights, **self.shortcut_weights.get(experiment, {})})
         return cfg
 
     def points(self) -> list[tuple[str, str, float, int, bool]]:
         """Every (experiment, method, weight, seed, full evaluation) to run, each once, in the order of
         their worth should the command be stopped early: the claims table (BlockMNIST, then the
         spurious variant), the frontier of none / igr / joint / mdr / mdr-exact seed by seed, the
-        cheaper forms at the selected weight, then their frontier seed by seed."""
+        cheaper forms at the selected weight, then their frontier seed by seed, then the shortcut frontier.
+        With ``shortcuts_only``, the spurious tasks' points alone."""
         cfg = self.experiment_config("blockmnist")
         full = not self.light
         out = [("blockmnist", m, cfg.weights[m], s, full) for s in cfg.seeds for m in self.config.methods]
-        if self.spurious:
-            out += [("spurious", m, cfg.weights[m], s, False) for s in cfg.seeds for m in SPURIOUS_METHODS]
+        for task in self.shortcut_experiments:
+            weights = self.experiment_config(task).weights
+            out += [(task, m, weights[m], s, False) for s in cfg.seeds for m in SPURIOUS_METHODS]
         cheaper_full = [("blockmnist", m, cfg.weights[m], s, full) for s in cfg.seeds for m in self.cheaper_methods]
         done = {p[:4] for p in out + cheaper_full}
 
@@ -179,7 +215,15 @@ class ClaimsPlan:
 
         out += list(frontier(("none", *FRONTIER_METHODS)))
         out += cheaper_full
-        return out + list(frontier(self.cheaper_methods))
+        out += list(frontier(self.cheaper_methods))
+        if self.shortcuts_only:
+            out = [p for p in out if p[0] != "blockmnist"]
+        for task in self.shortcut_experiments if self.shortcut_frontier else ():
+            weights = self.experiment_config(task).weights
+            out += [(task, m, w, s, False) for s in self.frontier_seeds for m in SPURIOUS_METHODS
+                    for w in sorted({*((0.0,) if m == "none" else self.grid), weights[m]})
+                    if (task, m, w, s) not in {p[:4] for p in out}]
+        return out
 
 
 def _point_config(plan: ClaimsPlan, experiment: str, method: str, weight: float) -> ExperimentConfig:
@@ -292,7 +336,7 @@ def run_claims(plan: ClaimsPlan, out: Path, *, quiet: bool = False, device: str 
     nothing runs: the object is built from the points already finished, and ``missing`` lists the rest."""
     out = Path(out)
     started, start = datetime.now(timezone.utc), time.perf_counter()
-    for experiment in ("blockmnist", "spurious") if plan.spurious else ("blockmnist",):
+    for experiment in plan.experiments:
         claim_output_dir(out / experiment, plan.experiment_config(experiment))
     points = plan.points()
     tasks = [((plan, out, *p, quiet or jobs > 1, device, train), {}) for p in points]
@@ -319,7 +363,9 @@ def plan_dict(plan: ClaimsPlan) -> dict:
     return {"config": plan.config.to_dict(), "fractions": list(plan.fractions), "lazy": list(plan.lazy),
             "spurious": plan.spurious,
             "grid": list(plan.grid), "frontier_seeds": list(plan.frontier_seeds), "subject": plan.subject,
-            "light": plan.light, "scale_free": plan.scale_free, "budgets": plan.budgets}
+            "light": plan.light, "scale_free": plan.scale_free, "budgets": plan.budgets,
+            "texture": plan.texture, "shortcut_frontier": plan.shortcut_frontier,
+            "shortcut_weights": plan.shortcut_weights, "shortcuts_only": plan.shortcuts_only}
 
 
 def seed_values(records: list[dict], experiment: str, method: str, weight: float, metric: str,
@@ -351,7 +397,8 @@ def claim_rows(plan: ClaimsPlan, records: list[dict]) -> dict:
     for claim in CLAIMS:
         if not _has(records, claim.experiment, plan.subject):
             continue
-        versus = [_compare(records, claim, plan.subject, c, weights) for c in COMPARATORS
+        task_weights = plan.experiment_config(claim.experiment).weights
+        versus = [_compare(records, claim, plan.subject, c, task_weights) for c in COMPARATORS
                   if c != plan.subject and _has(records, claim.experiment, c)]
         rows.append({**claim.__dict__, "versus": versus})
     cheaper = []
@@ -415,6 +462,26 @@ def budget_rows(plan: ClaimsPlan, records: list[dict]) -> list[dict]:
     return out
 
 
+def shortcut_frontier_rows(plan: ClaimsPlan, records: list[dict]) -> list[dict]:
+    """Per spurious task, method and weight of the shortcut frontier on the frontier seeds: the means of
+    SHORTCUT_KEYS over those seeds and their paired differences against none."""
+    seeds, out = set(plan.frontier_seeds), []
+    for task in plan.shortcut_experiments if plan.shortcut_frontier else ():
+        weights = plan.experiment_config(task).weights
+        none = {k: seed_values(records, task, "none", 0.0, k, seeds) for k in SHORTCUT_KEYS}
+        for method in SPURIOUS_METHODS:
+            for w in sorted({*((0.0,) if method == "none" else plan.grid), weights[method]}):
+                row = {"experiment": task, "method": method, "weight": w, "selected": w == weights[method]}
+                for key in SHORTCUT_KEYS:
+                    vals = seed_values(records, task, method, w, key, seeds)
+                    got = [v for v in vals.values() if v is not None]
+                    row[key] = sum(got) / len(got) if got and len(got) == len(vals) == len(seeds) else None
+                    if method != "none":
+                        row[f"{key}_vs_none"] = paired(vals, none[key]).to_dict()
+                out.append(row)
+    return out
+
+
 def frontier_rows(plan: ClaimsPlan, records: list[dict]) -> list[dict]:
     """Per (method, weight) of the frontier on the frontier seeds: clean_acc and leakage_paper, their
     means and the paired differences against none (and the runs' median step time, a record of the
@@ -437,4 +504,4 @@ def frontier_rows(plan: ClaimsPlan, records: list[dict]) -> list[dict]:
 
 
 __all__ = ["CLAIMS", "COMPARATORS", "EXACT_TWIN", "Claim", "ClaimsPlan", "KEEP_MARGIN", "Paired", "frontier_rows", "run_claims",
-           "seed_values"]
+           "seed_values", "shortcut_frontier_rows"]

@@ -6,7 +6,8 @@ claims.md holds, in order: the claims table (mdr against none, igr and joint: me
 95% bootstrap interval, verdict), the count that reads "marginal beats conditional / joint" from it,
 every seed's value of every claim metric (the spread), the single-image panel next to the dataset
 means, the cheaper forms of mdr (mdr@F, mdr%K against mdr and none), mdr against mdr-exact (estimator.md),
-the weight frontier, and the compute the points took
+the weight frontier, the shortcut frontier of the two spurious tasks (shortcut_frontier.md and
+figures/shortcut_frontier.png, when the plan has one), and the compute the points took
 (compute.md); with the confound rows (claims --scale-free / --budgets) also the raw and scale-free
 verdicts side by side in the claims table (scale_free.md) and the attack budgets (budgets.md,
 figures/budgets.png), written by confounds_report.py. Every number in it is
@@ -19,7 +20,8 @@ import statistics
 from pathlib import Path
 
 from .checkpoint import save_json
-from .claims import CLAIMS, EXACT_TWIN, KEEP_MARGIN, ClaimsPlan, frontier_rows, seed_values
+from .claims import (CLAIMS, EXACT_TWIN, KEEP_MARGIN, SPURIOUS_METHODS, ClaimsPlan, frontier_rows, seed_values,
+                     shortcut_frontier_rows)
 from .config import ExperimentConfig, parse_method
 from .figures import _save, plt, write_figures
 from .intervals import CONFIDENCE, RESAMPLES, paired
@@ -73,13 +75,16 @@ def beats_summary(claims: list[dict], subject: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def spread_table(records: list[dict], weights: dict, methods: list[str], seeds: list[int]) -> str:
-    """Every seed's value of every claim metric, per method (seed order), and the mean."""
+def spread_table(records: list[dict], weights: dict, methods: list[str], seeds: list[int],
+                 task_weights: dict | None = None) -> str:
+    """Every seed's value of every claim metric, per method (seed order), and the mean; ``task_weights``
+    ({experiment: weights}) where an experiment's weights are not ``weights``."""
     lines = ["| metric | method | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |",
              "|---|---|" + "---:|" * (len(seeds) + 1)]
     for claim in CLAIMS:
         for m in methods:
-            vals = seed_values(records, claim.experiment, m, weights[m], claim.metric, set(seeds))
+            w = (task_weights or {}).get(claim.experiment, weights).get(m)
+            vals = seed_values(records, claim.experiment, m, w, claim.metric, set(seeds))
             if not vals:
                 continue
             got = [vals.get(s) for s in seeds]
@@ -141,6 +146,50 @@ def frontier_table(rows: list[dict]) -> str:
         lines.append(f"| {r['method']} | {r['weight']:g}{mark} | {number_cell(r['clean_acc'])} | {fmt['clean_acc']} | "
                      f"{number_cell(r['leakage_paper'])} | {fmt['leakage_paper']} |")
     return "\n".join(lines) + "\n"
+
+
+def _delta(d: dict | None) -> str:
+    if d is None or d["mean"] is None:
+        return ""
+    return f"{d['mean']:+.3g}" + ("" if d["low"] is None else f" [{d['low']:+.3g}, {d['high']:+.3g}]")
+
+
+def shortcut_table(rows: list[dict]) -> str:
+    """The shortcut frontier (claims.shortcut_frontier_rows): worst-group accuracy and accuracy where the
+    shortcut disagrees with the label, per task, method and weight."""
+    lines = ["| task | method | weight | clean acc | worst-group acc | Δ vs none [95% CI] | acc where the shortcut "
+             "disagrees | Δ vs none [95% CI] |", "|---|---|---:|---:|---:|---|---:|---|"]
+    for r in rows:
+        mark = " (selected)" if r["selected"] and r["method"] != "none" else ""
+        lines.append(f"| {r['experiment']} | {r['method']} | {r['weight']:g}{mark} | {number_cell(r['clean_acc'])} | "
+                     f"{number_cell(r['worst_group_acc'])} | {_delta(r.get('worst_group_acc_vs_none'))} | "
+                     f"{number_cell(r['acc_patch_disagrees'])} | {_delta(r.get('acc_patch_disagrees_vs_none'))} |")
+    return "\n".join(lines) + "\n"
+
+
+def shortcut_figure(rows: list[dict], path: Path, seeds: list[int]) -> None:
+    """Per spurious task, accuracy where the shortcut disagrees against worst-group accuracy, one line per
+    method through its weights (labels), none as a star."""
+    tasks = list(dict.fromkeys(r["experiment"] for r in rows))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6.4 * len(tasks), 4.8), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for method in dict.fromkeys(r["method"] for r in rows if r["experiment"] == task):
+            pts = [r for r in rows if (r["experiment"], r["method"]) == (task, method)
+                   and r["worst_group_acc"] is not None and r["acc_patch_disagrees"] is not None]
+            if not pts:
+                continue
+            style = {"marker": "*", "ms": 12, "color": "k", "ls": ""} if method == "none" else {"marker": "o", "ms": 4}
+            line = ax.plot([r["worst_group_acc"] for r in pts], [r["acc_patch_disagrees"] for r in pts], label=method,
+                           **style)
+            for r in pts:
+                ax.annotate(f"{r['weight']:g}", (r["worst_group_acc"], r["acc_patch_disagrees"]), fontsize=6,
+                            color=line[0].get_color(), xytext=(3, 3), textcoords="offset points")
+        ax.set_xlabel("worst-group accuracy")
+        ax.set_ylabel("accuracy where the shortcut disagrees")
+        ax.set_title(f"{task}: seeds {seeds} (labels: weights)", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    _save(fig, path)
 
 
 def frontier_figure(rows: list[dict], path: Path, seeds: list[int]) -> None:
@@ -233,12 +282,19 @@ def write_claims(plan: ClaimsPlan, claims: dict, out: Path) -> str:
         results = [r for r in claims["results"] if r["method"] in done]
         write_reports(report_cfg, results, out / "blockmnist")
         write_figures(report_cfg, results, out / "blockmnist" / "figures")
-    frontier = frontier_rows(plan, claims["records"]) if plan.grid else []
-    save_json(out / "claims.json", {k: v for k, v in claims.items() if k != "results"} | {"frontier": frontier})
+    frontier = frontier_rows(plan, claims["records"]) if plan.grid and not plan.shortcuts_only else []
+    shortcut = shortcut_frontier_rows(plan, claims["records"])
+    save_json(out / "claims.json", {k: v for k, v in claims.items() if k != "results"} | {"frontier": frontier}
+              | ({"shortcut_frontier": shortcut} if shortcut else {}))
     seeds = list(cfg.seeds)
     weights = ", ".join(f"{m}={cfg.weights[m]:g}" for m in full_methods if m != "none")
+    if plan.shortcut_weights or plan.shortcuts_only:  # each task at its own weights
+        weights = "; ".join(
+            f"{e}: " + ", ".join(f"{m}={plan.experiment_config(e).weights[m]:g}" for m in shown if m != "none")
+            for e in plan.experiments for shown in [full_methods if e == "blockmnist" else SPURIOUS_METHODS])
     table = _write(out / "claims_table.md", "\n".join([
-        f"Claims table: BlockMNIST{' and the spurious variant' if plan.spurious else ''}"
+        f"Claims table: {'the spurious tasks' if plan.shortcuts_only else 'BlockMNIST'}"
+        f"{' and the spurious variant' if plan.spurious and not plan.shortcuts_only else ''}"
         f"{' (accuracies and leakage only)' if plan.light else ''}, seeds {seeds}, {cfg.eval_samples} evaluation images, "
         f"weights {weights}. Each cell: mean over seeds of the paired difference ({plan.subject} − comparator, same "
         f"seed, same data), its {CONFIDENCE:.0%} percentile bootstrap interval over seeds ({RESAMPLES} resamples), "
@@ -248,7 +304,8 @@ def write_claims(plan: ClaimsPlan, claims: dict, out: Path) -> str:
         beats_summary(claims["claims"], plan.subject), *scale_free_part(plan, claims, out, _write)]))
     parts = [f"# Claims of the paper, measured (seeds {seeds}, {cfg.eval_samples} evaluation images)", "", table,
              "## Every seed", "",
-             _write(out / "claims_seeds.md", spread_table(claims["records"], cfg.weights, full_methods, seeds))]
+             _write(out / "claims_seeds.md", spread_table(claims["records"], cfg.weights, full_methods, seeds, {
+                 t: plan.experiment_config(t).weights for t in plan.shortcut_experiments}))]
     if claims["results"]:  # the parts that need full evaluations
         parts += ["## Figure 1, like for like", "",
                   _write(out / "figure1.md", panel_table(claims["results"], seeds[0], ["none", "igr", "mdr"])),
@@ -278,6 +335,17 @@ def write_claims(plan: ClaimsPlan, claims: dict, out: Path) -> str:
             f"Weight frontier on BlockMNIST, seeds {list(plan.frontier_seeds)}: means over those seeds; differences "
             "against none paired over them, with their 95% percentile bootstrap intervals.", "",
             frontier_table(frontier)]))]
+    if shortcut:
+        shortcut_figure(shortcut, out / "figures" / "shortcut_frontier.png", list(plan.frontier_seeds))
+        parts += [f"## Shortcut frontier: robust square and non-robust texture (seeds {list(plan.frontier_seeds)})", "",
+                  _write(out / "shortcut_frontier.md", "\n".join([
+                      f"Weight frontier on the two spurious tasks, seeds {list(plan.frontier_seeds)}: the robust "
+                      "shortcut (spurious: a class-coded 2x2 square at intensity 1) and the non-robust one (texture: "
+                      f"a class-coded ±{cfg.spurious_amplitude:g} texture over the whole image), each agreeing with the "
+                      f"label on {cfg.spurious_agreement:g} of the training images and independent of it at test. Means "
+                      "over the seeds; differences against none paired over them, with their 95% percentile bootstrap "
+                      "intervals; (selected): the weight chosen on the task's own validation split.", "",
+                      shortcut_table(shortcut)]))]
     parts += ["## Compute", "", _write(out / "compute.md", compute_section(claims["records"], claims["invocations"]))]
     if claims.get("missing"):
         parts += ["## Not finished", "", f"{len(claims['missing'])} planned runs had not finished (or had only their "

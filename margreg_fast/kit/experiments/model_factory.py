@@ -21,4 +21,6 @@ def build_model(cfg: ExperimentConfig, *, in_shape: tuple[int, ...], num_classes
     if cfg.model == "cnn":
         return models.SmallCNN(in_channels=c, num_classes=num_classes, width=cfg.width, image_size=(h, w),
                                activation=cfg.activation)
+    if cfg.model == "resnet":
+        return models.ResNet(in_channels=c, num_classes=num_classes, width=cfg.width, activation=cfg.activation)
     return models.SmallViT(in_channels=c, num_classes=num_classes, dim=cfg.width, image_size=(h, w))

@@ -12,6 +12,11 @@ reference. The rule, fixed in advance and the same for every method:
     take the one with the lowest mean validation ``leakage_paper`` (Integrated Gradients by default);
     if no weight keeps the accuracy, take the most accurate one.
 
+On a spurious task (``select spurious``, the robust square or ``--spurious-patch texture``) the validation
+split is drawn as its test split is, the shortcut independent of the label, and the rule is the same with
+the task's own measure of reliance on its uninformative feature in place of the leakage:
+``disagree_error``, the error on the validation images whose shortcut names another class than the label.
+
 ``mdr-exact`` (the reference row) gets mdr's weight. The output file holds the chosen weights, the
 grid, the rule and every validation score, and is what ``make demo`` reads (``--weights-file``).
 Each point is checkpointed and its scores are cached under a digest of the settings it depends on
@@ -37,18 +42,25 @@ from .training import train_run
 
 SELECTED_METHODS = ("igr", "joint", "mdr")
 ACC_BUDGET = 0.01
-SCORE_KEYS = ("clean_acc", "leakage_paper", "insertion_auc_paper")
+SCORE_KEYS = ("clean_acc", "leakage_paper", "insertion_auc_paper", "disagree_error")
+#: The score the rule minimises among the accurate weights, per experiment.
+RELIANCE = {"blockmnist": "leakage_paper", "spurious": "disagree_error"}
 
 
 def validation_scores(model: torch.nn.Module, val, cfg: ExperimentConfig) -> dict:
     """clean_acc on the whole validation split; leakage_paper and insertion_auc_paper on its first
     ``eval_samples`` images, with ``cfg.attribution``; None where undefined (see evaluation)."""
+    if cfg.experiment == "spurious":  # group = label * 10 + shortcut class (data.make_spurious / make_texture)
+        conflict = val.group % 10 != val.y
+        return {"clean_acc": metrics.accuracy(model, val.x, val.y), "leakage_paper": None, "insertion_auc_paper": None,
+                "disagree_error": 1.0 - metrics.accuracy(model, val.x[conflict], val.y[conflict])}
     n = min(cfg.eval_samples, len(val.y))
     x, y = val.x[:n], val.y[:n]
     attr = attribute(model, x, y, method=cfg.attribution, n_steps=cfg.ig_steps)
     scores = {"clean_acc": metrics.accuracy(model, val.x, val.y),
               "leakage_paper": leakage_paper(attr, val.null_mask[:n]),
-              "insertion_auc_paper": insertion_auc_paper(model, x, attr, y, steps=cfg.insertion_pixels)}
+              "insertion_auc_paper": insertion_auc_paper(model, x, attr, y, steps=cfg.insertion_pixels),
+              "disagree_error": None}
     return {k: finite_or_none(v) for k, v in scores.items()}
 
 
@@ -67,11 +79,11 @@ def _point(cfg: ExperimentConfig, method: str, weight: float, seed: int, out: Pa
     return scores
 
 
-def choose(reference_acc: float, scores: dict[float, dict]) -> float:
-    """The weight picked by the rule of the module docstring from {weight: mean scores}."""
+def choose(reference_acc: float, scores: dict[float, dict], key: str = "leakage_paper") -> float:
+    """The weight picked by the rule of the module docstring from {weight: mean scores}, minimising ``key``."""
     fine = [w for w, s in scores.items() if s["clean_acc"] >= reference_acc - ACC_BUDGET]
     if fine:
-        return min(fine, key=lambda w: (math.inf if scores[w]["leakage_paper"] is None else scores[w]["leakage_paper"], w))
+        return min(fine, key=lambda w: (math.inf if scores[w][key] is None else scores[w][key], w))
     return max(scores, key=lambda w: (scores[w]["clean_acc"], -w))
 
 
@@ -97,11 +109,12 @@ def select_weights(cfg: ExperimentConfig, grid: list[float], out: Path, *, quiet
         raw[p].append(got)
     reference = _mean_scores(raw[("none", 0.0)])
     table = {m: {w: _mean_scores(raw[(m, w)]) for w in grid} for m in SELECTED_METHODS}
-    chosen = {m: choose(reference["clean_acc"], table[m]) for m in SELECTED_METHODS}
+    key = RELIANCE[cfg.experiment]
+    chosen = {m: choose(reference["clean_acc"], table[m], key) for m in SELECTED_METHODS}
     chosen["mdr-exact"] = chosen["mdr"]
     selection = {
         "weights": chosen, "grid": list(grid),
-        "rule": f"lowest mean validation leakage_paper among weights within {ACC_BUDGET:g} of none's mean "
+        "rule": f"lowest mean validation {key} among weights within {ACC_BUDGET:g} of none's mean "
                 f"validation accuracy (else the most accurate); mdr-exact takes mdr's weight",
         "reference_none": reference,
         "validation": {m: [{"weight": w, **table[m][w]} for w in grid] for m in SELECTED_METHODS},
@@ -120,16 +133,21 @@ def selection_markdown(selection: dict) -> str:
     """A table of every grid point's validation scores, the chosen weight of each method marked."""
     cfg, ref = selection["config"], selection["reference_none"]
     estimators = ", ".join(f"{m}={cfg['estimators'][m]}" for m in SELECTED_METHODS)
-    lines = [f"Weight selection on a validation split ({cfg['val_fraction']:g} of the training images, "
+    key = RELIANCE[cfg["experiment"]]
+    num = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    shown = cfg["experiment"] == "blockmnist"  # the spurious tasks score no insertion
+    insertion_header = " val insertion AUC (paper units) |" if shown else ""
+    insertion = lambda r: f" {_fmt(r['insertion_auc_paper'])} |" if shown else ""  # noqa: E731
+    task = "" if shown else f" of the spurious task (shortcut: {cfg['spurious_patch']})"
+    lines = [f"Weight selection{task} on a validation split ({cfg['val_fraction']:g} of the training images, "
              f"seeds {cfg['seeds']}, {cfg['epochs']} epochs, {cfg['model']} {cfg['activation']} width {cfg['width']}, "
              f"estimators {estimators}, step {cfg['step']}).",
              f"Rule: {selection['rule']}.", "",
-             "| method | weight | val clean acc | val leakage_paper | val insertion AUC (paper units) | chosen |",
-             "|---|---:|---:|---:|---:|---|",
-             f"| none | 0 | {ref['clean_acc']:.3f} | {ref['leakage_paper']:.3f} | {_fmt(ref['insertion_auc_paper'])} | |"]
+             f"| method | weight | val clean acc | val {key} |{insertion_header} chosen |",
+             "|---|---:|---:|---:|" + "---:|" * bool(insertion_header) + "---|",
+             f"| none | 0 | {ref['clean_acc']:.3f} | {num(ref[key])} |{insertion(ref)} |"]
     for method, rows in selection["validation"].items():
         for r in rows:
             mark = "**yes**" if r["weight"] == selection["weights"][method] else ""
-            lines.append(f"| {method} | {r['weight']:g} | {r['clean_acc']:.3f} | {r['leakage_paper']:.3f} | "
-                         f"{_fmt(r['insertion_auc_paper'])} | {mark} |")
+            lines.append(f"| {method} | {r['weight']:g} | {r['clean_acc']:.3f} | {num(r[key])} |{insertion(r)} {mark} |")
     return "\n".join(lines) + "\n"
