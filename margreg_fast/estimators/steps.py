@@ -54,7 +54,7 @@ than central's rounding bound, so its step is that rounding bound, 57 times rfd'
 measures an average over the ReLU kinks it crosses (ratio 0.06-0.66 on three of RepVGG's four rows;
 0.80-1.00 elsewhere). That ratio is central's *value* against exact's (central's value is the
 secant), and a smaller rounding bound would cost its value accuracy on smooth nets (above), so
-central's rule stays as it is: on ReLU nets use rfd or exact (``docs/guides/estimators.md``).
+central's rule stays as it is: on ReLU nets use exact (``docs/guides/estimators.md``).
 
 fp32 logits give a rounding bound of h = 3.5e-4 RMS (fd, rfd) / 2.0e-2 RMS (central), bf16 logits
 0.088 RMS / 0.79 RMS, fp64 1.5e-8 RMS / 2.4e-5 RMS. Under
