@@ -17,7 +17,8 @@ default's penalty gradient against exact's, per sign draw, at the automatic step
 in float32 and float64 (float64 tells the crossing of ReLU kinks, which does not depend on the
 precision, from rounding, which does).
 
-    nice -n 10 python benchmarks/estimator_training_gradient.py --models test_efficientnet:0.1 test_efficientnet_relu:0.01
+    nice -n 10 python benchmarks/estimator_training_gradient.py \
+        --models test_efficientnet:0.1 test_efficientnet_relu:0.01
 
 Writes benchmarks/results/estimator_training_gradient.{csv,md}.
 """
@@ -140,7 +141,8 @@ def main() -> None:
              f"model (seed {args.seed}, fp32, batch {BATCH}, the kit's MNIST digits at 3x32x32, as in "
              f"estimator_training_timm), on the next training batch at each step shown.")
     rows += step_rows
-    report.write_csv(report.RESULTS / "estimator_training_gradient.csv", rows, list(dict.fromkeys(k for r in rows for k in r)))
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    report.write_csv(report.RESULTS / "estimator_training_gradient.csv", rows, fields)
     print(report.write_markdown(report.RESULTS / "estimator_training_gradient.md", title, lines, report.command_line()))
 
 

@@ -5,10 +5,10 @@ one with the default estimator, one with ``exact`` (or, where a model refuses ex
 its passes in fp32). A third, the noise floor, trains with the twin's estimator from the same
 initialisation moved by 1e-6 (each parameter plus 1e-6 times a seeded standard normal draw): how far
 two runs of one estimator end apart when their gradients differ by a rounding-sized amount, against
-which the default's distance from its twin is read. With ``--fp32-twin`` the twin trains in fp32 only, and the bf16 default is
-compared with it (a stricter comparison: the twin then also has fp32's CE). On held-out images both
-are measured the same way, in eval mode and fp32: the true penalty (exact R, or central's in fp32
-where exact is refused) and accuracy.
+which the default's distance from its twin is read. With ``--fp32-twin`` the twins train in fp32
+only, and the bf16 default is compared with them (a stricter comparison: the twin then also has
+fp32's CE). On held-out images all are measured the same way, in eval mode and fp32: the true
+penalty (exact R, or central's in fp32 where exact is refused) and accuracy.
 
 Models (random init, 10 classes):
 
@@ -179,7 +179,8 @@ def table(runs: Path) -> None:
     rows = [json.loads(p.read_text()) for p in sorted(runs.glob("*.json"))]
     report.write_csv(report.RESULTS / "estimator_training_timm.csv", rows)
     lines = report.table(
-        ["model", "weight", "precision", "seeds", "twin", "true R, default", "true R, twin", "default / twin (per seed)",
+        ["model", "weight", "precision", "seeds", "twin", "true R, default", "true R, twin",
+         "default / twin (per seed)",
          "noise / twin (per seed)", "accuracy, default", "accuracy, twin", "default - twin (points, per seed)",
          "default - twin, mean [95% CI]", "noise - twin (points, per seed)", "noise - twin, mean [95% CI]",
          "secant ratio (last 50 steps)", "monitor warned", "train s, default / twin"], [], "llllllllllllllllll")[:2]
@@ -211,7 +212,8 @@ def table(runs: Path) -> None:
             " ".join(f"{v:+.1f}" for v in gap), _interval(gap), " ".join(f"{v:+.1f}" for v in noise), _interval(noise),
             " ".join(f"{r['secant_ratio_last50']:.2f}" for r in d),
             " ".join("yes" if r["warned"] else "no" for r in d),
-            f"{statistics.median(r['train_seconds'] for r in d):.0f} / {statistics.median(r['train_seconds'] for r in t):.0f}",
+            f"{statistics.median(r['train_seconds'] for r in d):.0f} / "
+            f"{statistics.median(r['train_seconds'] for r in t):.0f}",
         ]) + " |")
     steps = sorted({r["steps"] for r in rows})
     batches = sorted({r["batch"] for r in rows})

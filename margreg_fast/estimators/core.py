@@ -42,8 +42,9 @@ computes its own fp32 batch statistics (changing no state) from the generator st
 forward started from, so it draws the same masks, and the probes hold those statistics and replay
 those draws. (With ``passes`` given -- the regulariser's ``fraction`` < 1 on a batch-coupled model --
 the regulariser's clean pass over the whole batch is the same pair, the caller's forward and an fp32
-capture (:func:`autocast_clean_pass`), and the subset's probes hold that capture's fp32 statistics.) A difference of two bf16 forwards carries the forward's rounding (about 2^-8 of
-the activations at every layer), which no step can beat on a deep net: a step large enough to rise
+capture (:func:`autocast_clean_pass`), and the subset's probes hold that capture's fp32 statistics.)
+A difference of two bf16 forwards carries the forward's rounding (about 2^-8 of the activations at
+every layer), which no step can beat on a deep net: a step large enough to rise
 above it leaves the range where a secant measures a slope, and the parameter gradient of the
 penalty loses its direction while its value and secant ratio stay near fp32's. The cost: one fp32
 forward more than the bf16 one, and the penalty's passes at fp32 speed
