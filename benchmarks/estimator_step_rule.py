@@ -85,7 +85,7 @@ def sweep(models, large) -> None:
     lines.append("")
     for c in SWEEP:
         values = [r[f"C={c:g}"] for r in rows]
-        outside = [f"{r['model']} {r['size']} px{' (drop)' if r['drop'] else ''} {r[f'C={c:g}']:.2f}"
+        outside = [f"{r['model']} {r['size']} px{' (drop)' if r['drop'] else ''} {r[f'C={c:g}']:.3f}"
                    for r in rows if not BAND[0] <= r[f"C={c:g}"] <= BAND[1]]
         lines.append(f"- C = {c:g}: ratios in [{min(values):.2f}, {max(values):.2f}]; outside [{BAND[0]}, {BAND[1]}]: "
                      + ("; ".join(outside) if outside else "none") + ".")

@@ -45,9 +45,9 @@ dropout / drop-path) the regulariser's secant ratio lies in [0.87, 1.12] for the
 0.04-1.48 (``benchmarks/results/estimator_step_rule.md``, from ``benchmarks/estimator_step_rule.py``).
 C was chosen by the default's ratio over C = 1, 0.3, 0.1, 0.03 and 0.01 on the same models at 64 px
 and on MobileOne-S0 and MobileNetV4-conv-small at 224 px (``benchmarks/results/estimator_step_rule_sweep.md``,
-``python benchmarks/estimator_step_rule.py --sweep``): C >= 0.1 leaves MobileOne-S0 at 64 px at or
-below the band's edge (0.74-0.80), C = 0.03 keeps every row in [0.87, 1.12], and C = 0.01 meets
-rounding on MobileNetV4-conv-small at 224 px (0.45 and 0.77), whose ||g|| is in the thousands.
+``python benchmarks/estimator_step_rule.py --sweep``): C >= 0.1 leaves MobileOne-S0 at 64 px
+below the band (0.744-0.795), C = 0.03 keeps every row in [0.87, 1.12], and C = 0.01 meets
+rounding on MobileNetV4-conv-small at 224 px (0.446 and 0.774), whose ||g|| is in the thousands.
 
 central keeps the curvature bound too, but on RepVGG-A0 (mean ||g|| 0.22 to 2.31) C / ||g|| is larger
 than central's rounding bound, so its step is that rounding bound, 57 times rfd's, and its secant
