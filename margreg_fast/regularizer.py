@@ -76,7 +76,7 @@ from .estimators.checks import (check_choice, check_criterion, check_data, check
 from .estimators.passes import ModelPasses, couples_batch, outside_inference_mode, sample_wise_forward
 from .estimators.steps import Step
 from .audit import DirectionAudit, audit_cosine
-from .estimators.core import autocast_device
+from .estimators.core import autocast_clean_pass, autocast_device
 from .monitor import (DEFAULT_BAND, DEFAULT_WARMUP, DEFAULT_WINDOW, SecantMonitor, ratio_of_sums, secant_sums,
                       stats_dtype)
 from .ops import IGNORE_INDEX
@@ -263,8 +263,10 @@ class MarginalDensityRegularizer(nn.Module):
             raise ValueError("batch_coupled=False, but the model holds a train-mode BatchNorm (or timm EvoNorm-B) "
                              "layer, whose statistics couple the samples of a batch; leave batch_coupled=None")
         if detected or self.batch_coupled:
-            passes = ModelPasses(model)
-            logits = check_output(passes.clean(x), x)
+            passes, device_type = ModelPasses(model), autocast_device(x)
+            # under autocast: the CE's forward in its dtype, the penalty's held statistics an fp32 capture's
+            logits = check_output(passes.clean(x), x) if device_type is None else \
+                autocast_clean_pass(passes, model, x, x, device_type)[0]
             data = _cross_entropy(logits, labels) if with_ce else logits
             idx = draw_subset(x.shape[0], self.fraction, x.device, self.generator)
             return data, self._estimate(model, x[idx], _rows(labels, idx), passes=passes), idx

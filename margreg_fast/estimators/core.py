@@ -41,8 +41,10 @@ exact's double backward -- runs with autocast off, in the model's own precision 
 computes its own fp32 batch statistics (changing no state) from the generator states the caller's
 forward started from, so it draws the same masks, and the probes hold those statistics and replay
 those draws. (With ``passes`` given -- the regulariser's ``fraction`` < 1 on a batch-coupled model --
-the probes hold the statistics of that clean pass, computed from its autocast activations.) A difference of two bf16 forwards carries the forward's rounding (about 2^-8 of
-the activations at every layer), which no step can beat on a deep net: a step large enough to rise
+the regulariser's clean pass over the whole batch is the same pair, the caller's forward and an fp32
+capture (:func:`autocast_clean_pass`), and the subset's probes hold that capture's fp32 statistics.)
+A difference of two bf16 forwards carries the forward's rounding (about 2^-8 of the activations at
+every layer), which no step can beat on a deep net: a step large enough to rise
 above it leaves the range where a secant measures a slope, and the parameter gradient of the
 penalty loses its direction while its value and secant ratio stay near fp32's. The cost: one fp32
 forward more than the bf16 one, and the penalty's passes at fp32 speed
@@ -167,12 +169,22 @@ def _autocast_sources(passes: ModelPasses, model, x: torch.Tensor, logits: Optio
     forward started from (the same masks). Statistics from the bf16 forward would carry its rounding
     into every probe: on efficientnet_b0 at 64 px that alone turned the gradient's cosine with fp32
     exact from 0.9999 to 0.47."""
+    x_in = x.detach().requires_grad_(True)
+    z_ce, z0 = autocast_clean_pass(passes, model, x, x_in, device_type, logits)
+    return x_in, z0, z_ce
+
+
+def autocast_clean_pass(passes: ModelPasses, model, x: torch.Tensor, x_in: torch.Tensor, device_type: str,
+                        logits: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(z_ce, z0): the caller's forward at x in the autocast dtype (``logits`` when given), then an fp32
+    capture at ``x_in`` from the generator states that forward started from, whose statistics the probes
+    hold. Also the clean pass of the regulariser's ``fraction`` < 1 on a batch-coupled model under
+    autocast, whose subset's passes then hold the whole batch's fp32 statistics."""
     start = RandomState(x.device)
     z_ce = check_output(model(x), x) if logits is None else logits
-    x_in = x.detach().requires_grad_(True)
     with start.replayed(), penalty_precision(device_type):
         z0 = check_output(passes.capture(x_in), x)
-    return x_in, z0, z_ce
+    return z_ce, z0
 
 
 def _random_signs(x: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:

@@ -27,9 +27,8 @@ machine epsilon of the logits' dtype:
   (``benchmarks/results/estimator_step_sweep.md``), and ReLU nets want small steps, because a probe
   that crosses ReLU kinks measures an average of the pieces' slopes, not the slope at x. RepVGG-A0
   (plain ReLU, random init, dropout and drop-path, 64 px) is the case that decided it: its secant
-  ratio was far below 0.8 at 4.9e-3 RMS (eps^(1/3)) and inside [0.8, 1.25] at eps^(1/2) RMS
-  (probes over the step, not committed; the chosen rule's ratios are in the table cited below), and
-  in float64 it returns to 1 at steps below 1e-5.
+  ratio was far below 0.8 at 4.9e-3 RMS (eps^(1/3)) (the "old" columns of the table cited below)
+  and inside [0.8, 1.25] at eps^(1/2) RMS, and in float64 it returns to 1 at steps below 1e-5.
 
 **The curvature bound.** Along v, S(x + e v) = S(x) + e ||g|| + (e^2/2) v^T H v + ..., so a secant's
 slope is ||g|| (1 + (h/2) v^T H v / ||g|| + ...). For the head alone, S = logsumexp(z) with z linear
@@ -44,10 +43,18 @@ MobileNetV4, RepVGG and EfficientNetV2 (random init, train mode, 64 and 224 px, 
 dropout / drop-path) the regulariser's secant ratio lies in [0.87, 1.12] for the default rfd and in
 [0.90, 1.12] for fd, where the rule without the curvature bound (4 eps^(1/3) RMS) gave 0.03-1.28 and
 0.04-1.48 (``benchmarks/results/estimator_step_rule.md``, from ``benchmarks/estimator_step_rule.py``).
-central, whose value keeps the larger rounding step, measures an average over RepVGG's ReLU kinks
-there (ratio 0.06-0.66 on three of its four rows; 0.80-1.00 elsewhere). C was chosen from probes at
-C = 1, 0.3, 0.1, 0.03 and 0.01 (not committed): 0.1 left MobileOne-S0 below the band, and 0.01 met
-rounding on MobileNetV4-conv-small at 224 px, whose ||g|| is in the thousands.
+C was chosen by the default's ratio over C = 1, 0.3, 0.1, 0.03 and 0.01 on the same models at 64 px
+and on MobileOne-S0 and MobileNetV4-conv-small at 224 px (``benchmarks/results/estimator_step_rule_sweep.md``,
+``python benchmarks/estimator_step_rule.py --sweep``): C >= 0.1 leaves MobileOne-S0 at 64 px
+below the band (0.744-0.795), C = 0.03 keeps every row in [0.87, 1.12], and C = 0.01 meets
+rounding on MobileNetV4-conv-small at 224 px (0.446 and 0.774), whose ||g|| is in the thousands.
+
+central keeps the curvature bound too, but on RepVGG-A0 (mean ||g|| 0.22 to 2.31) C / ||g|| is larger
+than central's rounding bound, so its step is that rounding bound, 57 times rfd's, and its secant
+measures an average over the ReLU kinks it crosses (ratio 0.06-0.66 on three of RepVGG's four rows;
+0.80-1.00 elsewhere). That ratio is central's *value* against exact's (central's value is the
+secant), and a smaller rounding bound would cost its value accuracy on smooth nets (above), so
+central's rule stays as it is: on ReLU nets use exact (``docs/guides/estimators.md``).
 
 fp32 logits give a rounding bound of h = 3.5e-4 RMS (fd, rfd) / 2.0e-2 RMS (central), bf16 logits
 0.088 RMS / 0.79 RMS, fp64 1.5e-8 RMS / 2.4e-5 RMS. Under
