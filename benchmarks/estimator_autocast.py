@@ -78,9 +78,9 @@ def penalty(model, x, method: str, fp32_passes: bool, step, seed: int, autocast:
     torch.manual_seed(seed)
     step = _old_step(x) if step == "old" else step
     if autocast and not fp32_passes:
-        return marginal_density_penalty(AutocastPasses(model), x, method=method, step=step).float()
+        return marginal_density_penalty(AutocastPasses(model), x, estimator=method, step=step).float()
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        return marginal_density_penalty(model, x, method=method, step=step).float()
+        return marginal_density_penalty(model, x, estimator=method, step=step).float()
 
 
 def gradient(model, value: torch.Tensor) -> torch.Tensor:
@@ -111,7 +111,7 @@ def step_time(model, x, y, method, fp32_passes, reps) -> float:
             if method is None:
                 loss = F.cross_entropy(model(x), y)
             else:
-                loss, _ = MarginalDensityRegularizer(1.0, method=method)(
+                loss, _ = MarginalDensityRegularizer(1.0, estimator=method)(
                     model if fp32_passes else AutocastPasses(model), x, y)
         loss.backward()
         if r:  # the first is a warm-up

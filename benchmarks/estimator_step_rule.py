@@ -46,7 +46,7 @@ def ratio(model, x, y, method: str, step) -> tuple:
     if step == "old":
         step = 4 * torch.finfo(torch.float32).eps ** (1 / 3) * x.flatten(1).pow(2).mean(1).sqrt().mean().item()
     torch.manual_seed(SEED)
-    _, stats = MarginalDensityRegularizer(1.0, method=method, step=step)(model, x, y)
+    _, stats = MarginalDensityRegularizer(1.0, estimator=method, step=step)(model, x, y)
     return stats["secant_ratio"], stats["grad_norm"]
 
 

@@ -41,7 +41,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from benchmarks import report  # noqa: E402
-from margreg_fast import (DEFAULT_METHOD, MarginalDensityRegularizer, SecantWarning,  # noqa: E402
+from margreg_fast import (DEFAULT_ESTIMATOR, MarginalDensityRegularizer, SecantWarning,  # noqa: E402
                           UnsupportedEstimatorError, marginal_density_penalty)
 from margreg_fast.kit.data import load_digits_images  # noqa: E402
 from tests.timm_import import import_timm  # noqa: E402
@@ -69,7 +69,7 @@ def twin_method(name: str) -> str:
     """exact, or central where the model refuses exact (checked on one batch)."""
     model, x = build(name, 0), torch.randn(2, 3, SIZE, SIZE)
     try:
-        marginal_density_penalty(model, x, method="exact")
+        marginal_density_penalty(model, x, estimator="exact")
     except UnsupportedEstimatorError:
         return "central"
     return "exact"
@@ -78,7 +78,7 @@ def twin_method(name: str) -> str:
 def true_penalty(model, x, method: str) -> float:
     """Mean R over x in eval mode, fp32, by ``method`` (exact, or central in fp32), in chunks of 64."""
     model.eval()
-    values = [marginal_density_penalty(model, x[i:i + 64], method=method, reduction="sum").item()
+    values = [marginal_density_penalty(model, x[i:i + 64], estimator=method, reduction="sum").item()
               for i in range(0, x.shape[0], 64)]
     return sum(values) / x.shape[0]
 
@@ -87,7 +87,7 @@ def train_one(name: str, precision: str, method: str, seed: int, steps: int, wei
     x_train, y_train, x_test, y_test = data
     model = build(name, seed)
     opt = torch.optim.Adam(model.parameters(), LR)
-    reg = MarginalDensityRegularizer(weight, method=method)
+    reg = MarginalDensityRegularizer(weight, estimator=method)
     order = torch.Generator().manual_seed(seed)
     ratios, start = [], time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
@@ -123,7 +123,7 @@ def run(args) -> None:
         for name in args.models:
             twin = twin_method(name)
             for precision in args.precisions:
-                for method in dict.fromkeys((DEFAULT_METHOD, twin)):
+                for method in dict.fromkeys((DEFAULT_ESTIMATOR, twin)):
                     if method == twin and precision != "fp32" and args.fp32_twin:
                         continue
                     path = runs / f"{name}-{precision}-{method}-seed{seed}.json"
@@ -149,14 +149,14 @@ def table(runs: Path) -> None:
         cell = {(r["method"], r["seed"]): r for r in rows if (r["model"], r["precision"]) == (name, precision)}
         fp32 = {(r["method"], r["seed"]): r for r in rows if (r["model"], r["precision"]) == (name, "fp32")}
         twin = next(r["true_penalty_by"] for r in cell.values())
-        defaults = sorted(s for (m, s) in cell if m == DEFAULT_METHOD)
+        defaults = sorted(s for (m, s) in cell if m == DEFAULT_ESTIMATOR)
         # the twin of the same precision where every seed has one, else the fp32 twin (--fp32-twin)
         same = all((twin, s) in cell for s in defaults)
         source = cell if same else fp32
         seeds = [s for s in defaults if (twin, s) in source]
         if not seeds:
             continue
-        d = [cell[DEFAULT_METHOD, s] for s in seeds]
+        d = [cell[DEFAULT_ESTIMATOR, s] for s in seeds]
         t = [source[twin, s] for s in seeds]
         twin_label = twin if same or precision == "fp32" else f"{twin} (fp32)"
         ratio = [a["true_penalty"] / b["true_penalty"] for a, b in zip(d, t)]
@@ -172,7 +172,7 @@ def table(runs: Path) -> None:
         ]) + " |")
     steps = sorted({r["steps"] for r in rows})
     weights = sorted({r["weight"] for r in rows})
-    title = (f"The default estimator ({DEFAULT_METHOD}) against its exact-trained twin (central in fp32 where exact is "
+    title = (f"The default estimator ({DEFAULT_ESTIMATOR}) against its exact-trained twin (central in fp32 where exact is "
              f"refused) on real timm models: {steps} steps of batch {BATCH} at weight {weights} on the 8x8 digits "
              f"upsampled to 3x32x32, Adam lr {LR}; true penalty (eval mode, fp32) and accuracy on 397 held-out "
              f"images. bf16: the training step under torch.autocast('cpu', dtype=torch.bfloat16). Runs on a shared "

@@ -19,8 +19,8 @@ names what it received; a check that normalises its argument returns it.
   a tuple or a dict: the error names ``output=``).
 * :func:`check_criterion` / :func:`check_loss` -- a user's ``criterion(logits, target)`` and the
   scalar it returns.
-* :func:`check_choice` -- an option is one of its names (method, backend, penalty, reduction).
-* :func:`check_estimator_options` -- method and head-op backend.
+* :func:`check_choice` -- an option is one of its names (estimator, backend, penalty, reduction).
+* :func:`check_estimator_options` -- estimator and head-op backend.
 * :func:`real_number`, :func:`check_weight`, :func:`check_step`, :func:`check_fraction` -- numbers
   (Python, NumPy or 0-d tensor) returned as floats; :func:`check_optional_flag` -- None or a bool;
   :func:`check_generator` -- a ``torch.Generator``.
@@ -36,7 +36,7 @@ from torch import nn
 
 from ..ops.backends import BACKEND_NAMES
 from ..ops.validation import check_class_indices
-from .defaults import AUTO, METHODS, Step
+from .defaults import AUTO, ESTIMATOR_NAMES, Step
 
 
 class FunctionModel(nn.Module):
@@ -172,9 +172,9 @@ def check_choice(name: str, value, choices: Sequence[str]) -> str:
     return value
 
 
-def check_estimator_options(method: str, backend: str) -> None:
-    """The estimator (one of :data:`.defaults.METHODS`) and the head op's backend name."""
-    check_choice("method", method, METHODS)
+def check_estimator_options(estimator: str, backend: str) -> None:
+    """The estimator (one of :data:`.defaults.ESTIMATOR_NAMES`) and the head op's backend name."""
+    check_choice("estimator", estimator, ESTIMATOR_NAMES)
     check_choice("backend", backend, BACKEND_NAMES)
 
 

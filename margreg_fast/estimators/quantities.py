@@ -23,8 +23,9 @@ import torch.nn.functional as F
 from ..ops import energy_difference
 from ..ops.validation import IGNORE_INDEX
 
-#: The penalties, named by the quantity S whose input gradient they square (one list for the whole library).
-PENALTIES = ("marginal", "conditional", "joint")
+#: The penalty kinds (``penalty_kind=``), named by the quantity S whose input gradient they square: S = logsumexp f
+#: (marginal), CE(f, y) (conditional), f_y (joint). One list for the whole library.
+PENALTY_KINDS = ("marginal", "conditional", "joint")
 
 
 def labelled(target: torch.Tensor) -> torch.Tensor:

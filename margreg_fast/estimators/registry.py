@@ -4,7 +4,7 @@ The estimators' computations live in :mod:`.core`; what the rest of the library 
 each one -- its name, whether it takes a step and the order of its truncation error, whether it
 needs a double backward or forward-mode AD, whether its value and gradient are exact, and what the
 secant monitor advises when its slope leaves the band -- is read from :data:`ESTIMATORS`: the checks
-(``method=`` must be a key), the core (which passes each one makes), the monitor's advice
+(``estimator=`` must be a key), the core (which passes each one makes), the monitor's advice
 (:mod:`margreg_fast.monitor`), the audit (:mod:`margreg_fast.audit`) and the experiment kit (which
 estimators take a step: :data:`STEPLESS`).
 """
@@ -18,7 +18,7 @@ from typing import Dict, Optional, Tuple
 class Estimator:
     """What one estimator is (see :mod:`.core` for its computation and cost)."""
 
-    #: the ``method=`` name
+    #: the ``estimator=`` name
     name: str
     #: order p of the truncation error of its value (fd) or expected gradient (central, rfd): bias O(h^p);
     #: None: it takes no step (:mod:`.steps`)
@@ -45,13 +45,13 @@ ESTIMATORS: Dict[str, Estimator] = {e.name: e for e in (
     Estimator("exact", order=None, double_backward=True, forward_mode=False, exact_value=True, exact_gradient=True),
     Estimator("jvp", order=None, double_backward=False, forward_mode=True, exact_value=True, exact_gradient=True),
     Estimator("fd", order=1, double_backward=False, forward_mode=False, exact_value=False, exact_gradient=False,
-              low_ratio_advice="Training games the one-sided secant (method='fd'): use the default method='rfd', "
-                               "or method='central' or 'exact'."),
+              low_ratio_advice="Training games the one-sided secant (estimator='fd'): use the default estimator='rfd', "
+                               "or estimator='central' or 'exact'."),
     Estimator("central", order=2, double_backward=False, forward_mode=False, exact_value=False, exact_gradient=False),
     Estimator("rfd", order=2, double_backward=False, forward_mode=False, exact_value=True, exact_gradient=False),
 )}
 
 #: The estimators' names, in the registry's order.
-METHODS: Tuple[str, ...] = tuple(ESTIMATORS)
+ESTIMATOR_NAMES: Tuple[str, ...] = tuple(ESTIMATORS)
 #: Estimators that take no finite-difference step.
 STEPLESS: Tuple[str, ...] = tuple(name for name, e in ESTIMATORS.items() if not e.takes_step)

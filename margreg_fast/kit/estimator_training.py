@@ -7,7 +7,7 @@ their kinks -- and reports, on held-out images:
 
 * ``true_over_own`` = exact R / the estimator's own estimate (a gamed estimator reports far less
   than the model's true penalty);
-* ``over_twin(twin)`` = exact R / exact R of the same network trained with ``method="exact"``;
+* ``over_twin(twin)`` = exact R / exact R of the same network trained with ``estimator="exact"``;
 * ``secant_ratio``, the monitor's ratio on the held-out batch, and ``warned``, whether the
   regulariser's :class:`~margreg_fast.monitor.SecantMonitor` warned during training;
 * ``accuracy`` on the held-out images.
@@ -67,7 +67,7 @@ def train(method: str, activation: str, data: Tuple[torch.Tensor, torch.Tensor],
     torch.manual_seed(1)
     model = MaxPoolCNN(width=16, image_size=CANVAS, hidden=128, activation=activation)
     opt = torch.optim.Adam(model.parameters(), 2e-3)
-    reg = MarginalDensityRegularizer(weight, method=method, step=step)
+    reg = MarginalDensityRegularizer(weight, estimator=method, step=step)
     order = torch.Generator().manual_seed(0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", SecantWarning)
@@ -90,8 +90,8 @@ def judge(method: str, activation: str, data: Optional[Tuple[torch.Tensor, torch
     x_test, y_test = data[0][TRAIN:], data[1][TRAIN:]
     torch.manual_seed(2)
     # the estimator's own mean estimate and secant ratio on the held-out batch, as a training step reports them
-    _, stats = MarginalDensityRegularizer(WEIGHT, method=method, step=step)(model, x_test, y_test)
-    true = marginal_density_penalty(model, x_test, method="exact").item()
+    _, stats = MarginalDensityRegularizer(WEIGHT, estimator=method, step=step)(model, x_test, y_test)
+    true = marginal_density_penalty(model, x_test, estimator="exact").item()
     with torch.no_grad():
         accuracy = (model(x_test).argmax(1) == y_test).float().mean().item()
     return Outcome(method, activation, true, stats["penalty"], stats["secant_ratio"], accuracy, warned)

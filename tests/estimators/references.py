@@ -15,7 +15,7 @@ STEPS = {"fd": 1e-6, "central": 1e-4, "rfd": 1e-4}
 
 def per_sample(model, x, method, seed=3):
     torch.manual_seed(seed)
-    return marginal_density_penalty(model, x, method=method, step=STEPS.get(method, 1e-2), reduction="none")
+    return marginal_density_penalty(model, x, estimator=method, step=STEPS.get(method, 1e-2), reduction="none")
 
 
 def flat_grad(model, value):
@@ -28,7 +28,7 @@ def cosine(a, b):
 
 def ratio(model, x, method, seed=3):
     torch.manual_seed(seed)
-    est = estimate(model, x, None, penalty="marginal", method=method, step=STEPS[method])
+    est = estimate(model, x, None, penalty_kind="marginal", estimator=method, step=STEPS[method])
     return secant_ratio(est.slope, est.grad_norm)
 
 

@@ -36,7 +36,7 @@ def mlp():
 
 
 def regularizer(method):
-    return MarginalDensityRegularizer(WEIGHT) if method == "default" else MarginalDensityRegularizer(WEIGHT, method=method)
+    return MarginalDensityRegularizer(WEIGHT) if method == "default" else MarginalDensityRegularizer(WEIGHT, estimator=method)
 
 
 def train(model, x, y, method, after_step=lambda: None):

@@ -13,12 +13,11 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from ..models import ACTIVATIONS
-from ... import DEFAULT_METHOD, DEFAULT_STEP, MarginalDensityRegularizer
+from ... import DEFAULT_ESTIMATOR, DEFAULT_STEP, MarginalDensityRegularizer
 from ... import ESTIMATORS as ESTIMATOR_REGISTRY
-from ... import METHODS as ESTIMATOR_METHODS
 
 #: Training schemes (the kit's ``methods``, ``--methods``) and the penalty kind each one trains with
-#: (``MarginalDensityRegularizer(penalty=...)``).
+#: (``MarginalDensityRegularizer(penalty_kind=...)``).
 #: ``mdr-exact`` is the reference row: the marginal penalty by double backprop, at mdr's weight.
 PENALTY_OF_METHOD = {"none": "none", "igr": "conditional", "joint": "joint", "mdr": "marginal",
                      "mdr-exact": "marginal"}
@@ -92,10 +91,10 @@ SPURIOUS_PATCHES = ("band", "overlay")
 #: Default penalty weights (lambda in CE + lambda * R). "none" trains plain CE whatever its weight.
 DEFAULT_WEIGHTS = {"none": 0.0, "igr": 1.0, "joint": 1.0, "mdr": 1.0, "mdr-exact": 1.0}
 #: Default estimator per method: the baselines and the reference use their textbook double-backprop
-#: form, mdr the library's default estimator (margreg_fast.DEFAULT_METHOD).
-DEFAULT_ESTIMATORS = {"none": DEFAULT_METHOD, "igr": "exact", "joint": "exact", "mdr": DEFAULT_METHOD,
+#: form, mdr the library's default estimator (margreg_fast.DEFAULT_ESTIMATOR).
+DEFAULT_ESTIMATORS = {"none": DEFAULT_ESTIMATOR, "igr": "exact", "joint": "exact", "mdr": DEFAULT_ESTIMATOR,
                       "mdr-exact": "exact"}
-ESTIMATORS = ESTIMATOR_METHODS
+ESTIMATORS = tuple(ESTIMATOR_REGISTRY)
 #: Estimators that take no finite-difference step.
 STEPLESS_ESTIMATORS = tuple(name for name, e in ESTIMATOR_REGISTRY.items() if not e.takes_step)
 

@@ -111,7 +111,7 @@ def marginal_penalty(model: torch.nn.Module, test: ImageDataset, cfg: Experiment
     R(x) = ||grad_x logsumexp f(x)||^2, computed exactly (by autograd, whatever estimator trained it)."""
     n = min(cfg.eval_samples, len(test.y))
     with torch.no_grad():
-        total = math.fsum(marginal_density_penalty(model, xb, method="exact", reduction="sum").item()
+        total = math.fsum(marginal_density_penalty(model, xb, estimator="exact", reduction="sum").item()
                           for xb in test.x[:n].split(EVAL_BATCH))
     return total / n
 

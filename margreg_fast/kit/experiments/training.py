@@ -1,8 +1,8 @@
 """Resumable training of one (method, seed) run.
 
 Objective per batch: mean CE + lambda * mean penalty, computed by
-``MarginalDensityRegularizer(lambda, method=estimator, step=h, penalty=...)`` (the "none" method uses
-``penalty="none"``, plain CE through the same code path, so its step time is comparable). A lazy
+``MarginalDensityRegularizer(lambda, estimator=..., step=h, penalty_kind=...)`` (the "none" method uses
+``penalty_kind="none"``, plain CE through the same code path, so its step time is comparable). A lazy
 ``BASE%K`` method uses K * lambda on steps 0, K, 2K, ... and plain CE on the others (step_objective).
 
 Determinism: the model is initialised right after ``torch.manual_seed(seed)``; data order comes
@@ -55,7 +55,7 @@ def make_regularizer(cfg: ExperimentConfig, method: str) -> MarginalDensityRegul
     base, fraction, every = parse_method(method)
     penalty = PENALTY_OF_METHOD[base]
     weight = 0.0 if penalty == "none" else cfg.weights[method] * every
-    return MarginalDensityRegularizer(weight, method=cfg.estimators[method], step=cfg.step, penalty=penalty,
+    return MarginalDensityRegularizer(weight, estimator=cfg.estimators[method], step=cfg.step, penalty_kind=penalty,
                                       fraction=fraction)
 
 
@@ -66,7 +66,7 @@ def step_objective(cfg: ExperimentConfig, method: str):
     penalised, every = make_regularizer(cfg, method), parse_method(method).every
     if every == 1:
         return lambda step: penalised
-    plain = MarginalDensityRegularizer(0.0, penalty="none")
+    plain = MarginalDensityRegularizer(0.0, penalty_kind="none")
     return lambda step: penalised if step % every == 0 else plain
 
 

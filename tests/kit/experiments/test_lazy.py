@@ -16,7 +16,7 @@ def _by_hand(cfg, train, every: int, weight: float) -> torch.nn.Module:
     torch.manual_seed(0)
     model = build_model(cfg, in_shape=tuple(train.x.shape[1:]), num_classes=NUM_CLASSES)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    penalised = MarginalDensityRegularizer(weight * every, method=cfg.estimators["mdr"], step=cfg.step)
+    penalised = MarginalDensityRegularizer(weight * every, estimator=cfg.estimators["mdr"], step=cfg.step)
     order_gen, step = _data_generator(0), 0
     for _ in range(cfg.epochs):
         model.train()
