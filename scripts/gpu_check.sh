@@ -68,7 +68,7 @@ fi
 step build "${BUILD_LIMIT:-120}" "$PY" -m margreg_fast.ops.native
 step tests_ops "${TEST_LIMIT:-180}" "$PY" -m pytest -q -rs tests/ops --junitxml="$OUT/tests_ops.xml"
 grep -E "SKIPPED|passed|failed" "$OUT/tests_ops.log" | tail -n 8 | sed 's/^/    /' | tee -a "$OUT/summary.txt"
-# The matrix of wrappers x precisions x models x methods (tests/matrix): its 1-process cells on the GPU
+# The matrix of wrappers x precisions x models x estimators (tests/matrix): its 1-process cells on the GPU
 # (the 2-process kinds run gloo on CPU in `make test`: two ranks cannot share one GPU under NCCL).
 if [ $CUDA -eq 1 ]; then
     step tests_matrix "${TEST_LIMIT:-180}" env MARGREG_MATRIX_DEVICE=cuda "$PY" -m pytest -q -rs tests/matrix -k single \

@@ -2,8 +2,13 @@
 the experiment kit, the **training scheme** (``--schemes``). The names of 0.2 (``method=``, ``penalty=``,
 ``DEFAULT_METHOD``, ``METHODS``) still work until 0.4.0, each with a FutureWarning naming the new one.
 """
+import argparse
+import dataclasses
 import inspect
+import json
 import re
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -44,12 +49,66 @@ def test_no_exported_name_says_method_or_penalties():
 
 
 def test_the_docs_and_readme_use_the_new_keywords():
-    """No ``method=`` / ``penalty=`` keyword of the library in the prose."""
+    """No ``method=`` / ``penalty=`` keyword (of the library) and no ``--methods`` (of the kit) in the prose."""
     pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
-    old = re.compile(r"(?<![\w.])(method|penalty)=")
+    old = re.compile(r"(?<![\w.])(method|penalty)=|--methods\b")
     found = [f"{p.relative_to(ROOT)}:{i}: {line.strip()}" for p in pages
              for i, line in enumerate(p.read_text().splitlines(), 1) if old.search(line)]
     assert not found, "\n".join(found)
+
+
+def test_the_kit_says_scheme():
+    """The kit's config, its names and its command line call a training scheme a scheme."""
+    from margreg_fast.kit.cli import build_parser
+    from margreg_fast.kit.experiments import config
+
+    fields = {f.name for f in dataclasses.fields(config.ExperimentConfig)}
+    assert "schemes" in fields and not any("method" in f for f in fields), fields
+    assert not [n for n in vars(config) if "method" in n.lower()]
+    help_text = "\n".join(_subcommand_help(build_parser()))
+    assert "--schemes" in help_text and "--methods" not in help_text and "METHOD" not in help_text
+    makefile = (ROOT / "Makefile").read_text()
+    assert "--methods" not in makefile
+
+
+def _subcommand_help(parser):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield sub.format_help()
+
+
+def test_the_kits_old_flag_warns_and_sets_the_schemes():
+    from margreg_fast.kit.cli import build_parser
+
+    argv = ["experiment", "blockmnist", "--out", "x"]
+    with pytest.warns(FutureWarning, match="--methods is renamed --schemes"):
+        old = build_parser().parse_args([*argv, "--methods", "none", "mdr@0.25"])
+    assert old.schemes == ["none", "mdr@0.25"] == build_parser().parse_args([*argv, "--schemes", "none", "mdr@0.25"]).schemes
+
+
+def test_the_committed_results_are_in_the_new_vocabulary():
+    """Result files of the kit name the scheme "scheme" (scripts/migrate_results_vocabulary.py rewrites older ones)."""
+    script = ROOT / "scripts" / "migrate_results_vocabulary.py"
+    done = subprocess.run([sys.executable, str(script), "--check", str(ROOT / "docs" / "results")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_migration_renames_keys_and_headers_only(tmp_path):
+    old = {"plan": {"config": {"methods": ["none", "mdr"], "estimators": {"mdr": "rfd"}}},
+           "records": [{"method": "mdr%4", "weight": 1.0}], "cheaper_methods": ["mdr@0.5"]}
+    (tmp_path / "claims.json").write_text(json.dumps(old, indent=2) + "\n")
+    (tmp_path / "t.md").write_text("Each method, by the percentile method.\n\n| metric | method | mean |\n|---|---|---:|\n"
+                                   "| acc | mdr | 0.9 |\n")
+    script = ROOT / "scripts" / "migrate_results_vocabulary.py"
+    for _ in range(2):  # the second run changes nothing
+        subprocess.run([sys.executable, str(script), str(tmp_path)], check=True, capture_output=True)
+        assert json.loads((tmp_path / "claims.json").read_text()) == {
+            "plan": {"config": {"schemes": ["none", "mdr"], "estimators": {"mdr": "rfd"}}},
+            "records": [{"scheme": "mdr%4", "weight": 1.0}], "cheaper_schemes": ["mdr@0.5"]}
+        assert (tmp_path / "t.md").read_text() == ("Each method, by the percentile method.\n\n| metric | scheme | mean |\n"
+                                                   "|---|---|---:|\n| acc | mdr | 0.9 |\n")
 
 
 # --- the old names keep working, with a FutureWarning that names the new one

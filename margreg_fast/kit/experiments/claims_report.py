@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .checkpoint import save_json
 from .claims import CLAIMS, EXACT_TWIN, KEEP_MARGIN, ClaimsPlan, frontier_rows, seed_values
-from .config import ExperimentConfig, parse_method
+from .config import ExperimentConfig, parse_scheme
 from .figures import _save, plt, write_figures
 from .intervals import CONFIDENCE, RESAMPLES, paired
 from .report import write_reports
@@ -70,12 +70,12 @@ def beats_summary(claims: list[dict], subject: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def spread_table(records: list[dict], weights: dict, methods: list[str], seeds: list[int]) -> str:
-    """Every seed's value of every claim metric, per method (seed order), and the mean."""
-    lines = ["| metric | method | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |",
+def spread_table(records: list[dict], weights: dict, schemes: list[str], seeds: list[int]) -> str:
+    """Every seed's value of every claim metric, per scheme (seed order), and the mean."""
+    lines = ["| metric | scheme | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |",
              "|---|---|" + "---:|" * (len(seeds) + 1)]
     for claim in CLAIMS:
-        for m in methods:
+        for m in schemes:
             vals = seed_values(records, claim.experiment, m, weights[m], claim.metric, set(seeds))
             if not vals:
                 continue
@@ -86,19 +86,19 @@ def spread_table(records: list[dict], weights: dict, methods: list[str], seeds: 
     return "\n".join(lines) + "\n"
 
 
-def panel_table(results: list[dict], seed: int, methods: list[str]) -> str:
+def panel_table(results: list[dict], seed: int, schemes: list[str]) -> str:
     """The single image's leakage and insertion next to the dataset means over seeds (paper units)."""
-    by = {r["method"]: r for r in results if r["seed"] == seed}
-    rows = [m for m in methods if m in by and by[m].get("panel")]
+    by = {r["scheme"]: r for r in results if r["seed"] == seed}
+    rows = [m for m in schemes if m in by and by[m].get("panel")]
     if not rows:
         return ""
     panel = by[rows[0]]["panel"]
     lines = [f"Single image: test image {panel['index']} of seed {seed}'s split, the first whose label is "
              f"{panel['label']}; the models of seed {seed}. Dataset: means over every seed and evaluated image.", "",
-             "| method | leakage_paper, this image | leakage_paper, dataset mean | insertion AUC (paper units), "
+             "| scheme | leakage_paper, this image | leakage_paper, dataset mean | insertion AUC (paper units), "
              "this image | insertion AUC (paper units), dataset mean |", "|---|---:|---:|---:|---:|"]
     for m in rows:
-        runs = [r for r in results if r["method"] == m]
+        runs = [r for r in results if r["scheme"] == m]
         mean = {k: None if any(r["metrics"][k] is None for r in runs) else
                 math.fsum(r["metrics"][k] for r in runs) / len(runs) for k in ("leakage_paper", "insertion_auc_paper")}
         p = by[m]["panel"]
@@ -118,7 +118,7 @@ def cheaper_section(cheaper: list[dict], subject: str) -> str:
              "of a shared machine): benchmarks/results/train_step_claims.md times every form on this model in one "
              "interleaved run.", ""]
     for f in cheaper:
-        m, keep = f["method"], f["keeps_leakage_cut"]
+        m, keep = f["scheme"], f["keeps_leakage_cut"]
         lines.append(f"**{m}**: keeps the leakage cut: {keep['verdict']} ({m} − {subject} {comparison_cell(keep)}; margin "
                      f"{keep['margin']:.3g}).")
         lines.append("")
@@ -127,34 +127,34 @@ def cheaper_section(cheaper: list[dict], subject: str) -> str:
 
 
 def frontier_table(rows: list[dict]) -> str:
-    lines = ["| method | weight | clean acc | Δ acc vs none [95% CI] | leakage_paper | Δ leakage_paper vs none [95% CI] |",
+    lines = ["| scheme | weight | clean acc | Δ acc vs none [95% CI] | leakage_paper | Δ leakage_paper vs none [95% CI] |",
              "|---|---:|---:|---|---:|---|"]
     for r in rows:
         d = {k: r.get(f"{k}_vs_none") for k in ("clean_acc", "leakage_paper")}
         fmt = {k: "" if d[k] is None or d[k]["mean"] is None else
                f"{d[k]['mean']:+.3g}" + ("" if d[k]["low"] is None else f" [{d[k]['low']:+.3g}, {d[k]['high']:+.3g}]")
                for k in d}
-        mark = " (selected)" if r["selected"] and r["method"] != "none" else ""
-        lines.append(f"| {r['method']} | {r['weight']:g}{mark} | {number_cell(r['clean_acc'])} | {fmt['clean_acc']} | "
+        mark = " (selected)" if r["selected"] and r["scheme"] != "none" else ""
+        lines.append(f"| {r['scheme']} | {r['weight']:g}{mark} | {number_cell(r['clean_acc'])} | {fmt['clean_acc']} | "
                      f"{number_cell(r['leakage_paper'])} | {fmt['leakage_paper']} |")
     return "\n".join(lines) + "\n"
 
 
 def frontier_figure(rows: list[dict], path: Path, seeds: list[int]) -> None:
-    """leakage_paper against clean accuracy, one line per method through its weights; the bars are the
+    """leakage_paper against clean accuracy, one line per scheme through its weights; the bars are the
     95% paired intervals against none, placed at none's mean (mean(none) + interval of the difference).
     The cheaper forms of mdr (mdr@F, mdr%K), if any, get a second panel next to mdr."""
-    none = next(r for r in rows if r["method"] == "none")
-    methods = list(dict.fromkeys(r["method"] for r in rows if r["method"] != "none"))
-    cheaper = [m for m in methods if parse_method(m)[1:] != (1.0, 1)]
-    panels = [("penalties", [m for m in methods if m not in cheaper])]
+    none = next(r for r in rows if r["scheme"] == "none")
+    schemes = list(dict.fromkeys(r["scheme"] for r in rows if r["scheme"] != "none"))
+    cheaper = [m for m in schemes if parse_scheme(m)[1:] != (1.0, 1)]
+    panels = [("penalties", [m for m in schemes if m not in cheaper])]
     if cheaper:
-        panels.append(("less penalty work (mdr@F, mdr%K)", [m for m in methods if m in cheaper or m == "mdr"]))
+        panels.append(("less penalty work (mdr@F, mdr%K)", [m for m in schemes if m in cheaper or m == "mdr"]))
     fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 4.8), squeeze=False)
     for ax, (title, shown) in zip(axes[0], panels):
         ax.plot(none["clean_acc"], none["leakage_paper"], "k*", ms=12, label="none")
-        for method in shown:
-            _frontier_line(ax, [r for r in rows if r["method"] == method], none, method)
+        for scheme in shown:
+            _frontier_line(ax, [r for r in rows if r["scheme"] == scheme], none, scheme)
         ax.set_xlabel("clean accuracy")
         ax.set_ylabel("leakage_paper (lower is better)")
         ax.set_title(f"{title}: BlockMNIST, seeds {seeds} (labels: weights)", fontsize=9)
@@ -192,11 +192,11 @@ DIAGNOSIS = ("topk_intersection", "topk_intersection_random", "topk_intersection
              "topk_mass", "saliency_l2", "target_logit_mean")
 
 
-def diagnosis_table(results: list[dict], methods: list[str], subject: str) -> str:
-    """Mean over seeds of every DIAGNOSIS quantity per method, and subject − none paired over seeds."""
+def diagnosis_table(results: list[dict], schemes: list[str], subject: str) -> str:
+    """Mean over seeds of every DIAGNOSIS quantity per scheme, and subject − none paired over seeds."""
     value = lambda r, k: r["metrics"].get(k, r["extra"].get(k))  # noqa: E731
-    per = {m: {r["seed"]: r for r in results if r["method"] == m} for m in methods}
-    shown = [m for m in methods if per[m]]
+    per = {m: {r["seed"]: r for r in results if r["scheme"] == m} for m in schemes}
+    shown = [m for m in schemes if per[m]]
     lines = ["| quantity | " + " | ".join(shown) + f" | {subject} − none [95% CI] |", "|---|" + "---:|" * len(shown) + "---|"]
     for k in DIAGNOSIS:
         cells = []
@@ -222,18 +222,18 @@ def write_claims(plan: ClaimsPlan, claims: dict, out: Path) -> str:
     figure1.md, cheaper.md, estimator.md, frontier.md, compute.md) so that documents can include them verbatim."""
     out = Path(out)
     cfg: ExperimentConfig = plan.experiment_config("blockmnist")
-    full_methods = [*plan.config.methods, *plan.cheaper_methods]
-    first = cfg.seeds[0]  # the per-method reports and figures need every method's run of the first seed
-    done = [m for m in full_methods if any((r["method"], r["seed"]) == (m, first) for r in claims["results"])]
+    full_schemes = [*plan.config.schemes, *plan.cheaper_schemes]
+    first = cfg.seeds[0]  # the per-scheme reports and figures need every scheme's run of the first seed
+    done = [m for m in full_schemes if any((r["scheme"], r["seed"]) == (m, first) for r in claims["results"])]
     if done:
-        report_cfg = cfg.replace(methods=tuple(done))
-        results = [r for r in claims["results"] if r["method"] in done]
+        report_cfg = cfg.replace(schemes=tuple(done))
+        results = [r for r in claims["results"] if r["scheme"] in done]
         write_reports(report_cfg, results, out / "blockmnist")
         write_figures(report_cfg, results, out / "blockmnist" / "figures")
     frontier = frontier_rows(plan, claims["records"]) if plan.grid else []
     save_json(out / "claims.json", {k: v for k, v in claims.items() if k != "results"} | {"frontier": frontier})
     seeds = list(cfg.seeds)
-    weights = ", ".join(f"{m}={cfg.weights[m]:g}" for m in full_methods if m != "none")
+    weights = ", ".join(f"{m}={cfg.weights[m]:g}" for m in full_schemes if m != "none")
     table = _write(out / "claims_table.md", "\n".join([
         f"Claims table: BlockMNIST{' and the spurious variant' if plan.spurious else ''}"
         f"{' (accuracies and leakage only)' if plan.light else ''}, seeds {seeds}, {cfg.eval_samples} evaluation images, "
@@ -245,7 +245,7 @@ def write_claims(plan: ClaimsPlan, claims: dict, out: Path) -> str:
         beats_summary(claims["claims"], plan.subject)]))
     parts = [f"# Claims of the paper, measured (seeds {seeds}, {cfg.eval_samples} evaluation images)", "", table,
              "## Every seed", "",
-             _write(out / "claims_seeds.md", spread_table(claims["records"], cfg.weights, full_methods, seeds))]
+             _write(out / "claims_seeds.md", spread_table(claims["records"], cfg.weights, full_schemes, seeds))]
     if claims["results"]:  # the parts that need full evaluations
         parts += ["## Figure 1, like for like", "",
                   _write(out / "figure1.md", panel_table(claims["results"], seeds[0], ["none", "igr", "mdr"])),
@@ -255,7 +255,7 @@ def write_claims(plan: ClaimsPlan, claims: dict, out: Path) -> str:
                       f"{cfg.attack_steps} steps) and under random ±eps noise (_random); _wide: top-k at the top "
                       f"{cfg.leakage_top_fraction:g} of pixels; topk_mass: share of a clean map's |saliency| in its "
                       "top k; saliency_l2: its L2 norm; target_logit_mean: the mean target logit. Means over seeds.", "",
-                      diagnosis_table(claims["results"], full_methods, plan.subject)]))]
+                      diagnosis_table(claims["results"], full_schemes, plan.subject)]))]
     if claims["cheaper"]:
         parts += ["## Less penalty work: fractions of each batch, lazy steps", "", _write(out / "cheaper.md", cheaper_section(
             claims["cheaper"], plan.subject))]
@@ -279,7 +279,7 @@ def write_claims(plan: ClaimsPlan, claims: dict, out: Path) -> str:
         parts += ["## Not finished", "", f"{len(claims['missing'])} planned runs had not finished (or had only their "
                   "accuracies and leakage scored, by a `--light` run) when this report was written (`--report-only`); "
                   "the rows above use what was finished:", "",
-                  "\n".join(f"- {m['experiment']} {m['method']} weight {m['weight']:g} seed {m['seed']}"
+                  "\n".join(f"- {m['experiment']} {m['scheme']} weight {m['weight']:g} seed {m['seed']}"
                             f"{' (full evaluation)' if m['full'] else ''}" for m in claims["missing"]), ""]
     return _write(out / "claims.md", "\n".join(parts))
 
@@ -291,7 +291,7 @@ def compute_section(records: list[dict], invocations: list[dict]) -> str:
     timed = [r for r in records if r.get("wall_s") is not None]
     groups: dict = {}
     for r in timed:
-        key = (r["experiment"], r["method"], "full" if r["full"] else "light")
+        key = (r["experiment"], r["scheme"], "full" if r["full"] else "light")
         groups.setdefault(key, []).append(r["wall_s"])
     lines = []
     if invocations:
@@ -306,9 +306,9 @@ def compute_section(records: list[dict], invocations: list[dict]) -> str:
              f"machine): {len(timed)} of {len(records)} finished points, {math.fsum(r['wall_s'] for r in timed) / 3600:.2f} "
              "worker-hours in all. A point resumed from an earlier command counts only the work done after the "
              "times began to be recorded.", "",
-             "| experiment | method | evaluation | points | median wall s | total wall s |", "|---|---|---|---:|---:|---:|"]
-    for (experiment, method, kind), walls in sorted(groups.items()):
-        lines.append(f"| {experiment} | {method} | {kind} | {len(walls)} | {statistics.median(walls):.0f} | "
+             "| experiment | scheme | evaluation | points | median wall s | total wall s |", "|---|---|---|---:|---:|---:|"]
+    for (experiment, scheme, kind), walls in sorted(groups.items()):
+        lines.append(f"| {experiment} | {scheme} | {kind} | {len(walls)} | {statistics.median(walls):.0f} | "
                      f"{math.fsum(walls):.0f} |")
     return "\n".join(lines) + "\n"
 

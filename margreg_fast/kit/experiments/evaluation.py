@@ -1,6 +1,6 @@
 """Evaluate one trained model: the numbers of results.json plus what the figures need.
 
-Metric choices (all fixed in advance, never tuned per method):
+Metric choices (all fixed in advance, never tuned per scheme):
 
 - ``clean_acc``: accuracy on the whole test set.
 - ``leakage``: share of |attribution| on ``null_mask`` (the null block for BlockMNIST, the shortcut
@@ -63,7 +63,7 @@ from ..data import ImageDataset
 from .checkpoint import finite_or_none
 from .config import ExperimentConfig
 
-#: Keys of one method's entry in results.json, in order.
+#: Keys of one scheme's entry in results.json, in order.
 RESULT_KEYS = ("clean_acc", "leakage", "leakage_paper", "leakage_topk", "insertion_auc", "insertion_auc_paper",
                "insertion_auc_rom", "insertion_auc_prob", "pgd_linf_acc", "pgd_l2_acc", *SIMILARITIES,
                "density_shift", "worst_group_acc", "acc_patch_disagrees", "step_time_s")
