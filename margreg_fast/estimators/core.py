@@ -122,24 +122,27 @@ def _input_gradient(s: torch.Tensor, x_in: torch.Tensor, passes: ModelPasses, lo
     return g
 
 
-def _exact_gradient(s: torch.Tensor, x_in: torch.Tensor, passes: ModelPasses, logits_given: bool) -> torch.Tensor:
+def _exact_gradient(s: torch.Tensor, x_in: torch.Tensor, passes: ModelPasses, logits_given: bool,
+                    name: str) -> torch.Tensor:
+    """g with its graph, for the double backward of estimator ``name`` (named in its errors)."""
     try:
         g = _input_gradient(s, x_in, passes, logits_given, create_graph=True)
     except RuntimeError as err:
         if errors.is_derivative_error(err):
-            raise errors.unsupported("exact", err) from err
+            raise errors.unsupported(name, err) from err
         raise
-    errors.check_twice_differentiable(g, "exact")
+    errors.check_twice_differentiable(g, name)
     return g
 
 
 def _jvp_slope(passes: ModelPasses, x: torch.Tensor, v: torch.Tensor, penalty_kind: str,
-               target: Optional[torch.Tensor]) -> torch.Tensor:
+               target: Optional[torch.Tensor], name: str) -> torch.Tensor:
+    """d/de S(x + e v) at e = 0 by forward mode, for estimator ``name`` (named in its errors)."""
     try:
         _, slope = torch.func.jvp(lambda xx: value(penalty_kind, passes.probe(xx), target), (x,), (v,))
     except RuntimeError as err:  # NotImplementedError included
         if errors.is_derivative_error(err):
-            raise errors.unsupported("jvp", err) from err
+            raise errors.unsupported(name, err) from err
         raise
     return slope
 
@@ -214,12 +217,12 @@ def estimate(model: nn.Module, x: torch.Tensor, target: Optional[torch.Tensor], 
         with penalty_precision(device_type):
             s = value(penalty_kind, zg, target)
             if entry.double_backward:
-                g = _exact_gradient(s, x_in, passes, logits is not None)
+                g = _exact_gradient(s, x_in, passes, logits is not None, entry.name)
             else:
                 g = _input_gradient(s, x_in, passes, logits is not None, create_graph=False)
     z_ce = z0 if z_ce is None else z_ce
-    # fd's and rfd's head-op pass on (z0, z1) also gives the CE of z0, when z0 is the CE's forward
-    fused = estimator in ("fd", "rfd") and not probe_free and z_ce is z0
+    # a forward secant's head-op pass on (z0, z1) also gives the CE of z0, when z0 is the CE's forward
+    fused = entry.secant == "forward" and not probe_free and z_ce is z0
     ce = F.cross_entropy(z_ce.float() if z_ce is not z0 else z0, target, reduction="none") \
         if with_ce and not fused else None
     with penalty_precision(device_type):
@@ -230,9 +233,9 @@ def estimate(model: nn.Module, x: torch.Tensor, target: Optional[torch.Tensor], 
 def _finish(entry, passes: ModelPasses, x: torch.Tensor, target: Optional[torch.Tensor], g: torch.Tensor,
             z0: torch.Tensor, z_ce: torch.Tensor, ce: Optional[torch.Tensor], probe_free: bool, *, step: Step,
             penalty_kind: str, backend: str, with_ce: bool, generator: Optional[torch.Generator]) -> Estimate:
-    """The estimate from g = grad_x S and the logits z0 at x (``z_ce``: the logits that the CE read)."""
-    estimator = entry.name
-
+    """The estimate from g = grad_x S and the logits z0 at x (``z_ce``: the logits that the CE read), made
+    as the registry entry ``entry`` says: its secant, the sign of its step, and its value (the secant's
+    square, or for an exact value the surrogate ||g||^2 + 2 ||g|| (sigma - stopgrad(sigma)))."""
     if probe_free:  # exact; rfd under no_grad, whose value ||g||^2 needs no probe
         r = g.flatten(1).pow(2).sum(dim=1)
         norm = r.detach().sqrt()
@@ -240,24 +243,25 @@ def _finish(entry, passes: ModelPasses, x: torch.Tensor, target: Optional[torch.
 
     v, g_norm = unit_direction(g)
     if entry.forward_mode:
-        slope = _jvp_slope(passes, x, v, penalty_kind, target)
+        slope = _jvp_slope(passes, x, v, penalty_kind, target, entry.name)
         return Estimate(slope ** 2, ce, g_norm, slope.detach(), z_ce)
 
     h = resolve_step(step, x, z0.dtype, g_norm, entry)
-    if estimator == "central":
+    if entry.random_sign:
+        h = _random_signs(x, generator) * h
+    if entry.secant == "central":
         hv = broadcast_step(h, x) * v
         # two forwards of B, not one of 2B: each replays the clean pass's draws (masks of 2B rows would
         # differ), and a compiled model sees the shape it compiled for
         z_minus, z_plus = passes.probe(x - hv), passes.probe(x + hv)
         d, _ = difference(penalty_kind, z_minus, z_plus, target, backend, False)
         slope = d / (2 * h)
-        return Estimate(slope ** 2, ce, g_norm, slope.detach(), z_ce)
-    if estimator == "rfd":
-        h = _random_signs(x, generator) * h
-    d, fused_ce = difference(penalty_kind, z0, passes.probe(x + broadcast_step(h, x) * v), target, backend, with_ce)
-    ce = fused_ce if with_ce else ce
-    slope = d / h
-    if estimator == "fd":
+    else:  # "forward"
+        d, fused_ce = difference(penalty_kind, z0, passes.probe(x + broadcast_step(h, x) * v), target, backend,
+                                 with_ce)
+        ce = fused_ce if with_ce else ce
+        slope = d / h
+    if not entry.exact_value:
         return Estimate(slope ** 2, ce, g_norm, slope.detach(), z_ce)
     g_norm = g_norm.to(slope.dtype)
     return Estimate(g_norm ** 2 + 2 * g_norm * (slope - slope.detach()), ce, g_norm, slope.detach(), z_ce)

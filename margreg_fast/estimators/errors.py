@@ -28,6 +28,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .registry import ESTIMATORS
+
 #: Autograd nodes that stand for a missing derivative (their name is the structure torch exposes).
 _NOT_IMPLEMENTED_NODE = "torch::autograd::NotImplemented"
 #: AOTAutograd's node for differentiating a compiled backward; it always raises this message.
@@ -59,7 +61,8 @@ def unsupported(estimator: str, err: BaseException, op: Optional[str] = None) ->
     pointing at the finite differences."""
     message = str(err).splitlines()[0] if str(err) else type(err).__name__
     op = op or _failing_op(str(err))
-    need = "forward-mode AD (a jvp)" if estimator == "jvp" else "a twice-differentiable backward (double backprop)"
+    need = "forward-mode AD (a jvp)" if ESTIMATORS[estimator].forward_mode else \
+        "a twice-differentiable backward (double backprop)"
     what = f"op {op}" if op else "an op"
     if op and "scaled_dot_product" in op:
         what += " (torch.nn.functional.scaled_dot_product_attention)"

@@ -1,10 +1,13 @@
 r"""One entry per estimator of R(x) = ||grad_x S||^2: everything the library knows about it, in one place.
 
 The estimators' computations live in :mod:`.core`; what the rest of the library needs to know about
-each one -- its name, whether it takes a step and the order of its truncation error, whether it
-needs a double backward or forward-mode AD, whether its value and gradient are exact, and what the
-secant monitor advises when its slope leaves the band -- is read from :data:`ESTIMATORS`: the checks
-(``estimator=`` must be a key), the core (which passes each one makes), the monitor's advice
+each one -- its name, whether it takes a step and the order of its truncation error, its secant
+(which probes it makes, and whether their step takes a random sign), whether it needs a double
+backward or forward-mode AD, whether its value and gradient are exact, and what the secant monitor
+advises when its slope leaves the band -- is read from :data:`ESTIMATORS`: the checks
+(``estimator=`` must be a key), the core (which passes each one makes and how it forms its value:
+:func:`.core.estimate` branches on these fields, never on a name, so that a new estimator made of
+these parts is one entry here), the monitor's advice
 (:mod:`margreg_fast.monitor`), the audit (:mod:`margreg_fast.audit`) and the experiment kit (which
 estimators take a step: :data:`STEPLESS`).
 """
@@ -12,6 +15,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
+
+#: The secants (None: the estimator takes no finite difference):
+#: ``"forward"``: sigma = (S(x + h v) - S(x)) / h, one probe; its head-op pass on (z(x), z(x + h v)) also
+#: gives the CE of z(x);
+#: ``"central"``: sigma = (S(x + h v) - S(x - h v)) / 2h, two probes.
+SECANTS = ("forward", "central")
 
 
 @dataclass(frozen=True)
@@ -32,8 +41,18 @@ class Estimator:
     exact_value: bool
     #: its parameter gradient is the exact gradient of R (no finite difference in it)
     exact_gradient: bool
+    #: its finite difference along v, one of :data:`SECANTS`; None: it takes none (then ``order`` is None too)
+    secant: Optional[str] = None
+    #: the step of its secant takes a random sign s = +-1 per sample (rfd)
+    random_sign: bool = False
     #: the monitor's advice when the secant ratio falls below its band ("" where none is specific)
     low_ratio_advice: str = ""
+
+    def __post_init__(self) -> None:
+        if self.secant not in (None, *SECANTS):
+            raise ValueError(f"estimator {self.name!r}: secant must be one of {SECANTS} or None, got {self.secant!r}")
+        if (self.secant is None) != (self.order is None) or (self.random_sign and self.secant is None):
+            raise ValueError(f"estimator {self.name!r}: a secant goes with an order (and a random sign needs a secant)")
 
     @property
     def takes_step(self) -> bool:
@@ -45,10 +64,12 @@ ESTIMATORS: Dict[str, Estimator] = {e.name: e for e in (
     Estimator("exact", order=None, double_backward=True, forward_mode=False, exact_value=True, exact_gradient=True),
     Estimator("jvp", order=None, double_backward=False, forward_mode=True, exact_value=True, exact_gradient=True),
     Estimator("fd", order=1, double_backward=False, forward_mode=False, exact_value=False, exact_gradient=False,
-              low_ratio_advice="Training games the one-sided secant (estimator='fd'): use the default estimator='rfd', "
+              secant="forward", low_ratio_advice="Training games the one-sided secant (estimator='fd'): use the default estimator='rfd', "
                                "or estimator='central' or 'exact'."),
-    Estimator("central", order=2, double_backward=False, forward_mode=False, exact_value=False, exact_gradient=False),
-    Estimator("rfd", order=2, double_backward=False, forward_mode=False, exact_value=True, exact_gradient=False),
+    Estimator("central", order=2, double_backward=False, forward_mode=False, exact_value=False, exact_gradient=False,
+              secant="central"),
+    Estimator("rfd", order=2, double_backward=False, forward_mode=False, exact_value=True, exact_gradient=False,
+              secant="forward", random_sign=True),
 )}
 
 #: The estimators' names, in the registry's order.
