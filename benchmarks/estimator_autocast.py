@@ -10,7 +10,7 @@ gradient of the mean marginal penalty under ``torch.autocast('cpu', dtype=torch.
 * ``bf16 passes, auto``: every pass under autocast, the step rule "auto" for bf16 logits
   (min(eps^(1/2) RMS(x), 0.03 / ||g||));
 * ``fp32 passes`` (the library's path): the forward at x in bf16 (the CE's), the penalty's passes in
-  fp32 with autocast off, as probes of it (margreg_fast/estimators/core.py);
+  fp32 with autocast off, as probes of it (margreg_fast/_estimators/core.py);
 * ``exact, bf16 passes`` and ``exact, fp32 passes``;
 
 and, as the baseline of the acceptance bound, the default estimator in fp32 without autocast. Each

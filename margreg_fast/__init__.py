@@ -8,33 +8,33 @@ from importlib import import_module
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # what static tools (and the API reference) read; at run time __getattr__ imports each on first use
-    from .estimators import (DEFAULT_ESTIMATOR, DEFAULT_STEP, PENALTY_KINDS, HeldStatisticsError,
+    from ._estimators import (DEFAULT_ESTIMATOR, DEFAULT_STEP, PENALTY_KINDS, HeldStatisticsError,
                              UnsupportedEstimatorError)
-    from .audit import GradientDirectionWarning
-    from .estimators.passes import InferenceModeError
-    from .estimators.registry import ESTIMATORS, Estimator
-    from .monitor import SecantWarning
-    from .ops import EnergyDifference, EnergyPenalty, available_backends, energy_difference, energy_penalty
-    from .ops.native import NativeBuildWarning
-    from .penalty import input_gradient_penalty, marginal_density_penalty
-    from .regularizer import MarginalDensityRegularizer
-    from .sweep import sweep_weights
+    from ._audit import GradientDirectionWarning
+    from ._estimators.passes import InferenceModeError
+    from ._estimators.registry import ESTIMATORS, Estimator
+    from ._monitor import SecantWarning
+    from ._ops import EnergyDifference, EnergyPenalty, available_backends, energy_difference, energy_penalty
+    from ._ops.native import NativeBuildWarning
+    from ._penalty import input_gradient_penalty, marginal_density_penalty
+    from ._regularizer import MarginalDensityRegularizer
+    from ._sweep import sweep_weights
 
 #: The module of each exported name. ``import margreg_fast`` imports nothing else (not even torch), so that the
 #: ``margreg-fast`` command starts at once; the first use of a name imports its module (tests/test_packaging.py
 #: checks this table against the imports above and __all__).
 _EXPORTED_FROM = {
-    ".estimators": ("DEFAULT_ESTIMATOR", "DEFAULT_STEP", "PENALTY_KINDS", "HeldStatisticsError",
+    "._estimators": ("DEFAULT_ESTIMATOR", "DEFAULT_STEP", "PENALTY_KINDS", "HeldStatisticsError",
                     "UnsupportedEstimatorError"),
-    ".audit": ("GradientDirectionWarning",),
-    ".estimators.passes": ("InferenceModeError",),
-    ".estimators.registry": ("ESTIMATORS", "Estimator"),
-    ".monitor": ("SecantWarning",),
-    ".ops": ("EnergyDifference", "EnergyPenalty", "available_backends", "energy_difference", "energy_penalty"),
-    ".ops.native": ("NativeBuildWarning",),
-    ".penalty": ("input_gradient_penalty", "marginal_density_penalty"),
-    ".regularizer": ("MarginalDensityRegularizer",),
-    ".sweep": ("sweep_weights",),
+    "._audit": ("GradientDirectionWarning",),
+    "._estimators.passes": ("InferenceModeError",),
+    "._estimators.registry": ("ESTIMATORS", "Estimator"),
+    "._monitor": ("SecantWarning",),
+    "._ops": ("EnergyDifference", "EnergyPenalty", "available_backends", "energy_difference", "energy_penalty"),
+    "._ops.native": ("NativeBuildWarning",),
+    "._penalty": ("input_gradient_penalty", "marginal_density_penalty"),
+    "._regularizer": ("MarginalDensityRegularizer",),
+    "._sweep": ("sweep_weights",),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTED_FROM.items() for name in names}
 #: The names of 0.2 that 0.3.0 renamed: old -> (the exported name it reads, a function of that name's value);
@@ -58,7 +58,7 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    """An exported name (imported from its module on first use), or a submodule (``margreg_fast.ops``)."""
+    """An exported name (imported from its module on first use), or a submodule (``margreg_fast._ops``)."""
     if name in _MODULE_OF:
         value = getattr(import_module(_MODULE_OF[name], __name__), name)
         globals()[name] = value

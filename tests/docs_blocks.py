@@ -7,7 +7,7 @@ Every fenced block names its language, and the language says how it is checked:
   suite checks that each one would run as written without running it: ``make T`` by ``make -n T``
   (the target exists and expands), the ``margreg-fast`` command line by its own argument parser and
   configuration checks, ``pip install PATH[extra]`` by the path and the extra in setup.py, a script by
-  its file, ``python -m margreg_fast.ops.native`` and ``... --help`` by running them (seconds).
+  its file, ``python -m margreg_fast._ops.native`` and ``... --help`` by running them (seconds).
 * ``text``: output, formulas or pseudo-code: not run.
 
 Any other language fails: mark the block with one of these.
@@ -108,7 +108,7 @@ def check_command(argv: List[str]) -> str:
         return _check_cli(argv[1:])
     if head in ("python", "python3") and argv[1:3] == ["-m", "margreg_fast"]:
         return _check_cli(argv[3:])
-    if head in ("python", "python3") and argv[1:3] == ["-m", "margreg_fast.ops.native"]:
+    if head in ("python", "python3") and argv[1:3] == ["-m", "margreg_fast._ops.native"]:
         out = _run([sys.executable, *argv[1:]], timeout=600)
         return "" if out.returncode == 0 else out.stderr[-2000:]
     if head == "pip" and argv[1:2] == ["install"]:

@@ -14,7 +14,7 @@ the monitor warns.
 """
 import pytest
 
-from margreg_fast.estimators import DEFAULT_ESTIMATOR
+from margreg_fast._estimators import DEFAULT_ESTIMATOR
 from margreg_fast.kit.estimator_training import canvas_digits, judge
 
 #: Stated in the issue that asked for this test; both are about training outcome, not init.

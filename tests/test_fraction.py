@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 
 from margreg_fast import regularizer as regularizer_module
-from margreg_fast.estimators import ESTIMATOR_NAMES
-from margreg_fast.estimators.passes import HeldStatisticsError, couples_batch
+from margreg_fast._estimators import ESTIMATOR_NAMES
+from margreg_fast._estimators.passes import HeldStatisticsError, couples_batch
 from margreg_fast.kit import models
-from margreg_fast.penalty import marginal_density_penalty
-from margreg_fast.regularizer import MarginalDensityRegularizer
-from margreg_fast.subsample import complement, draw_subset, subset_size
+from margreg_fast._penalty import marginal_density_penalty
+from margreg_fast._regularizer import MarginalDensityRegularizer
+from margreg_fast._subsample import complement, draw_subset, subset_size
 from tests.gradients import rows_of_each_forward
 
 

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from margreg_fast import MarginalDensityRegularizer, marginal_density_penalty
-from margreg_fast.estimators.passes import ModelPasses
-from margreg_fast.monitor import SecantMonitor, SecantWarning, stats_dtype
+from margreg_fast._estimators.passes import ModelPasses
+from margreg_fast._monitor import SecantMonitor, SecantWarning, stats_dtype
 from margreg_fast.kit.models import ResidualCNN
-from margreg_fast.ops import triton_head
+from margreg_fast._ops import triton_head
 
 TO_HOST = ("item", "tolist", "__float__", "__int__", "__bool__", "__index__", "numpy")
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from margreg_fast import MarginalDensityRegularizer, input_gradient_penalty, marginal_density_penalty
 from margreg_fast.kit import models
-from margreg_fast.subsample import draw_subset
+from margreg_fast._subsample import draw_subset
 from tests.gradients import parameter_gradient
 from tests.timm_import import import_timm
 

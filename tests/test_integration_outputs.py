@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from margreg_fast import MarginalDensityRegularizer, marginal_density_penalty
-from margreg_fast.estimators.checks import OutputModel
-from margreg_fast.estimators.passes import _unwrapped
+from margreg_fast._estimators.checks import OutputModel
+from margreg_fast._estimators.passes import _unwrapped
 from tests.gradients import parameter_gradient
 from tests.timm_import import import_timm
 

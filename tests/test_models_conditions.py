@@ -13,9 +13,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import margreg_fast
 from margreg_fast.kit import models
-from margreg_fast.estimators import DEFAULT_ESTIMATOR, ESTIMATOR_NAMES, UnsupportedEstimatorError
-from margreg_fast.penalty import marginal_density_penalty
-from margreg_fast.regularizer import MarginalDensityRegularizer
+from margreg_fast._estimators import DEFAULT_ESTIMATOR, ESTIMATOR_NAMES, UnsupportedEstimatorError
+from margreg_fast._penalty import marginal_density_penalty
+from margreg_fast._regularizer import MarginalDensityRegularizer
 
 
 

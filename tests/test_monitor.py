@@ -9,7 +9,7 @@ import warnings
 import pytest
 import torch
 
-from margreg_fast.monitor import SecantMonitor, SecantWarning, secant_ratio
+from margreg_fast._monitor import SecantMonitor, SecantWarning, secant_ratio
 
 
 def test_ratio_is_rms_slope_over_rms_grad_norm():
@@ -113,7 +113,7 @@ def test_zero_initialised_head_stays_quiet_in_the_regulariser():
     assert stats["penalty"] == 0 and math.isnan(stats["secant_ratio"])
 
 
-# The direction audit (margreg_fast/audit.py): opt-in, every N steps, the estimator's parameter gradient
+# The direction audit (margreg_fast/_audit.py): opt-in, every N steps, the estimator's parameter gradient
 # against fp32 exact's on a few samples.
 
 def _digits(n=16):
@@ -129,7 +129,7 @@ def _bn_dropout_net():
 
 
 def test_audit_of_exact_against_exact_is_one():
-    from margreg_fast.audit import audit_cosine
+    from margreg_fast._audit import audit_cosine
     x, y = _digits()
     cosine, reference = audit_cosine(_bn_dropout_net(), x, y, penalty_kind="marginal", estimator="exact", step="auto")
     assert reference == "exact" and cosine >= 1 - 1e-9, cosine

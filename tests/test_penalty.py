@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from margreg_fast.estimators import ESTIMATOR_NAMES
+from margreg_fast._estimators import ESTIMATOR_NAMES
 from margreg_fast.kit import models
-from margreg_fast.penalty import input_gradient_penalty, marginal_density_penalty
+from margreg_fast._penalty import input_gradient_penalty, marginal_density_penalty
 from tests.gradients import parameter_gradient
 
 SIDE = 10

@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from margreg_fast.estimators import ESTIMATOR_NAMES
-from margreg_fast.penalty import BASELINES as KINDS
-from margreg_fast.penalty import input_gradient_penalty
-from margreg_fast.regularizer import MarginalDensityRegularizer
+from margreg_fast._estimators import ESTIMATOR_NAMES
+from margreg_fast._penalty import BASELINES as KINDS
+from margreg_fast._penalty import input_gradient_penalty
+from margreg_fast._regularizer import MarginalDensityRegularizer
 from tests.gradients import parameter_gradient
 
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from margreg_fast.estimators import ESTIMATOR_NAMES, PENALTY_KINDS
+from margreg_fast._estimators import ESTIMATOR_NAMES, PENALTY_KINDS
 from margreg_fast.kit import models
-from margreg_fast.penalty import input_gradient_penalty, marginal_density_penalty
-from margreg_fast.regularizer import MarginalDensityRegularizer
+from margreg_fast._penalty import input_gradient_penalty, marginal_density_penalty
+from margreg_fast._regularizer import MarginalDensityRegularizer
 from tests.gradients import parameter_gradient
 
 

@@ -9,7 +9,7 @@ their kinks -- and reports, on held-out images:
   than the model's true penalty);
 * ``over_twin(twin)`` = exact R / exact R of the same network trained with ``estimator="exact"``;
 * ``secant_ratio``, the monitor's ratio on the held-out batch, and ``warned``, whether the
-  regulariser's :class:`~margreg_fast.monitor.SecantMonitor` warned during training;
+  regulariser's :class:`~margreg_fast._monitor.SecantMonitor` warned during training;
 * ``accuracy`` on the held-out images.
 
 The same judgement on real timm models (a deep BatchNorm ReLU MnasNet and a BatchNormAct SiLU

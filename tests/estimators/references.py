@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from margreg_fast import marginal_density_penalty
-from margreg_fast.estimators import estimate
-from margreg_fast.monitor import secant_ratio
+from margreg_fast._estimators import estimate
+from margreg_fast._monitor import secant_ratio
 
 #: float64 steps small enough that truncation is far below the tolerances (as in test_batchnorm.py).
 STEPS = {"fd": 1e-6, "central": 1e-4, "rfd": 1e-4}

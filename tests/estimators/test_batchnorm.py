@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from margreg_fast import MarginalDensityRegularizer, marginal_density_penalty
-from margreg_fast.estimators import ESTIMATOR_NAMES
-from margreg_fast.estimators.passes import ModelPasses
+from margreg_fast._estimators import ESTIMATOR_NAMES
+from margreg_fast._estimators.passes import ModelPasses
 from margreg_fast.kit.models import ResidualCNN
 from tests.estimators.references import batch_statistics_copy as frozen_copy
 

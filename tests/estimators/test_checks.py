@@ -9,9 +9,9 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from margreg_fast.estimators import ESTIMATOR_NAMES
-from margreg_fast.penalty import input_gradient_penalty, marginal_density_penalty
-from margreg_fast.regularizer import MarginalDensityRegularizer
+from margreg_fast._estimators import ESTIMATOR_NAMES
+from margreg_fast._penalty import input_gradient_penalty, marginal_density_penalty
+from margreg_fast._regularizer import MarginalDensityRegularizer
 
 B, C, D = 4, 3, 5
 

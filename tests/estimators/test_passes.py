@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from margreg_fast import marginal_density_penalty
-from margreg_fast.estimators.passes import HeldStatisticsError, ModelPasses, batch_statistics, native_statistics
+from margreg_fast._estimators.passes import HeldStatisticsError, ModelPasses, batch_statistics, native_statistics
 from tests.estimators.references import batch_statistics_copy, cosine, flat_grad, per_sample, ratio
 
 
@@ -281,7 +281,7 @@ def test_held_statistics_are_read_from_the_native_kernel_and_equal_recomputed_on
 
 
 def test_the_clean_pass_reads_the_native_statistics(monkeypatch):
-    import margreg_fast.estimators.passes as passes
+    import margreg_fast._estimators.passes as passes
 
     read = []
     real = passes.native_statistics

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from margreg_fast import MarginalDensityRegularizer, marginal_density_penalty
-from margreg_fast.estimators import UnsupportedEstimatorError
+from margreg_fast._estimators import UnsupportedEstimatorError
 
 TOL = dict(rtol=1e-9, atol=1e-12)
 

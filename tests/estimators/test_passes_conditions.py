@@ -14,10 +14,10 @@ import torch._functorch.config
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-import margreg_fast.estimators.passes as passes
+import margreg_fast._estimators.passes as passes
 from margreg_fast import MarginalDensityRegularizer, marginal_density_penalty
-from margreg_fast.estimators.errors import is_derivative_error
-from margreg_fast.estimators.passes import HeldStatisticsError, InferenceModeError
+from margreg_fast._estimators.errors import is_derivative_error
+from margreg_fast._estimators.passes import HeldStatisticsError, InferenceModeError
 from tests.timm_import import import_timm
 
 METHODS = ["rfd", "exact", "central", "fd", "jvp"]

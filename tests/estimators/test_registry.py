@@ -1,10 +1,10 @@
-"""One entry per estimator (margreg_fast/estimators/registry.py), and the places that read it."""
+"""One entry per estimator (margreg_fast/_estimators/registry.py), and the places that read it."""
 import pytest
 
 import margreg_fast
-from margreg_fast.estimators.registry import ESTIMATORS, ESTIMATOR_NAMES, STEPLESS
+from margreg_fast._estimators.registry import ESTIMATORS, ESTIMATOR_NAMES, STEPLESS
 from margreg_fast.kit.experiments.config import STEPLESS_ESTIMATORS
-from margreg_fast.monitor import SecantMonitor
+from margreg_fast._monitor import SecantMonitor
 
 
 def test_the_registry_is_the_list_of_estimators_everywhere():
@@ -37,7 +37,7 @@ def test_the_core_reads_the_entry_not_the_name(name, monkeypatch):
     import torch
     from torch import nn
 
-    from margreg_fast.estimators import estimate
+    from margreg_fast._estimators import estimate
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3)).double()
@@ -53,7 +53,7 @@ def test_the_core_reads_the_entry_not_the_name(name, monkeypatch):
 
 
 def test_an_entry_must_be_consistent():
-    from margreg_fast.estimators.registry import Estimator
+    from margreg_fast._estimators.registry import Estimator
 
     common = dict(double_backward=False, forward_mode=False, exact_value=False, exact_gradient=False)
     with pytest.raises(ValueError, match="secant must be one of"):

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from margreg_fast.kit import models
-from margreg_fast.regularizer import MarginalDensityRegularizer
+from margreg_fast._regularizer import MarginalDensityRegularizer
 
 MODES = ("eager", "compile")
 PROCESSES = ("single", "ddp", "fsdp")

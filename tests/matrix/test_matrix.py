@@ -57,7 +57,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from margreg_fast.estimators import UnsupportedEstimatorError
+from margreg_fast._estimators import UnsupportedEstimatorError
 from tests.matrix import cells
 from tests.workers.lifecycle import launch
 

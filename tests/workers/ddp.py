@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from margreg_fast.kit import models
-from margreg_fast.regularizer import MarginalDensityRegularizer
+from margreg_fast._regularizer import MarginalDensityRegularizer
 from tests.workers.lifecycle import finish
 
 GLOBAL_BATCH, LR, WEIGHT, STEP = 8, 0.5, 2.0, 1e-2

@@ -18,7 +18,7 @@ from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
 
-from margreg_fast.regularizer import MarginalDensityRegularizer
+from margreg_fast._regularizer import MarginalDensityRegularizer
 from tests.workers.lifecycle import finish
 
 GLOBAL_BATCH, LR, WEIGHT, STEPS = 8, 0.5, 2.0, 2

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from margreg_fast import MarginalDensityRegularizer, marginal_density_penalty
-from margreg_fast.estimators import UnsupportedEstimatorError
+from margreg_fast._estimators import UnsupportedEstimatorError
 from tests.gradients import rows_of_each_forward
 from tests.zoo.models import BATCH, NUM_CLASSES, STEP_RULE_MODELS, ZOO, build_at
 from tests.zoo.reference import reference_penalty

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from margreg_fast.kit.experiments.datasets import build_datasets
 from margreg_fast.kit.experiments.model_factory import build_model
 from margreg_fast.kit.experiments.training import NUM_CLASSES, TrainedRun, _data_generator, train_run
-from margreg_fast.regularizer import MarginalDensityRegularizer
+from margreg_fast._regularizer import MarginalDensityRegularizer
 
 
 def _by_hand(cfg, train, every: int, weight: float) -> torch.nn.Module:

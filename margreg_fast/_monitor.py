@@ -33,8 +33,8 @@ one host synchronisation (:func:`secant_sums`, :func:`ratio_of_sums`).
 
 The ratio measures a magnitude. The direction of the penalty's parameter gradient -- what training
 follows -- can be lost while the ratio stays near 1 (kinks on one side of a sample, rounding): the
-opt-in direction audit of :mod:`margreg_fast.audit` (``audit_every=``) measures it. The estimators'
-advice for a low ratio comes from their registry entries (:mod:`.estimators.registry`).
+opt-in direction audit of :mod:`margreg_fast._audit` (``audit_every=``) measures it. The estimators'
+advice for a low ratio comes from their registry entries (:mod:`._estimators.registry`).
 """
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ from typing import Deque, Optional, Tuple
 
 import torch
 
-from .estimators.registry import ESTIMATORS
+from ._estimators.registry import ESTIMATORS
 
 #: Median secant ratio outside this band over a full window triggers the warning.
 DEFAULT_BAND = (0.5, 2.0)

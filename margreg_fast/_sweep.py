@@ -13,7 +13,7 @@ weight) for each weight on your training loader, then measures it on your valida
   left out), and ``x_plain``, its ratio to weight 0's step in the same sweep; weight 0 trains plainly
   (the criterion alone, no penalty work), the baseline of every other column;
 * ``secant_ratio`` -- the median over the last epoch of the monitor's ratio (1 when the estimator
-  measures the gradient; see :mod:`margreg_fast.monitor`).
+  measures the gradient; see :mod:`margreg_fast._monitor`).
 
 Each weight's result is written to ``out_dir/weight_<w>.json`` as soon as it is measured; a rerun
 with the same ``out_dir`` loads the weights already done and trains only the others, so an
@@ -41,9 +41,9 @@ from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from .estimators.checks import as_model, check_output, check_weight
-from .penalty import marginal_density_penalty
-from .regularizer import MarginalDensityRegularizer
+from ._estimators.checks import as_model, check_output, check_weight
+from ._penalty import marginal_density_penalty
+from ._regularizer import MarginalDensityRegularizer
 from ._renames import renamed_keywords
 
 Result = Dict[str, Any]

@@ -1,6 +1,6 @@
 r"""An opt-in audit of the direction of the penalty's parameter gradient.
 
-The secant monitor (:mod:`.monitor`) watches a magnitude, sigma / ||g||; a finite difference can keep
+The secant monitor (:mod:`._monitor`) watches a magnitude, sigma / ||g||; a finite difference can keep
 that ratio near 1 while its parameter gradient -- what training follows -- points elsewhere (under
 bf16 passes the cosine with fp32 exact fell to 0.05-0.38 on real nets while the ratio stayed in
 [0.73, 1.02]). The audit measures the direction itself, on a few samples:
@@ -31,11 +31,11 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
-from .estimators import ModelPasses, UnsupportedEstimatorError, estimate
-from .estimators.core import autocast_device, penalty_precision
-from .estimators.passes import _unwrapped
-from .estimators.registry import ESTIMATORS
-from .monitor import user_stacklevel
+from ._estimators import ModelPasses, UnsupportedEstimatorError, estimate
+from ._estimators.core import autocast_device, penalty_precision
+from ._estimators.passes import _unwrapped
+from ._estimators.registry import ESTIMATORS
+from ._monitor import user_stacklevel
 
 #: Below this cosine the audit warns (at init, fp32, the default's cosine with exact is 0.84-0.999 on
 #: the smooth timm nets of ``benchmarks/results/estimator_autocast.md``; 0.5 flags a lost direction).

@@ -1,4 +1,4 @@
-"""Model-level estimators of input-gradient penalties (the machinery behind :mod:`margreg_fast.penalty`)."""
+"""Model-level estimators of input-gradient penalties (the machinery behind :mod:`margreg_fast._penalty`)."""
 from .core import PENALTY_KINDS, Estimate, estimate
 from .defaults import AUTO, DEFAULT_ESTIMATOR, DEFAULT_STEP, ESTIMATOR_NAMES
 from .errors import UnsupportedEstimatorError

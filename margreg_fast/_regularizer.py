@@ -22,9 +22,9 @@ tuple, a dict) is read through ``output=``: ``MarginalDensityRegularizer(1.0, ou
 
 The logits of x are computed once and serve both the loss and the penalty; for ``rfd`` and ``fd`` the
 default CE of those logits comes out of the same fused head pass as the finite difference. Every step the
-regulariser feeds the estimator's secant ratio to a :class:`~margreg_fast.monitor.SecantMonitor`,
+regulariser feeds the estimator's secant ratio to a :class:`~margreg_fast._monitor.SecantMonitor`,
 which warns once if the finite difference stops measuring the gradient, and at once if the penalty
-diverges (see :mod:`.monitor`). A step synchronises with the device once, on every backend: the
+diverges (see :mod:`._monitor`). A step synchronises with the device once, on every backend: the
 statistics, the monitor's two sums and the head op's target range checks are stacked into one
 tensor and transferred together (so an out-of-range label raises after the step's passes). With
 ``sync=False`` a step does not synchronise at all: the statistics stay on the device, for loops that
@@ -33,7 +33,7 @@ value, as under ``torch.no_grad`` (:func:`.estimators.passes.outside_inference_m
 
 With ``fraction`` f < 1 the penalty is computed on a random subset of m = max(1, round(f B)) samples,
 scaled so that its expectation, and so the expected parameter gradient, is fraction 1's at the same
-weight (:mod:`.subsample`); the loss (the CE or the criterion) still covers the whole batch. How the batch goes through the model
+weight (:mod:`._subsample`); the loss (the CE or the criterion) still covers the whole batch. How the batch goes through the model
 depends on whether its forward couples the samples (``batch_coupled``; by default detected:
 a train-mode BatchNorm or timm's EvoNorm-B couples them):
 
@@ -69,21 +69,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .estimators import DEFAULT_ESTIMATOR, DEFAULT_STEP, PENALTY_KINDS, Estimate, estimate
-from .estimators.checks import (check_choice, check_criterion, check_data, check_estimator_options, check_fraction,
+from ._estimators import DEFAULT_ESTIMATOR, DEFAULT_STEP, PENALTY_KINDS, Estimate, estimate
+from ._estimators.checks import (check_choice, check_criterion, check_data, check_estimator_options, check_fraction,
                                 check_generator, check_labels, check_loss, check_optional_flag, check_output,
                                 check_output_function, check_step, check_weight)
-from .estimators.passes import ModelPasses, couples_batch, outside_inference_mode, sample_wise_forward
-from .estimators.steps import Step
-from .audit import DirectionAudit, audit_cosine
-from .estimators.core import autocast_device
-from .monitor import (DEFAULT_BAND, DEFAULT_WARMUP, DEFAULT_WINDOW, SecantMonitor, ratio_of_sums, secant_sums,
+from ._estimators.passes import ModelPasses, couples_batch, outside_inference_mode, sample_wise_forward
+from ._estimators.steps import Step
+from ._audit import DirectionAudit, audit_cosine
+from ._estimators.core import autocast_device
+from ._monitor import (DEFAULT_BAND, DEFAULT_WARMUP, DEFAULT_WINDOW, SecantMonitor, ratio_of_sums, secant_sums,
                       stats_dtype)
 from ._renames import ESTIMATOR_KEYWORDS, renamed_attribute, renamed_keywords
-from .ops import IGNORE_INDEX
-from .ops.validation import DeferredTargetCheck, deferred_target_checks
-from .reduction import reduce
-from .subsample import complement, draw_subset, subset_mean
+from ._ops import IGNORE_INDEX
+from ._ops.validation import DeferredTargetCheck, deferred_target_checks
+from ._reduction import reduce
+from ._subsample import complement, draw_subset, subset_mean
 
 #: What ``penalty_kind=`` accepts: the estimators' PENALTY_KINDS and "none" (plain cross-entropy).
 PENALTY_OPTIONS = PENALTY_KINDS + ("none",)
@@ -97,13 +97,13 @@ class MarginalDensityRegularizer(nn.Module):
     Args:
         weight: lambda >= 0 (a Python or NumPy number, or a 0-d tensor).
         estimator: estimator of R: ``"rfd"`` (default: exact value, randomly signed secant for the
-            gradient), ``"exact"``, ``"jvp"``, ``"fd"`` or ``"central"`` (see :mod:`.estimators.core`).
-        step: h of the finite differences (float > 0 or ``"auto"``, see :mod:`.estimators.steps`).
+            gradient), ``"exact"``, ``"jvp"``, ``"fd"`` or ``"central"`` (see :mod:`._estimators.core`).
+        step: h of the finite differences (float > 0 or ``"auto"``, see :mod:`._estimators.steps`).
         penalty_kind: ``"marginal"`` (||grad_x logsumexp f||^2, MDR), ``"conditional"`` (||grad_x CE||^2,
             IGR), ``"joint"`` (||grad_x f_y||^2) or ``"none"`` (plain CE).
         backend: implementation of the fused head op.
         fraction: share f in (0, 1] of each batch that the penalty is computed on (a random subset of
-            max(1, round(f B)) samples, the penalty scaled to keep its expectation; see :mod:`.subsample`).
+            max(1, round(f B)) samples, the penalty scaled to keep its expectation; see :mod:`._subsample`).
             The CE always covers the whole batch.
         batch_coupled: for ``fraction`` < 1, does the model's train-mode forward couple the samples of
             a batch? True: one forward of the whole batch, the subset's passes probes of it (BatchNorm's
@@ -112,7 +112,7 @@ class MarginalDensityRegularizer(nn.Module):
             instead of f (2F + B_x + 2B)); None (default): True when the model holds a train-mode
             BatchNorm or timm EvoNorm-B layer. A layer that couples samples by other means (batch-wise
             attention, a custom batch statistic) needs True.
-        monitor_window: the :class:`~margreg_fast.monitor.SecantMonitor`'s window of steps.
+        monitor_window: the :class:`~margreg_fast._monitor.SecantMonitor`'s window of steps.
         monitor_band: the band its median secant ratio must stay in.
         monitor_warmup: the steps before it judges.
         generator: a ``torch.Generator`` (on the inputs' device) for the random draws: the subset of
@@ -121,9 +121,9 @@ class MarginalDensityRegularizer(nn.Module):
             ``output(model(x))``: ``lambda out: out.logits`` (Hugging Face), ``lambda out: out[0]``
             (a tuple), ``lambda out: out["logits"]`` (a dict). Every pass, the probes too, goes through it.
         audit_every: None (default: no audit) or N: every N steps (the first included) the direction
-            audit (:mod:`.audit`) compares the estimator's parameter gradient of the penalty with fp32
+            audit (:mod:`._audit`) compares the estimator's parameter gradient of the penalty with fp32
             exact's (central's where exact is refused) on 8 samples; ``stats["audit_cosine"]`` holds the
-            cosine (NaN on the other steps), and a :class:`~margreg_fast.audit.GradientDirectionWarning`
+            cosine (NaN on the other steps), and a :class:`~margreg_fast._audit.GradientDirectionWarning`
             says once when it falls below 0.5.
         sync: True (default): ``stats`` holds Python floats, from the step's one host transfer, and the
             secant monitor checks every step. False: no host synchronisation at all; ``stats`` and
@@ -210,7 +210,7 @@ class MarginalDensityRegularizer(nn.Module):
 
         ``logits``: (B, C), the whole batch's, in its order, from the forward that the penalty shares
         (for every ``fraction``; ``output=`` applied). ``penalty``: the differentiable mean marginal
-        penalty, ``fraction`` applied (a subset's mean scaled as in :mod:`.subsample`) and the weight
+        penalty, ``fraction`` applied (a subset's mean scaled as in :mod:`._subsample`) and the weight
         NOT applied. The monitor updates as in :meth:`forward`, and :attr:`last_stats` holds the step's
         ``penalty``, ``grad_norm`` and ``secant_ratio``. Only for ``penalty_kind="marginal"`` (which needs no
         label) and ``"none"`` (penalty 0).

@@ -50,7 +50,7 @@ forward more than the bf16 one, and the penalty's passes at fp32 speed
 
 Every estimate also returns the secant slope sigma next to ||g|| (detached), so a training loop can
 watch sigma / ||g||, which is 1 when the finite difference measures what it should
-(:mod:`margreg_fast.monitor`). v and h are detached. Every pass goes through
+(:mod:`margreg_fast._monitor`). v and h are detached. Every pass goes through
 :class:`.passes.ModelPasses`: the clean pass through the model as given (DDP, compiled), probes
 with no second update of running statistics, train-mode batch-norm statistics held as the clean
 batch's and the clean pass's random draws (dropout, drop-path) replayed -- the one per-sample

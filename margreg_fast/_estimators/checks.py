@@ -2,7 +2,7 @@ r"""The public layer's argument checks: every rule on what a user passes, writte
 
 The penalty functions, the regulariser and the experiment kit call these functions; no other module
 repeats a rule. (The tensors that reach the fused head op are checked by the ops layer,
-:mod:`margreg_fast.ops.validation`, whose class-index rule :func:`check_labels` reuses.) Every check
+:mod:`margreg_fast._ops.validation`, whose class-index rule :func:`check_labels` reuses.) Every check
 raises ``TypeError`` (wrong kind of object or dtype) or ``ValueError`` (wrong shape or value) and
 names what it received; a check that normalises its argument returns it.
 
@@ -34,8 +34,8 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import nn
 
-from ..ops.backends import BACKEND_NAMES
-from ..ops.validation import check_class_indices
+from .._ops.backends import BACKEND_NAMES
+from .._ops.validation import check_class_indices
 from .defaults import AUTO, ESTIMATOR_NAMES, Step
 
 

@@ -5,14 +5,14 @@ r"""Input-gradient penalties of a classifier, differentiable in its parameters.
 * :func:`input_gradient_penalty` -- the baselines ||grad_x CE(f(x), y)||^2 (``penalty_kind="conditional"``,
   input-gradient regularisation) and ||grad_x f(x)_y||^2 (``penalty_kind="joint"``).
 
-Estimators (``estimator``; details and costs in :mod:`margreg_fast.estimators.core`): ``"rfd"`` (the
+Estimators (``estimator``; details and costs in :mod:`margreg_fast._estimators.core`): ``"rfd"`` (the
 default: the exact value, and a parameter gradient from a randomly signed finite difference along
 v = g / ||g|| at the cost of one extra forward; training cannot game it), ``"exact"`` (double
 backprop), ``"jvp"`` (exact, forward mode over the reverse-mode input gradient), ``"fd"`` (one-sided
 forward difference, error O(h); training games it) and ``"central"`` (error O(h^2), one more
 forward). ``step`` is h of the finite differences: a positive float, or ``"auto"`` (see
-:mod:`margreg_fast.estimators.steps`). Both functions default to ``estimator="rfd"``, ``step="auto"``
-(:mod:`margreg_fast.estimators.defaults`). The finite differences go through the fused head op
+:mod:`margreg_fast._estimators.steps`). Both functions default to ``estimator="rfd"``, ``step="auto"``
+(:mod:`margreg_fast._estimators.defaults`). The finite differences go through the fused head op
 :func:`margreg_fast.energy_difference` (``backend`` picks its implementation).
 
 ``model`` is an ``nn.Module`` or any function of x returning (B, C) logits; anything else (a
@@ -39,12 +39,12 @@ from typing import Any, Callable, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from .estimators import DEFAULT_ESTIMATOR, DEFAULT_STEP, PENALTY_KINDS, estimate
-from .estimators.checks import (check_choice, check_data, check_estimator_options, check_generator, check_labels,
+from ._estimators import DEFAULT_ESTIMATOR, DEFAULT_STEP, PENALTY_KINDS, estimate
+from ._estimators.checks import (check_choice, check_data, check_estimator_options, check_generator, check_labels,
                                 check_output, check_step)
-from .estimators.steps import Step
+from ._estimators.steps import Step
 from ._renames import renamed_keywords
-from .reduction import REDUCTIONS, reduce
+from ._reduction import REDUCTIONS, reduce
 
 #: The baselines of :func:`input_gradient_penalty` (every penalty but the marginal one).
 BASELINES = PENALTY_KINDS[1:]
@@ -76,7 +76,7 @@ def marginal_density_penalty(model: Model, x: torch.Tensor, *, estimator: str = 
         model: the classifier, returning logits of shape (B, C) (anything else raises, unless
             ``output`` reads them from its output). An ``nn.Module`` or any function of x. May be
             wrapped in DDP or compiled (``exact`` and ``jvp`` do not work on compiled models; they raise
-            :class:`~margreg_fast.estimators.UnsupportedEstimatorError`).
+            :class:`~margreg_fast._estimators.UnsupportedEstimatorError`).
         x: inputs (B, ...), any floating dtype.
         estimator: ``"rfd"`` (default), ``"exact"``, ``"jvp"``, ``"fd"`` or ``"central"``.
         step: h of the finite differences, a positive float or ``"auto"``.

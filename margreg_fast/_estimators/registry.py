@@ -8,7 +8,7 @@ advises when its slope leaves the band -- is read from :data:`ESTIMATORS`: the c
 (``estimator=`` must be a key), the core (which passes each one makes and how it forms its value:
 :func:`.core.estimate` branches on these fields, never on a name, so that a new estimator made of
 these parts is one entry here), the monitor's advice
-(:mod:`margreg_fast.monitor`), the audit (:mod:`margreg_fast.audit`) and the experiment kit (which
+(:mod:`margreg_fast._monitor`), the audit (:mod:`margreg_fast._audit`) and the experiment kit (which
 estimators take a step: :data:`STEPLESS`).
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``python -m margreg_fast.ops.native``: compile the native CPU kernel now (or find it built) and print
+"""``python -m margreg_fast._ops.native``: compile the native CPU kernel now (or find it built) and print
 the path of the library; for images and CI, so that no first call compiles. Exit status 1, with the
 build's error, when it cannot be compiled."""
 import sys
