@@ -100,7 +100,7 @@ step "3. the compiler hidden: one warning, the torch backend's answer"
 import sys, warnings
 import torch
 import margreg_fast as mf
-from margreg_fast._ops import NativeBuildWarning
+from margreg_fast import NativeBuildWarning
 
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
@@ -111,7 +111,7 @@ with warnings.catch_warnings(record=True) as caught:
 builds = [str(w.message) for w in caught if w.category is NativeBuildWarning]
 fallbacks = [str(w.message) for w in caught if "uses the torch reference" in str(w.message)]
 assert len(builds) == 1 and not fallbacks, (builds, fallbacks)
-assert "could not be compiled" in builds[0] and "python -m margreg_fast._ops.native" in builds[0], builds[0]
+assert "could not be compiled" in builds[0] and "python -m margreg_fast build-native" in builds[0], builds[0]
 truth = torch.logsumexp(z1.double(), 1) - torch.logsumexp(z0.double(), 1)
 torch.testing.assert_close(d.double(), truth, rtol=1e-5, atol=1e-5)
 assert torch.equal(d, d2) and "native" not in mf.available_backends("cpu")

@@ -285,7 +285,8 @@ def build_parser(commands=None) -> argparse.ArgumentParser:
         description="Train plain, input-gradient (IGR), joint and marginal-density-regularised (MDR) classifiers "
                     "and measure how much they rely on non-robust features.",
         epilog="Runs are resumable: rerun the same command after an interruption and it continues from the "
-               "last finished epoch.")
+               "last finished epoch. `margreg-fast build-native` compiles the library's native CPU kernel ahead of "
+               "its first use (images, CI).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, description, add_arguments) in COMMANDS.items():
         command = sub.add_parser(name, help=help_text, description=description)
