@@ -8,8 +8,8 @@ and reads only those. This script renames those keys (and those table headers) i
 every value and the key order; a file already in the new vocabulary is left byte-identical, so running
 it twice changes nothing.
 
-    python scripts/migrate_results_vocabulary.py docs/results        # every .json and .md below it
-    python scripts/migrate_results_vocabulary.py --check docs/results  # exit 1 if a file needs it
+    python scripts/migrate_results_vocabulary.py docs/results margreg_fast/kit/configs   # every .json, .md below
+    python scripts/migrate_results_vocabulary.py --check docs/results margreg_fast/kit/configs  # exit 1 if one needs it
 """
 from __future__ import annotations
 

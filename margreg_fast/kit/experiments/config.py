@@ -227,7 +227,8 @@ class ExperimentConfig:
             weights.setdefault(m, weights[base])
             estimators.setdefault(m, estimators[base])
         if self.model == "vit":  # SDPA attention has no double backward / forward-mode AD on CPU
-            bad = [m for m in self.schemes if m != "none" and estimators[m] in ("exact", "jvp")]
+            bad = [m for m in self.schemes if m != "none" and (ESTIMATOR_REGISTRY[estimators[m]].double_backward
+                                                               or ESTIMATOR_REGISTRY[estimators[m]].forward_mode)]
             if bad:
                 raise ValueError(f"model 'vit' uses scaled_dot_product_attention, which the exact/jvp estimators "
                                  f"cannot differentiate twice; use --estimator fd (or central) for {', '.join(bad)}")
