@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from margreg_fast import regularizer as regularizer_module
+from margreg_fast import _regularizer as regularizer_module
 from margreg_fast._estimators import ESTIMATOR_NAMES
 from margreg_fast._estimators.passes import HeldStatisticsError, couples_batch
 from margreg_fast.kit import models
