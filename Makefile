@@ -32,8 +32,8 @@ CLAIMS_DIR ?= runs/claims
 CLAIMS := --seeds 0 1 2 3 4 --eval-samples 500 --weights-file $(WEIGHTS)
 claims: $(STAMP)
 	$(PY) -m margreg_fast claims $(CLAIMS) --fractions 0.5 0.25 0.125 --lazy 4 8 --grid 0.1 1 10 --frontier-seeds 0 1 2 3 4 --threads 1 --jobs 2 --quiet --out $(CLAIMS_DIR)
-	$(PY) -m margreg_fast claims $(CLAIMS) --methods none mdr --no-spurious --light --threads 2 --jobs 1 --quiet --out $(CLAIMS_DIR)-threads2 --compare-to $(CLAIMS_DIR)
-	$(PY) -m margreg_fast claims $(CLAIMS) --methods none mdr mdr-exact --activation gelu --no-spurious --light --threads 1 --jobs 2 --quiet --out $(CLAIMS_DIR)-gelu
+	$(PY) -m margreg_fast claims $(CLAIMS) --schemes none mdr --no-spurious --light --threads 2 --jobs 1 --quiet --out $(CLAIMS_DIR)-threads2 --compare-to $(CLAIMS_DIR)
+	$(PY) -m margreg_fast claims $(CLAIMS) --schemes none mdr mdr-exact --activation gelu --no-spurious --light --threads 1 --jobs 2 --quiet --out $(CLAIMS_DIR)-gelu
 	scripts/publish_claims.sh $(CLAIMS_DIR) $(CLAIMS_DIR)-threads2 $(CLAIMS_DIR)-gelu
 
 # The confound rows on the claims' own models, after `make claims` (the same plan: nothing is trained

@@ -2,7 +2,7 @@
 
 The native CPU kernel ships as C++ source (margreg_fast/csrc/) and is compiled on first use, with
 ninja through torch.utils.cpp_extension.load, against the torch that is installed (see
-margreg_fast/ops/native). So the core needs only ``torch >= 2.13`` (the oldest torch the suite has
+margreg_fast/_ops/native). So the core needs only ``torch >= 2.13`` (the oldest torch the suite has
 passed on: 2.13.0; 2.14.1 passes the core tests in CI's second stage, scripts/ci_second_env.sh) and
 numpy, and installing it never replaces the user's torch. The extras take lower bounds, the
 major.minor releases they were tested with; requirements.txt pins the exact versions that reproduce

@@ -8,7 +8,7 @@ batch 8 (``--models resnet18 convnext_atto``, written to ``--name train_step_tim
 the claims' PaperCNN (width 8, ReLU, max pooling) on 1x56x28 BlockMNIST-sized inputs, batch 64, the
 cost axis of the claims' fractions and lazy steps (``--models papercnn``, ``--name train_step_claims``);
 eager and ``torch.compile``. Methods:
-``plain`` (CE only: ``MarginalDensityRegularizer(penalty="none")``) and the marginal penalty with
+``plain`` (CE only: ``MarginalDensityRegularizer(penalty_kind="none")``) and the marginal penalty with
 ``exact``, ``jvp``, ``fd``, ``central`` and ``rfd`` (the default) at the library's default step, all
 through ``MarginalDensityRegularizer``; ``floor`` is the structural floor of fd and rfd written in
 plain torch ops with no library code: a forward at x, a backward to x only, a forward at x + h v and
@@ -61,7 +61,7 @@ import torch  # noqa: E402
 
 from benchmarks import report  # noqa: E402
 from margreg_fast.kit import models  # noqa: E402
-from margreg_fast import DEFAULT_METHOD, DEFAULT_STEP, MarginalDensityRegularizer, UnsupportedEstimatorError  # noqa: E402
+from margreg_fast import DEFAULT_ESTIMATOR, DEFAULT_STEP, MarginalDensityRegularizer, UnsupportedEstimatorError  # noqa: E402
 
 MODELS, MODES = ("cnn", "vit", "resnet"), ("eager", "compile")
 #: The regulariser's penalised fractions below 1 (issue 16), each timed with the default estimator next to its floor.
@@ -69,8 +69,8 @@ FRACTIONS = (0.5, 0.25, 0.125)
 #: Lazy intervals k (the penalty on every k-th step): not in the default run (``--methods rfd%4``).
 LAZY = (4, 8)
 METHODS = (("plain", "floor", "exact", "jvp", "fd", "central", "rfd")
-           + tuple(f"{kind}@{f:g}" for f in FRACTIONS for kind in ("floor", DEFAULT_METHOD)))
-LAZY_METHODS = tuple(f"{kind}%{k}" for k in LAZY for kind in ("floor", DEFAULT_METHOD))
+           + tuple(f"{kind}@{f:g}" for f in FRACTIONS for kind in ("floor", DEFAULT_ESTIMATOR)))
+LAZY_METHODS = tuple(f"{kind}%{k}" for k in LAZY for kind in ("floor", DEFAULT_ESTIMATOR))
 #: Real models from timm (``--models``), not in the default run.
 TIMM_MODELS = ("resnet18", "convnext_atto")
 MEMORY_STEPS = 3
@@ -174,8 +174,8 @@ def make_step(model, net, x, y, method: str):
             floor_loss(net, x, y, fraction).backward()
             opt.step()
         return floor_step
-    reg = MarginalDensityRegularizer(0.0 if method == "plain" else 1.0, method=DEFAULT_METHOD if method == "plain"
-                                     else method, step=DEFAULT_STEP, penalty="none" if method == "plain" else "marginal",
+    reg = MarginalDensityRegularizer(0.0 if method == "plain" else 1.0, estimator=DEFAULT_ESTIMATOR if method == "plain"
+                                     else method, step=DEFAULT_STEP, penalty_kind="none" if method == "plain" else "marginal",
                                      fraction=fraction, generator=torch.Generator(x.device).manual_seed(0))
 
     def step():
@@ -273,7 +273,7 @@ def goals(rows: list) -> list:
     def mem(model, method):
         return val(model, "eager", method, "peak_mib") / val(model, "eager", "exact", "peak_mib")
 
-    d = DEFAULT_METHOD
+    d = DEFAULT_ESTIMATOR
     out = [  # (model, goal, measured, target)
         ("resnet", f"ResNet-BN eager: {d} time / plain time", ms("resnet", "eager", d) / ms("resnet", "eager", "plain"),
          "<= 2.5"),

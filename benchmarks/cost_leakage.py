@@ -28,13 +28,13 @@ CLAIMS = ROOT / "docs" / "results" / "claims" / "claims.json"
 STEPS = report.RESULTS / "train_step_claims.csv"
 FIGURE = ROOT / "docs" / "figures" / "cost_leakage.png"
 SUBJECT, BASELINE = "mdr", "none"
-#: The benchmark's name of each kit method's step (mdr trains with rfd, the default estimator).
+#: The benchmark's name of each kit scheme's step (mdr trains with rfd, the default estimator).
 BENCH_NAME = {"none": "plain", "mdr": "rfd"}
 METRICS = ("leakage_paper", "clean_acc")
 
 
-def bench_name(method: str) -> str:
-    return BENCH_NAME.get(method, method.replace(SUBJECT, BENCH_NAME[SUBJECT], 1))
+def bench_name(scheme: str) -> str:
+    return BENCH_NAME.get(scheme, scheme.replace(SUBJECT, BENCH_NAME[SUBJECT], 1))
 
 
 def step_costs(path: Path = STEPS) -> dict:
@@ -45,17 +45,17 @@ def step_costs(path: Path = STEPS) -> dict:
 
 
 def points(claims: dict, costs: dict) -> list[dict]:
-    """One row per method (none, mdr, then each cheaper form): its cost, the mean over seeds of each
+    """One row per scheme (none, mdr, then each cheaper form): its cost, the mean over seeds of each
     metric at its selected weight, and (cheaper forms) the paired comparison with mdr per metric."""
     full = [r for r in claims["records"] if r["experiment"] == "blockmnist" and r["full"]]
-    versus = {c["method"]: {row["metric"]: row["versus"][0] for row in c["rows"]} for c in claims["cheaper"]}
+    versus = {c["scheme"]: {row["metric"]: row["versus"][0] for row in c["rows"]} for c in claims["cheaper"]}
     rows = []
-    for method in (BASELINE, SUBJECT, *versus):
-        runs = [r["scores"] for r in full if r["method"] == method]
+    for scheme in (BASELINE, SUBJECT, *versus):
+        runs = [r["scores"] for r in full if r["scheme"] == scheme]
         means = {k: math.fsum(s[k] for s in runs) / len(runs) if runs and all(s.get(k) is not None for s in runs)
                  else None for k in METRICS}
-        rows.append({"method": method, "cost": costs.get(bench_name(method)), "seeds": len(runs), **means,
-                     "versus": {k: versus.get(method, {}).get(k) for k in METRICS}})
+        rows.append({"scheme": scheme, "cost": costs.get(bench_name(scheme)), "seeds": len(runs), **means,
+                     "versus": {k: versus.get(scheme, {}).get(k) for k in METRICS}})
     return rows
 
 
@@ -64,15 +64,15 @@ def _cell_or_blank(c: dict | None) -> str:
 
 
 def write_table(rows: list[dict], claims: dict, path: Path) -> str:
-    keep = {c["method"]: c["keeps_leakage_cut"] for c in claims["cheaper"]}
-    subject_cost = next(r["cost"] for r in rows if r["method"] == SUBJECT)
+    keep = {c["scheme"]: c["keeps_leakage_cut"] for c in claims["cheaper"]}
+    subject_cost = next(r["cost"] for r in rows if r["scheme"] == SUBJECT)
     lines = report.table(
-        ["method", "step x plain (benchmark)", f"step x {SUBJECT}'s", "leakage_paper", f"− {SUBJECT} [95% CI]",
+        ["scheme", "step x plain (benchmark)", f"step x {SUBJECT}'s", "leakage_paper", f"− {SUBJECT} [95% CI]",
          "keeps the leakage cut", "clean acc", f"− {SUBJECT} [95% CI]"],
-        [[r["method"], number_cell(r["cost"]),
+        [[r["scheme"], number_cell(r["cost"]),
           number_cell(None if r["cost"] is None or not subject_cost else r["cost"] / subject_cost),
           number_cell(r["leakage_paper"]), _cell_or_blank(r["versus"]["leakage_paper"]),
-          keep[r["method"]]["verdict"] if r["method"] in keep else "", number_cell(r["clean_acc"]),
+          keep[r["scheme"]]["verdict"] if r["scheme"] in keep else "", number_cell(r["clean_acc"]),
           _cell_or_blank(r["versus"]["clean_acc"])] for r in rows], "lrrrllrl")
     seeds = sorted({r["seeds"] for r in rows})
     title = (f"Cost against leakage on BlockMNIST ({'/'.join(map(str, seeds))} seeds per row, the selected weight): "
@@ -90,7 +90,7 @@ def write_figure(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    subject = next(r for r in rows if r["method"] == SUBJECT)
+    subject = next(r for r in rows if r["scheme"] == SUBJECT)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, key, label in zip(axes, METRICS, ("leakage_paper (lower is better)", "clean accuracy")):
         for r in rows:
@@ -100,10 +100,10 @@ def write_figure(rows: list[dict], path: Path) -> None:
             yerr = None
             if c is not None and c["low"] is not None:
                 yerr = [[max(0.0, r[key] - subject[key] - c["low"])], [max(0.0, subject[key] + c["high"] - r[key])]]
-            colour = "k" if r["method"] == BASELINE else ("C3" if r["method"] == SUBJECT else
-                                                           ("C0" if "@" in r["method"] else "C2"))
+            colour = "k" if r["scheme"] == BASELINE else ("C3" if r["scheme"] == SUBJECT else
+                                                           ("C0" if "@" in r["scheme"] else "C2"))
             ax.errorbar([r["cost"]], [r[key]], yerr=yerr, fmt="o", color=colour, capsize=3)
-            ax.annotate(r["method"], (r["cost"], r[key]), xytext=(4, 4), textcoords="offset points", fontsize=8)
+            ax.annotate(r["scheme"], (r["cost"], r[key]), xytext=(4, 4), textcoords="offset points", fontsize=8)
         ax.set_xlabel("training step cost (x plain, benchmark)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)

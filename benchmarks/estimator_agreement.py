@@ -71,7 +71,7 @@ def trained(kind: str, steps: int, x: torch.Tensor, y: torch.Tensor) -> torch.nn
 
 def flat_grad(model, x, method, step):
     """(mean penalty value, gradient of it w.r.t. all parameters, flattened)."""
-    penalty = marginal_density_penalty(model, x, method=method, step=step)
+    penalty = marginal_density_penalty(model, x, estimator=method, step=step)
     grads = torch.autograd.grad(penalty, [p for p in model.parameters()])
     return penalty.item(), torch.cat([g.flatten() for g in grads])
 

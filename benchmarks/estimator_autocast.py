@@ -10,7 +10,7 @@ gradient of the mean marginal penalty under ``torch.autocast('cpu', dtype=torch.
 * ``bf16 passes, auto``: every pass under autocast, the step rule "auto" for bf16 logits
   (min(eps^(1/2) RMS(x), 0.03 / ||g||));
 * ``fp32 passes`` (the library's path): the forward at x in bf16 (the CE's), the penalty's passes in
-  fp32 with autocast off, as probes of it (margreg_fast/estimators/core.py);
+  fp32 with autocast off, as probes of it (margreg_fast/_estimators/core.py);
 * ``exact, bf16 passes`` and ``exact, fp32 passes``;
 
 and, as the baseline of the acceptance bound, the default estimator in fp32 without autocast. Each
@@ -78,9 +78,9 @@ def penalty(model, x, method: str, fp32_passes: bool, step, seed: int, autocast:
     torch.manual_seed(seed)
     step = _old_step(x) if step == "old" else step
     if autocast and not fp32_passes:
-        return marginal_density_penalty(AutocastPasses(model), x, method=method, step=step).float()
+        return marginal_density_penalty(AutocastPasses(model), x, estimator=method, step=step).float()
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        return marginal_density_penalty(model, x, method=method, step=step).float()
+        return marginal_density_penalty(model, x, estimator=method, step=step).float()
 
 
 def gradient(model, value: torch.Tensor) -> torch.Tensor:
@@ -111,7 +111,7 @@ def step_time(model, x, y, method, fp32_passes, reps) -> float:
             if method is None:
                 loss = F.cross_entropy(model(x), y)
             else:
-                loss, _ = MarginalDensityRegularizer(1.0, method=method)(
+                loss, _ = MarginalDensityRegularizer(1.0, estimator=method)(
                     model if fp32_passes else AutocastPasses(model), x, y)
         loss.backward()
         if r:  # the first is a warm-up

@@ -40,7 +40,7 @@ def main() -> None:
 
     def gradient(method, step, seed):
         torch.manual_seed(seed)
-        value = marginal_density_penalty(model, x, method=method, step=step)
+        value = marginal_density_penalty(model, x, estimator=method, step=step)
         return torch.cat([g.flatten() for g in torch.autograd.grad(value, params)]).double()
 
     reference = gradient("exact", "auto", 0)

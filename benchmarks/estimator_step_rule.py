@@ -7,7 +7,7 @@ in training) for
 
 * ``fd`` (the forward secant, s = +1), ``central`` and the default ``rfd`` (a random sign per sample),
   each at the step rule "auto" (min(r, 0.03 / ||g||) with r = eps^(1/2) RMS(x) for fd and rfd,
-  4 eps^(1/3) RMS(x) for central: margreg_fast/estimators/steps.py);
+  4 eps^(1/3) RMS(x) for central: margreg_fast/_estimators/steps.py);
 * ``fd`` and ``rfd`` at the rule before the curvature bound, 4 eps^(1/3) RMS(x) (2.0e-2 RMS in fp32).
 
     python benchmarks/estimator_step_rule.py [--sizes 64 224] [--models ...]
@@ -59,7 +59,7 @@ def ratio(model, x, y, method: str, step) -> tuple:
     if step == "old":
         step = 4 * torch.finfo(torch.float32).eps ** (1 / 3) * x.flatten(1).pow(2).mean(1).sqrt().mean().item()
     torch.manual_seed(SEED)
-    _, stats = MarginalDensityRegularizer(1.0, method=method, step=step)(model, x, y)
+    _, stats = MarginalDensityRegularizer(1.0, estimator=method, step=step)(model, x, y)
     return stats["secant_ratio"], stats["grad_norm"]
 
 

@@ -37,7 +37,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from benchmarks import report  # noqa: E402
 from benchmarks.estimator_training_timm import LR, TRAIN, build, mnist32  # noqa: E402
-from margreg_fast import DEFAULT_METHOD, MarginalDensityRegularizer, marginal_density_penalty  # noqa: E402
+from margreg_fast import DEFAULT_ESTIMATOR, MarginalDensityRegularizer, marginal_density_penalty  # noqa: E402
 
 CHECKPOINTS, DRAWS, BATCH = (0, 100, 200, 300), 4, 8
 
@@ -49,7 +49,7 @@ def _grad(model) -> torch.Tensor:
 def penalty_gradient(model, x, method: str, seed: int, step="auto") -> torch.Tensor:
     model = copy.deepcopy(model)
     torch.manual_seed(seed)
-    marginal_density_penalty(model, x, method=method, step=step).backward()
+    marginal_density_penalty(model, x, estimator=method, step=step).backward()
     return _grad(model)
 
 
@@ -57,7 +57,7 @@ def training_step(model, x, y, method: str, weight: float):
     """(running buffers, total parameter gradient) after one regularised step's backward from ``model``'s state."""
     model = copy.deepcopy(model)
     torch.manual_seed(0)
-    loss, _ = MarginalDensityRegularizer(weight, method=method)(model, x, y)
+    loss, _ = MarginalDensityRegularizer(weight, estimator=method)(model, x, y)
     loss.backward()
     buffers = {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
     return buffers, _grad(model)
@@ -72,7 +72,7 @@ def over_steps(name: str, x, rows: list, cells: list) -> None:
         m, xd = copy.deepcopy(model).to(dtype), x.to(dtype)
         exact = penalty_gradient(m, xd, "exact", 0)
         for step in STEPS:
-            draws = [penalty_gradient(m, xd, DEFAULT_METHOD, 1 + k, step) for k in range(DRAWS)]
+            draws = [penalty_gradient(m, xd, DEFAULT_ESTIMATOR, 1 + k, step) for k in range(DRAWS)]
             row = {"model": name, "dtype": str(dtype).removeprefix("torch."), "step": step,
                    "cosine_per_draw": [F.cosine_similarity(g, exact, dim=0).item() for g in draws],
                    "norm_ratio_per_draw": [(g.norm() / exact.norm()).item() for g in draws]}
@@ -86,16 +86,16 @@ def along_training(name: str, weight: float, seed: int, data, rows: list, cells:
     x_train, y_train = data
     model = build(name, seed)
     opt = torch.optim.Adam(model.parameters(), LR)
-    reg = MarginalDensityRegularizer(weight, method="exact")
+    reg = MarginalDensityRegularizer(weight, estimator="exact")
     perm = torch.randperm(TRAIN, generator=torch.Generator().manual_seed(seed))
     for step in range(CHECKPOINTS[-1] + 1):
         idx = perm[(step * BATCH) % TRAIN:(step * BATCH) % TRAIN + BATCH]
         x, y = x_train[idx], y_train[idx]
         if step in CHECKPOINTS:
             exact = penalty_gradient(model, x, "exact", 0)
-            draws = [penalty_gradient(model, x, DEFAULT_METHOD, 1 + k) for k in range(DRAWS)]
+            draws = [penalty_gradient(model, x, DEFAULT_ESTIMATOR, 1 + k) for k in range(DRAWS)]
             mean = sum(draws) / DRAWS
-            (b_default, g_default), (b_exact, g_exact) = training_step(model, x, y, DEFAULT_METHOD, weight), \
+            (b_default, g_default), (b_exact, g_exact) = training_step(model, x, y, DEFAULT_ESTIMATOR, weight), \
                 training_step(model, x, y, "exact", weight)
             row = {"model": name, "weight": weight, "seed": seed, "step": step,
                    "cosine_per_draw": [F.cosine_similarity(g, exact, dim=0).item() for g in draws],
@@ -137,7 +137,7 @@ def main() -> None:
               f"in the same precision, per sign draw, by step (auto: the library's rule).", ""]
     lines += report.table(["model", "dtype", "step", "cosine with exact, per draw", "norm / exact's, per draw"],
                           step_cells, "lllrr")
-    title = (f"The default's ({DEFAULT_METHOD}) penalty gradient against exact's along an exact-trained run of each "
+    title = (f"The default's ({DEFAULT_ESTIMATOR}) penalty gradient against exact's along an exact-trained run of each "
              f"model (seed {args.seed}, fp32, batch {BATCH}, the kit's MNIST digits at 3x32x32, as in "
              f"estimator_training_timm), on the next training batch at each step shown.")
     rows += step_rows

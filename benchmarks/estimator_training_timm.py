@@ -55,7 +55,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from benchmarks import report  # noqa: E402
-from margreg_fast import (DEFAULT_METHOD, MarginalDensityRegularizer, SecantWarning,  # noqa: E402
+from margreg_fast import (DEFAULT_ESTIMATOR, MarginalDensityRegularizer, SecantWarning,  # noqa: E402
                           UnsupportedEstimatorError, marginal_density_penalty)
 from margreg_fast.kit.data import load_mnist5k  # noqa: E402
 from margreg_fast.kit.experiments.intervals import bootstrap_interval  # noqa: E402
@@ -98,7 +98,7 @@ def twin_method(name: str) -> str:
     """exact, or central where the model refuses exact (checked on one batch)."""
     model, x = build(name, 0), torch.randn(2, 3, SIZE, SIZE)
     try:
-        marginal_density_penalty(model, x, method="exact")
+        marginal_density_penalty(model, x, estimator="exact")
     except UnsupportedEstimatorError:
         return "central"
     return "exact"
@@ -107,7 +107,7 @@ def twin_method(name: str) -> str:
 def true_penalty(model, x, method: str) -> float:
     """Mean R over x in eval mode, fp32, by ``method`` (exact, or central in fp32), in chunks of 64."""
     model.eval()
-    values = [marginal_density_penalty(model, x[i:i + 64], method=method, reduction="sum").item()
+    values = [marginal_density_penalty(model, x[i:i + 64], estimator=method, reduction="sum").item()
               for i in range(0, x.shape[0], 64)]
     return sum(values) / x.shape[0]
 
@@ -117,7 +117,7 @@ def train_one(name: str, precision: str, run: str, method: str, seed: int, steps
     x_train, y_train, x_test, y_test = data
     model = build(name, seed, perturbed=run == NOISE)
     opt = torch.optim.Adam(model.parameters(), LR)
-    reg = MarginalDensityRegularizer(weight, method=method)
+    reg = MarginalDensityRegularizer(weight, estimator=method)
     order = torch.Generator().manual_seed(seed)
     ratios, start = [], time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
@@ -153,7 +153,7 @@ def run(args) -> None:
         for name in args.models:
             twin = twin_method(name)
             for precision in args.precisions:
-                for run, method in (("default", DEFAULT_METHOD), ("twin", twin), (NOISE, twin)):
+                for run, method in (("default", DEFAULT_ESTIMATOR), ("twin", twin), (NOISE, twin)):
                     if run != "default" and precision != "fp32" and args.fp32_twin:
                         continue
                     path = runs / f"{name}-{precision}-{run}-seed{seed}.json"
@@ -217,7 +217,7 @@ def table(runs: Path) -> None:
         ]) + " |")
     steps = sorted({r["steps"] for r in rows})
     batches = sorted({r["batch"] for r in rows})
-    title = (f"The default estimator ({DEFAULT_METHOD}) against its exact-trained twin (central in fp32 where exact is "
+    title = (f"The default estimator ({DEFAULT_ESTIMATOR}) against its exact-trained twin (central in fp32 where exact is "
              f"refused) on real timm models: {steps} steps of batch {batches} on the kit's MNIST "
              f"digits (4,000 for training) zero-padded to 3x32x32, Adam lr {LR}; true penalty (eval mode, fp32) and "
              f"accuracy on 1,000 held-out digits. noise: the twin's estimator from the initialisation moved by "

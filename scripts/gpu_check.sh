@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One command for a CUDA machine, with the Python it has (no packages fetched): compile the native CPU
-# kernel (python -m margreg_fast.ops.native, into torch's extensions cache), run the head-op tests (tests/ops: Triton compiled for the GPU), the 1-process
+# kernel (python -m margreg_fast build-native, into torch's extensions cache), run the head-op tests (tests/ops: Triton compiled for the GPU), the 1-process
 # cells of the matrix test (tests/matrix) on the GPU, and the head-op and training-step benchmarks
 # with short settings, every step under a timeout (the limits below add up to 750 s). It needs torch, triton, numpy, pytest, pytest-timeout and ninja;
 # not the experiment kit's extras (captum, scikit-learn, matplotlib, tqdm).
@@ -65,10 +65,10 @@ else
         "(TRITON_INTERPRET=1)"
 fi
 
-step build "${BUILD_LIMIT:-120}" "$PY" -m margreg_fast.ops.native
+step build "${BUILD_LIMIT:-120}" "$PY" -m margreg_fast build-native
 step tests_ops "${TEST_LIMIT:-180}" "$PY" -m pytest -q -rs tests/ops --junitxml="$OUT/tests_ops.xml"
 grep -E "SKIPPED|passed|failed" "$OUT/tests_ops.log" | tail -n 8 | sed 's/^/    /' | tee -a "$OUT/summary.txt"
-# The matrix of wrappers x precisions x models x methods (tests/matrix): its 1-process cells on the GPU
+# The matrix of wrappers x precisions x models x estimators (tests/matrix): its 1-process cells on the GPU
 # (the 2-process kinds run gloo on CPU in `make test`: two ranks cannot share one GPU under NCCL).
 if [ $CUDA -eq 1 ]; then
     step tests_matrix "${TEST_LIMIT:-180}" env MARGREG_MATRIX_DEVICE=cuda "$PY" -m pytest -q -rs tests/matrix -k single \

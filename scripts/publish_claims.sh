@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Copy the outputs of `margreg-fast claims` (and of its rerun under another thread count) into docs/:
-# docs/results/claims/ (tables, claims.json, the BlockMNIST per-method files) and docs/figures/claims_*.png.
+# docs/results/claims/ (tables, claims.json, the BlockMNIST per-scheme files) and docs/figures/claims_*.png.
 # Usage: scripts/publish_claims.sh CLAIMS_OUT [RERUN_OUT [GELU_OUT]]     (`make claims` runs it)
 # RERUN_OUT: the rerun under another thread count (its stability.md and compute.md, as *_threads2.md);
 # GELU_OUT: the estimator comparison on the GELU model (its estimator.md and compute.md, as *_gelu.md).

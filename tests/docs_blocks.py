@@ -7,7 +7,7 @@ Every fenced block names its language, and the language says how it is checked:
   suite checks that each one would run as written without running it: ``make T`` by ``make -n T``
   (the target exists and expands), the ``margreg-fast`` command line by its own argument parser and
   configuration checks, ``pip install PATH[extra]`` by the path and the extra in setup.py, a script by
-  its file, ``python -m margreg_fast.ops.native`` and ``... --help`` by running them (seconds).
+  its file, ``python -m margreg_fast build-native`` and ``... --help`` by running them (seconds).
 * ``text``: output, formulas or pseudo-code: not run.
 
 Any other language fails: mark the block with one of these.
@@ -105,12 +105,12 @@ def check_command(argv: List[str]) -> str:
         out = _run(["make", "-n", *argv[1:]])
         return "" if out.returncode == 0 else f"make -n {' '.join(argv[1:])}: {out.stderr}"
     if head == "margreg-fast":
-        return _check_cli(argv[1:])
-    if head in ("python", "python3") and argv[1:3] == ["-m", "margreg_fast"]:
-        return _check_cli(argv[3:])
-    if head in ("python", "python3") and argv[1:3] == ["-m", "margreg_fast.ops.native"]:
+        argv = ["python", "-m", "margreg_fast", *argv[1:]]
+    if head in ("python", "python3", "margreg-fast") and argv[1:4] == ["-m", "margreg_fast", "build-native"]:
         out = _run([sys.executable, *argv[1:]], timeout=600)
         return "" if out.returncode == 0 else out.stderr[-2000:]
+    if head in ("python", "python3", "margreg-fast") and argv[1:3] == ["-m", "margreg_fast"]:
+        return _check_cli(argv[3:])
     if head == "pip" and argv[1:2] == ["install"]:
         return _check_pip(argv[2:])
     if head in ("python", "python3") and len(argv) > 1 and argv[1].endswith(".py"):

@@ -5,7 +5,7 @@ Each test starts two worker processes (tests/workers/) with torch.distributed.ru
 import pytest
 import torch
 
-from margreg_fast.estimators import UnsupportedEstimatorError
+from margreg_fast._estimators import UnsupportedEstimatorError
 from tests.workers import ddp, fsdp
 from tests.workers.lifecycle import launch
 

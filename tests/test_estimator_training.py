@@ -14,7 +14,7 @@ the monitor warns.
 """
 import pytest
 
-from margreg_fast.estimators import DEFAULT_METHOD
+from margreg_fast._estimators import DEFAULT_ESTIMATOR
 from margreg_fast.kit.estimator_training import canvas_digits, judge
 
 #: Stated in the issue that asked for this test; both are about training outcome, not init.
@@ -35,7 +35,7 @@ def twins(data):
 @pytest.mark.slow
 @pytest.mark.parametrize("activation", ["relu", "gelu"])
 def test_default_estimator_trains_what_exact_trains(data, twins, activation):
-    got = judge(DEFAULT_METHOD, activation, data)
+    got = judge(DEFAULT_ESTIMATOR, activation, data)
     assert got.over_twin(twins[activation]) <= MAX_TRUE_OVER_TWIN, f"{got.over_twin(twins[activation]):.2f}x the twin"
     assert not got.warned, got
 

@@ -14,13 +14,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from margreg_fast import regularizer as regularizer_module
-from margreg_fast.estimators import METHODS
-from margreg_fast.estimators.passes import HeldStatisticsError, couples_batch
+from margreg_fast import _regularizer as regularizer_module
+from margreg_fast._estimators import ESTIMATOR_NAMES
+from margreg_fast._estimators.passes import HeldStatisticsError, couples_batch
 from margreg_fast.kit import models
-from margreg_fast.penalty import marginal_density_penalty
-from margreg_fast.regularizer import MarginalDensityRegularizer
-from margreg_fast.subsample import complement, draw_subset, subset_size
+from margreg_fast._penalty import marginal_density_penalty
+from margreg_fast._regularizer import MarginalDensityRegularizer
+from margreg_fast._subsample import complement, draw_subset, subset_size
 from tests.gradients import rows_of_each_forward
 
 
@@ -47,9 +47,9 @@ def _loss_and_grads(model, reg, x, y):
                                                 ("joint", (2,))])
 def test_average_over_all_subsets_equals_fraction_one(monkeypatch, penalty, unlabelled):
     model, (x, y) = _bn_model(), _data(unlabelled=unlabelled)
-    full_loss, _, full_grad = _loss_and_grads(model, MarginalDensityRegularizer(0.7, method="exact", penalty=penalty),
+    full_loss, _, full_grad = _loss_and_grads(model, MarginalDensityRegularizer(0.7, estimator="exact", penalty_kind=penalty),
                                               x, y)
-    reg = MarginalDensityRegularizer(0.7, method="exact", penalty=penalty, fraction=0.5)
+    reg = MarginalDensityRegularizer(0.7, estimator="exact", penalty_kind=penalty, fraction=0.5)
     subsets = list(itertools.combinations(range(x.shape[0]), subset_size(x.shape[0], 0.5)))
     losses, grads = [], []
     for subset in subsets:
@@ -65,13 +65,13 @@ def test_average_over_all_subsets_equals_fraction_one(monkeypatch, penalty, unla
 def test_subset_penalties_are_the_whole_batch_ones_under_train_mode_batchnorm(monkeypatch):
     """BatchNorm normalises the subset with the whole batch's statistics, not the subset's own."""
     model, (x, y) = _bn_model(), _data()
-    per_sample = marginal_density_penalty(model, x, method="exact", reduction="none")
+    per_sample = marginal_density_penalty(model, x, estimator="exact", reduction="none")
     subset = torch.tensor([4, 1])
     monkeypatch.setattr(regularizer_module, "draw_subset", lambda *args: subset)
-    reg = MarginalDensityRegularizer(1.0, method="exact", fraction=2 / 6)
+    reg = MarginalDensityRegularizer(1.0, estimator="exact", fraction=2 / 6)
     _, stats = reg(model, x, y)
     assert math.isclose(stats["penalty"], per_sample[subset].mean().item(), rel_tol=1e-12)
-    own_statistics = marginal_density_penalty(model, x[subset], method="exact").item()
+    own_statistics = marginal_density_penalty(model, x[subset], estimator="exact").item()
     assert not math.isclose(stats["penalty"], own_statistics, rel_tol=1e-3)  # the check can tell them apart
 
 
@@ -90,13 +90,13 @@ def test_ce_covers_the_whole_batch_and_updates_running_statistics_once():
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", ESTIMATOR_NAMES)
 def test_every_estimator_runs_on_the_subset_and_agrees_with_exact(monkeypatch, method):
     model, (x, y) = _bn_model(), _data()
     monkeypatch.setattr(regularizer_module, "draw_subset", lambda *args: torch.tensor([0, 3, 5]))
-    reference = MarginalDensityRegularizer(1.0, method="exact", fraction=0.5)(model, x, y)[1]["penalty"]
+    reference = MarginalDensityRegularizer(1.0, estimator="exact", fraction=0.5)(model, x, y)[1]["penalty"]
     torch.manual_seed(0)
-    loss, stats = MarginalDensityRegularizer(1.0, method=method, fraction=0.5, step=1e-4)(model, x, y)
+    loss, stats = MarginalDensityRegularizer(1.0, estimator=method, fraction=0.5, step=1e-4)(model, x, y)
     loss.backward()
     assert math.isfinite(loss.item())
     assert math.isclose(stats["penalty"], reference, rel_tol=1e-3), (stats, reference)  # O(h) for fd at h = 1e-4
@@ -110,9 +110,9 @@ def test_dropout_masks_are_shared_by_the_subset_passes(monkeypatch):
     x, y = _data(batch=8)
     monkeypatch.setattr(regularizer_module, "draw_subset", lambda *args: torch.tensor([1, 2, 6, 7]))
     torch.manual_seed(1)
-    exact = MarginalDensityRegularizer(1.0, method="exact", fraction=0.5)(model, x, y)[1]
+    exact = MarginalDensityRegularizer(1.0, estimator="exact", fraction=0.5)(model, x, y)[1]
     torch.manual_seed(1)
-    rfd = MarginalDensityRegularizer(1.0, method="rfd", fraction=0.5, step=1e-4)(model, x, y)[1]
+    rfd = MarginalDensityRegularizer(1.0, estimator="rfd", fraction=0.5, step=1e-4)(model, x, y)[1]
     assert math.isclose(rfd["penalty"], exact["penalty"], rel_tol=1e-12)  # rfd's value is the exact one
     assert abs(rfd["secant_ratio"] - 1) <= 1e-3
 
@@ -161,8 +161,8 @@ def test_bad_generator_raises():
 def test_compiled_model_with_fraction_matches_eager(monkeypatch):
     model, (x, y) = _bn_model(), _data()
     monkeypatch.setattr(regularizer_module, "draw_subset", lambda *args: torch.tensor([2, 5]))
-    eager = MarginalDensityRegularizer(1.0, method="rfd", fraction=0.3, generator=torch.Generator().manual_seed(0))
-    compiled = MarginalDensityRegularizer(1.0, method="rfd", fraction=0.3, generator=torch.Generator().manual_seed(0))
+    eager = MarginalDensityRegularizer(1.0, estimator="rfd", fraction=0.3, generator=torch.Generator().manual_seed(0))
+    compiled = MarginalDensityRegularizer(1.0, estimator="rfd", fraction=0.3, generator=torch.Generator().manual_seed(0))
     _, e_stats, e_grad = _loss_and_grads(model, eager, x, y)
     _, c_stats, c_grad = _loss_and_grads(torch.compile(model), compiled, x, y)
     assert math.isclose(e_stats["penalty"], c_stats["penalty"], rel_tol=1e-9)
@@ -190,13 +190,13 @@ def _sample_wise_model():
     return models.SmallCNN(width=4, image_size=8, activation="silu").double()
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", ESTIMATOR_NAMES)
 @pytest.mark.parametrize("penalty,unlabelled", [("marginal", (2,)), ("conditional", (1, 4)), ("joint", ())])
 def test_split_batch_equals_one_forward_of_the_whole_batch(method, penalty, unlabelled):
     """Sample-wise model: the subset's forward serving its CE and the penalty, plus the rest's, give the
     loss and parameter gradient of the whole batch's forward (float64; only summation order differs)."""
     model, (x, y) = _sample_wise_model(), _data(batch=8, unlabelled=unlabelled)
-    runs = [_loss_and_grads(model, MarginalDensityRegularizer(0.7, method=method, penalty=penalty, fraction=0.25,
+    runs = [_loss_and_grads(model, MarginalDensityRegularizer(0.7, estimator=method, penalty_kind=penalty, fraction=0.25,
                                                               batch_coupled=coupled, step=1e-3,
                                                               generator=torch.Generator().manual_seed(3)), x, y)
             for coupled in (True, False)]

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from margreg_fast import MarginalDensityRegularizer, marginal_density_penalty
-from margreg_fast.estimators.passes import ModelPasses
-from margreg_fast.monitor import SecantMonitor, SecantWarning, stats_dtype
+from margreg_fast._estimators.passes import ModelPasses
+from margreg_fast._monitor import SecantMonitor, SecantWarning, stats_dtype
 from margreg_fast.kit.models import ResidualCNN
-from margreg_fast.ops import triton_head
+from margreg_fast._ops import triton_head
 
 TO_HOST = ("item", "tolist", "__float__", "__int__", "__bool__", "__index__", "numpy")
 
@@ -56,7 +56,7 @@ def _backends():
 def test_one_host_transfer_per_step(bn_model, monkeypatch, method, fraction, backend):
     """Every backend: the torch and triton backends' target range check rides on the step's one transfer."""
     model, x, y = bn_model
-    reg = MarginalDensityRegularizer(1.0, method=method, fraction=fraction, backend=backend)
+    reg = MarginalDensityRegularizer(1.0, estimator=method, fraction=fraction, backend=backend)
     reg(model, x, y)  # warm: first-call work (e.g. backend selection) is not the steady state
     with host_transfers(monkeypatch) as calls:
         loss, stats = reg(model, x, y)
@@ -68,8 +68,8 @@ def test_one_host_transfer_per_step(bn_model, monkeypatch, method, fraction, bac
 @pytest.mark.parametrize("method", ["rfd", "central"])
 def test_sync_false_makes_no_host_transfer_and_keeps_the_stats_on_the_device(bn_model, monkeypatch, method, backend):
     model, x, y = bn_model
-    synced = MarginalDensityRegularizer(1.0, method=method, backend=backend)
-    lazy = MarginalDensityRegularizer(1.0, method=method, backend=backend, sync=False)
+    synced = MarginalDensityRegularizer(1.0, estimator=method, backend=backend)
+    lazy = MarginalDensityRegularizer(1.0, estimator=method, backend=backend, sync=False)
     lazy(model, x, y)
     states = [copy.deepcopy(model.state_dict()), torch.get_rng_state()]
     with host_transfers(monkeypatch) as calls:
@@ -145,7 +145,7 @@ def test_bad_generator_raises(bn_model):
 def test_rfd_under_no_grad_runs_no_probe_and_draws_nothing(bn_model, monkeypatch):
     model, x, _ = bn_model
     model.eval()
-    exact = marginal_density_penalty(model, x, method="exact", reduction="none").detach()
+    exact = marginal_density_penalty(model, x, estimator="exact", reduction="none").detach()
 
     def no_probe(self, x):
         raise AssertionError("probe called")
@@ -153,7 +153,7 @@ def test_rfd_under_no_grad_runs_no_probe_and_draws_nothing(bn_model, monkeypatch
     monkeypatch.setattr(ModelPasses, "probe", no_probe)
     before = torch.get_rng_state()
     with torch.no_grad():
-        got = marginal_density_penalty(model, x, method="rfd", reduction="none")
+        got = marginal_density_penalty(model, x, estimator="rfd", reduction="none")
     assert torch.equal(torch.get_rng_state(), before)
     torch.testing.assert_close(got, exact, rtol=1e-6, atol=0)
 

@@ -8,7 +8,7 @@ signs are drawn from the same seed on both sides; a fixed step (1e-2) keeps the 
 of the two orders, divided by h, far below those bounds.
 
 With ``fraction`` < 1 the reference draws the same subset from a clone of the regulariser's
-generator and uses ``method="exact"`` (no random signs, so the draw order does not matter).
+generator and uses ``estimator="exact"`` (no random signs, so the draw order does not matter).
 """
 import math
 
@@ -19,7 +19,7 @@ from torch import nn
 
 from margreg_fast import MarginalDensityRegularizer, input_gradient_penalty, marginal_density_penalty
 from margreg_fast.kit import models
-from margreg_fast.subsample import draw_subset
+from margreg_fast._subsample import draw_subset
 from tests.gradients import parameter_gradient
 from tests.timm_import import import_timm
 
@@ -87,7 +87,7 @@ def test_criterion_plus_penalty_equals_the_reference(name):
 def _subset_reference(model, x, target, criterion, fraction, seed):
     """criterion(model(x), target) + w * (mean exact MDR over the subset the regulariser draws)."""
     idx = draw_subset(x.shape[0], fraction, x.device, torch.Generator().manual_seed(seed))
-    return criterion(model(x), target) + W * marginal_density_penalty(model, x[idx], method="exact")
+    return criterion(model(x), target) + W * marginal_density_penalty(model, x[idx], estimator="exact")
 
 
 @pytest.mark.parametrize("name", CRITERIA)
@@ -97,7 +97,7 @@ def test_sample_wise_split_gives_the_criterion_the_batch_in_its_order(name):
     make_criterion, transform = CRITERIA[name]
     model, criterion = _model(), make_criterion()
     x, target = transform(*_batch())
-    reg = MarginalDensityRegularizer(W, method="exact", fraction=0.5, generator=torch.Generator().manual_seed(11))
+    reg = MarginalDensityRegularizer(W, estimator="exact", fraction=0.5, generator=torch.Generator().manual_seed(11))
     loss, _ = reg(model, x, target, criterion=criterion)
     ref = _subset_reference(model, x, target, criterion, 0.5, 11)
     assert math.isclose(loss.item(), ref.item(), rel_tol=1e-12)
@@ -111,14 +111,14 @@ def test_a_criterion_that_reads_row_order_fails_on_shuffled_logits():
     x, y = _batch()
     position = torch.arange(1, B + 1, dtype=torch.float64)
     criterion = lambda z, t: (F.cross_entropy(z, t, reduction="none") * position).mean()  # noqa: E731
-    reg = MarginalDensityRegularizer(W, method="exact", fraction=0.5, generator=torch.Generator().manual_seed(11))
+    reg = MarginalDensityRegularizer(W, estimator="exact", fraction=0.5, generator=torch.Generator().manual_seed(11))
     loss, _ = reg(model, x, y, criterion=criterion)
     ref = _subset_reference(model, x, y, criterion, 0.5, 11)
     assert math.isclose(loss.item(), ref.item(), rel_tol=1e-12)
     idx = draw_subset(B, 0.5, x.device, torch.Generator().manual_seed(11))
     shuffled = torch.cat([idx, torch.tensor([i for i in range(B) if i not in idx.tolist()])])
     assert not torch.equal(shuffled, torch.arange(B))  # the split does reorder the rows
-    wrong = criterion(model(x[shuffled]), y) + W * marginal_density_penalty(model, x[idx], method="exact")
+    wrong = criterion(model(x[shuffled]), y) + W * marginal_density_penalty(model, x[idx], estimator="exact")
     assert not math.isclose(wrong.item(), ref.item(), rel_tol=1e-6)
 
 
@@ -151,7 +151,7 @@ def test_coupled_model_criterion_reads_the_one_forward(name):
     for key, crit, tgt in (("criterion", criterion, target), ("ce", None, y)):
         model = BatchNormNet().double()
         model.load_state_dict(net.state_dict())
-        reg = MarginalDensityRegularizer(W, method="exact", fraction=0.5, generator=torch.Generator().manual_seed(2))
+        reg = MarginalDensityRegularizer(W, estimator="exact", fraction=0.5, generator=torch.Generator().manual_seed(2))
         losses[key], _ = reg(model, x, tgt, criterion=crit)
         torch.testing.assert_close(model.body[2].running_mean, reference_net.body[2].running_mean, rtol=0, atol=0)
     expected = losses["ce"] + criterion(z, target) - F.cross_entropy(z, y)
@@ -164,11 +164,11 @@ def test_logits_and_penalty_are_the_forward_and_the_unweighted_mean_penalty(frac
     (subset mean at fraction < 1), the weight not applied, differentiable; the monitor updates."""
     model = _model()
     x, y = _batch()
-    reg = MarginalDensityRegularizer(W, method="exact", fraction=fraction, generator=torch.Generator().manual_seed(4))
+    reg = MarginalDensityRegularizer(W, estimator="exact", fraction=fraction, generator=torch.Generator().manual_seed(4))
     logits, penalty = reg.logits_and_penalty(model, x)
     torch.testing.assert_close(logits, model(x), rtol=1e-12, atol=1e-14)
     idx = draw_subset(B, fraction, x.device, torch.Generator().manual_seed(4))
-    ref = marginal_density_penalty(model, x[idx], method="exact")
+    ref = marginal_density_penalty(model, x[idx], estimator="exact")
     assert math.isclose(penalty.item(), ref.item(), rel_tol=1e-12)
     torch.testing.assert_close(parameter_gradient(model, F.cross_entropy(logits, y) + W * penalty),
                                parameter_gradient(model, F.cross_entropy(model(x), y) + W * ref), rtol=1e-10, atol=1e-14)
@@ -193,22 +193,22 @@ def test_logits_and_penalty_refuses_labelled_penalties_and_gives_zero_for_none()
     model = _model()
     x, _ = _batch()
     for penalty in ("conditional", "joint"):
-        with pytest.raises(ValueError, match="needs them.*penalty='marginal'"):
-            MarginalDensityRegularizer(W, penalty=penalty).logits_and_penalty(model, x)
-    logits, zero = MarginalDensityRegularizer(W, penalty="none").logits_and_penalty(model, x)
+        with pytest.raises(ValueError, match="needs them.*penalty_kind='marginal'"):
+            MarginalDensityRegularizer(W, penalty_kind=penalty).logits_and_penalty(model, x)
+    logits, zero = MarginalDensityRegularizer(W, penalty_kind="none").logits_and_penalty(model, x)
     assert zero.item() == 0.0 and zero.dim() == 0
     torch.testing.assert_close(logits, model(x), rtol=0, atol=0)
 
 
 def test_labelled_penalty_with_a_criterion_reads_the_integer_target():
-    """penalty="conditional" with a label-smoothed CE: the criterion and ||grad_x CE(f(x), y)||^2 both read y."""
+    """penalty_kind="conditional" with a label-smoothed CE: the criterion and ||grad_x CE(f(x), y)||^2 both read y."""
     model = _model()
     x, y = _batch()
     criterion = lambda z, t: F.cross_entropy(z, t, label_smoothing=0.1)  # noqa: E731
     torch.manual_seed(0)
-    loss, _ = MarginalDensityRegularizer(W, step=STEP, penalty="conditional")(model, x, y, criterion=criterion)
+    loss, _ = MarginalDensityRegularizer(W, step=STEP, penalty_kind="conditional")(model, x, y, criterion=criterion)
     torch.manual_seed(0)
-    ref = criterion(model(x), y) + W * input_gradient_penalty(model, x, y, penalty="conditional", step=STEP)
+    ref = criterion(model(x), y) + W * input_gradient_penalty(model, x, y, penalty_kind="conditional", step=STEP)
     assert math.isclose(loss.item(), ref.item(), rel_tol=1e-12)
 
 
@@ -217,8 +217,8 @@ def test_labelled_penalty_refuses_soft_targets(penalty):
     model = _model()
     x, y = _batch()
     soft = F.one_hot(y, C).double()
-    reg = MarginalDensityRegularizer(W, penalty=penalty)
-    with pytest.raises(TypeError, match=f"penalty='{penalty}' is defined on integer class labels.*penalty='marginal'"):
+    reg = MarginalDensityRegularizer(W, penalty_kind=penalty)
+    with pytest.raises(TypeError, match=f"penalty_kind='{penalty}' is defined on integer class labels.*penalty_kind='marginal'"):
         reg(model, x, soft, criterion=lambda z, t: -(t * z.log_softmax(1)).sum(1).mean())
 
 
@@ -231,7 +231,7 @@ def test_criterion_must_return_a_scalar_and_be_callable():
     with pytest.raises(TypeError, match="criterion must be None or a callable"):
         reg(model, x, y, criterion="cross_entropy")
     with pytest.raises(ValueError, match="must return a scalar loss"):
-        MarginalDensityRegularizer(W, penalty="none")(model, x, y, criterion=lambda z, t: z)
+        MarginalDensityRegularizer(W, penalty_kind="none")(model, x, y, criterion=lambda z, t: z)
 
 
 def test_default_criterion_is_the_cross_entropy_with_ignore_index():
@@ -253,7 +253,7 @@ def test_logits_and_penalty_without_grad_are_values(fraction):
     """Under torch.no_grad() (a validation step) both outputs are detached, with the values of grad mode."""
     model = _model()
     x, _ = _batch()
-    reg = MarginalDensityRegularizer(W, method="exact", fraction=fraction, generator=torch.Generator().manual_seed(4))
+    reg = MarginalDensityRegularizer(W, estimator="exact", fraction=fraction, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         logits, penalty = reg.logits_and_penalty(model, x)
     assert not logits.requires_grad and not penalty.requires_grad

@@ -3,7 +3,7 @@ distillation tuple or a dict, in every pass; without it such outputs raise an er
 
 Text classifiers take embeddings: the penalty with respect to ``inputs_embeds`` of a small BERT
 classifier (random weights from a config, no download) against double backprop in float64.
-Tolerances: where both sides are exact (method="exact", and rfd's value, which is ||g||^2) 1e-12
+Tolerances: where both sides are exact (estimator="exact", and rfd's value, which is ||g||^2) 1e-12
 relative on values and 1e-10 on parameter gradients (float64 rounding through the same ops in
 another order, as in tests/test_regularizer.py). rfd's parameter gradient is a randomly signed
 secant along v: its expectation carries an O(h^2) bias and a single draw an O(h) term v^T H v; at
@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from margreg_fast import MarginalDensityRegularizer, marginal_density_penalty
-from margreg_fast.estimators.checks import OutputModel
-from margreg_fast.estimators.passes import _unwrapped
+from margreg_fast._estimators.checks import OutputModel
+from margreg_fast._estimators.passes import _unwrapped
 from tests.gradients import parameter_gradient
 from tests.timm_import import import_timm
 
@@ -57,7 +57,7 @@ def test_bert_inputs_embeds_penalty_matches_double_backprop():
     mask[0, -2:] = 0  # a padded sample: the mask enters every pass through the closure
     model = lambda emb: bert(inputs_embeds=emb, attention_mask=mask)  # noqa: E731
     ref = _double_backprop(lambda emb: model(emb).logits, e)
-    exact = marginal_density_penalty(model, e, method="exact", reduction="none", output=lambda out: out.logits)
+    exact = marginal_density_penalty(model, e, estimator="exact", reduction="none", output=lambda out: out.logits)
     torch.testing.assert_close(exact, ref, rtol=1e-12, atol=0)
     ref_gradient = parameter_gradient(bert, ref.mean())
     torch.testing.assert_close(parameter_gradient(bert, exact.mean()), ref_gradient, rtol=1e-10, atol=1e-14)
@@ -112,8 +112,8 @@ def test_dict_output_equals_the_plain_model():
     plain = lambda x: model(x)["logits"]  # noqa: E731
     x, y = torch.rand(4, 3, 4, dtype=torch.float64), torch.tensor([0, 1, 2, 1])
     for method in ("exact", "central"):
-        got = marginal_density_penalty(model, x, method=method, output=lambda out: out["logits"])
-        want = marginal_density_penalty(plain, x, method=method)
+        got = marginal_density_penalty(model, x, estimator=method, output=lambda out: out["logits"])
+        want = marginal_density_penalty(plain, x, estimator=method)
         assert math.isclose(got.item(), want.item(), rel_tol=1e-12), method
     with pytest.raises(TypeError, match=r"got a dict with keys \['logits', 'features'\].*output="):
         MarginalDensityRegularizer(1.0)(model, x, y)

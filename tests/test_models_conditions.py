@@ -13,9 +13,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import margreg_fast
 from margreg_fast.kit import models
-from margreg_fast.estimators import DEFAULT_METHOD, METHODS, UnsupportedEstimatorError
-from margreg_fast.penalty import marginal_density_penalty
-from margreg_fast.regularizer import MarginalDensityRegularizer
+from margreg_fast._estimators import DEFAULT_ESTIMATOR, ESTIMATOR_NAMES, UnsupportedEstimatorError
+from margreg_fast._penalty import marginal_density_penalty
+from margreg_fast._regularizer import MarginalDensityRegularizer
 
 
 
@@ -44,14 +44,14 @@ def test_model_argument_errors():
 
 # ---------------------------------------------------------------- BatchNorm
 @pytest.mark.parametrize("penalty", ["marginal", "conditional"])
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", ESTIMATOR_NAMES)
 def test_batchnorm_running_stats_updated_once(method, penalty):
     torch.manual_seed(0)
     model = models.SmallCNN(width=4, image_size=8, batchnorm=True)
     reference = copy.deepcopy(model)
     x, y = torch.rand(6, 1, 8, 8), torch.randint(0, 10, (6,))
     reference(x)  # one plain training-mode forward
-    loss, _ = MarginalDensityRegularizer(1.0, method=method, penalty=penalty)(model, x, y)
+    loss, _ = MarginalDensityRegularizer(1.0, estimator=method, penalty_kind=penalty)(model, x, y)
     loss.backward()
     for (name, a), b in zip(model.named_buffers(), reference.buffers()):
         assert torch.equal(a, b), name
@@ -72,7 +72,7 @@ def _plain_attention(q, k, v, **_):
 
 def _penalty_and_parameter_gradient(model, x, method):
     torch.manual_seed(0)  # rfd's random signs: the same draw in every call
-    penalty = marginal_density_penalty(model, x, method=method, step=1e-2)
+    penalty = marginal_density_penalty(model, x, estimator=method, step=1e-2)
     grads = torch.autograd.grad(penalty, list(model.parameters()))
     return penalty.detach(), torch.cat([g.flatten() for g in grads])
 
@@ -89,7 +89,7 @@ def test_sdpa_model_trains_with_finite_differences(vit, method, monkeypatch):
     model = copy.deepcopy(vit).double()
     x, y = torch.rand(4, 1, 8, 8, dtype=torch.float64), torch.randint(0, 10, (4,))
     with pytest.raises(UnsupportedEstimatorError):  # the fused kernel really runs in float64 too
-        marginal_density_penalty(model, x, method="exact")
+        marginal_density_penalty(model, x, estimator="exact")
     fused, g_fused = _penalty_and_parameter_gradient(model, x, method)
     with monkeypatch.context() as patch:
         patch.setattr(torch.nn.functional, "scaled_dot_product_attention", _plain_attention)
@@ -99,7 +99,7 @@ def test_sdpa_model_trains_with_finite_differences(vit, method, monkeypatch):
     assert rel(fused, plain) < 1e-10 and rel(g_fused, g_plain) < 1e-10
     bound = 1e-5 if method == "central" else 3e-3
     assert rel(fused, exact) < bound and rel(g_fused, g_exact) < bound, (rel(fused, exact), rel(g_fused, g_exact))
-    loss, stats = MarginalDensityRegularizer(1.0, method=method)(vit, x.float(), y)  # float32 training step
+    loss, stats = MarginalDensityRegularizer(1.0, estimator=method)(vit, x.float(), y)  # float32 training step
     loss.backward()
     assert torch.isfinite(loss) and stats["penalty"] > 0
     assert all(torch.isfinite(p.grad).all() for p in vit.parameters())
@@ -111,9 +111,9 @@ def test_sdpa_exact_methods_raise_a_clear_error(vit, method):
     backward has no derivative (exact) and it has no forward-AD formula (jvp). The exact failure
     would otherwise surface only in loss.backward(); it must be raised at the estimator call."""
     with pytest.raises(UnsupportedEstimatorError) as info:
-        marginal_density_penalty(vit, torch.rand(2, 1, 8, 8), method=method)
+        marginal_density_penalty(vit, torch.rand(2, 1, 8, 8), estimator=method)
     message = str(info.value)
-    assert "scaled_dot_product" in message and "method='rfd'" in message  # points at the default
+    assert "scaled_dot_product" in message and "estimator='rfd'" in message  # points at the default
     assert isinstance(info.value, RuntimeError) and isinstance(info.value.__cause__, RuntimeError)
 
 
@@ -123,9 +123,9 @@ def test_sdpa_math_backend_is_twice_differentiable(vit):
     differences (1e-3: O(h^2) truncation plus float32 rounding at h = 1e-2)."""
     x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     with sdpa_kernel(SDPBackend.MATH):
-        exact = marginal_density_penalty(vit, x, method="exact", reduction="none")
-        jvp = marginal_density_penalty(vit, x, method="jvp", reduction="none")
-        central = marginal_density_penalty(vit, x, method="central", step=1e-2, reduction="none")
+        exact = marginal_density_penalty(vit, x, estimator="exact", reduction="none")
+        jvp = marginal_density_penalty(vit, x, estimator="jvp", reduction="none")
+        central = marginal_density_penalty(vit, x, estimator="central", step=1e-2, reduction="none")
     torch.testing.assert_close(jvp, exact, rtol=1e-5, atol=0)
     torch.testing.assert_close(central, exact, rtol=1e-3, atol=0)
 
@@ -139,7 +139,7 @@ def test_compiled_model_trains_with_the_default_estimator_like_eager():
     eager = models.SmallCNN(width=4, image_size=12, batchnorm=True)
     compiled_inner = copy.deepcopy(eager)
     compiled = torch.compile(compiled_inner)
-    reg = MarginalDensityRegularizer(1.0, method=DEFAULT_METHOD, step=1e-2)
+    reg = MarginalDensityRegularizer(1.0, estimator=DEFAULT_ESTIMATOR, step=1e-2)
     gen = torch.Generator().manual_seed(0)
     for step in range(3):
         x, y = torch.rand(8, 1, 12, 12, generator=gen), torch.randint(0, 10, (8,), generator=gen)
@@ -161,7 +161,7 @@ def test_compiled_model_trains_with_the_default_estimator_like_eager():
 def test_exact_on_compiled_model_raises_clearly():
     compiled = torch.compile(models.MLP(16, width=4))
     with pytest.raises(UnsupportedEstimatorError, match="torch.compile"):
-        marginal_density_penalty(compiled, torch.rand(2, 16), method="exact")
+        marginal_density_penalty(compiled, torch.rand(2, 16), estimator="exact")
 
 
 @pytest.mark.skipif("native" not in margreg_fast.available_backends("cpu"),
@@ -194,12 +194,12 @@ def test_bf16_autocast_fd_is_finite_and_close_to_fp32():
     torch.manual_seed(0)
     model = models.SmallCNN(width=8, image_size=16)
     x, y = torch.rand(32, 1, 16, 16), torch.randint(0, 10, (32,))
-    reference = marginal_density_penalty(model, x, method="exact").item()
+    reference = marginal_density_penalty(model, x, estimator="exact").item()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        low = marginal_density_penalty(model, x, method="fd", step="auto").item()
+        low = marginal_density_penalty(model, x, estimator="fd", step="auto").item()
     assert abs(low - reference) <= 0.1 * reference, (low, reference)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    reg = MarginalDensityRegularizer(1.0, method="fd", step="auto")
+    reg = MarginalDensityRegularizer(1.0, estimator="fd", step="auto")
     for _ in range(3):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss, stats = reg(model, x, y)

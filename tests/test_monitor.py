@@ -9,7 +9,7 @@ import warnings
 import pytest
 import torch
 
-from margreg_fast.monitor import SecantMonitor, SecantWarning, secant_ratio
+from margreg_fast._monitor import SecantMonitor, SecantWarning, secant_ratio
 
 
 def test_ratio_is_rms_slope_over_rms_grad_norm():
@@ -54,7 +54,7 @@ def test_non_finite_penalty_warns_at_once_and_once():
     _, warned = feed_steps(SecantMonitor("rfd", window=4, warmup=100), [(1.0, float("nan"), 3.0),
                                                                          (1.0, float("inf"), 3.0)])
     assert len(warned) == 1 and "penalty is nan" in str(warned[0].message)
-    assert "method='rfd'" not in str(warned[0].message)
+    assert "estimator='rfd'" not in str(warned[0].message)
 
 
 def test_non_finite_ratio_with_a_gradient_warns_at_once():
@@ -80,11 +80,11 @@ def feed_steps(monitor, steps):
 def test_advice_fits_the_method_and_never_tells_an_rfd_user_to_use_rfd(method, ratio):
     _, warned = feed(SecantMonitor(method, window=2, warmup=0), [ratio] * 2)
     message = str(warned[0].message)
-    assert method == "fd" or "method='rfd'" not in message
+    assert method == "fd" or "estimator='rfd'" not in message
     if ratio == 100.0:
         assert "random draws" in message
     elif method == "fd" and ratio < 1:
-        assert "games the one-sided secant" in message and "method='rfd'" in message
+        assert "games the one-sided secant" in message and "estimator='rfd'" in message
     else:
         assert "step h" in message
 
@@ -113,7 +113,7 @@ def test_zero_initialised_head_stays_quiet_in_the_regulariser():
     assert stats["penalty"] == 0 and math.isnan(stats["secant_ratio"])
 
 
-# The direction audit (margreg_fast/audit.py): opt-in, every N steps, the estimator's parameter gradient
+# The direction audit (margreg_fast/_audit.py): opt-in, every N steps, the estimator's parameter gradient
 # against fp32 exact's on a few samples.
 
 def _digits(n=16):
@@ -129,9 +129,9 @@ def _bn_dropout_net():
 
 
 def test_audit_of_exact_against_exact_is_one():
-    from margreg_fast.audit import audit_cosine
+    from margreg_fast._audit import audit_cosine
     x, y = _digits()
-    cosine, reference = audit_cosine(_bn_dropout_net(), x, y, penalty="marginal", method="exact", step="auto")
+    cosine, reference = audit_cosine(_bn_dropout_net(), x, y, penalty_kind="marginal", estimator="exact", step="auto")
     assert reference == "exact" and cosine >= 1 - 1e-9, cosine
 
 

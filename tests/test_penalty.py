@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from margreg_fast.estimators import METHODS
+from margreg_fast._estimators import ESTIMATOR_NAMES
 from margreg_fast.kit import models
-from margreg_fast.penalty import input_gradient_penalty, marginal_density_penalty
+from margreg_fast._penalty import input_gradient_penalty, marginal_density_penalty
 from tests.gradients import parameter_gradient
 
 SIDE = 10
@@ -75,17 +75,17 @@ def rel(a, b):
 def _penalty(model, x, y, kind, **kw):
     if kind == "marginal":
         return marginal_density_penalty(model, x, **kw)
-    return input_gradient_penalty(model, x, y, penalty=kind, **kw)
+    return input_gradient_penalty(model, x, y, penalty_kind=kind, **kw)
 
 
 @pytest.mark.parametrize("kind", ["marginal", "conditional", "joint"])
 def test_exact_jvp_and_rfd_values_match_independent_truth(model, batch, kind):
     x, y = batch
     r_true = truth(model, x, y, kind)
-    exact = _penalty(model, x, y, kind, method="exact", reduction="none")
+    exact = _penalty(model, x, y, kind, estimator="exact", reduction="none")
     assert rel(exact, r_true) < 1e-10
     for method in ("jvp", "rfd"):  # rfd's value is ||g||^2 from the exact input gradient
-        assert rel(_penalty(model, x, y, kind, method=method, reduction="none"), exact) < 1e-10, method
+        assert rel(_penalty(model, x, y, kind, estimator=method, reduction="none"), exact) < 1e-10, method
 
 
 def _slope(steps, errors):
@@ -95,9 +95,9 @@ def _slope(steps, errors):
 @pytest.mark.parametrize("kind", ["marginal", "conditional", "joint"])
 def test_fd_first_order_central_second_order(model, batch, kind):
     x, y = batch
-    exact = _penalty(model, x, y, kind, method="exact", reduction="none").detach()
+    exact = _penalty(model, x, y, kind, estimator="exact", reduction="none").detach()
     steps = [4e-2, 2e-2, 1e-2, 5e-3]
-    err = {m: [rel(_penalty(model, x, y, kind, method=m, step=h, reduction="none").detach(), exact) for h in steps]
+    err = {m: [rel(_penalty(model, x, y, kind, estimator=m, step=h, reduction="none").detach(), exact) for h in steps]
            for m in ("fd", "central")}
     assert abs(_slope(steps, err["fd"]) - 1) < 0.1, err["fd"]
     assert abs(_slope(steps, err["central"]) - 2) < 0.2, err["central"]
@@ -109,11 +109,11 @@ def test_fd_first_order_central_second_order(model, batch, kind):
 def test_secant_parameter_gradients_align_with_exact(model, batch, kind, step):
     """fd's and rfd's theta-gradients (secants along v, one-sided per sample) against exact's."""
     x, y = batch
-    g_exact = parameter_gradient(model, _penalty(model, x, y, kind, method="exact"))
+    g_exact = parameter_gradient(model, _penalty(model, x, y, kind, estimator="exact"))
     for method in ("fd", "rfd"):
-        g = parameter_gradient(model, _penalty(model, x, y, kind, method=method, step=step))
+        g = parameter_gradient(model, _penalty(model, x, y, kind, estimator=method, step=step))
         assert F.cosine_similarity(g, g_exact, dim=0) > 0.999, method
-    g_jvp = parameter_gradient(model, _penalty(model, x, y, kind, method="jvp"))
+    g_jvp = parameter_gradient(model, _penalty(model, x, y, kind, estimator="jvp"))
     assert rel(g_jvp, g_exact) < 1e-10  # jvp's gradient is exact too (v parallel to g: envelope argument)
 
 
@@ -145,16 +145,16 @@ def test_parameter_gradient_at_relu_kinks_and_max_pool_switches(make, batch, kin
     torch.manual_seed(0)
     model = make().double()
     x, y = batch
-    exact = _penalty(model, x, y, kind, method="exact")
+    exact = _penalty(model, x, y, kind, estimator="exact")
     g_exact = parameter_gradient(model, exact)
-    assert rel(parameter_gradient(model, _penalty(model, x, y, kind, method="jvp")), g_exact) < 1e-10
-    assert F.cosine_similarity(parameter_gradient(model, _penalty(model, x, y, kind, method="fd", step=1e-4)),
+    assert rel(parameter_gradient(model, _penalty(model, x, y, kind, estimator="jvp")), g_exact) < 1e-10
+    assert F.cosine_similarity(parameter_gradient(model, _penalty(model, x, y, kind, estimator="fd", step=1e-4)),
                                g_exact, dim=0) > 0.999
     for method in ("fd", "central"):
-        value = _penalty(model, x, y, kind, method=method, step=1e-2)
+        value = _penalty(model, x, y, kind, estimator=method, step=1e-2)
         assert rel(value.detach(), exact.detach()) < 0.05, method
         assert F.cosine_similarity(parameter_gradient(model, value), g_exact, dim=0) < 0.5, method
-    assert rel(_penalty(model, x, y, kind, method="rfd", step=1e-2).detach(), exact.detach()) < 1e-10
+    assert rel(_penalty(model, x, y, kind, estimator="rfd", step=1e-2).detach(), exact.detach()) < 1e-10
 
 
 def test_gradcheck_exact_and_jvp_in_parameters_and_input():
@@ -177,7 +177,7 @@ def test_gradcheck_exact_and_jvp_in_parameters_and_input():
 
     for method in ("exact", "jvp"):
         def f(weight, xx):
-            return marginal_density_penalty(WithWeight(weight), xx, method=method, reduction="none")
+            return marginal_density_penalty(WithWeight(weight), xx, estimator=method, reduction="none")
         assert torch.autograd.gradcheck(f, (w.detach().clone().requires_grad_(), x.clone().requires_grad_()))
 
 
@@ -186,8 +186,8 @@ def test_zero_gradient_gives_zero_penalty_not_nan(batch):
     model = _cnn().double()
     torch.nn.init.zeros_(model.head.weight)  # logits constant in x: g = 0
     x, _ = batch
-    for method in METHODS:
-        r = marginal_density_penalty(model, x, method=method, reduction="none")
+    for method in ESTIMATOR_NAMES:
+        r = marginal_density_penalty(model, x, estimator=method, reduction="none")
         assert torch.equal(r, torch.zeros_like(r)), method
         grads = torch.autograd.grad(r.sum(), list(model.parameters()), allow_unused=True)
         assert all(g is None or torch.isfinite(g).all() for g in grads), method
@@ -195,12 +195,12 @@ def test_zero_gradient_gives_zero_penalty_not_nan(batch):
 
 def test_auto_step_is_accurate_in_float64(model, batch):
     x, _ = batch
-    exact = marginal_density_penalty(model, x, method="exact", reduction="none")
+    exact = marginal_density_penalty(model, x, estimator="exact", reduction="none")
     # auto h = sqrt(eps64) RMS(x) ~ 1e-8 for every estimator (steps.py: the rounding bound); at that step
     # the secant's error is rounding, about eps/h relative, for fd (truncation ~ h, as large) and central
     # alike (its h^2 truncation is far below): one bound for both (measured: 6e-7 fd, 3e-7 central on the cnn)
-    assert rel(marginal_density_penalty(model, x, method="fd", step="auto", reduction="none"), exact) < 1e-6
-    assert rel(marginal_density_penalty(model, x, method="central", step="auto", reduction="none"), exact) < 1e-6
+    assert rel(marginal_density_penalty(model, x, estimator="fd", step="auto", reduction="none"), exact) < 1e-6
+    assert rel(marginal_density_penalty(model, x, estimator="central", step="auto", reduction="none"), exact) < 1e-6
 
 
 def test_shared_logits_give_the_same_penalty(model, batch):
@@ -212,27 +212,27 @@ def test_shared_logits_give_the_same_penalty(model, batch):
     assert torch.allclose(shared, ref, rtol=1e-12, atol=0) and torch.allclose(detached_x, ref, rtol=1e-12, atol=0)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", ESTIMATOR_NAMES)
 def test_given_logits_cannot_skew_value_or_parameter_gradient(model, batch, method):
     """x without grad: logits that are detached, or of another x, give the value and theta-gradient
     of the penalty without logits (fd used to take them as its base point: 330x-2600x gradient error)."""
     x, _ = batch
     torch.manual_seed(0)  # rfd's random signs: the same draw in every call
-    ref = marginal_density_penalty(model, x, method=method, reduction="none")
+    ref = marginal_density_penalty(model, x, estimator=method, reduction="none")
     g_ref = parameter_gradient(model, ref.sum())
     for logits in (model(x).detach(), model(x + 0.5)):
         torch.manual_seed(0)
-        got = marginal_density_penalty(model, x, method=method, logits=logits, reduction="none")
+        got = marginal_density_penalty(model, x, estimator=method, logits=logits, reduction="none")
         assert rel(got, ref) < 1e-12 and rel(parameter_gradient(model, got.sum()), g_ref) < 1e-12
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", ESTIMATOR_NAMES)
 def test_logits_that_do_not_depend_on_x_raise(model, batch, method):
     x, _ = batch
     xg = x.clone().requires_grad_(True)
     for logits in (model(xg).detach(), model(x.clone().requires_grad_(True))):
         with pytest.raises(ValueError, match="logits do not depend on x.*with grad enabled"):
-            marginal_density_penalty(model, xg, method=method, logits=logits)
+            marginal_density_penalty(model, xg, estimator=method, logits=logits)
 
 
 def test_reductions(model, batch):
@@ -244,7 +244,7 @@ def test_reductions(model, batch):
 
 
 @pytest.mark.parametrize("kwargs, err", [
-    (dict(method="second"), ValueError), (dict(step=0.0), ValueError), (dict(step="big"), ValueError),
+    (dict(estimator="second"), ValueError), (dict(step=0.0), ValueError), (dict(step="big"), ValueError),
     (dict(step=None), TypeError), (dict(reduction="max"), ValueError), (dict(backend="cuda"), ValueError),
     (dict(logits=torch.zeros(2, 5)), ValueError),
 ])
@@ -258,7 +258,7 @@ def test_bad_baseline_arguments(batch):
     x, y = batch
     model = _mlp().double()
     with pytest.raises(ValueError, match="penalty"):
-        input_gradient_penalty(model, x, y, penalty="marginal")
+        input_gradient_penalty(model, x, y, penalty_kind="marginal")
     with pytest.raises(TypeError, match="y must hold integer class indices"):
         input_gradient_penalty(model, x, y.float())
     with pytest.raises(TypeError, match="x must be"):
@@ -274,8 +274,8 @@ def test_penalty_values_under_no_grad(model, batch):
     r_true = truth(model, x, y)
     bounds = {"exact": (1e-2, 1e-10), "jvp": (1e-2, 1e-10), "fd": (1e-6, 1e-5), "central": (1e-4, 1e-8),
               "rfd": (1e-2, 1e-10)}
-    assert set(bounds) == set(METHODS)
+    assert set(bounds) == set(ESTIMATOR_NAMES)
     with torch.no_grad():
         for method, (step, bound) in bounds.items():
-            got = marginal_density_penalty(model, x, method=method, step=step, reduction="none")
+            got = marginal_density_penalty(model, x, estimator=method, step=step, reduction="none")
             assert rel(got, r_true) < bound, (method, rel(got, r_true))

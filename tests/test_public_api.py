@@ -81,13 +81,13 @@ def test_consumers_use_only_the_public_api(path):
 
 def test_the_check_fails_on_private_imports():
     """The checker itself: each kind of internal import is caught, the public ones are not."""
-    src = ("import margreg_fast as mf\nimport margreg_fast.ops\nfrom margreg_fast.estimators import estimate\n"
-           "from margreg_fast import marginal_density_penalty, PENALTIES\nfrom ...monitor import SecantWarning\n"
+    src = ("import margreg_fast as mf\nimport margreg_fast._ops\nfrom margreg_fast._estimators import estimate\n"
+           "from margreg_fast import marginal_density_penalty, PENALTIES\nfrom ..._monitor import SecantWarning\n"
            "from ... import MarginalDensityRegularizer\nmf.energy_difference\nmf.reduction\n")
     path = KIT / "experiments" / "example.py"
     found = [what for _, what in private_imports(path, ast.parse(src))]
-    assert found == ["import margreg_fast.ops", "from margreg_fast.estimators import ...",
-                     "from margreg_fast import PENALTIES", "from margreg_fast.monitor import ...", "mf.reduction"], found
+    assert found == ["import margreg_fast._ops", "from margreg_fast._estimators import ...",
+                     "from margreg_fast import PENALTIES", "from margreg_fast._monitor import ...", "mf.reduction"], found
     outside = ROOT / "benchmarks" / "example.py"
     found = [what for _, what in private_imports(outside, ast.parse("from margreg_fast.kit.cli import _step\n"))]
     assert found == ["from margreg_fast.kit.cli import _step"]
@@ -112,3 +112,12 @@ def test_every_exception_and_warning_of_the_core_is_exported():
     assert own, "no exception type found: the walk over the core modules is broken"
     missing = sorted(cls.__qualname__ for cls in own if getattr(margreg_fast, cls.__name__, None) is not cls)
     assert not missing, f"exception or warning types not exported by margreg_fast: {missing}"
+
+
+def test_the_only_public_modules_are_the_package_and_the_kit():
+    """Every module under margreg_fast but the kit has an underscored name (or lives in an underscored package)."""
+    names = [info.name for info in pkgutil.walk_packages(margreg_fast.__path__, "margreg_fast.")]
+    assert "margreg_fast._estimators.core" in names and "margreg_fast._ops.native" in names
+    public = [n for n in names if not n.startswith("margreg_fast.kit")
+              and not any(part.startswith("_") for part in n.split(".")[1:])]
+    assert public == [], public

@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from margreg_fast.estimators import METHODS
-from margreg_fast.penalty import BASELINES as KINDS
-from margreg_fast.penalty import input_gradient_penalty
-from margreg_fast.regularizer import MarginalDensityRegularizer
+from margreg_fast._estimators import ESTIMATOR_NAMES
+from margreg_fast._penalty import BASELINES as KINDS
+from margreg_fast._penalty import input_gradient_penalty
+from margreg_fast._regularizer import MarginalDensityRegularizer
 from tests.gradients import parameter_gradient
 
 
@@ -37,12 +37,12 @@ def batch():
 STEP = 1e-2
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", ESTIMATOR_NAMES)
 @pytest.mark.parametrize("kind", KINDS)
 def test_labelled_penalties_skip_unlabelled_samples(batch, kind, method):
     model, x, y = batch
     keep = y != -100
-    kw = dict(penalty=kind, method=method, step=STEP)
+    kw = dict(penalty_kind=kind, estimator=method, step=STEP)
     signs = lambda: torch.Generator().manual_seed(0)  # noqa: E731  (rfd: the same draw per position)
     per = input_gradient_penalty(model, x, y, reduction="none", generator=signs(), **kw)
     alone = input_gradient_penalty(model, x[keep], y[keep], reduction="none", **kw)
@@ -60,11 +60,11 @@ def test_labelled_penalties_skip_unlabelled_samples(batch, kind, method):
 
 def test_plain_cross_entropy_ignores_unlabelled_samples(batch):
     model, x, y = batch
-    loss, stats = MarginalDensityRegularizer(1.0, penalty="none")(model, x, y)
+    loss, stats = MarginalDensityRegularizer(1.0, penalty_kind="none")(model, x, y)
     assert loss.item() == F.cross_entropy(model(x), y).item() == stats["ce"]
 
 
 def test_other_negative_labels_are_not_ignored(batch):
     model, x, _ = batch
     with pytest.raises((ValueError, IndexError, RuntimeError), match="-5|out of bounds"):
-        MarginalDensityRegularizer(1.0, method="fd")(model, x, torch.tensor([1, -5, 3, 0, 1, 2, 1]))
+        MarginalDensityRegularizer(1.0, estimator="fd")(model, x, torch.tensor([1, -5, 3, 0, 1, 2, 1]))

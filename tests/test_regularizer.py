@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from margreg_fast.estimators import METHODS, PENALTIES
+from margreg_fast._estimators import ESTIMATOR_NAMES, PENALTY_KINDS
 from margreg_fast.kit import models
-from margreg_fast.penalty import input_gradient_penalty, marginal_density_penalty
-from margreg_fast.regularizer import MarginalDensityRegularizer
+from margreg_fast._penalty import input_gradient_penalty, marginal_density_penalty
+from margreg_fast._regularizer import MarginalDensityRegularizer
 from tests.gradients import parameter_gradient
 
 
@@ -44,8 +44,8 @@ def setup():
 STEP = 1e-2
 
 
-@pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("penalty", PENALTIES)
+@pytest.mark.parametrize("method", ESTIMATOR_NAMES)
+@pytest.mark.parametrize("penalty", PENALTY_KINDS)
 def test_loss_is_ce_plus_weighted_penalty(setup, penalty, method):
     """Every estimator and penalty, on a batch with an unlabelled sample (label -100): the CE follows
     F.cross_entropy (mean over the labelled samples), the marginal penalty is averaged over every
@@ -56,13 +56,13 @@ def test_loss_is_ce_plus_weighted_penalty(setup, penalty, method):
     y[1] = -100
     keep = y != -100
     torch.manual_seed(0)  # rfd's random signs: the same draw in both calls
-    loss, stats = MarginalDensityRegularizer(0.7, method=method, step=STEP, penalty=penalty)(model, x, y)
+    loss, stats = MarginalDensityRegularizer(0.7, estimator=method, step=STEP, penalty_kind=penalty)(model, x, y)
     ce = F.cross_entropy(model(x), y)  # ignore_index=-100
     torch.manual_seed(0)
     if penalty == "marginal":  # defined for every sample
-        pen = marginal_density_penalty(model, x, method=method, step=STEP)
+        pen = marginal_density_penalty(model, x, estimator=method, step=STEP)
     else:  # per sample over the whole batch, averaged over the labelled ones by hand
-        per_sample = input_gradient_penalty(model, x, y, penalty=penalty, method=method, step=STEP, reduction="none")
+        per_sample = input_gradient_penalty(model, x, y, penalty_kind=penalty, estimator=method, step=STEP, reduction="none")
         pen = per_sample[keep].mean()
     assert set(stats) == {"ce", "penalty", "grad_norm", "secant_ratio"}
     assert all(type(v) is float for v in stats.values())
@@ -79,7 +79,7 @@ def test_grad_norm_is_mean_input_gradient_norm(setup):
     (g,) = torch.autograd.grad(torch.logsumexp(model(xg), 1).sum(), xg)
     expected = g.flatten(1).norm(dim=1).mean().item()
     for method in ("exact", "fd"):
-        _, stats = MarginalDensityRegularizer(1.0, method=method)(model, x, y)
+        _, stats = MarginalDensityRegularizer(1.0, estimator=method)(model, x, y)
         assert math.isclose(stats["grad_norm"], expected, rel_tol=1e-12)
 
 
@@ -87,13 +87,13 @@ def test_grad_norm_is_mean_input_gradient_norm(setup):
 def test_logits_of_x_computed_once(setup, method, forwards):
     model, x, y = setup
     counting = CountingModel(model)
-    MarginalDensityRegularizer(1.0, method=method)(counting, x, y)
+    MarginalDensityRegularizer(1.0, estimator=method)(counting, x, y)
     assert counting.calls == forwards  # x once (shared by CE and grad_x), plus x + s h v (central: x - h v and x + h v)
 
 
 def test_plain_ce_and_inputs_untouched(setup):
     model, x, y = setup
-    loss, stats = MarginalDensityRegularizer(3.0, penalty="none")(model, x, y)
+    loss, stats = MarginalDensityRegularizer(3.0, penalty_kind="none")(model, x, y)
     assert loss.item() == F.cross_entropy(model(x), y).item()
     assert stats["penalty"] == 0.0 and math.isnan(stats["grad_norm"])
     MarginalDensityRegularizer(1.0)(model, x, y)
@@ -108,8 +108,8 @@ def test_weight_zero_gives_ce_gradient(setup):
     assert all(torch.allclose(a, b, rtol=1e-12, atol=1e-15) for a, b in zip(g_reg, g_ce))
 
 
-@pytest.mark.parametrize("kwargs", [dict(weight=-1.0), dict(weight=float("nan")), dict(weight=1.0, method="hvp"),
-                                    dict(weight=1.0, penalty="l2"), dict(weight=1.0, step=-1e-2),
+@pytest.mark.parametrize("kwargs", [dict(weight=-1.0), dict(weight=float("nan")), dict(weight=1.0, estimator="hvp"),
+                                    dict(weight=1.0, penalty_kind="l2"), dict(weight=1.0, step=-1e-2),
                                     dict(weight=1.0, backend="gpu")])
 def test_bad_construction(kwargs):
     with pytest.raises(ValueError):

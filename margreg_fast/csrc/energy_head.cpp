@@ -1,6 +1,6 @@
 // Native CPU kernel of the fused energy head, registered as torch.ops.margreg_fast.*.
 //
-// Semantics: exactly margreg_fast/ops/reference.py. Per row, with p0 = softmax(z0), d = z1 - z0,
+// Semantics: exactly margreg_fast/_ops/reference.py. Per row, with p0 = softmax(z0), d = z1 - z0,
 // dbar = sum_k p0_k d_k and u = d - dbar:
 //
 //     D = dbar + log1p( sum_k p0_k phi(u_k) ),   phi(u) = exp(u) - 1 - u   (Taylor series for |u| < 1/2)
@@ -26,7 +26,7 @@
 //
 // Accumulation in float for float/bfloat16/float16 input (half rows are first converted to a
 // per-thread float row), in double for double. Vectorised with at::vec::Vectorized: the loader
-// (margreg_fast/ops/native) compiles it on first use with -mavx2 -mfma -mf16c -DCPU_CAPABILITY_AVX2 when
+// (margreg_fast/_ops/native) compiles it on first use with -mavx2 -mfma -mf16c -DCPU_CAPABILITY_AVX2 when
 // torch reports AVX2 or AVX512 for the CPU that runs it (then float exp is an inlined Cephes polynomial,
 // ~2 ulp, and double exp Sleef's, <= 1 ulp); otherwise the same code compiles to at::vec's portable
 // fallback. Only ATen and torch/library.h are included (no Python headers): the ops are registered

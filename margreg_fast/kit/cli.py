@@ -4,8 +4,8 @@ Examples::
 
     margreg-fast experiment blockmnist --seeds 0 1 2 --out runs/blockmnist
     margreg-fast select blockmnist --grid 1 3 10 30 --out runs/select --write weights.json
-    margreg-fast experiment spurious --methods none mdr --weight mdr=0.5 --out runs/spurious
-    margreg-fast train blockmnist --methods mdr --epochs 10 --out runs/mdr && margreg-fast evaluate runs/mdr
+    margreg-fast experiment spurious --schemes none mdr --weight mdr=0.5 --out runs/spurious
+    margreg-fast train blockmnist --schemes mdr --epochs 10 --out runs/mdr && margreg-fast evaluate runs/mdr
 
 Exit status: 0 on success, 2 for bad arguments or unusable inputs (bad data files, an output
 directory that belongs to another configuration), 1 for anything else.
@@ -28,12 +28,12 @@ DEMO = {"seeds": [0, 1, 2], "eval_samples": 100, "weights_file": PACKAGED_WEIGHT
         "threads": 1, "jobs": 2}
 
 
-def _per_method(kind: str, cast, allowed=None):
-    """Parser for ``VALUE`` (all methods) or ``METHOD=VALUE`` tokens of --weight / --estimator."""
+def _per_scheme(kind: str, cast, allowed=None):
+    """Parser for ``VALUE`` (all schemes) or ``SCHEME=VALUE`` tokens of --weight / --estimator."""
     def parse(token: str):
-        method, sep, value = token.rpartition("=")
+        scheme, sep, value = token.rpartition("=")
         if sep:
-            _method(method)
+            _scheme(scheme)
         try:
             v = cast(value)
         except ValueError:
@@ -42,32 +42,48 @@ def _per_method(kind: str, cast, allowed=None):
             raise argparse.ArgumentTypeError(f"{kind} must be one of {', '.join(allowed)}, got {v!r}")
         if cast is float and not v >= 0:
             raise argparse.ArgumentTypeError(f"{kind} must be >= 0, got {token!r}")
-        return (method or None, v)
+        return (scheme or None, v)
     parse.__name__ = kind  # argparse names the type in its messages
     return parse
 
 
-def _method(text: str) -> str:
-    """--methods / METHOD=...: a method name, optionally with a penalised fraction (``mdr@0.25``) or a lazy
+def _scheme(text: str) -> str:
+    """--schemes / SCHEME=...: a scheme name, optionally with a penalised fraction (``mdr@0.25``) or a lazy
     interval (``mdr%4``)."""
-    from .experiments.config import parse_method
+    from .experiments.config import parse_scheme
 
     try:
-        parse_method(text)
+        parse_scheme(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
 
 
+class _RenamedFlag(argparse.Action):
+    """A flag of 0.2 renamed in 0.3.0 (``--methods`` -> ``--schemes``): stores into the new flag's ``dest``
+    and warns (FutureWarning, on stderr) with the new name. Hidden from ``--help``; goes in 0.4.0."""
+
+    def __init__(self, option_strings, dest, new: str, **kwargs):
+        self.new = new
+        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        import warnings
+
+        warnings.warn(f"{option_string} is renamed {self.new} in margreg_fast 0.3.0; the old name stops working "
+                      "in 0.4.0", FutureWarning, stacklevel=2)
+        setattr(namespace, self.dest, values)
+
+
 def _resolve(tokens, defaults: dict) -> dict:
-    from .experiments.config import METHODS
+    from .experiments.config import SCHEMES
 
     out = dict(defaults)
-    for method, value in tokens or []:
-        if method is None:
-            out.update({m: value for m in METHODS if m != "none"})
+    for scheme, value in tokens or []:
+        if scheme is None:
+            out.update({m: value for m in SCHEMES if m != "none"})
         else:
-            out[method] = value
+            out[scheme] = value
     return out
 
 
@@ -111,13 +127,13 @@ def _patch_size(text: str):
 
 
 def load_weights_file(path: Path) -> dict:
-    """The ``weights`` object of a selection file written by ``margreg-fast select`` ({method: weight})."""
+    """The ``weights`` object of a selection file written by ``margreg-fast select`` ({scheme: weight})."""
     try:
         weights = json.loads(Path(path).read_text())["weights"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"--weights-file {path}: not a selection file with a 'weights' object ({exc})") from None
     if not isinstance(weights, dict):
-        raise ValueError(f"--weights-file {path}: 'weights' must map methods to numbers")
+        raise ValueError(f"--weights-file {path}: 'weights' must map schemes to numbers")
     return weights
 
 
@@ -133,7 +149,7 @@ def _task_file(text: str) -> tuple[str, Path]:
 
 def _add_common(p: argparse.ArgumentParser, *, experiment: bool = True) -> None:
     from .experiments.config import (ATTRIBUTIONS, DATASETS, DEFAULT_ESTIMATORS, DEFAULT_WEIGHTS, ESTIMATORS,
-                                     EXPERIMENTS, METHODS, MODELS, SPURIOUS_PATCHES, ExperimentConfig)
+                                     EXPERIMENTS, SCHEMES, MODELS, SPURIOUS_PATCHES, ExperimentConfig)
     from .models import ACTIVATIONS
 
     d = ExperimentConfig()
@@ -142,19 +158,20 @@ def _add_common(p: argparse.ArgumentParser, *, experiment: bool = True) -> None:
                        help="blockmnist: digit + null block (feature leakage); spurious: label-correlated patch "
                             "(shortcut, worst-group accuracy)")
     p.add_argument("--out", type=Path, required=True, help="output directory (reused to resume an interrupted run)")
-    p.add_argument("--methods", nargs="+", type=_method, default=list(METHODS), metavar="METHOD",
-                   help=f"training schemes to train: {', '.join(METHODS)} (default: all). none = plain CE, "
+    p.add_argument("--schemes", nargs="+", type=_scheme, default=list(SCHEMES), metavar="SCHEME",
+                   help=f"training schemes to train: {', '.join(SCHEMES)} (default: all). none = plain CE, "
                         "igr = conditional ||grad_x CE||^2, joint = ||grad_x z_y||^2, mdr = marginal ||grad_x logsumexp||^2; "
-                        "METHOD@F penalises a random fraction F of each batch (e.g. mdr@0.25), METHOD%%K every K-th "
+                        "SCHEME@F penalises a random fraction F of each batch (e.g. mdr@0.25), SCHEME%%K every K-th "
                         "step at K times the weight (lazy, e.g. mdr%%4)")
+    p.add_argument("--methods", nargs="+", type=_scheme, dest="schemes", action=_RenamedFlag, new="--schemes")
     p.add_argument("--seeds", nargs="+", type=_nonneg_int, default=list(d.seeds), metavar="SEED",
                    help="one or more seeds; results are means over seeds (default: %(default)s)")
     p.add_argument("--epochs", type=_positive_int, default=d.epochs, help="training epochs (default: %(default)s)")
-    p.add_argument("--weight", nargs="+", type=_per_method("weight", float), metavar="[METHOD=]W",
-                   help="penalty weight lambda, for all regularised methods (W) or per method (mdr=0.5 igr=1); "
+    p.add_argument("--weight", nargs="+", type=_per_scheme("weight", float), metavar="[SCHEME=]W",
+                   help="penalty weight lambda, for all regularised schemes (W) or per scheme (mdr=0.5 igr=1); "
                         f"default: {', '.join(f'{m}={w:g}' for m, w in DEFAULT_WEIGHTS.items() if m != 'none')}")
-    p.add_argument("--estimator", nargs="+", type=_per_method("estimator", str, ESTIMATORS), metavar="[METHOD=]E",
-                   help=f"penalty estimator ({', '.join(ESTIMATORS)}), for all or per method; default: "
+    p.add_argument("--estimator", nargs="+", type=_per_scheme("estimator", str, ESTIMATORS), metavar="[SCHEME=]E",
+                   help=f"penalty estimator ({', '.join(ESTIMATORS)}), for all or per scheme; default: "
                         f"{', '.join(f'{m}={e}' for m, e in DEFAULT_ESTIMATORS.items() if m != 'none')}")
     p.add_argument("--weights-file", type=Path, default=None,
                    help="JSON file whose 'weights' object gives the weights (written by `margreg-fast select`); "
@@ -215,15 +232,15 @@ class _Demo(argparse.Action):
 def _add_select(p: argparse.ArgumentParser) -> None:
     _add_common(p)
     p.add_argument("--grid", nargs="+", type=_positive_float, required=True, metavar="W",
-                   help="penalty weights tried for every method")
+                   help="penalty weights tried for every scheme")
     p.add_argument("--write", type=Path, default=None, help="also write the selection JSON here")
 
 
 def _add_claims(p: argparse.ArgumentParser) -> None:
-    from .experiments.claims import CLAIM_METHODS
+    from .experiments.claims import CLAIM_SCHEMES
 
     _add_common(p, experiment=False)
-    p.set_defaults(experiment="blockmnist", methods=list(CLAIM_METHODS))
+    p.set_defaults(experiment="blockmnist", schemes=list(CLAIM_SCHEMES))
     p.add_argument("--demo", action=_Demo, nargs=0,
                    help="the claims at demo size, as `make demo` runs them: --seeds 0 1 2 --eval-samples 100 "
                         "--no-spurious --threads 1 --jobs 2 --weights-file with the weights shipped in the package "
@@ -272,18 +289,18 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
 
 #: Each command: its one-line help, its description, and the function defining its arguments.
 COMMANDS = {
-    "experiment": ("train and evaluate every method and seed, write results and figures",
-                   "Train and evaluate every method over every seed; write OUT/results.json (means over seeds), "
+    "experiment": ("train and evaluate every scheme and seed, write results and figures",
+                   "Train and evaluate every scheme over every seed; write OUT/results.json (means over seeds), "
                    "OUT/results.md, OUT/results_seeds.json, OUT/figures/*.png.", _add_common),
     "train": ("train (or resume) models only; evaluate them later with `evaluate OUT`",
-              "Train every method and seed into OUT/runs/*/checkpoint.pt without evaluating.", _add_common),
+              "Train every scheme and seed into OUT/runs/*/checkpoint.pt without evaluating.", _add_common),
     "select": ("choose the weights of igr, joint and mdr on a validation split",
                "Train none once and igr / joint / mdr at every grid weight on the training split minus a validation "
-               "part, score them there and pick each method's weight by one fixed rule (see "
-               "margreg_fast/kit/experiments/select.py). --methods is ignored. Writes OUT/selection.{json,md} and, "
+               "part, score them there and pick each scheme's weight by one fixed rule (see "
+               "margreg_fast/kit/experiments/select.py). --schemes is ignored. Writes OUT/selection.{json,md} and, "
                "with --write, the weights file that `experiment --weights-file` reads.", _add_select),
     "claims": ("every claim of the paper: paired intervals over seeds, fractions, frontier",
-               "Train and evaluate none / igr / joint / mdr (--methods) on BlockMNIST and the spurious-shortcut "
+               "Train and evaluate none / igr / joint / mdr (--schemes) on BlockMNIST and the spurious-shortcut "
                "variant, mdr@F for each --fractions F, mdr%%K for each --lazy K, and the weight frontier (--grid on "
                "--frontier-seeds); write OUT/claims.{json,md}, OUT/figures/frontier.png and OUT/blockmnist/ (see "
                "margreg_fast/kit/experiments/claims.py).", _add_claims),
@@ -299,7 +316,8 @@ def build_parser(commands=None) -> argparse.ArgumentParser:
         description="Train plain, input-gradient (IGR), joint and marginal-density-regularised (MDR) classifiers "
                     "and measure how much they rely on non-robust features.",
         epilog="Runs are resumable: rerun the same command after an interruption and it continues from the "
-               "last finished epoch.")
+               "last finished epoch. `margreg-fast build-native` compiles the library's native CPU kernel ahead of "
+               "its first use (images, CI).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, description, add_arguments) in COMMANDS.items():
         command = sub.add_parser(name, help=help_text, description=description)
@@ -315,7 +333,7 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
         raise ValueError(f"--data-dir {args.data_dir} is not a directory")
     weights = DEFAULT_WEIGHTS if args.weights_file is None else {**DEFAULT_WEIGHTS, **load_weights_file(args.weights_file)}
     return ExperimentConfig(
-        experiment=args.experiment, methods=tuple(args.methods), seeds=tuple(args.seeds),
+        experiment=args.experiment, schemes=tuple(args.schemes), seeds=tuple(args.seeds),
         dataset="idx" if args.data_dir is not None else args.dataset,
         data_dir=None if args.data_dir is None else str(args.data_dir.resolve()), patch_size=args.patch_size,
         max_train=args.max_train, max_test=args.max_test, spurious_patch=args.spurious_patch, model=args.model,
@@ -403,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
                 return _claims(cfg, args, device)
             if args.command == "train":
                 runner.train_all(cfg, out, quiet=args.quiet, device=device, jobs=args.jobs)
-                print(f"trained {len(cfg.methods) * len(cfg.seeds)} run(s) into {out}/runs; "
+                print(f"trained {len(cfg.schemes) * len(cfg.seeds)} run(s) into {out}/runs; "
                       f"evaluate with: margreg-fast evaluate {out}")
                 return 0
             runner.run_experiment(cfg, out, quiet=args.quiet, device=device, jobs=args.jobs)

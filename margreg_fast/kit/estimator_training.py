@@ -7,9 +7,9 @@ their kinks -- and reports, on held-out images:
 
 * ``true_over_own`` = exact R / the estimator's own estimate (a gamed estimator reports far less
   than the model's true penalty);
-* ``over_twin(twin)`` = exact R / exact R of the same network trained with ``method="exact"``;
+* ``over_twin(twin)`` = exact R / exact R of the same network trained with ``estimator="exact"``;
 * ``secant_ratio``, the monitor's ratio on the held-out batch, and ``warned``, whether the
-  regulariser's :class:`~margreg_fast.monitor.SecantMonitor` warned during training;
+  regulariser's :class:`~margreg_fast._monitor.SecantMonitor` warned during training;
 * ``accuracy`` on the held-out images.
 
 The same judgement on real timm models (a deep BatchNorm ReLU MnasNet and a BatchNormAct SiLU
@@ -38,7 +38,7 @@ CANVAS, TRAIN, BATCH, EPOCHS, WEIGHT = 20, 1400, 64, 8, 10.0
 class Outcome:
     """What training with one estimator produced (see the module docstring)."""
 
-    method: str
+    estimator: str
     activation: str
     true_penalty: float
     own_estimate: float
@@ -60,14 +60,14 @@ def canvas_digits() -> Tuple[torch.Tensor, torch.Tensor]:
     return place_on_canvas(images, CANVAS, seed=0), labels
 
 
-def train(method: str, activation: str, data: Tuple[torch.Tensor, torch.Tensor], *, step: float | str = DEFAULT_STEP,
+def train(estimator: str, activation: str, data: Tuple[torch.Tensor, torch.Tensor], *, step: float | str = DEFAULT_STEP,
           epochs: int = EPOCHS, weight: float = WEIGHT) -> Tuple[torch.nn.Module, bool]:
-    """(model trained on the first TRAIN images with ``method``, whether the secant monitor warned)."""
+    """(model trained on the first TRAIN images with ``estimator``, whether the secant monitor warned)."""
     x, y = data
     torch.manual_seed(1)
     model = MaxPoolCNN(width=16, image_size=CANVAS, hidden=128, activation=activation)
     opt = torch.optim.Adam(model.parameters(), 2e-3)
-    reg = MarginalDensityRegularizer(weight, method=method, step=step)
+    reg = MarginalDensityRegularizer(weight, estimator=estimator, step=step)
     order = torch.Generator().manual_seed(0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", SecantWarning)
@@ -82,22 +82,22 @@ def train(method: str, activation: str, data: Tuple[torch.Tensor, torch.Tensor],
     return model, any(issubclass(w.category, SecantWarning) for w in caught)
 
 
-def judge(method: str, activation: str, data: Optional[Tuple[torch.Tensor, torch.Tensor]] = None, *,
+def judge(estimator: str, activation: str, data: Optional[Tuple[torch.Tensor, torch.Tensor]] = None, *,
           step: float | str = DEFAULT_STEP) -> Outcome:
-    """Train with ``method`` and measure the outcome on the held-out images."""
+    """Train with ``estimator`` and measure the outcome on the held-out images."""
     data = canvas_digits() if data is None else data
-    model, warned = train(method, activation, data, step=step)
+    model, warned = train(estimator, activation, data, step=step)
     x_test, y_test = data[0][TRAIN:], data[1][TRAIN:]
     torch.manual_seed(2)
     # the estimator's own mean estimate and secant ratio on the held-out batch, as a training step reports them
-    _, stats = MarginalDensityRegularizer(WEIGHT, method=method, step=step)(model, x_test, y_test)
-    true = marginal_density_penalty(model, x_test, method="exact").item()
+    _, stats = MarginalDensityRegularizer(WEIGHT, estimator=estimator, step=step)(model, x_test, y_test)
+    true = marginal_density_penalty(model, x_test, estimator="exact").item()
     with torch.no_grad():
         accuracy = (model(x_test).argmax(1) == y_test).float().mean().item()
-    return Outcome(method, activation, true, stats["penalty"], stats["secant_ratio"], accuracy, warned)
+    return Outcome(estimator, activation, true, stats["penalty"], stats["secant_ratio"], accuracy, warned)
 
 
-def judge_all(methods, activations, step: float | str = DEFAULT_STEP) -> Dict[Tuple[str, str], Outcome]:
-    """:func:`judge` for every (method, activation), the exact twins included."""
+def judge_all(estimators, activations, step: float | str = DEFAULT_STEP) -> Dict[Tuple[str, str], Outcome]:
+    """:func:`judge` for every (estimator, activation), the exact twins included."""
     data = canvas_digits()
-    return {(m, a): judge(m, a, data, step=step) for a in activations for m in dict.fromkeys(("exact",) + tuple(methods))}
+    return {(m, a): judge(m, a, data, step=step) for a in activations for m in dict.fromkeys(("exact",) + tuple(estimators))}

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from margreg_fast import marginal_density_penalty
-from margreg_fast.estimators import estimate
-from margreg_fast.monitor import secant_ratio
+from margreg_fast._estimators import estimate
+from margreg_fast._monitor import secant_ratio
 
 #: float64 steps small enough that truncation is far below the tolerances (as in test_batchnorm.py).
 STEPS = {"fd": 1e-6, "central": 1e-4, "rfd": 1e-4}
@@ -15,7 +15,7 @@ STEPS = {"fd": 1e-6, "central": 1e-4, "rfd": 1e-4}
 
 def per_sample(model, x, method, seed=3):
     torch.manual_seed(seed)
-    return marginal_density_penalty(model, x, method=method, step=STEPS.get(method, 1e-2), reduction="none")
+    return marginal_density_penalty(model, x, estimator=method, step=STEPS.get(method, 1e-2), reduction="none")
 
 
 def flat_grad(model, value):
@@ -28,7 +28,7 @@ def cosine(a, b):
 
 def ratio(model, x, method, seed=3):
     torch.manual_seed(seed)
-    est = estimate(model, x, None, penalty="marginal", method=method, step=STEPS[method])
+    est = estimate(model, x, None, penalty_kind="marginal", estimator=method, step=STEPS[method])
     return secant_ratio(est.slope, est.grad_norm)
 
 

@@ -33,10 +33,10 @@ def test_the_penalty_under_autocast_is_the_fp32_penalty(dtype, method):
     """fp32 rounding through a small GELU CNN: 1e-4 relative (a bf16 pass differs by ~1e-2)."""
     model, x = _cnn()
     torch.manual_seed(1)
-    fp32 = marginal_density_penalty(model, x, method=method, reduction="none")
+    fp32 = marginal_density_penalty(model, x, estimator=method, reduction="none")
     torch.manual_seed(1)
     with torch.autocast("cpu", dtype=dtype):
-        mixed = marginal_density_penalty(model, x, method=method, reduction="none")
+        mixed = marginal_density_penalty(model, x, estimator=method, reduction="none")
     assert mixed.dtype == torch.float32
     torch.testing.assert_close(mixed, fp32, rtol=1e-4, atol=0)
     g32, gmixed = _gradient(model, fp32.mean()), _gradient(model, mixed.mean())

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from margreg_fast import MarginalDensityRegularizer, marginal_density_penalty
-from margreg_fast.estimators import METHODS
-from margreg_fast.estimators.passes import ModelPasses
+from margreg_fast._estimators import ESTIMATOR_NAMES
+from margreg_fast._estimators.passes import ModelPasses
 from margreg_fast.kit.models import ResidualCNN
 from tests.estimators.references import batch_statistics_copy as frozen_copy
 
@@ -28,7 +28,7 @@ def batch():
 
 def _per_sample(model, x, method):
     torch.manual_seed(3)
-    return marginal_density_penalty(model, x, method=method, step=STEPS.get(method, 1e-2), reduction="none")
+    return marginal_density_penalty(model, x, estimator=method, step=STEPS.get(method, 1e-2), reduction="none")
 
 
 def _flat_grad(model, value):
@@ -37,11 +37,11 @@ def _flat_grad(model, value):
 
 def test_exact_is_the_penalty_of_the_model_frozen_at_the_batch_statistics(batch):
     model, x, _ = batch
-    by_hand = marginal_density_penalty(frozen_copy(model, x), x, method="exact", reduction="none")
+    by_hand = marginal_density_penalty(frozen_copy(model, x), x, estimator="exact", reduction="none")
     torch.testing.assert_close(_per_sample(model, x, "exact"), by_hand, rtol=1e-10, atol=0)
 
 
-@pytest.mark.parametrize("method", [m for m in METHODS if m != "exact"])
+@pytest.mark.parametrize("method", [m for m in ESTIMATOR_NAMES if m != "exact"])
 def test_every_estimator_agrees_with_exact_per_sample_and_in_theta(batch, method):
     model, x, _ = batch
     exact, got = _per_sample(model, x, "exact"), _per_sample(model, x, method)
@@ -52,11 +52,11 @@ def test_every_estimator_agrees_with_exact_per_sample_and_in_theta(batch, method
     assert (g_got - g_exact).norm() / g_exact.norm() < 1e-3
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", ESTIMATOR_NAMES)
 def test_cross_entropy_gradient_is_that_of_plain_training(batch, method):
     model, x, y = batch
     plain = copy.deepcopy(model)
-    loss, stats = MarginalDensityRegularizer(0.0, method=method, step=STEPS.get(method, 1e-2))(model, x, y)
+    loss, stats = MarginalDensityRegularizer(0.0, estimator=method, step=STEPS.get(method, 1e-2))(model, x, y)
     torch.testing.assert_close(_flat_grad(model, loss), _flat_grad(plain, F.cross_entropy(plain(x), y)),
                                rtol=1e-12, atol=1e-15)
 

@@ -9,9 +9,9 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from margreg_fast.estimators import METHODS
-from margreg_fast.penalty import input_gradient_penalty, marginal_density_penalty
-from margreg_fast.regularizer import MarginalDensityRegularizer
+from margreg_fast._estimators import ESTIMATOR_NAMES
+from margreg_fast._penalty import input_gradient_penalty, marginal_density_penalty
+from margreg_fast._regularizer import MarginalDensityRegularizer
 
 B, C, D = 4, 3, 5
 
@@ -50,12 +50,12 @@ BAD_OUTPUTS = [("btc", ValueError, r"shape \(4, 2, 3\)"), ("bc11", ValueError, r
 
 
 @pytest.mark.parametrize("form, err, returned", BAD_OUTPUTS)
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", ESTIMATOR_NAMES)
 def test_model_output_must_be_logits(form, err, returned, method):
     model, x, y = Reshaped(form), _x(), torch.tensor([0, 1, 2, 0])
-    calls = [lambda: marginal_density_penalty(model, x, method=method),
-             lambda: input_gradient_penalty(model, x, y, penalty="joint", method=method),
-             lambda: MarginalDensityRegularizer(1.0, method=method)(model, x, y)]
+    calls = [lambda: marginal_density_penalty(model, x, estimator=method),
+             lambda: input_gradient_penalty(model, x, y, penalty_kind="joint", estimator=method),
+             lambda: MarginalDensityRegularizer(1.0, estimator=method)(model, x, y)]
     for call in calls:
         with pytest.raises(err, match=rf"model's output must be \(B, C\) logits.*got .*{returned}"):
             call()
@@ -64,10 +64,10 @@ def test_model_output_must_be_logits(form, err, returned, method):
 @pytest.mark.parametrize("form, err, returned", BAD_OUTPUTS)
 def test_model_output_checked_for_plain_cross_entropy_too(form, err, returned):
     with pytest.raises(err, match=returned):
-        MarginalDensityRegularizer(1.0, penalty="none")(Reshaped(form), _x(), torch.tensor([0, 1, 2, 0]))
+        MarginalDensityRegularizer(1.0, penalty_kind="none")(Reshaped(form), _x(), torch.tensor([0, 1, 2, 0]))
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", ESTIMATOR_NAMES)
 @pytest.mark.parametrize("kind", ["marginal", "conditional", "joint"])
 def test_plain_function_model_works_with_every_method(method, kind):
     """A functional_call lambda is a model: every estimator gives what it gives on the module."""
@@ -78,8 +78,8 @@ def test_plain_function_model_works_with_every_method(method, kind):
     def penalty(model):
         torch.manual_seed(0)  # rfd's random signs: the same draw for both models
         if kind == "marginal":
-            return marginal_density_penalty(model, x, method=method, reduction="none")
-        return input_gradient_penalty(model, x, y, penalty=kind, method=method, reduction="none")
+            return marginal_density_penalty(model, x, estimator=method, reduction="none")
+        return input_gradient_penalty(model, x, y, penalty_kind=kind, estimator=method, reduction="none")
 
     got, want = penalty(function), penalty(module)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
@@ -87,7 +87,7 @@ def test_plain_function_model_works_with_every_method(method, kind):
     g_want = torch.autograd.grad(want.sum(), list(params.values()), allow_unused=True)
     for a, b in zip(g_got, g_want):
         assert (a is None) == (b is None) and (a is None or torch.allclose(a, b, rtol=1e-12, atol=0))
-    loss, _ = MarginalDensityRegularizer(1.0, method=method, penalty=kind)(function, x, y)
+    loss, _ = MarginalDensityRegularizer(1.0, estimator=method, penalty_kind=kind)(function, x, y)
     assert torch.isfinite(loss)
 
 
@@ -107,8 +107,8 @@ def test_non_integer_labels_are_a_type_error(labels):
 @pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.uint8])
 def test_any_integer_label_dtype_is_accepted(dtype):
     model, x, y = _linear(), _x(), torch.tensor([0, 1, 2, 0])
-    want, _ = MarginalDensityRegularizer(1.0, penalty="conditional")(model, x, y)
-    got, _ = MarginalDensityRegularizer(1.0, penalty="conditional")(model, x, y.to(dtype))
+    want, _ = MarginalDensityRegularizer(1.0, penalty_kind="conditional")(model, x, y)
+    got, _ = MarginalDensityRegularizer(1.0, penalty_kind="conditional")(model, x, y.to(dtype))
     assert got.item() == want.item()
 
 

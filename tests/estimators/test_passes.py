@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from margreg_fast import marginal_density_penalty
-from margreg_fast.estimators.passes import HeldStatisticsError, ModelPasses, batch_statistics, native_statistics
+from margreg_fast._estimators.passes import HeldStatisticsError, ModelPasses, batch_statistics, native_statistics
 from tests.estimators.references import batch_statistics_copy, cosine, flat_grad, per_sample, ratio
 
 
@@ -109,7 +109,7 @@ def test_recomputing_given_logits_moves_no_running_statistic():
     logits = model(x)  # the caller's forward updates the buffers, once
     mean, var = model.mean.clone(), model.var.clone()
     for method in ("exact", "rfd", "central"):
-        marginal_density_penalty(model, x, logits=logits, method=method)  # x without grad: recomputed
+        marginal_density_penalty(model, x, logits=logits, estimator=method)  # x without grad: recomputed
         assert torch.equal(model.mean, mean) and torch.equal(model.var, var), method
 
 
@@ -130,7 +130,7 @@ class Flaky(nn.Module):
 
 def test_probe_whose_batch_norm_calls_differ_raises():
     with pytest.raises(HeldStatisticsError, match="call #2 of a probe pass has 4 channels; the clean pass's call #2: none"):
-        marginal_density_penalty(Flaky(), torch.rand(4, 4), method="rfd")
+        marginal_density_penalty(Flaky(), torch.rand(4, 4), estimator="rfd")
 
 
 def test_multi_process_sync_batch_norm_ops_raise_clearly():
@@ -140,7 +140,7 @@ def test_multi_process_sync_batch_norm_ops_raise_clearly():
             return x * invstd
 
     with pytest.raises(HeldStatisticsError, match="multi-process SyncBatchNorm"):
-        marginal_density_penalty(Synced(), torch.rand(4, 3), method="exact")
+        marginal_density_penalty(Synced(), torch.rand(4, 3), estimator="exact")
 
 
 def test_single_process_sync_batch_norm_is_held():
@@ -224,7 +224,7 @@ def test_shared_logits_of_a_model_that_draws_random_numbers_raise(dropout_mlp):
     model, x = dropout_mlp
     xg = x.clone().requires_grad_(True)
     with pytest.raises(HeldStatisticsError, match="Omit logits="):
-        marginal_density_penalty(model, xg, logits=model(xg), method="central")
+        marginal_density_penalty(model, xg, logits=model(xg), estimator="central")
 
 
 class OnlyFunctionalBN(nn.Module):
@@ -244,7 +244,7 @@ def test_shared_logits_of_a_model_with_unannounced_batch_norm_calls_raise():
     model = OnlyFunctionalBN().double()
     xg = torch.rand(4, 3, 5, 5, dtype=torch.float64).requires_grad_(True)
     with pytest.raises(HeldStatisticsError, match="omit it"):
-        marginal_density_penalty(model, xg, logits=model(xg), method="rfd")
+        marginal_density_penalty(model, xg, logits=model(xg), estimator="rfd")
 
 
 def test_passes_need_a_clean_pass_before_a_probe():
@@ -281,7 +281,7 @@ def test_held_statistics_are_read_from_the_native_kernel_and_equal_recomputed_on
 
 
 def test_the_clean_pass_reads_the_native_statistics(monkeypatch):
-    import margreg_fast.estimators.passes as passes
+    import margreg_fast._estimators.passes as passes
 
     read = []
     real = passes.native_statistics

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from margreg_fast import MarginalDensityRegularizer, marginal_density_penalty
-from margreg_fast.estimators import UnsupportedEstimatorError
+from margreg_fast._estimators import UnsupportedEstimatorError
 
 TOL = dict(rtol=1e-9, atol=1e-12)
 
@@ -60,7 +60,7 @@ def _data():
 
 def _step(model, params, method, x, y):
     torch.manual_seed(3)
-    loss, stats = MarginalDensityRegularizer(1.0, method=method)(model, x, y)
+    loss, stats = MarginalDensityRegularizer(1.0, estimator=method)(model, x, y)
     return loss, stats, torch.autograd.grad(loss, params)
 
 
@@ -79,9 +79,9 @@ def test_compiled_step_equals_eager_and_its_passes_run_eagerly(models, method):
     for a, b in zip(net.buffers(), eager.buffers()):
         torch.testing.assert_close(a, b, **TOL)
     torch.manual_seed(3)
-    per_sample = marginal_density_penalty(compiled, x, method=method, reduction="none")
+    per_sample = marginal_density_penalty(compiled, x, estimator=method, reduction="none")
     torch.manual_seed(3)
-    torch.testing.assert_close(per_sample, marginal_density_penalty(eager, x, method=method, reduction="none"), **TOL)
+    torch.testing.assert_close(per_sample, marginal_density_penalty(eager, x, estimator=method, reduction="none"), **TOL)
     assert backend.graphs == 0
     with torch.no_grad():  # outside an estimate the model runs compiled
         compiled(x)
@@ -93,7 +93,7 @@ def test_compiled_exact_raises_clearly(models):
     _, _, compiled, _ = models
     x, y = _data()
     with pytest.raises(UnsupportedEstimatorError, match="torch.compile"):
-        MarginalDensityRegularizer(1.0, method="exact")(compiled, x, y)
+        MarginalDensityRegularizer(1.0, estimator="exact")(compiled, x, y)
 
 
 def test_exact_on_a_compiled_residual_batchnorm_net_raises_before_any_pass():
@@ -108,7 +108,7 @@ def test_exact_on_a_compiled_residual_batchnorm_net_raises_before_any_pass():
     x, y = torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 2, 3])
     for net in (compiled, nn.Sequential(compiled)):  # compiled itself, or a compiled submodule
         with pytest.raises(UnsupportedEstimatorError, match="torch.compile"):
-            MarginalDensityRegularizer(1.0, method="exact")(net, x, y)
+            MarginalDensityRegularizer(1.0, estimator="exact")(net, x, y)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 

@@ -14,10 +14,10 @@ import torch._functorch.config
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-import margreg_fast.estimators.passes as passes
+import margreg_fast._estimators.passes as passes
 from margreg_fast import MarginalDensityRegularizer, marginal_density_penalty
-from margreg_fast.estimators.errors import is_derivative_error
-from margreg_fast.estimators.passes import HeldStatisticsError, InferenceModeError
+from margreg_fast._estimators.errors import is_derivative_error
+from margreg_fast._estimators.passes import HeldStatisticsError, InferenceModeError
 from tests.timm_import import import_timm
 
 METHODS = ["rfd", "exact", "central", "fd", "jvp"]
@@ -47,7 +47,7 @@ def _data(n=6):
 
 def _step(model, method, x, y, **options):
     torch.manual_seed(3)
-    loss, stats = MarginalDensityRegularizer(1.0, method=method, **options)(model, x, y)
+    loss, stats = MarginalDensityRegularizer(1.0, estimator=method, **options)(model, x, y)
     loss.backward()
     grads = torch.cat([p.grad.flatten() for p in model.parameters()])
     return loss.detach(), stats, grads, [b.clone() for b in model.buffers()]
@@ -98,8 +98,8 @@ def test_inference_mode_gives_the_no_grad_value(method, train):
         torch.manual_seed(3)
         with context():
             xi, yi = x.clone(), y.clone()
-            _, stats = MarginalDensityRegularizer(1.0, method=method)(net, xi, yi)
-            per_sample = marginal_density_penalty(net, xi, method=method, reduction="none")
+            _, stats = MarginalDensityRegularizer(1.0, estimator=method)(net, xi, yi)
+            per_sample = marginal_density_penalty(net, xi, estimator=method, reduction="none")
         results.append((stats, per_sample, [b.clone() for b in net.buffers()]))
     (want, want_r, want_b), (got, got_r, got_b) = results
     assert got["penalty"] > 0 and got["grad_norm"] > 0
@@ -208,7 +208,7 @@ def test_no_module_attribute_is_left_changed_when_a_pass_raises(method, fail_at)
     buffers = [b.clone() for b in model.buffers()]
     default = torch._functorch.config.donated_buffer
     with pytest.raises(ValueError, match="the model failed"):
-        MarginalDensityRegularizer(1.0, method=method)(model, *_data())
+        MarginalDensityRegularizer(1.0, estimator=method)(model, *_data())
     after = _module_state(model)
     for a, b in zip(after, before):
         assert a.keys() == b.keys() and all(a[k] == b[k] for k in a if k != "seen")

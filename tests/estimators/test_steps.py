@@ -1,14 +1,14 @@
 """The step rule "auto": its documented values and its bound on how far the probe moves S.
 
-The values are checked against the numbers stated in :mod:`margreg_fast.estimators.steps` (h / RMS
+The values are checked against the numbers stated in :mod:`margreg_fast._estimators.steps` (h / RMS
 per logits dtype and estimator, given there to two significant digits: 2% relative), not against a
 retyped formula; the per-sample and scale properties are checked on their own.
 """
 import pytest
 import torch
 
-from margreg_fast.estimators.registry import ESTIMATORS
-from margreg_fast.estimators.steps import CURVATURE_BOUND, resolve_step
+from margreg_fast._estimators.registry import ESTIMATORS
+from margreg_fast._estimators.steps import CURVATURE_BOUND, resolve_step
 
 #: h / RMS(x) as the steps module documents it, per logits dtype and estimator.
 DOCUMENTED = {(torch.float32, "fd"): 3.5e-4, (torch.float32, "rfd"): 3.5e-4, (torch.float32, "central"): 2.0e-2,

@@ -12,7 +12,7 @@ from margreg_fast.kit.cli import build_parser, config_from_args, main
 REPO = Path(__file__).resolve().parents[2]
 TINY = ["--dataset", "digits", "--patch-size", "inset", "--model", "cnn", "--ig-steps", "4", "--insertion-pixels", "12",
         "--epochs", "1", "--max-train", "64", "--max-test", "32", "--eval-samples", "4", "--width", "8", "--threads", "1",
-        "--methods", "none", "mdr"]
+        "--schemes", "none", "mdr"]
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
@@ -31,7 +31,7 @@ def test_help_lists_subcommands_and_options(capsys):
     with pytest.raises(SystemExit):
         main(["experiment", "--help"])
     text = capsys.readouterr().out
-    for flag in ("--seeds", "--methods", "--epochs", "--weight", "--weights-file", "--step", "--dataset", "--data-dir",
+    for flag in ("--seeds", "--schemes", "--epochs", "--weight", "--weights-file", "--step", "--dataset", "--data-dir",
                  "--patch-size", "--activation", "--jobs", "--out", "--quiet", "--device"):
         assert flag in text
 
@@ -40,11 +40,11 @@ def test_help_lists_subcommands_and_options(capsys):
     ([], "required"),
     (["experiment", "cifar", "--out", "x"], "invalid choice"),
     (["experiment", "blockmnist"], "--out"),
-    (["experiment", "blockmnist", "--out", "x", "--methods", "adv"], "unknown method"),
+    (["experiment", "blockmnist", "--out", "x", "--schemes", "adv"], "unknown scheme"),
     (["experiment", "blockmnist", "--out", "x", "--epochs", "0"], "positive integer"),
     (["experiment", "blockmnist", "--out", "x", "--seeds", "-1"], "integer >= 0"),
     (["experiment", "blockmnist", "--out", "x", "--weight", "mdr=abc"], "invalid weight"),
-    (["experiment", "blockmnist", "--out", "x", "--weight", "adv=1"], "unknown method"),
+    (["experiment", "blockmnist", "--out", "x", "--weight", "adv=1"], "unknown scheme"),
     (["experiment", "blockmnist", "--out", "x", "--weight", "-1"], "must be >= 0"),
     (["experiment", "blockmnist", "--out", "x", "--estimator", "mdr=magic"], "estimator must be one of"),
     (["experiment", "blockmnist", "--out", "x", "--step", "0"], "step must be positive"),
@@ -56,12 +56,12 @@ def test_help_lists_subcommands_and_options(capsys):
     (["experiment", "blockmnist", "--out", "x", "--device", "cuda:0" if not __import__("torch").cuda.is_available()
       else "tpu"], "--device"),
     (["evaluate", "/nonexistent/run"], "config.json"),
-    (["experiment", "blockmnist", "--out", "x", "--methods", "mdr@0.250"], "write the fraction"),
+    (["experiment", "blockmnist", "--out", "x", "--schemes", "mdr@0.250"], "write the fraction"),
     (["claims", "--out", "x", "--fractions", "1"], "a number in (0, 1)"),
     (["claims", "--out", "x", "--lazy", "1"], "an integer >= 2"),
-    (["experiment", "blockmnist", "--out", "x", "--methods", "mdr%1"], "integer >= 2"),
+    (["experiment", "blockmnist", "--out", "x", "--schemes", "mdr%1"], "integer >= 2"),
     (["claims", "--out", "x", "--grid", "1"], "frontier"),
-    (["claims", "--out", "x", "--methods", "none", "igr"], "compare mdr"),
+    (["claims", "--out", "x", "--schemes", "none", "igr"], "compare mdr"),
     (["claims", "--out", "x", "--compare-to", "/nonexistent"], "--compare-to"),
 ])
 def test_bad_arguments_exit_2_with_a_clear_message(argv, words, capsys, tmp_path, monkeypatch):
@@ -72,7 +72,7 @@ def test_bad_arguments_exit_2_with_a_clear_message(argv, words, capsys, tmp_path
     assert words in capsys.readouterr().err
 
 
-def test_weights_per_method_and_for_all(tmp_path):
+def test_weights_per_scheme_and_for_all(tmp_path):
     parser = build_parser()
     args = parser.parse_args(["experiment", "blockmnist", "--out", "o", "--weight", "0.5", "mdr=2"])
     assert config_from_args(args).weights == {"none": 0.0, "igr": 0.5, "joint": 0.5, "mdr": 2.0, "mdr-exact": 0.5}
@@ -100,7 +100,7 @@ def test_quiet_silences_progress_bars_and_table_is_printed(tmp_path):
     assert "it/s" not in quiet.stderr and "epoch" not in quiet.stderr and "%|" not in quiet.stderr
     assert "| none |" in quiet.stdout and "| mdr |" in quiet.stdout
     results = json.loads((tmp_path / "q" / "results.json").read_text())
-    assert results["methods"]["mdr"]["worst_group_acc"] is not None
+    assert results["schemes"]["mdr"]["worst_group_acc"] is not None
 
     loud = _run("train", "spurious", "--out", str(tmp_path / "l"), *TINY)
     assert loud.returncode == 0, loud.stderr

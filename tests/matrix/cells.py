@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from margreg_fast.kit import models
-from margreg_fast.regularizer import MarginalDensityRegularizer
+from margreg_fast._regularizer import MarginalDensityRegularizer
 
 MODES = ("eager", "compile")
 PROCESSES = ("single", "ddp", "fsdp")
@@ -201,7 +201,7 @@ def step(cell: Cell, x: torch.Tensor, y: torch.Tensor, seed: int = SEED, referen
     model = build(cell.model, reference)
     net = wrap(model, cell.mode, cell.processes)
     reg = MarginalDensityRegularizer(WEIGHT) if cell.method == "default" else \
-        MarginalDensityRegularizer(WEIGHT, method=cell.method)
+        MarginalDensityRegularizer(WEIGHT, estimator=cell.method)
     bf16 = cell.precision == "bf16"
     autocast = torch.autocast(DEVICE.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     evaluation = cell.model == "inference"

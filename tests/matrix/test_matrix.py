@@ -57,7 +57,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from margreg_fast.estimators import UnsupportedEstimatorError
+from margreg_fast._estimators import UnsupportedEstimatorError
 from tests.matrix import cells
 from tests.workers.lifecycle import launch
 
@@ -148,7 +148,7 @@ def test_cell_matches_the_one_process_eager_fp32_step_or_raises_clearly(cell, ou
         got = results[cell.id]
         if expected is not None:
             assert got.get("error") == UnsupportedEstimatorError.__name__, got
-            assert expected in got["message"] and ("method=" in got["message"]), got["message"]
+            assert expected in got["message"] and ("estimator=" in got["message"]), got["message"]
             continue
         assert "error" not in got, got.get("traceback", got)
         if cell.model == "inductor_rng" and cell.mode == "compile":  # its own reference (module docstring)

@@ -103,8 +103,8 @@ def compile_one(kernel: str, dtype: str, block: int, arch: int, cuobjdump: str) 
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from margreg_fast.ops import triton_head as th
-    from margreg_fast.ops.validation import accumulation_dtype
+    from margreg_fast._ops import triton_head as th
+    from margreg_fast._ops.validation import accumulation_dtype
 
     row_dtype = DTYPES[dtype]
     acc = accumulation_dtype(row_dtype)

@@ -1,5 +1,5 @@
 """Call one backend's kernels directly on its device, with CPU tensors in and out."""
-from margreg_fast.ops import backends
+from margreg_fast._ops import backends
 
 
 def _to(t, device):

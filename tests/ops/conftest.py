@@ -3,7 +3,7 @@ import os
 import pytest
 import torch
 
-from margreg_fast.ops import backends, native
+from margreg_fast._ops import backends, native
 
 
 @pytest.fixture(scope="session", autouse=True)

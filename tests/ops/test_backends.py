@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from margreg_fast.ops import backends, native
+from margreg_fast._ops import backends, native
 
 
 def test_every_backend_implements_the_protocol():

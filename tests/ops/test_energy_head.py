@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import margreg_fast as mf
-from margreg_fast.ops import reference
+from margreg_fast._ops import reference
 from tests.ops.calls import run_backward, run_forward
 from tests.ops.truth import (assert_stats_match_reference, make_logits, relative_max_error, scaled_error,
                              true_difference)

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import margreg_fast as mf
-from margreg_fast.ops import native, reference
+from margreg_fast._ops import native, reference
 from tests.ops.truth import make_logits, relative_max_error, scaled_error, true_difference
 
 OPS = torch.ops.margreg_fast
@@ -24,7 +24,7 @@ NEG_INF, NAN, INF = float("-inf"), float("nan"), float("inf")
 
 
 def test_extension_is_built():
-    """The kernel is compiled on first use (margreg_fast.ops.native); where it cannot be, this must fail."""
+    """The kernel is compiled on first use (margreg_fast._ops.native); where it cannot be, this must fail."""
     assert native.is_available(torch.device("cpu")), native.unavailable_reason(torch.device("cpu"))
     assert "native" in mf.available_backends("cpu")
     assert hasattr(OPS, "energy_head_forward") and hasattr(OPS, "energy_head_backward")

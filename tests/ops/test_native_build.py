@@ -1,4 +1,4 @@
-"""Compiling the native kernel on first use (margreg_fast.ops.native): the cache key, the finished build
+"""Compiling the native kernel on first use (margreg_fast._ops.native): the cache key, the finished build
 reused without a compiler, the prebuild command, and a failed build (the compiler hidden by
 CXX=/bin/false): one NativeBuildWarning naming cause and fix, the torch backend's results, and
 backend="native" refused.
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from margreg_fast.ops import native
+from margreg_fast._ops import native
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,13 +38,13 @@ def test_cache_key_names_torch_python_and_instruction_set():
 
 
 def test_instruction_set_follows_torchs_capability_of_the_running_cpu():
-    done = _python("from margreg_fast.ops import native; print(native.instruction_set())",
+    done = _python("from margreg_fast._ops import native; print(native.instruction_set())",
                    ATEN_CPU_CAPABILITY="default")
     assert done.returncode == 0 and done.stdout.split() == ["default"], done.stderr[-2000:]
 
 
 def test_extensions_dir_is_respected(tmp_path):
-    done = _python("from margreg_fast.ops import native; print(native.build_directory(native.build_name()))",
+    done = _python("from margreg_fast._ops import native; print(native.build_directory(native.build_name()))",
                    TORCH_EXTENSIONS_DIR=str(tmp_path))
     assert done.stdout.strip() == str(tmp_path / native.build_name()), done.stderr[-2000:]
 
@@ -57,7 +57,7 @@ def test_finished_build_loads_without_a_compiler():
     done = _python(code, CXX="/bin/false")
     assert done.returncode == 0 and "'native'" in done.stdout, done.stderr[-2000:]
     assert "compiling" not in done.stderr
-    done = _run("-m", "margreg_fast.ops.native", CXX="/bin/false")
+    done = _run("-m", "margreg_fast", "build-native", CXX="/bin/false")
     assert done.returncode == 0 and done.stdout.strip().endswith(f"{native.build_name()}.so"), done.stderr[-2000:]
 
 
@@ -65,7 +65,7 @@ FAILED_BUILD = """
 import warnings
 import torch
 import margreg_fast as mf
-from margreg_fast.ops import NativeBuildWarning
+from margreg_fast import NativeBuildWarning
 
 z0, z1 = torch.randn(32, 50), torch.randn(32, 50)
 target = torch.randint(0, 50, (32,))
@@ -92,7 +92,7 @@ def test_failed_build_warns_once_and_uses_the_torch_backend(tmp_path):
     assert len(warned) == 1 and warned[0][0] == "NativeBuildWarning", warned
     message = warned[0][1]
     assert "could not be compiled" in message and "/bin/false" in message  # the cause
-    assert "python -m margreg_fast.ops.native" in message and "C++ compiler" in message  # the fix
+    assert "python -m margreg_fast build-native" in message and "C++ compiler" in message  # the fix
     refused = done.stdout.split("REFUSED ", 1)[1]
     assert "backend 'native' is unavailable" in refused and "could not be compiled" in refused
     assert done.stderr.count("compiling the native CPU kernel") == 1
@@ -100,5 +100,5 @@ def test_failed_build_warns_once_and_uses_the_torch_backend(tmp_path):
 
 
 def test_prebuild_command_fails_with_the_builds_error(tmp_path):
-    done = _run("-m", "margreg_fast.ops.native", CXX="/bin/false", TORCH_EXTENSIONS_DIR=str(tmp_path))
+    done = _run("-m", "margreg_fast", "build-native", CXX="/bin/false", TORCH_EXTENSIONS_DIR=str(tmp_path))
     assert done.returncode == 1 and "could not be compiled" in done.stderr and "/bin/false" in done.stderr

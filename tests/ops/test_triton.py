@@ -26,7 +26,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from margreg_fast.ops import reference, triton_head
+from margreg_fast._ops import reference, triton_head
 from tests.ops import calls
 from tests.ops.truth import assert_stats_match_reference, error_scale, make_logits, relative_max_error, scaled_error
 
@@ -193,7 +193,7 @@ def test_availability_reports_why():
 def test_cpu_needs_the_interpreter_set_before_import():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     code = (
-        "import torch; from margreg_fast.ops import triton_head as t; "
+        "import torch; from margreg_fast._ops import triton_head as t; "
         "print(t.is_available(torch.device('cpu')), t.unavailable_reason(torch.device('cpu')))"
     )
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,

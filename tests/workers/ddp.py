@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from margreg_fast.kit import models
-from margreg_fast.regularizer import MarginalDensityRegularizer
+from margreg_fast._regularizer import MarginalDensityRegularizer
 from tests.workers.lifecycle import finish
 
 GLOBAL_BATCH, LR, WEIGHT, STEP = 8, 0.5, 2.0, 1e-2
@@ -52,13 +52,13 @@ def cnn():
 
 def fraction_regularizer(rank, method="exact"):
     """The regulariser of cases (4) and (5) on ``rank``: fraction 0.5, its own seeded generator."""
-    return MarginalDensityRegularizer(WEIGHT, method=method, fraction=FRACTION, step=STEP,
+    return MarginalDensityRegularizer(WEIGHT, estimator=method, fraction=FRACTION, step=STEP,
                                       generator=torch.Generator().manual_seed(FRACTION_SEED + rank))
 
 
 def step(model, x, y, method="fd", reg=None):
     opt = torch.optim.SGD(model.parameters(), lr=LR)
-    reg = reg or MarginalDensityRegularizer(WEIGHT, method=method, step=STEP)
+    reg = reg or MarginalDensityRegularizer(WEIGHT, estimator=method, step=STEP)
     loss, _ = reg(model, x, y)
     loss.backward()
     opt.step()

@@ -18,7 +18,7 @@ from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
 
-from margreg_fast.regularizer import MarginalDensityRegularizer
+from margreg_fast._regularizer import MarginalDensityRegularizer
 from tests.workers.lifecycle import finish
 
 GLOBAL_BATCH, LR, WEIGHT, STEPS = 8, 0.5, 2.0, 2
@@ -36,7 +36,7 @@ def mlp():
 
 
 def regularizer(method):
-    return MarginalDensityRegularizer(WEIGHT) if method == "default" else MarginalDensityRegularizer(WEIGHT, method=method)
+    return MarginalDensityRegularizer(WEIGHT) if method == "default" else MarginalDensityRegularizer(WEIGHT, estimator=method)
 
 
 def train(model, x, y, method, after_step=lambda: None):

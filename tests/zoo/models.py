@@ -63,7 +63,7 @@ ZOO: Dict[str, ZooModel] = {
 }
 
 #: Deep mobile BatchNorm families (smallest variants), whose input gradients at random init are in the
-#: hundreds to thousands: the step rule's curvature bound is for them (margreg_fast/estimators/steps.py).
+#: hundreds to thousands: the step rule's curvature bound is for them (margreg_fast/_estimators/steps.py).
 MOBILE = ("mobileone_s0", "fbnetc_100", "mnasnet_small", "mobilenetv4_conv_small", "repvgg_a0",
           "efficientnetv2_rw_t")
 #: Dropout and drop-path rates of the zoo's stochastic variants.

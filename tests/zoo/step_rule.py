@@ -1,4 +1,4 @@
-"""The step rule's curvature bound C (margreg_fast/estimators/steps.py), set to another value for a block.
+"""The step rule's curvature bound C (margreg_fast/_estimators/steps.py), set to another value for a block.
 
 For benchmarks/estimator_step_rule.py's sweep over C, which measures what the library's own rule does
 at each C; a benchmark may not import the library's internals, so the switch lives here, next to the
@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from typing import Iterator
 from unittest import mock
 
-from margreg_fast.estimators import steps
+from margreg_fast._estimators import steps
 
 
 @contextmanager

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from margreg_fast import MarginalDensityRegularizer, marginal_density_penalty
-from margreg_fast.estimators import UnsupportedEstimatorError
+from margreg_fast._estimators import UnsupportedEstimatorError
 from tests.gradients import rows_of_each_forward
 from tests.zoo.models import BATCH, NUM_CLASSES, STEP_RULE_MODELS, ZOO, build_at
 from tests.zoo.reference import reference_penalty
@@ -91,7 +91,7 @@ def _parameter_gradient(model, penalty):
 
 def _penalty_and_gradient(model, x, method):
     torch.manual_seed(SEED)  # the clean pass's masks; rfd's signs come after them
-    penalty = marginal_density_penalty(model, x, method=method, reduction="none")
+    penalty = marginal_density_penalty(model, x, estimator=method, reduction="none")
     return penalty.detach(), _parameter_gradient(model, penalty.mean())
 
 
@@ -117,7 +117,7 @@ def test_exact_equals_the_independent_reference(name):
     _twice_differentiable(model)
     reference = reference_penalty(model, x, SEED)
     torch.manual_seed(SEED)
-    exact = marginal_density_penalty(copy.deepcopy(model), x, method="exact", reduction="none").detach()
+    exact = marginal_density_penalty(copy.deepcopy(model), x, estimator="exact", reduction="none").detach()
     rel = ((exact - reference).abs() / reference.abs()).max().item()
     assert rel <= 1e-4, (rel, exact, reference)
 
@@ -140,7 +140,7 @@ def test_exact_on_hardsigmoid_raises_a_clear_error():
     derivative: exact says so, naming the op, when the penalty is built (not at loss.backward())."""
     model, x, _ = _model_and_batch("mobilenetv3_small_100")
     with pytest.raises(UnsupportedEstimatorError, match="hardsigmoid_backward"):
-        marginal_density_penalty(model, x, method="exact")
+        marginal_density_penalty(model, x, estimator="exact")
 
 
 #: The zoo models whose train-mode forward couples the samples of a batch (BatchNorm, timm's BatchNormAct).
@@ -202,7 +202,7 @@ def test_auto_step_keeps_the_secant_ratio_in_the_band(name, size, drop):
     x, y = torch.rand(batch, 3, size, size, generator=gen), torch.randint(0, NUM_CLASSES, (batch,), generator=gen)
     for method in ("rfd", "fd"):
         torch.manual_seed(SEED)
-        _, stats = MarginalDensityRegularizer(1.0, method=method)(model, x, y)
+        _, stats = MarginalDensityRegularizer(1.0, estimator=method)(model, x, y)
         assert 0.8 <= stats["secant_ratio"] <= 1.25, (method, stats)
 
 
@@ -232,10 +232,10 @@ def test_bf16_autocast_keeps_the_default_gradients_direction(name):
     x = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     torch.manual_seed(SEED)
     try:
-        reference = _parameter_gradient(model, marginal_density_penalty(model, x, method="exact"))
+        reference = _parameter_gradient(model, marginal_density_penalty(model, x, estimator="exact"))
     except UnsupportedEstimatorError:
         torch.manual_seed(SEED)
-        reference = _parameter_gradient(model, marginal_density_penalty(model, x, method="central"))
+        reference = _parameter_gradient(model, marginal_density_penalty(model, x, estimator="central"))
     fp32 = _median_cosine(model, x, reference, autocast=False)
     bf16 = _median_cosine(model, x, reference, autocast=True)
     assert bf16 >= 0.9 * fp32, (bf16, fp32)

@@ -1,4 +1,4 @@
 """The experiment tool: config, resumable training, evaluation, reports and figures."""
-from .config import METHODS, PENALTY_OF_METHOD, ExperimentConfig
+from .config import SCHEMES, PENALTY_KIND_OF_SCHEME, ExperimentConfig
 
-__all__ = ["METHODS", "PENALTY_OF_METHOD", "ExperimentConfig"]
+__all__ = ["SCHEMES", "PENALTY_KIND_OF_SCHEME", "ExperimentConfig"]

@@ -5,14 +5,14 @@
 
 The plan (``ClaimsPlan``) holds one BlockMNIST config (seeds, evaluation images, selected weights) and:
 
-- full evaluation (evaluation.evaluate_model) of its ``methods`` (none, igr, joint, mdr by default) and of
-  the cheaper forms of mdr (``cheaper_methods``: ``mdr@F`` for every fraction F, ``mdr%K`` for every lazy
+- full evaluation (evaluation.evaluate_model) of its ``schemes`` (none, igr, joint, mdr by default) and of
+  the cheaper forms of mdr (``cheaper_schemes``: ``mdr@F`` for every fraction F, ``mdr%K`` for every lazy
   interval K), each at its selected weight, on every seed;
 - the spurious-shortcut variant (``spurious_patch="overlay"``: 28x28 digits, a class-coded 2x2 square in
   the blank top rows agreeing with the label on 95% of training images and on 10% at test) for none,
   igr, joint and mdr on every seed, scored by ``light_scores`` (accuracies only);
 - opt-in (``texture=True``): the non-robust shortcut, experiment "texture" (``spurious_patch="texture"``: a
-  faint +-0.05 class-coded texture over the whole 28x28 image, data.make_texture), on the same methods and seeds;
+  faint +-0.05 class-coded texture over the whole 28x28 image, data.make_texture), on the same schemes and seeds;
 - the spurious tasks' weights (``shortcut_weights``): each chosen on that task's own validation split by
   select.py's rule (``margreg-fast select spurious ...``), else the BlockMNIST ones;
 - opt-in (``shortcut_frontier=True``): the frontier over the ``grid`` weights of none / igr / joint / mdr on each
@@ -20,11 +20,11 @@ The plan (``ClaimsPlan``) holds one BlockMNIST config (seeds, evaluation images,
 - the weight frontier: igr, joint, mdr, mdr-exact and every cheaper form at every ``grid`` weight and at
   its selected weight, on the ``frontier_seeds``, scored by ``light_scores`` (accuracy and leakage).
 - with ``scale_free`` / ``budgets`` (``--scale-free``, ``--budgets``), on every fully evaluated BlockMNIST
-  model of the ``methods``: the scale-free scores (scale.py) and the attack-budget curves (budgets.py),
+  model of the ``schemes``: the scale-free scores (scale.py) and the attack-budget curves (budgets.py),
   computed from the finished model and cached in its run directory (SCALE_NAME, BUDGETS_NAME), giving the
   rows ``scale_free`` (each claim's raw and scale-free verdicts) and ``budgets``.
 
-Every point is one (experiment, method, weight, seed) run under ``OUT/<experiment>/runs/``, named by
+Every point is one (experiment, scheme, weight, seed) run under ``OUT/<experiment>/runs/``, named by
 ``runner.run_dir``, so a point needed twice (a frontier point at the selected weight is a claims run)
 trains once, an interrupted command resumes, and nothing already scored is recomputed. All points go
 through one pool of ``jobs`` worker processes. The rows (claims.CLAIMS) compare mdr with each
@@ -55,16 +55,16 @@ COMPARATORS = ("none", "igr", "joint")
 #: The subject's penalty by double backprop: the subject minus it, at the same weight and seeds, is the
 #: difference the default estimator makes to the trained model (claim_rows' "estimator").
 EXACT_TWIN = "mdr-exact"
-#: The fully evaluated methods by default: the subject and its comparators.
-CLAIM_METHODS = ("none", "igr", "joint", "mdr")
-SPURIOUS_METHODS = ("none", "igr", "joint", "mdr")
+#: The fully evaluated schemes by default: the subject and its comparators.
+CLAIM_SCHEMES = ("none", "igr", "joint", "mdr")
+SPURIOUS_SCHEMES = ("none", "igr", "joint", "mdr")
 #: The spurious tasks and their shortcut (config.spurious_patch): the robust class-coded 2x2 square, the
 #: non-robust class-coded texture.
 SHORTCUT_PATCHES = {"spurious": "overlay", "texture": "texture"}
 #: Per spurious task's frontier point: the accuracies it is read by.
 SHORTCUT_KEYS = ("clean_acc", "worst_group_acc", "acc_patch_disagrees")
 #: Methods of the frontier besides the cheaper forms (none is its reference point).
-FRONTIER_METHODS = ("igr", "joint", "mdr", "mdr-exact")
+FRONTIER_SCHEMES = ("igr", "joint", "mdr", "mdr-exact")
 #: "a cheaper form (mdr@F, mdr%K) keeps the leakage cut of mdr" when its leakage_paper minus mdr's is
 #: SUPPORTED as at most this share of mdr's mean cut (none - mdr) worse: a non-inferiority margin fixed in advance.
 KEEP_MARGIN = 0.2
@@ -127,7 +127,7 @@ TRUE_PENALTY = Claim("smaller true penalty (exact R on the evaluated images)", "
 @dataclass(frozen=True)
 class ClaimsPlan:
     """What one ``claims`` command runs (module docstring). ``config`` is the BlockMNIST config; its
-    ``methods`` are the fully evaluated ones."""
+    ``schemes`` are the fully evaluated ones."""
 
     config: ExperimentConfig
     fractions: tuple[float, ...] = ()
@@ -147,8 +147,8 @@ class ClaimsPlan:
     def __post_init__(self) -> None:
         if self.config.experiment != "blockmnist":
             raise ValueError(f"the claims' config is the BlockMNIST one, got experiment {self.config.experiment!r}")
-        if self.subject not in self.config.methods:
-            raise ValueError(f"the claims compare {self.subject}, which is not among the methods {self.config.methods}")
+        if self.subject not in self.config.schemes:
+            raise ValueError(f"the claims compare {self.subject}, which is not among the schemes {self.config.schemes}")
         for f in self.fractions:
             if not 0.0 < f < 1.0:
                 raise ValueError(f"fractions must lie in (0, 1), got {f}")
@@ -176,64 +176,64 @@ class ClaimsPlan:
         return self.shortcut_experiments if self.shortcuts_only else ("blockmnist", *self.shortcut_experiments)
 
     @property
-    def cheaper_methods(self) -> tuple[str, ...]:
+    def cheaper_schemes(self) -> tuple[str, ...]:
         """The subject doing less penalty work: on a fraction of each batch, then on every K-th step."""
         return (tuple(f"{self.subject}{FRACTION_SEPARATOR}{f:g}" for f in self.fractions)
                 + tuple(f"{self.subject}{LAZY_SEPARATOR}{k}" for k in self.lazy))
 
     def experiment_config(self, experiment: str) -> ExperimentConfig:
         """The config of ``experiment`` with every method of the plan (so each has its weight)."""
-        methods = tuple(dict.fromkeys((*self.config.methods, *self.cheaper_methods, *FRONTIER_METHODS)))
-        cfg = self.config.replace(methods=methods)
+        schemes = tuple(dict.fromkeys((*self.config.schemes, *self.cheaper_schemes, *FRONTIER_SCHEMES)))
+        cfg = self.config.replace(schemes=schemes)
         if experiment in SHORTCUT_PATCHES:
             cfg = cfg.replace(experiment="spurious", spurious_patch=SHORTCUT_PATCHES[experiment],
                               weights={**cfg.weights, **self.shortcut_weights.get(experiment, {})})
         return cfg
 
     def points(self) -> list[tuple[str, str, float, int, bool]]:
-        """Every (experiment, method, weight, seed, full evaluation) to run, each once, in the order of
+        """Every (experiment, scheme, weight, seed, full evaluation) to run, each once, in the order of
         their worth should the command be stopped early: the claims table (BlockMNIST, then the
         spurious variant), the frontier of none / igr / joint / mdr / mdr-exact seed by seed, the
         cheaper forms at the selected weight, then their frontier seed by seed, then the shortcut frontier.
         With ``shortcuts_only``, the spurious tasks' points alone."""
         cfg = self.experiment_config("blockmnist")
         full = not self.light
-        out = [("blockmnist", m, cfg.weights[m], s, full) for s in cfg.seeds for m in self.config.methods]
+        out = [("blockmnist", m, cfg.weights[m], s, full) for s in cfg.seeds for m in self.config.schemes]
         for task in self.shortcut_experiments:
             weights = self.experiment_config(task).weights
-            out += [(task, m, weights[m], s, False) for s in cfg.seeds for m in SPURIOUS_METHODS]
-        cheaper_full = [("blockmnist", m, cfg.weights[m], s, full) for s in cfg.seeds for m in self.cheaper_methods]
+            out += [(task, m, weights[m], s, False) for s in cfg.seeds for m in SPURIOUS_SCHEMES]
+        cheaper_full = [("blockmnist", m, cfg.weights[m], s, full) for s in cfg.seeds for m in self.cheaper_schemes]
         done = {p[:4] for p in out + cheaper_full}
 
-        def frontier(methods):
+        def frontier(schemes):
             for s in self.frontier_seeds:
-                for m in methods:
+                for m in schemes:
                     for w in ((0.0,) if m == "none" else (*self.grid, cfg.weights[m])):
                         if ("blockmnist", m, w, s) not in done:
                             done.add(("blockmnist", m, w, s))
                             yield ("blockmnist", m, w, s, False)
 
-        out += list(frontier(("none", *FRONTIER_METHODS)))
+        out += list(frontier(("none", *FRONTIER_SCHEMES)))
         out += cheaper_full
-        out += list(frontier(self.cheaper_methods))
+        out += list(frontier(self.cheaper_schemes))
         if self.shortcuts_only:
             out = [p for p in out if p[0] != "blockmnist"]
         for task in self.shortcut_experiments if self.shortcut_frontier else ():
             weights = self.experiment_config(task).weights
-            out += [(task, m, w, s, False) for s in self.frontier_seeds for m in SPURIOUS_METHODS
+            out += [(task, m, w, s, False) for s in self.frontier_seeds for m in SPURIOUS_SCHEMES
                     for w in sorted({*((0.0,) if m == "none" else self.grid), weights[m]})
                     if (task, m, w, s) not in {p[:4] for p in out}]
         return out
 
 
-def _point_config(plan: ClaimsPlan, experiment: str, method: str, weight: float) -> ExperimentConfig:
+def _point_config(plan: ClaimsPlan, experiment: str, scheme: str, weight: float) -> ExperimentConfig:
     cfg = plan.experiment_config(experiment)
-    return cfg if method == "none" else cfg.replace(weights={**cfg.weights, method: weight})
+    return cfg if scheme == "none" else cfg.replace(weights={**cfg.weights, scheme: weight})
 
 
-def _light_point(cfg: ExperimentConfig, out: Path, seed: int, method: str, *, quiet: bool, device: str) -> dict:
+def _light_point(cfg: ExperimentConfig, out: Path, seed: int, scheme: str, *, quiet: bool, device: str) -> dict:
     """light_scores of one run, trained (or resumed) in its run directory; cached in scores.json."""
-    rdir = run_dir(out, cfg, method, seed)
+    rdir = run_dir(out, cfg, scheme, seed)
     if (rdir / SCORES_NAME).exists():
         return load_json(rdir / SCORES_NAME)
     full = rdir / RESULT_NAME  # a full evaluation of the same run holds these numbers already
@@ -241,20 +241,20 @@ def _light_point(cfg: ExperimentConfig, out: Path, seed: int, method: str, *, qu
         return {k: load_json(full)["metrics"][k] for k in (*LIGHT_KEYS, "step_time_s")}
     with deterministic():
         train_set, eval_set = _datasets(cfg, seed)
-        trained = train_run(cfg, method, seed, train_set, rdir, quiet=quiet, device=device)
+        trained = train_run(cfg, scheme, seed, train_set, rdir, quiet=quiet, device=device)
         scores = {**light_scores(trained.model.cpu(), eval_set, cfg), "step_time_s": trained.median_step_time}
     save_json(rdir / SCORES_NAME, scores)
     return scores
 
 
-def _run_point(plan: ClaimsPlan, out: Path, experiment: str, method: str, weight: float, seed: int, full: bool,
+def _run_point(plan: ClaimsPlan, out: Path, experiment: str, scheme: str, weight: float, seed: int, full: bool,
                quiet: bool, device: str, train: bool = True) -> dict | None:
     """The scores (and, if ``full``, the whole result) of one point; with ``train=False`` only what is
     already on disk: the full result, else the light scores, else None (a point not finished). The
     subject and EXACT_TWIN at the subject's weight also get their true penalty (``marginal_penalty``)."""
-    cfg = _point_config(plan, experiment, method, weight)
+    cfg = _point_config(plan, experiment, scheme, weight)
     where = Path(out) / experiment
-    rdir = run_dir(where, cfg, method, seed)
+    rdir = run_dir(where, cfg, scheme, seed)
     if not train:
         if full and (rdir / RESULT_NAME).exists():
             result = load_json(rdir / RESULT_NAME)
@@ -267,18 +267,18 @@ def _run_point(plan: ClaimsPlan, out: Path, experiment: str, method: str, weight
         finished = (rdir / RESULT_NAME).exists() or (not full and (rdir / SCORES_NAME).exists())
         start = time.perf_counter()
         if full:
-            result = _one_run(cfg, where, seed, method, train=True, evaluate=True, quiet=quiet, device=device)
+            result = _one_run(cfg, where, seed, scheme, train=True, evaluate=True, quiet=quiet, device=device)
             got = {"scores": result["metrics"], "result": result}
         else:
-            got = {"scores": _light_point(cfg, where, seed, method, quiet=quiet, device=device)}
+            got = {"scores": _light_point(cfg, where, seed, scheme, quiet=quiet, device=device)}
         if not finished:
             save_json(rdir / WALL_NAME, {"wall_s": (_wall(rdir) or 0.0) + time.perf_counter() - start})
     subject_weight = plan.experiment_config("blockmnist").weights[plan.subject]
-    if (experiment, weight) == ("blockmnist", subject_weight) and method in (plan.subject, EXACT_TWIN):
-        penalty = _true_penalty(cfg, rdir, method, seed, compute=train)
+    if (experiment, weight) == ("blockmnist", subject_weight) and scheme in (plan.subject, EXACT_TWIN):
+        penalty = _true_penalty(cfg, rdir, scheme, seed, compute=train)
         if penalty is not None:
             got["scores"] = {**got["scores"], "marginal_penalty": penalty}
-    if "result" in got and experiment == "blockmnist" and method in plan.config.methods:
+    if "result" in got and experiment == "blockmnist" and method in plan.config.schemes:
         confounds = _confound_scores(plan, cfg, rdir, method, seed, got["result"], compute=train)
         got["scores"] = {**got["scores"], **confounds}
         got["result"]["extra"] = {**got["result"]["extra"], **confounds}  # into results_seeds.json
@@ -318,7 +318,7 @@ def _true_penalty(cfg: ExperimentConfig, rdir: Path, method: str, seed: int, *, 
         return load_json(path)["marginal_penalty"] if path.exists() else None
     with deterministic():
         train_set, eval_set = _datasets(cfg, seed)
-        model = train_run(cfg, method, seed, train_set, rdir, quiet=True, allow_training=False).model
+        model = train_run(cfg, scheme, seed, train_set, rdir, quiet=True, allow_training=False).model
         penalty = marginal_penalty(model.cpu(), eval_set, cfg)
     save_json(path, {"marginal_penalty": penalty})
     return penalty
@@ -342,11 +342,11 @@ def run_claims(plan: ClaimsPlan, out: Path, *, quiet: bool = False, device: str 
     tasks = [((plan, out, *p, quiet or jobs > 1, device, train), {}) for p in points]
     got = run_tasks(_run_point, tasks, jobs=jobs if train else 1, desc="claims", quiet=quiet or not train,
                     names=[f"{e} {m} w{w:g} seed {s}" for e, m, w, s, _ in points])
-    records = [{"experiment": e, "method": m, "weight": w, "seed": s, "full": "result" in g, "scores": g["scores"],
+    records = [{"experiment": e, "scheme": m, "weight": w, "seed": s, "full": "result" in g, "scores": g["scores"],
                 "wall_s": g["wall_s"]}
                for (e, m, w, s, full), g in zip(points, got) if g is not None]
     results = [g["result"] for g in got if g is not None and "result" in g]
-    missing = [{"experiment": e, "method": m, "weight": w, "seed": s, "full": full}
+    missing = [{"experiment": e, "scheme": m, "weight": w, "seed": s, "full": full}
                for (e, m, w, s, full), g in zip(points, got) if g is None or (full and "result" not in g)]
     log = out / INVOCATIONS_NAME
     if train:
@@ -368,11 +368,11 @@ def plan_dict(plan: ClaimsPlan) -> dict:
             "shortcut_weights": plan.shortcut_weights, "shortcuts_only": plan.shortcuts_only}
 
 
-def seed_values(records: list[dict], experiment: str, method: str, weight: float, metric: str,
+def seed_values(records: list[dict], experiment: str, scheme: str, weight: float, metric: str,
                 seeds=None) -> dict[int, float | None]:
-    """{seed: the metric} of one (experiment, method, weight), optionally on ``seeds`` only."""
+    """{seed: the metric} of one (experiment, scheme, weight), optionally on ``seeds`` only."""
     return {r["seed"]: r["scores"].get(metric) for r in records
-            if (r["experiment"], r["method"], r["weight"]) == (experiment, method, weight)
+            if (r["experiment"], r["scheme"], r["weight"]) == (experiment, scheme, weight)
             and (seeds is None or r["seed"] in seeds)}
 
 
@@ -383,13 +383,13 @@ def _compare(records, claim: Claim, subject: str, comparator: str, weights: dict
     return {"comparator": comparator, **p.to_dict(), "verdict": verdict(p, claim.better, margin), "margin": margin}
 
 
-def _has(records, experiment: str, method: str) -> bool:
-    return any(r["experiment"] == experiment and r["method"] == method for r in records)
+def _has(records, experiment: str, scheme: str) -> bool:
+    return any(r["experiment"] == experiment and r["scheme"] == scheme for r in records)
 
 
 def claim_rows(plan: ClaimsPlan, records: list[dict]) -> dict:
     """``{"claims": [...], "cheaper": [...], "estimator": [...]}``: per claim, the subject against each
-    comparator that was run; per cheaper method, the same rows against the subject and against none,
+    comparator that was run; per cheaper scheme, the same rows against the subject and against none,
     and whether it keeps the leakage cut (KEEP_MARGIN); per BlockMNIST claim measured on EXACT_TWIN at
     the subject's weight, the subject against it."""
     weights = plan.experiment_config("blockmnist").weights
@@ -403,12 +403,12 @@ def claim_rows(plan: ClaimsPlan, records: list[dict]) -> dict:
         rows.append({**claim.__dict__, "versus": versus})
     cheaper = []
     leak = next(c for c in CLAIMS if c.metric == "leakage_paper")
-    for method in plan.cheaper_methods:
+    for scheme in plan.cheaper_schemes:
         cut = _compare(records, leak, "none", plan.subject, weights)["mean"]  # none - mdr, > 0 if mdr cuts
-        keep = _compare(records, leak, method, plan.subject, weights, margin=KEEP_MARGIN * max(cut or 0.0, 0.0))
-        per_claim = [{**c.__dict__, "versus": [_compare(records, c, method, other, weights) for other in (plan.subject, "none")]}
+        keep = _compare(records, leak, scheme, plan.subject, weights, margin=KEEP_MARGIN * max(cut or 0.0, 0.0))
+        per_claim = [{**c.__dict__, "versus": [_compare(records, c, scheme, other, weights) for other in (plan.subject, "none")]}
                      for c in CLAIMS if c.experiment == "blockmnist"]
-        cheaper.append({"method": method, "keeps_leakage_cut": keep, "cut": cut, "rows": per_claim})
+        cheaper.append({"scheme": scheme, "keeps_leakage_cut": keep, "cut": cut, "rows": per_claim})
     twin = {**weights, EXACT_TWIN: weights[plan.subject]}
     estimator = [{**c.__dict__, "versus": [cell]} for c in (*CLAIMS, TRUE_PENALTY) if c.experiment == "blockmnist"
                  for cell in [_compare(records, c, plan.subject, EXACT_TWIN, twin)] if cell["mean"] is not None]
@@ -463,41 +463,41 @@ def budget_rows(plan: ClaimsPlan, records: list[dict]) -> list[dict]:
 
 
 def shortcut_frontier_rows(plan: ClaimsPlan, records: list[dict]) -> list[dict]:
-    """Per spurious task, method and weight of the shortcut frontier on the frontier seeds: the means of
+    """Per spurious task, scheme and weight of the shortcut frontier on the frontier seeds: the means of
     SHORTCUT_KEYS over those seeds and their paired differences against none."""
     seeds, out = set(plan.frontier_seeds), []
     for task in plan.shortcut_experiments if plan.shortcut_frontier else ():
         weights = plan.experiment_config(task).weights
         none = {k: seed_values(records, task, "none", 0.0, k, seeds) for k in SHORTCUT_KEYS}
-        for method in SPURIOUS_METHODS:
-            for w in sorted({*((0.0,) if method == "none" else plan.grid), weights[method]}):
-                row = {"experiment": task, "method": method, "weight": w, "selected": w == weights[method]}
+        for scheme in SPURIOUS_SCHEMES:
+            for w in sorted({*((0.0,) if scheme == "none" else plan.grid), weights[scheme]}):
+                row = {"experiment": task, "scheme": scheme, "weight": w, "selected": w == weights[scheme]}
                 for key in SHORTCUT_KEYS:
-                    vals = seed_values(records, task, method, w, key, seeds)
+                    vals = seed_values(records, task, scheme, w, key, seeds)
                     got = [v for v in vals.values() if v is not None]
                     row[key] = sum(got) / len(got) if got and len(got) == len(vals) == len(seeds) else None
-                    if method != "none":
+                    if scheme != "none":
                         row[f"{key}_vs_none"] = paired(vals, none[key]).to_dict()
                 out.append(row)
     return out
 
 
 def frontier_rows(plan: ClaimsPlan, records: list[dict]) -> list[dict]:
-    """Per (method, weight) of the frontier on the frontier seeds: clean_acc and leakage_paper, their
+    """Per (scheme, weight) of the frontier on the frontier seeds: clean_acc and leakage_paper, their
     means and the paired differences against none (and the runs' median step time, a record of the
     load they ran under rather than a cost: the benchmarks measure cost)."""
     weights = plan.experiment_config("blockmnist").weights
     seeds = set(plan.frontier_seeds)
     out = []
     none = {k: seed_values(records, "blockmnist", "none", weights["none"], k, seeds) for k in ("clean_acc", "leakage_paper")}
-    for method in ("none", *FRONTIER_METHODS, *plan.cheaper_methods):
-        for w in sorted({*(() if method == "none" else plan.grid), weights[method]}):
-            row = {"method": method, "weight": w, "selected": w == weights[method]}
+    for scheme in ("none", *FRONTIER_SCHEMES, *plan.cheaper_schemes):
+        for w in sorted({*(() if scheme == "none" else plan.grid), weights[scheme]}):
+            row = {"scheme": scheme, "weight": w, "selected": w == weights[scheme]}
             for key in ("clean_acc", "leakage_paper", "step_time_s"):
-                vals = seed_values(records, "blockmnist", method, w, key, seeds)
+                vals = seed_values(records, "blockmnist", scheme, w, key, seeds)
                 got = [v for v in vals.values() if v is not None]
                 row[key] = sum(got) / len(got) if got and len(got) == len(vals) else None
-                if key in none and method != "none":
+                if key in none and scheme != "none":
                     row[f"{key}_vs_none"] = paired(vals, none[key]).to_dict()
             out.append(row)
     return out

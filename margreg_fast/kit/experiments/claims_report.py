@@ -20,9 +20,9 @@ import statistics
 from pathlib import Path
 
 from .checkpoint import save_json
-from .claims import (CLAIMS, EXACT_TWIN, KEEP_MARGIN, SPURIOUS_METHODS, ClaimsPlan, frontier_rows, seed_values,
+from .claims import (CLAIMS, EXACT_TWIN, KEEP_MARGIN, SPURIOUS_SCHEMES, ClaimsPlan, frontier_rows, seed_values,
                      shortcut_frontier_rows)
-from .config import ExperimentConfig, parse_method
+from .config import ExperimentConfig, parse_scheme
 from .figures import _save, plt, write_figures
 from .intervals import CONFIDENCE, RESAMPLES, paired
 from .report import write_reports
@@ -75,14 +75,14 @@ def beats_summary(claims: list[dict], subject: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def spread_table(records: list[dict], weights: dict, methods: list[str], seeds: list[int],
+def spread_table(records: list[dict], weights: dict, schemes: list[str], seeds: list[int],
                  task_weights: dict | None = None) -> str:
-    """Every seed's value of every claim metric, per method (seed order), and the mean; ``task_weights``
+    """Every seed's value of every claim metric, per scheme (seed order), and the mean; ``task_weights``
     ({experiment: weights}) where an experiment's weights are not ``weights``."""
-    lines = ["| metric | method | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |",
+    lines = ["| metric | scheme | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |",
              "|---|---|" + "---:|" * (len(seeds) + 1)]
     for claim in CLAIMS:
-        for m in methods:
+        for m in schemes:
             w = (task_weights or {}).get(claim.experiment, weights).get(m)
             vals = seed_values(records, claim.experiment, m, w, claim.metric, set(seeds))
             if not vals:
@@ -94,19 +94,19 @@ def spread_table(records: list[dict], weights: dict, methods: list[str], seeds: 
     return "\n".join(lines) + "\n"
 
 
-def panel_table(results: list[dict], seed: int, methods: list[str]) -> str:
+def panel_table(results: list[dict], seed: int, schemes: list[str]) -> str:
     """The single image's leakage and insertion next to the dataset means over seeds (paper units)."""
-    by = {r["method"]: r for r in results if r["seed"] == seed}
-    rows = [m for m in methods if m in by and by[m].get("panel")]
+    by = {r["scheme"]: r for r in results if r["seed"] == seed}
+    rows = [m for m in schemes if m in by and by[m].get("panel")]
     if not rows:
         return ""
     panel = by[rows[0]]["panel"]
     lines = [f"Single image: test image {panel['index']} of seed {seed}'s split, the first whose label is "
              f"{panel['label']}; the models of seed {seed}. Dataset: means over every seed and evaluated image.", "",
-             "| method | leakage_paper, this image | leakage_paper, dataset mean | insertion AUC (paper units), "
+             "| scheme | leakage_paper, this image | leakage_paper, dataset mean | insertion AUC (paper units), "
              "this image | insertion AUC (paper units), dataset mean |", "|---|---:|---:|---:|---:|"]
     for m in rows:
-        runs = [r for r in results if r["method"] == m]
+        runs = [r for r in results if r["scheme"] == m]
         mean = {k: None if any(r["metrics"][k] is None for r in runs) else
                 math.fsum(r["metrics"][k] for r in runs) / len(runs) for k in ("leakage_paper", "insertion_auc_paper")}
         p = by[m]["panel"]
@@ -126,7 +126,7 @@ def cheaper_section(cheaper: list[dict], subject: str) -> str:
              "of a shared machine): benchmarks/results/train_step_claims.md times every form on this model in one "
              "interleaved run.", ""]
     for f in cheaper:
-        m, keep = f["method"], f["keeps_leakage_cut"]
+        m, keep = f["scheme"], f["keeps_leakage_cut"]
         lines.append(f"**{m}**: keeps the leakage cut: {keep['verdict']} ({m} − {subject} {comparison_cell(keep)}; margin "
                      f"{keep['margin']:.3g}).")
         lines.append("")
@@ -135,15 +135,15 @@ def cheaper_section(cheaper: list[dict], subject: str) -> str:
 
 
 def frontier_table(rows: list[dict]) -> str:
-    lines = ["| method | weight | clean acc | Δ acc vs none [95% CI] | leakage_paper | Δ leakage_paper vs none [95% CI] |",
+    lines = ["| scheme | weight | clean acc | Δ acc vs none [95% CI] | leakage_paper | Δ leakage_paper vs none [95% CI] |",
              "|---|---:|---:|---|---:|---|"]
     for r in rows:
         d = {k: r.get(f"{k}_vs_none") for k in ("clean_acc", "leakage_paper")}
         fmt = {k: "" if d[k] is None or d[k]["mean"] is None else
                f"{d[k]['mean']:+.3g}" + ("" if d[k]["low"] is None else f" [{d[k]['low']:+.3g}, {d[k]['high']:+.3g}]")
                for k in d}
-        mark = " (selected)" if r["selected"] and r["method"] != "none" else ""
-        lines.append(f"| {r['method']} | {r['weight']:g}{mark} | {number_cell(r['clean_acc'])} | {fmt['clean_acc']} | "
+        mark = " (selected)" if r["selected"] and r["scheme"] != "none" else ""
+        lines.append(f"| {r['scheme']} | {r['weight']:g}{mark} | {number_cell(r['clean_acc'])} | {fmt['clean_acc']} | "
                      f"{number_cell(r['leakage_paper'])} | {fmt['leakage_paper']} |")
     return "\n".join(lines) + "\n"
 
@@ -156,12 +156,12 @@ def _delta(d: dict | None) -> str:
 
 def shortcut_table(rows: list[dict]) -> str:
     """The shortcut frontier (claims.shortcut_frontier_rows): worst-group accuracy and accuracy where the
-    shortcut disagrees with the label, per task, method and weight."""
-    lines = ["| task | method | weight | clean acc | worst-group acc | Δ vs none [95% CI] | acc where the shortcut "
+    shortcut disagrees with the label, per task, scheme and weight."""
+    lines = ["| task | scheme | weight | clean acc | worst-group acc | Δ vs none [95% CI] | acc where the shortcut "
              "disagrees | Δ vs none [95% CI] |", "|---|---|---:|---:|---:|---|---:|---|"]
     for r in rows:
-        mark = " (selected)" if r["selected"] and r["method"] != "none" else ""
-        lines.append(f"| {r['experiment']} | {r['method']} | {r['weight']:g}{mark} | {number_cell(r['clean_acc'])} | "
+        mark = " (selected)" if r["selected"] and r["scheme"] != "none" else ""
+        lines.append(f"| {r['experiment']} | {r['scheme']} | {r['weight']:g}{mark} | {number_cell(r['clean_acc'])} | "
                      f"{number_cell(r['worst_group_acc'])} | {_delta(r.get('worst_group_acc_vs_none'))} | "
                      f"{number_cell(r['acc_patch_disagrees'])} | {_delta(r.get('acc_patch_disagrees_vs_none'))} |")
     return "\n".join(lines) + "\n"
@@ -169,17 +169,17 @@ def shortcut_table(rows: list[dict]) -> str:
 
 def shortcut_figure(rows: list[dict], path: Path, seeds: list[int]) -> None:
     """Per spurious task, accuracy where the shortcut disagrees against worst-group accuracy, one line per
-    method through its weights (labels), none as a star."""
+    scheme through its weights (labels), none as a star."""
     tasks = list(dict.fromkeys(r["experiment"] for r in rows))
     fig, axes = plt.subplots(1, len(tasks), figsize=(6.4 * len(tasks), 4.8), squeeze=False)
     for ax, task in zip(axes[0], tasks):
-        for method in dict.fromkeys(r["method"] for r in rows if r["experiment"] == task):
-            pts = [r for r in rows if (r["experiment"], r["method"]) == (task, method)
+        for scheme in dict.fromkeys(r["scheme"] for r in rows if r["experiment"] == task):
+            pts = [r for r in rows if (r["experiment"], r["scheme"]) == (task, scheme)
                    and r["worst_group_acc"] is not None and r["acc_patch_disagrees"] is not None]
             if not pts:
                 continue
-            style = {"marker": "*", "ms": 12, "color": "k", "ls": ""} if method == "none" else {"marker": "o", "ms": 4}
-            line = ax.plot([r["worst_group_acc"] for r in pts], [r["acc_patch_disagrees"] for r in pts], label=method,
+            style = {"marker": "*", "ms": 12, "color": "k", "ls": ""} if scheme == "none" else {"marker": "o", "ms": 4}
+            line = ax.plot([r["worst_group_acc"] for r in pts], [r["acc_patch_disagrees"] for r in pts], label=scheme,
                            **style)
             for r in pts:
                 ax.annotate(f"{r['weight']:g}", (r["worst_group_acc"], r["acc_patch_disagrees"]), fontsize=6,
@@ -193,20 +193,20 @@ def shortcut_figure(rows: list[dict], path: Path, seeds: list[int]) -> None:
 
 
 def frontier_figure(rows: list[dict], path: Path, seeds: list[int]) -> None:
-    """leakage_paper against clean accuracy, one line per method through its weights; the bars are the
+    """leakage_paper against clean accuracy, one line per scheme through its weights; the bars are the
     95% paired intervals against none, placed at none's mean (mean(none) + interval of the difference).
     The cheaper forms of mdr (mdr@F, mdr%K), if any, get a second panel next to mdr."""
-    none = next(r for r in rows if r["method"] == "none")
-    methods = list(dict.fromkeys(r["method"] for r in rows if r["method"] != "none"))
-    cheaper = [m for m in methods if parse_method(m)[1:] != (1.0, 1)]
-    panels = [("penalties", [m for m in methods if m not in cheaper])]
+    none = next(r for r in rows if r["scheme"] == "none")
+    schemes = list(dict.fromkeys(r["scheme"] for r in rows if r["scheme"] != "none"))
+    cheaper = [m for m in schemes if parse_scheme(m)[1:] != (1.0, 1)]
+    panels = [("penalties", [m for m in schemes if m not in cheaper])]
     if cheaper:
-        panels.append(("less penalty work (mdr@F, mdr%K)", [m for m in methods if m in cheaper or m == "mdr"]))
+        panels.append(("less penalty work (mdr@F, mdr%K)", [m for m in schemes if m in cheaper or m == "mdr"]))
     fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 4.8), squeeze=False)
     for ax, (title, shown) in zip(axes[0], panels):
         ax.plot(none["clean_acc"], none["leakage_paper"], "k*", ms=12, label="none")
-        for method in shown:
-            _frontier_line(ax, [r for r in rows if r["method"] == method], none, method)
+        for scheme in shown:
+            _frontier_line(ax, [r for r in rows if r["scheme"] == scheme], none, scheme)
         ax.set_xlabel("clean accuracy")
         ax.set_ylabel("leakage_paper (lower is better)")
         ax.set_title(f"{title}: BlockMNIST, seeds {seeds} (labels: weights)", fontsize=9)
@@ -244,11 +244,11 @@ DIAGNOSIS = ("topk_intersection", "topk_intersection_random", "topk_intersection
              "topk_mass", "saliency_l2", "target_logit_mean")
 
 
-def diagnosis_table(results: list[dict], methods: list[str], subject: str) -> str:
-    """Mean over seeds of every DIAGNOSIS quantity per method, and subject − none paired over seeds."""
+def diagnosis_table(results: list[dict], schemes: list[str], subject: str) -> str:
+    """Mean over seeds of every DIAGNOSIS quantity per scheme, and subject − none paired over seeds."""
     value = lambda r, k: r["metrics"].get(k, r["extra"].get(k))  # noqa: E731
-    per = {m: {r["seed"]: r for r in results if r["method"] == m} for m in methods}
-    shown = [m for m in methods if per[m]]
+    per = {m: {r["seed"]: r for r in results if r["scheme"] == m} for m in schemes}
+    shown = [m for m in schemes if per[m]]
     lines = ["| quantity | " + " | ".join(shown) + f" | {subject} − none [95% CI] |", "|---|" + "---:|" * len(shown) + "---|"]
     for k in DIAGNOSIS:
         cells = []
@@ -274,12 +274,12 @@ def write_claims(plan: ClaimsPlan, claims: dict, out: Path) -> str:
     figure1.md, cheaper.md, estimator.md, frontier.md, compute.md) so that documents can include them verbatim."""
     out = Path(out)
     cfg: ExperimentConfig = plan.experiment_config("blockmnist")
-    full_methods = [*plan.config.methods, *plan.cheaper_methods]
-    first = cfg.seeds[0]  # the per-method reports and figures need every method's run of the first seed
-    done = [m for m in full_methods if any((r["method"], r["seed"]) == (m, first) for r in claims["results"])]
+    full_schemes = [*plan.config.schemes, *plan.cheaper_schemes]
+    first = cfg.seeds[0]  # the per-scheme reports and figures need every scheme's run of the first seed
+    done = [m for m in full_schemes if any((r["scheme"], r["seed"]) == (m, first) for r in claims["results"])]
     if done:
-        report_cfg = cfg.replace(methods=tuple(done))
-        results = [r for r in claims["results"] if r["method"] in done]
+        report_cfg = cfg.replace(schemes=tuple(done))
+        results = [r for r in claims["results"] if r["scheme"] in done]
         write_reports(report_cfg, results, out / "blockmnist")
         write_figures(report_cfg, results, out / "blockmnist" / "figures")
     frontier = frontier_rows(plan, claims["records"]) if plan.grid and not plan.shortcuts_only else []
@@ -287,11 +287,11 @@ def write_claims(plan: ClaimsPlan, claims: dict, out: Path) -> str:
     save_json(out / "claims.json", {k: v for k, v in claims.items() if k != "results"} | {"frontier": frontier}
               | ({"shortcut_frontier": shortcut} if shortcut else {}))
     seeds = list(cfg.seeds)
-    weights = ", ".join(f"{m}={cfg.weights[m]:g}" for m in full_methods if m != "none")
+    weights = ", ".join(f"{m}={cfg.weights[m]:g}" for m in full_schemes if m != "none")
     if plan.shortcut_weights or plan.shortcuts_only:  # each task at its own weights
         weights = "; ".join(
             f"{e}: " + ", ".join(f"{m}={plan.experiment_config(e).weights[m]:g}" for m in shown if m != "none")
-            for e in plan.experiments for shown in [full_methods if e == "blockmnist" else SPURIOUS_METHODS])
+            for e in plan.experiments for shown in [full_schemes if e == "blockmnist" else SPURIOUS_SCHEMES])
     table = _write(out / "claims_table.md", "\n".join([
         f"Claims table: {'the spurious tasks' if plan.shortcuts_only else 'BlockMNIST'}"
         f"{' and the spurious variant' if plan.spurious and not plan.shortcuts_only else ''}"
@@ -304,7 +304,7 @@ def write_claims(plan: ClaimsPlan, claims: dict, out: Path) -> str:
         beats_summary(claims["claims"], plan.subject), *scale_free_part(plan, claims, out, _write)]))
     parts = [f"# Claims of the paper, measured (seeds {seeds}, {cfg.eval_samples} evaluation images)", "", table,
              "## Every seed", "",
-             _write(out / "claims_seeds.md", spread_table(claims["records"], cfg.weights, full_methods, seeds, {
+             _write(out / "claims_seeds.md", spread_table(claims["records"], cfg.weights, full_schemes, seeds, {
                  t: plan.experiment_config(t).weights for t in plan.shortcut_experiments}))]
     if claims["results"]:  # the parts that need full evaluations
         parts += ["## Figure 1, like for like", "",
@@ -315,7 +315,7 @@ def write_claims(plan: ClaimsPlan, claims: dict, out: Path) -> str:
                       f"{cfg.attack_steps} steps) and under random ±eps noise (_random); _wide: top-k at the top "
                       f"{cfg.leakage_top_fraction:g} of pixels; topk_mass: share of a clean map's |saliency| in its "
                       "top k; saliency_l2: its L2 norm; target_logit_mean: the mean target logit. Means over seeds.", "",
-                      diagnosis_table(claims["results"], full_methods, plan.subject)]))]
+                      diagnosis_table(claims["results"], full_schemes, plan.subject)]))]
     parts += budget_part(plan, claims, out, _write)
     if claims["cheaper"]:
         parts += ["## Less penalty work: fractions of each batch, lazy steps", "", _write(out / "cheaper.md", cheaper_section(
@@ -351,7 +351,7 @@ def write_claims(plan: ClaimsPlan, claims: dict, out: Path) -> str:
         parts += ["## Not finished", "", f"{len(claims['missing'])} planned runs had not finished (or had only their "
                   "accuracies and leakage scored, by a `--light` run) when this report was written (`--report-only`); "
                   "the rows above use what was finished:", "",
-                  "\n".join(f"- {m['experiment']} {m['method']} weight {m['weight']:g} seed {m['seed']}"
+                  "\n".join(f"- {m['experiment']} {m['scheme']} weight {m['weight']:g} seed {m['seed']}"
                             f"{' (full evaluation)' if m['full'] else ''}" for m in claims["missing"]), ""]
     return _write(out / "claims.md", "\n".join(parts))
 
@@ -363,7 +363,7 @@ def compute_section(records: list[dict], invocations: list[dict]) -> str:
     timed = [r for r in records if r.get("wall_s") is not None]
     groups: dict = {}
     for r in timed:
-        key = (r["experiment"], r["method"], "full" if r["full"] else "light")
+        key = (r["experiment"], r["scheme"], "full" if r["full"] else "light")
         groups.setdefault(key, []).append(r["wall_s"])
     lines = []
     if invocations:
@@ -378,9 +378,9 @@ def compute_section(records: list[dict], invocations: list[dict]) -> str:
              f"machine): {len(timed)} of {len(records)} finished points, {math.fsum(r['wall_s'] for r in timed) / 3600:.2f} "
              "worker-hours in all. A point resumed from an earlier command counts only the work done after the "
              "times began to be recorded.", "",
-             "| experiment | method | evaluation | points | median wall s | total wall s |", "|---|---|---|---:|---:|---:|"]
-    for (experiment, method, kind), walls in sorted(groups.items()):
-        lines.append(f"| {experiment} | {method} | {kind} | {len(walls)} | {statistics.median(walls):.0f} | "
+             "| experiment | scheme | evaluation | points | median wall s | total wall s |", "|---|---|---|---:|---:|---:|"]
+    for (experiment, scheme, kind), walls in sorted(groups.items()):
+        lines.append(f"| {experiment} | {scheme} | {kind} | {len(walls)} | {statistics.median(walls):.0f} | "
                      f"{math.fsum(walls):.0f} |")
     return "\n".join(lines) + "\n"
 

@@ -13,29 +13,28 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from ..models import ACTIVATIONS
-from ... import DEFAULT_METHOD, DEFAULT_STEP, MarginalDensityRegularizer
+from ... import DEFAULT_ESTIMATOR, DEFAULT_STEP, MarginalDensityRegularizer
 from ... import ESTIMATORS as ESTIMATOR_REGISTRY
-from ... import METHODS as ESTIMATOR_METHODS
 
-#: Training schemes (the kit's ``methods``, ``--methods``) and the penalty kind each one trains with
-#: (``MarginalDensityRegularizer(penalty=...)``).
+#: Training schemes (the kit's ``schemes``, ``--schemes``) and the penalty kind each one trains with
+#: (``MarginalDensityRegularizer(penalty_kind=...)``).
 #: ``mdr-exact`` is the reference row: the marginal penalty by double backprop, at mdr's weight.
-PENALTY_OF_METHOD = {"none": "none", "igr": "conditional", "joint": "joint", "mdr": "marginal",
+PENALTY_KIND_OF_SCHEME = {"none": "none", "igr": "conditional", "joint": "joint", "mdr": "marginal",
                      "mdr-exact": "marginal"}
-METHODS = tuple(PENALTY_OF_METHOD)
-#: ``BASE@F`` names a regularised method trained with the penalty on a random fraction F in (0, 1) of
+SCHEMES = tuple(PENALTY_KIND_OF_SCHEME)
+#: ``BASE@F`` names a regularised scheme trained with the penalty on a random fraction F in (0, 1) of
 #: each batch (``MarginalDensityRegularizer(fraction=F)``), e.g. ``mdr@0.25``; F is written as ``format(F, "g")``.
 FRACTION_SEPARATOR = "@"
 #: ``BASE%K`` names lazy regularisation (StyleGAN2's lazy R1): the penalty on every K-th training step
-#: only (steps 0, K, 2K, ... of the run), at K times the method's weight, so that its expected parameter
-#: gradient per step is the base method's; the other steps train on the cross-entropy alone. K >= 2.
+#: only (steps 0, K, 2K, ... of the run), at K times the scheme's weight, so that its expected parameter
+#: gradient per step is the base scheme's; the other steps train on the cross-entropy alone. K >= 2.
 LAZY_SEPARATOR = "%"
-_METHOD_NAME = re.compile(rf"(?P<base>[^{FRACTION_SEPARATOR}{LAZY_SEPARATOR}]*)"
+_SCHEME_NAME = re.compile(rf"(?P<base>[^{FRACTION_SEPARATOR}{LAZY_SEPARATOR}]*)"
                           rf"(?:{FRACTION_SEPARATOR}(?P<fraction>.*)|{LAZY_SEPARATOR}(?P<every>.*))?", re.S)
 
 
-class MethodSpec(NamedTuple):
-    """A method name taken apart: its base method, the penalised fraction of each batch (1: all) and
+class SchemeSpec(NamedTuple):
+    """A scheme name taken apart: its base scheme, the penalised fraction of each batch (1: all) and
     the penalised share of the steps (every ``every``-th step; 1: all)."""
 
     base: str
@@ -43,38 +42,38 @@ class MethodSpec(NamedTuple):
     every: int = 1
 
 
-def parse_method(name: str) -> MethodSpec:
-    """The MethodSpec of a method name: ``"mdr"`` -> ("mdr", 1.0, 1), ``"mdr@0.25"`` -> ("mdr", 0.25, 1),
+def parse_scheme(name: str) -> SchemeSpec:
+    """The SchemeSpec of a scheme name: ``"mdr"`` -> ("mdr", 1.0, 1), ``"mdr@0.25"`` -> ("mdr", 0.25, 1),
     ``"mdr%4"`` -> ("mdr", 1.0, 4).
 
     Raises ValueError for an unknown base, a fraction outside (0, 1), a lazy interval below 2, either on
     "none" (which has no penalty to sample), both at once, or a number not written in its canonical form
     (``format(F, "g")``, ``str(K)``), so that one setting has one name, and one run key."""
     if not isinstance(name, str):
-        raise ValueError(f"a method name must be a string, got {name!r}")
+        raise ValueError(f"a scheme name must be a string, got {name!r}")
     if FRACTION_SEPARATOR in name and LAZY_SEPARATOR in name:
-        raise ValueError(f"method {name!r}: give a fraction (@F) or a lazy interval (%K), not both")
-    parts = _METHOD_NAME.fullmatch(name)
+        raise ValueError(f"scheme {name!r}: give a fraction (@F) or a lazy interval (%K), not both")
+    parts = _SCHEME_NAME.fullmatch(name)
     base, fraction, every = parts["base"], parts["fraction"], parts["every"]
-    if base not in PENALTY_OF_METHOD:
-        raise ValueError(f"unknown method {name!r}; choose from {METHODS}, optionally with @FRACTION (e.g. mdr@0.25) "
+    if base not in PENALTY_KIND_OF_SCHEME:
+        raise ValueError(f"unknown scheme {name!r}; choose from {SCHEMES}, optionally with @FRACTION (e.g. mdr@0.25) "
                          f"or %EVERY (e.g. mdr%4)")
     if fraction is not None:
         try:
             f = float(fraction)
         except ValueError:
-            raise ValueError(f"method {name!r}: {fraction!r} is not a number") from None
+            raise ValueError(f"scheme {name!r}: {fraction!r} is not a number") from None
         if base == "none" or not 0.0 < f < 1.0:
-            raise ValueError(f"method {name!r}: a fraction needs a regularised method and a value in (0, 1)")
+            raise ValueError(f"scheme {name!r}: a fraction needs a regularised scheme and a value in (0, 1)")
         if format(f, "g") != fraction:
-            raise ValueError(f"method {name!r}: write the fraction as {format(f, 'g')!r}")
-        return MethodSpec(base, fraction=f)
+            raise ValueError(f"scheme {name!r}: write the fraction as {format(f, 'g')!r}")
+        return SchemeSpec(base, fraction=f)
     if every is not None:
         if base == "none" or not every.isdigit() or int(every) < 2 or str(int(every)) != every:
-            raise ValueError(f"method {name!r}: lazy regularisation needs a regularised method and an interval "
+            raise ValueError(f"scheme {name!r}: lazy regularisation needs a regularised scheme and an interval "
                              "written as an integer >= 2 (e.g. mdr%4)")
-        return MethodSpec(base, every=int(every))
-    return MethodSpec(base)
+        return SchemeSpec(base, every=int(every))
+    return SchemeSpec(base)
 
 
 EXPERIMENTS = ("blockmnist", "spurious")
@@ -94,11 +93,11 @@ SPURIOUS_PATCHES = ("band", "overlay", "texture")
 
 #: Default penalty weights (lambda in CE + lambda * R). "none" trains plain CE whatever its weight.
 DEFAULT_WEIGHTS = {"none": 0.0, "igr": 1.0, "joint": 1.0, "mdr": 1.0, "mdr-exact": 1.0}
-#: Default estimator per method: the baselines and the reference use their textbook double-backprop
-#: form, mdr the library's default estimator (margreg_fast.DEFAULT_METHOD).
-DEFAULT_ESTIMATORS = {"none": DEFAULT_METHOD, "igr": "exact", "joint": "exact", "mdr": DEFAULT_METHOD,
+#: Default estimator per scheme: the baselines and the reference use their textbook double-backprop
+#: form, mdr the library's default estimator (margreg_fast.DEFAULT_ESTIMATOR).
+DEFAULT_ESTIMATORS = {"none": DEFAULT_ESTIMATOR, "igr": "exact", "joint": "exact", "mdr": DEFAULT_ESTIMATOR,
                       "mdr-exact": "exact"}
-ESTIMATORS = ESTIMATOR_METHODS
+ESTIMATORS = tuple(ESTIMATOR_REGISTRY)
 #: Estimators that take no finite-difference step.
 STEPLESS_ESTIMATORS = tuple(name for name, e in ESTIMATOR_REGISTRY.items() if not e.takes_step)
 
@@ -109,11 +108,11 @@ def check_step(step: float | str) -> float | str:
     return MarginalDensityRegularizer(0.0, step=step).step
 
 
-def _check_method_key(kind: str, method: str) -> None:
+def _check_scheme_key(kind: str, scheme: str) -> None:
     try:
-        parse_method(method)
+        parse_scheme(scheme)
     except ValueError as exc:
-        raise ValueError(f"{kind} given for an unknown method: {exc}") from None
+        raise ValueError(f"{kind} given for an unknown scheme: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -125,7 +124,7 @@ class ExperimentConfig:
     """
 
     experiment: str = "blockmnist"
-    methods: tuple[str, ...] = METHODS
+    schemes: tuple[str, ...] = SCHEMES
     seeds: tuple[int, ...] = (0,)
     # --- data
     dataset: str = "mnist5k"
@@ -168,12 +167,12 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         if self.experiment not in EXPERIMENTS:
             raise ValueError(f"experiment must be one of {EXPERIMENTS}, got {self.experiment!r}")
-        if not self.methods:
-            raise ValueError("methods must not be empty")
-        for m in self.methods:
-            parse_method(m)
-        if len(set(self.methods)) != len(self.methods):
-            raise ValueError(f"methods contain duplicates: {self.methods}")
+        if not self.schemes:
+            raise ValueError("schemes must not be empty")
+        for m in self.schemes:
+            parse_scheme(m)
+        if len(set(self.schemes)) != len(self.schemes):
+            raise ValueError(f"schemes contain duplicates: {self.schemes}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be non-empty and distinct, got {self.seeds}")
         if any(s < 0 for s in self.seeds):
@@ -218,28 +217,29 @@ class ExperimentConfig:
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {self.activation!r}")
         for m, w in self.weights.items():
-            _check_method_key("weight", m)
+            _check_scheme_key("weight", m)
             if not w >= 0:
                 raise ValueError(f"weight for {m} must be >= 0, got {w}")
         for m, e in self.estimators.items():
-            _check_method_key("estimator", m)
+            _check_scheme_key("estimator", m)
             if e not in ESTIMATORS:
                 raise ValueError(f"estimator for {m} must be one of {ESTIMATORS}, got {e!r}")
         given = {k: float(v) for k, v in self.weights.items()}
         if "mdr" in given:  # the exact reference row trains at mdr's weight unless told otherwise
             given.setdefault("mdr-exact", given["mdr"])
         weights, estimators = {**DEFAULT_WEIGHTS, **given}, {**DEFAULT_ESTIMATORS, **self.estimators}
-        for m in self.methods:  # a fraction or lazy method trains at its base's weight and estimator unless told otherwise
-            base = parse_method(m).base
+        for m in self.schemes:  # a fraction or lazy scheme trains at its base's weight and estimator unless told otherwise
+            base = parse_scheme(m).base
             weights.setdefault(m, weights[base])
             estimators.setdefault(m, estimators[base])
         if self.model == "vit":  # SDPA attention has no double backward / forward-mode AD on CPU
-            bad = [m for m in self.methods if m != "none" and estimators[m] in ("exact", "jvp")]
+            bad = [m for m in self.schemes if m != "none" and (ESTIMATOR_REGISTRY[estimators[m]].double_backward
+                                                               or ESTIMATOR_REGISTRY[estimators[m]].forward_mode)]
             if bad:
                 raise ValueError(f"model 'vit' uses scaled_dot_product_attention, which the exact/jvp estimators "
                                  f"cannot differentiate twice; use --estimator fd (or central) for {', '.join(bad)}")
         # Normalise containers so that equality and JSON round trips are exact.
-        object.__setattr__(self, "methods", tuple(self.methods))
+        object.__setattr__(self, "schemes", tuple(self.schemes))
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
         object.__setattr__(self, "weights", weights)
         object.__setattr__(self, "estimators", estimators)
@@ -247,7 +247,7 @@ class ExperimentConfig:
     def to_dict(self) -> dict:
         """JSON-ready dict (tuples become lists)."""
         d = dataclasses.asdict(self)
-        d["methods"], d["seeds"] = list(self.methods), list(self.seeds)
+        d["schemes"], d["seeds"] = list(self.schemes), list(self.seeds)
         return d
 
     @classmethod
@@ -257,18 +257,18 @@ class ExperimentConfig:
         if unknown:
             raise ValueError(f"unknown config keys: {sorted(unknown)}")
         d = dict(d)
-        for k in ("methods", "seeds"):
+        for k in ("schemes", "seeds"):
             if k in d:
                 d[k] = tuple(d[k])
         return cls(**d)
 
-    def run_key(self, method: str) -> str:
-        """A digest of every setting one ``method`` run depends on: the config with the methods, weights
-        and estimators narrowed to ``method``, the step left out where its estimator takes none and the
+    def run_key(self, scheme: str) -> str:
+        """A digest of every setting one ``scheme`` run depends on: the config with the schemes, weights
+        and estimators narrowed to ``scheme``, the step left out where its estimator takes none and the
         seeds left out (they name the run). Changing mdr's estimator thus leaves the other runs' keys."""
         d = self.to_dict()
-        estimator = None if method == "none" else self.estimators[method]
-        d.update(methods=[method], seeds=None, weights=self.weights[method], estimators=estimator)
+        estimator = None if scheme == "none" else self.estimators[scheme]
+        d.update(schemes=[scheme], seeds=None, weights=self.weights[scheme], estimators=estimator)
         if estimator in (None, *STEPLESS_ESTIMATORS):
             d["step"] = None
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]

@@ -101,21 +101,21 @@ def _num(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.3g}"
 
 
-def budget_tables(rows: list[dict], records: list[dict], weights: dict, methods: list[str], subject: str,
+def budget_tables(rows: list[dict], records: list[dict], weights: dict, schemes: list[str], subject: str,
                   comparator: str = "none") -> str:
     """The attack table (per budget and similarity: every method's mean under the attack / under noise,
     and subject − comparator under both) and the PGD curve table."""
     cell = {(r["metric"], c["comparator"]): c for r in rows for c in r["versus"]}
     lines = ["Attribution attack (a) and uniform sign noise of the same L-inf size (n): mean over seeds per method; "
              f"{subject} − {comparator} paired over seeds [95% interval] verdict (↑: higher is more robust).", "",
-             "| L-inf budget | measure | " + " | ".join(f"{m} a / n" for m in methods)
+             "| L-inf budget | measure | " + " | ".join(f"{m} a / n" for m in schemes)
              + f" | {subject} − {comparator}, attack | {subject} − {comparator}, noise |",
-             "|---:|---|" + "---:|" * len(methods) + "---|---|"]
+             "|---:|---|" + "---:|" * len(schemes) + "---|---|"]
     for eps in ATTACK_BUDGETS:
         for m in (*SIMILARITIES, "unit_l2"):
             arrow = "↓" if m == "unit_l2" else "↑"
             means = [f"{_num(_mean(records, meth, weights[meth], key(m, eps)))} / "
-                     f"{_num(_mean(records, meth, weights[meth], key(m + '_random', eps)))}" for meth in methods]
+                     f"{_num(_mean(records, meth, weights[meth], key(m + '_random', eps)))}" for meth in schemes]
             diffs = [cell.get((key(x, eps), comparator)) for x in (m, m + "_random")]
             lines.append(f"| {eps:g} | {m} {arrow} | " + " | ".join(means) + " | "
                          + " | ".join("n/a" if d is None else _cell(d) for d in diffs) + " |")
@@ -124,22 +124,22 @@ def budget_tables(rows: list[dict], records: list[dict], weights: dict, methods:
               f"value over every method, seed and budget is {_unit_gap(records):.2g}.", "",
               "PGD accuracy at each budget (the robustness curve): mean over seeds per method; "
               f"{subject} − {comparator} paired over seeds.", "",
-              "| norm | budget | " + " | ".join(methods) + f" | {subject} − {comparator} |",
-              "|---|---:|" + "---:|" * len(methods) + "---|"]
+              "| norm | budget | " + " | ".join(schemes) + f" | {subject} − {comparator} |",
+              "|---|---:|" + "---:|" * len(schemes) + "---|"]
     for norm, budgets in (("linf", PGD_LINF_BUDGETS), ("l2", PGD_L2_BUDGETS)):
         for eps in budgets:
             k = key(f"pgd_{norm}_acc", eps)
             d = cell.get((k, comparator))
-            lines.append(f"| {norm} | {eps:g} | " + " | ".join(_num(_mean(records, m, weights[m], k)) for m in methods)
+            lines.append(f"| {norm} | {eps:g} | " + " | ".join(_num(_mean(records, m, weights[m], k)) for m in schemes)
                          + f" | {'n/a' if d is None else _cell(d)} |")
     return "\n".join(lines) + "\n"
 
 
-def scale_table(records: list[dict], weights: dict, methods: list[str]) -> str:
+def scale_table(records: list[dict], weights: dict, schemes: list[str]) -> str:
     """Every scale.SCALE_KEYS quantity: its mean over seeds per method."""
-    lines = ["| quantity | " + " | ".join(methods) + " |", "|---|" + "---:|" * len(methods)]
+    lines = ["| quantity | " + " | ".join(schemes) + " |", "|---|" + "---:|" * len(schemes)]
     for k in SCALE_KEYS:
-        lines.append(f"| {k} | " + " | ".join(_num(_mean(records, m, weights[m], k)) for m in methods) + " |")
+        lines.append(f"| {k} | " + " | ".join(_num(_mean(records, m, weights[m], k)) for m in schemes) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -182,14 +182,14 @@ def budget_sentence(rows: list[dict], subject: str, comparator: str = "none") ->
             "robust: SUPPORTED on at least one and CONTRADICTED on none; less robust: the reverse.)\n")
 
 
-def budget_figure(records: list[dict], weights: dict, methods: list[str], path: Path) -> None:
+def budget_figure(records: list[dict], weights: dict, schemes: list[str], path: Path) -> None:
     """Per similarity: mean over seeds against the L-inf budget per method, attack solid, noise dashed;
     then PGD accuracy against the L-inf and the L2 budget."""
     fig, axes = plt.subplots(2, 3, figsize=(13, 7.5))
     panels = [*SIMILARITIES, "pgd_linf_acc", "pgd_l2_acc"]
     for ax, measure in zip(axes.flat, panels):
         budgets = {"pgd_linf_acc": PGD_LINF_BUDGETS, "pgd_l2_acc": PGD_L2_BUDGETS}.get(measure, ATTACK_BUDGETS)
-        for i, m in enumerate(methods):
+        for i, m in enumerate(schemes):
             colour = f"C{i}"
             for suffix, style in (("", "-"), ("_random", "--")):
                 if suffix and measure.startswith("pgd"):
@@ -223,7 +223,7 @@ def scale_free_part(plan, claims: dict, out: Path, write) -> list[str]:
     if not rows:
         return []
     cfg = plan.experiment_config("blockmnist")
-    methods = [m for m in plan.config.methods if any(r["method"] == m for r in claims["records"])]
+    schemes = [m for m in plan.config.schemes if any(r["scheme"] == m for r in claims["records"])]
     text = "\n".join([
         f"Raw and scale-free verdicts side by side (seeds {list(cfg.seeds)}, {cfg.eval_samples} evaluation images). "
         "Scale-free: after temperature scaling (one temperature per model, "
@@ -233,7 +233,7 @@ def scale_free_part(plan, claims: dict, out: Path, write) -> list[str]:
         both_verdicts_table(rows, plan.subject), "Which claims survive the logit scale (generated from the verdicts):", "",
         survival_sentences(rows, plan.subject)])
     write(out / "scale_free.md", "\n".join([text, f"Scale quantities, means over seeds {list(cfg.seeds)}:", "",
-                                            scale_table(claims["records"], cfg.weights, methods),
+                                            scale_table(claims["records"], cfg.weights, schemes),
                                             wall_line(claims["records"], "scale")]))
     return ["", text]
 
@@ -245,13 +245,13 @@ def budget_part(plan, claims: dict, out: Path, write) -> list[str]:
     if not rows:
         return []
     cfg = plan.experiment_config("blockmnist")
-    methods = [m for m in plan.config.methods if any(r["method"] == m for r in claims["records"])]
-    budget_figure(claims["records"], cfg.weights, methods, out / "figures" / "budgets.png")
+    schemes = [m for m in plan.config.schemes if any(r["scheme"] == m for r in claims["records"])]
+    budget_figure(claims["records"], cfg.weights, schemes, out / "figures" / "budgets.png")
     text = write(out / "budgets.md", "\n".join([
         f"Attack budgets, seeds {list(cfg.seeds)}, {cfg.eval_samples} evaluation images: the top-k attribution attack "
         f"(k {cfg.topk}, {cfg.attack_steps} steps) at each L-inf budget beside uniform sign noise of the same size "
         f"(every pixel ±eps, clipped to [0, 1]), and PGD ({cfg.pgd_steps} steps, random start) at each budget; see "
         "margreg_fast/kit/experiments/budgets.py. Figure: figures/budgets.png.", "",
-        budget_sentence(rows, plan.subject), budget_tables(rows, claims["records"], cfg.weights, methods, plan.subject),
+        budget_sentence(rows, plan.subject), budget_tables(rows, claims["records"], cfg.weights, schemes, plan.subject),
         wall_line(claims["records"], "budgets")]))
     return ["## Attack budgets", "", text]

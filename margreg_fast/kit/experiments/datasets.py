@@ -5,7 +5,7 @@ a seeded ``val_fraction`` of the training split is carved out and used for evalu
 trains on the rest and the test split is never touched (for choosing penalty weights).
 
 The seed fixes the train/test (and train/validation) split of mnist5k and the 8x8 digits, the random block order of BlockMNIST,
-the shortcut patches (or textures) of the spurious variant and the optional subsampling, so all methods trained
+the shortcut patches (or textures) of the spurious variant and the optional subsampling, so all schemes trained
 with the same seed see exactly the same data.
 """
 from __future__ import annotations

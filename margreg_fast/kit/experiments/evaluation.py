@@ -1,6 +1,6 @@
 """Evaluate one trained model: the numbers of results.json plus what the figures need.
 
-Metric choices (all fixed in advance, never tuned per method):
+Metric choices (all fixed in advance, never tuned per scheme):
 
 - ``clean_acc``: accuracy on the whole test set.
 - ``leakage``: share of |attribution| on ``null_mask`` (the null block for BlockMNIST, the shortcut
@@ -63,7 +63,7 @@ from ..data import ImageDataset
 from .checkpoint import finite_or_none
 from .config import ExperimentConfig
 
-#: Keys of one method's entry in results.json, in order.
+#: Keys of one scheme's entry in results.json, in order.
 RESULT_KEYS = ("clean_acc", "leakage", "leakage_paper", "leakage_topk", "insertion_auc", "insertion_auc_paper",
                "insertion_auc_rom", "insertion_auc_prob", "pgd_linf_acc", "pgd_l2_acc", *SIMILARITIES,
                "density_shift", "worst_group_acc", "acc_patch_disagrees", "step_time_s")
@@ -111,7 +111,7 @@ def marginal_penalty(model: torch.nn.Module, test: ImageDataset, cfg: Experiment
     R(x) = ||grad_x logsumexp f(x)||^2, computed exactly (by autograd, whatever estimator trained it)."""
     n = min(cfg.eval_samples, len(test.y))
     with torch.no_grad():
-        total = math.fsum(marginal_density_penalty(model, xb, method="exact", reduction="sum").item()
+        total = math.fsum(marginal_density_penalty(model, xb, estimator="exact", reduction="sum").item()
                           for xb in test.x[:n].split(EVAL_BATCH))
     return total / n
 

@@ -1,6 +1,6 @@
 r"""Paired differences over seeds, their bootstrap interval, and the verdict read from it.
 
-For a metric m, a subject method s (mdr) and a comparator c (none, igr, joint), seed k gives the
+For a metric m, a subject scheme s (mdr) and a comparator c (none, igr, joint), seed k gives the
 paired difference d_k = m(s, k) - m(c, k): both runs trained and evaluated on the same data split,
 block order and evaluation images, so the seed-to-seed variation of the data cancels. The interval
 is a 95% bootstrap interval of mean_k d_k (``scipy.stats.bootstrap`` on the d_k alone, which is what

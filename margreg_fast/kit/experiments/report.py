@@ -39,23 +39,23 @@ PAPER_FIGURE1 = {"none": ("vanilla", 3.602, 107.5), "igr": ("gradient norm", 3.5
 
 
 def summarise(cfg: ExperimentConfig, results: list[dict]) -> dict:
-    """The results.json object: per-method means over seeds of the metrics; the config gains the
+    """The results.json object: per-scheme means over seeds of the metrics; the config gains the
     image shape (C, H, W) the models saw."""
-    methods = {}
-    for method in cfg.methods:
-        runs = [r for r in results if r["method"] == method]
-        methods[method] = {k: _mean([r["metrics"][k] for r in runs]) for k in RESULT_KEYS}
+    schemes = {}
+    for scheme in cfg.schemes:
+        runs = [r for r in results if r["scheme"] == scheme]
+        schemes[scheme] = {k: _mean([r["metrics"][k] for r in runs]) for k in RESULT_KEYS}
     config = {**cfg.to_dict(), "image_shape": results[0]["image_shape"]}
-    return {"experiment": cfg.experiment, "config": config, "methods": methods}
+    return {"experiment": cfg.experiment, "config": config, "schemes": schemes}
 
 
 def per_seed(cfg: ExperimentConfig, results: list[dict]) -> dict:
     out = {"experiment": cfg.experiment, "runs": [], "std_over_seeds": {}}
     for r in results:
-        out["runs"].append({"method": r["method"], "seed": r["seed"], **r["metrics"], **r["extra"]})
-    for method in cfg.methods:
-        runs = [r for r in results if r["method"] == method]
-        out["std_over_seeds"][method] = {k: _std([r["metrics"][k] for r in runs]) for k in RESULT_KEYS}
+        out["runs"].append({"scheme": r["scheme"], "seed": r["seed"], **r["metrics"], **r["extra"]})
+    for scheme in cfg.schemes:
+        runs = [r for r in results if r["scheme"] == scheme]
+        out["std_over_seeds"][scheme] = {k: _std([r["metrics"][k] for r in runs]) for k in RESULT_KEYS}
     return out
 
 
@@ -69,17 +69,17 @@ def _fmt(key: str, v: float | None, sd: float | None) -> str:
 
 
 def markdown_table(summary: dict, seeds: dict | None = None) -> str:
-    """A GitHub markdown table, one row per method (± is the std over seeds when there are several)."""
-    lines = ["| method | " + " | ".join(COLUMNS.values()) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
-    for method, row in summary["methods"].items():
-        sds = (seeds or {}).get("std_over_seeds", {}).get(method, {})
+    """A GitHub markdown table, one row per scheme (± is the std over seeds when there are several)."""
+    lines = ["| scheme | " + " | ".join(COLUMNS.values()) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    for scheme, row in summary["schemes"].items():
+        sds = (seeds or {}).get("std_over_seeds", {}).get(scheme, {})
         cells = [_fmt(k, row[k], sds.get(k) if k != "step_time_s" else None) for k in COLUMNS]
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append(f"| {scheme} | " + " | ".join(cells) + " |")
     cfg = summary["config"]
-    weights = ", ".join(f"{m}={cfg['weights'][m]:g}" for m in summary["methods"] if m != "none")
+    weights = ", ".join(f"{m}={cfg['weights'][m]:g}" for m in summary["schemes"] if m != "none")
     lines.append("")
     shape = "x".join(str(d) for d in cfg["image_shape"])
-    estimators = ", ".join(f"{m}={cfg['estimators'][m]}" for m in summary["methods"] if m != "none") or "-"
+    estimators = ", ".join(f"{m}={cfg['estimators'][m]}" for m in summary["schemes"] if m != "none") or "-"
     lines.append(f"{summary['experiment']} on {cfg['dataset']} ({shape} images, split {cfg['split']}): model "
                  f"{cfg['model']} ({cfg['activation']}, width {cfg['width']}), {cfg['epochs']} epochs, seeds "
                  f"{cfg['seeds']}, weights {weights or '-'}, estimators {estimators}, step {cfg['step']}, "
@@ -89,7 +89,7 @@ def markdown_table(summary: dict, seeds: dict | None = None) -> str:
 
 def paper_markdown(summary: dict) -> str:
     """Side-by-side table of our feature leakage and insertion AUC (paper units) against Figure 1."""
-    rows = [(m, *PAPER_FIGURE1[m]) for m in PAPER_FIGURE1 if m in summary["methods"]]
+    rows = [(m, *PAPER_FIGURE1[m]) for m in PAPER_FIGURE1 if m in summary["schemes"]]
     if not rows:
         return ""
     fmt = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731
@@ -98,25 +98,25 @@ def paper_markdown(summary: dict) -> str:
              f"the null block; insertion: {steps} one-pixel steps, y = max(0, z_t / z_t(x)), dx = 1):", "",
              "| paper row | ours | paper leakage ↓ | our leakage ↓ | paper insertion AUC ↑ | our insertion AUC ↑ "
              "| our clean acc |", "|---|---|---:|---:|---:|---:|---:|"]
-    for method, name, leak, auc in rows:
-        r = summary["methods"][method]
-        lines.append(f"| {name} | {method} | {leak:.3f} | {fmt(r['leakage_paper'], '.3f')} | {auc:.1f} | "
+    for scheme, name, leak, auc in rows:
+        r = summary["schemes"][scheme]
+        lines.append(f"| {name} | {scheme} | {leak:.3f} | {fmt(r['leakage_paper'], '.3f')} | {auc:.1f} | "
                      f"{fmt(r['insertion_auc_paper'], '.1f')} | {fmt(r['clean_acc'], '.3f')} |")
-    for method in summary["methods"]:
-        if method not in PAPER_FIGURE1:
-            r = summary["methods"][method]
-            lines.append(f"| - | {method} | - | {fmt(r['leakage_paper'], '.3f')} | - | "
+    for scheme in summary["schemes"]:
+        if scheme not in PAPER_FIGURE1:
+            r = summary["schemes"][scheme]
+            lines.append(f"| - | {scheme} | - | {fmt(r['leakage_paper'], '.3f')} | - | "
                          f"{fmt(r['insertion_auc_paper'], '.1f')} | {fmt(r['clean_acc'], '.3f')} |")
     return "\n".join(lines) + "\n"
 
 
-def claim_checks(methods: dict) -> dict | None:
+def claim_checks(schemes: dict) -> dict | None:
     """mdr against none and igr on the means over seeds, in paper units, as information (the verdicts
-    come from paired intervals: experiments.claims). None when a needed method or metric is missing.
+    come from paired intervals: experiments.claims). None when a needed scheme or metric is missing.
     Each entry: (holds, comparison)."""
-    if not all(m in methods for m in ("none", "igr", "mdr")):
+    if not all(m in schemes for m in ("none", "igr", "mdr")):
         return None
-    n, i, m = methods["none"], methods["igr"], methods["mdr"]
+    n, i, m = schemes["none"], schemes["igr"], schemes["mdr"]
     needed = ("leakage_paper", "insertion_auc_paper", "clean_acc")
     if any(r[k] is None for r in (n, i, m) for k in needed):
         return None
@@ -152,7 +152,7 @@ def write_reports(cfg: ExperimentConfig, results: list[dict], out: Path) -> dict
     save_json(out / "results_seeds.json", seeds)
     text = markdown_table(summary, seeds)
     if cfg.experiment == "blockmnist":  # the claim is stated for BlockMNIST feature leakage
-        text += paper_markdown(summary) + claim_markdown(claim_checks(summary["methods"]))
+        text += paper_markdown(summary) + claim_markdown(claim_checks(summary["schemes"]))
     (out / "results.md.tmp").write_text(text)
     (out / "results.md.tmp").replace(out / "results.md")
     return summary

@@ -1,13 +1,13 @@
-"""Train and evaluate every (seed, method) pair of an experiment, resumably, then write the reports.
+"""Train and evaluate every (seed, scheme) pair of an experiment, resumably, then write the reports.
 
 Layout of the output directory::
 
     OUT/config.json                                 the config of the latest command
-    OUT/runs/<method>-seed<k>-<key>/checkpoint.pt   training state, rewritten atomically after each epoch
-    OUT/runs/<method>-seed<k>-<key>/result.json     metrics of the finished run (written once, atomically)
+    OUT/runs/<scheme>-seed<k>-<key>/checkpoint.pt   training state, rewritten atomically after each epoch
+    OUT/runs/<scheme>-seed<k>-<key>/result.json     metrics of the finished run (written once, atomically)
     OUT/results.json, results.md, results_seeds.json, figures/*.png
 
-<key> is ``ExperimentConfig.run_key(method)``, a digest of every setting the run depends on, so a
+<key> is ``ExperimentConfig.run_key(scheme)``, a digest of every setting the run depends on, so a
 run is only ever resumed or reused under exactly its own settings: rerunning with, say, another mdr
 estimator retrains the mdr runs and reuses the others; runs of other settings stay on disk unused.
 
@@ -39,8 +39,8 @@ CONFIG_NAME = "config.json"
 RESULT_NAME = "result.json"
 
 
-def run_dir(out: Path, cfg: ExperimentConfig, method: str, seed: int) -> Path:
-    return Path(out) / "runs" / f"{method}-seed{seed}-{cfg.run_key(method)}"
+def run_dir(out: Path, cfg: ExperimentConfig, scheme: str, seed: int) -> Path:
+    return Path(out) / "runs" / f"{scheme}-seed{seed}-{cfg.run_key(scheme)}"
 
 
 def claim_output_dir(out: Path, cfg: ExperimentConfig) -> None:
@@ -69,15 +69,15 @@ def deterministic():
 
 
 def _runs(cfg: ExperimentConfig):
-    return [(seed, method) for seed in cfg.seeds for method in cfg.methods]
+    return [(seed, scheme) for seed in cfg.seeds for scheme in cfg.schemes]
 
 
 _DATA_CACHE: dict = {}
 
 
 #: Settings the datasets do not depend on (left out of the cache key, so that a worker running many
-#: methods and weights builds each seed's data once).
-_NOT_DATA = ("methods", "seeds", "weights", "estimators", "step")
+#: schemes and weights builds each seed's data once).
+_NOT_DATA = ("schemes", "seeds", "weights", "estimators", "step")
 
 
 def _datasets(cfg: ExperimentConfig, seed: int):
@@ -89,12 +89,12 @@ def _datasets(cfg: ExperimentConfig, seed: int):
     return _DATA_CACHE[key]
 
 
-def _one_run(cfg: ExperimentConfig, out: Path, seed: int, method: str, *, train: bool, evaluate: bool, quiet: bool,
+def _one_run(cfg: ExperimentConfig, out: Path, seed: int, scheme: str, *, train: bool, evaluate: bool, quiet: bool,
              device: str) -> dict | None:
     """Train (or resume, or with ``train=False`` only load) one run; evaluate it if asked and save its
     result.json. Returns the result (None when not evaluating). Everything random in it is seeded
     from ``seed``, so it gives the same numbers in any process and in any order."""
-    rdir = run_dir(out, cfg, method, seed)
+    rdir = run_dir(out, cfg, scheme, seed)
     result_path = rdir / RESULT_NAME
     if evaluate and result_path.exists():
         return load_json(result_path)
@@ -102,23 +102,23 @@ def _one_run(cfg: ExperimentConfig, out: Path, seed: int, method: str, *, train:
         raise ValueError(f"{rdir} has no checkpoint; run `train` with the same options first")
     with deterministic():
         train_set, eval_set = _datasets(cfg, seed)
-        trained = train_run(cfg, method, seed, train_set, rdir, quiet=quiet, device=device, allow_training=train)
+        trained = train_run(cfg, scheme, seed, train_set, rdir, quiet=quiet, device=device, allow_training=train)
         if not evaluate:
             return None
         evaluated = evaluate_model(trained.model.cpu(), eval_set, cfg, seed)
     evaluated["metrics"]["step_time_s"] = trained.median_step_time
-    result = {"method": method, "seed": seed, **evaluated}
+    result = {"scheme": scheme, "seed": seed, **evaluated}
     save_json(result_path, result)
     return result
 
 
 def _process(cfg: ExperimentConfig, out: Path, *, train: bool, evaluate: bool, quiet: bool, device: str,
              jobs: int = 1) -> list[dict]:
-    """Every run of ``cfg``, ``jobs`` at a time; results in (seed, method) order. With several jobs the
+    """Every run of ``cfg``, ``jobs`` at a time; results in (seed, scheme) order. With several jobs the
     per-epoch bars of the workers would interleave, so only the run count is shown."""
     runs = _runs(cfg)
     kw = dict(train=train, evaluate=evaluate, device=device, quiet=quiet or jobs > 1)
-    results = run_tasks(_one_run, [((cfg, out, seed, method), kw) for seed, method in runs], jobs=jobs,
+    results = run_tasks(_one_run, [((cfg, out, seed, scheme), kw) for seed, scheme in runs], jobs=jobs,
                         desc=cfg.experiment, quiet=quiet, names=[f"{m} seed {s}" for s, m in runs])
     return [r for r in results if r is not None]
 

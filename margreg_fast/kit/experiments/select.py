@@ -3,10 +3,10 @@
     margreg-fast select blockmnist --grid 1 3 10 30 --out runs/select \\
         --write margreg_fast/kit/configs/blockmnist_weights.json [any `experiment` option]
 
-Every method gets the same grid and the same budget: one model per (method, weight, seed), trained
+Every scheme gets the same grid and the same budget: one model per (scheme, weight, seed), trained
 with the experiment's settings on the training split minus a seeded ``val_fraction`` of it, scored on
 that held-out part (``split="validation"``). Plain CE ("none") is trained once per seed as the
-reference. The rule, fixed in advance and the same for every method:
+reference. The rule, fixed in advance and the same for every scheme:
 
     among the weights whose mean validation accuracy is at least none's minus ``ACC_BUDGET`` (1 point),
     take the one with the lowest mean validation ``leakage_paper`` (Integrated Gradients by default);
@@ -40,7 +40,7 @@ from .parallel import run_tasks
 from .runner import deterministic
 from .training import train_run
 
-SELECTED_METHODS = ("igr", "joint", "mdr")
+SELECTED_SCHEMES = ("igr", "joint", "mdr")
 ACC_BUDGET = 0.01
 SCORE_KEYS = ("clean_acc", "leakage_paper", "insertion_auc_paper", "disagree_error")
 #: The score the rule minimises among the accurate weights, per experiment.
@@ -64,16 +64,16 @@ def validation_scores(model: torch.nn.Module, val, cfg: ExperimentConfig) -> dic
     return {k: finite_or_none(v) for k, v in scores.items()}
 
 
-def _point(cfg: ExperimentConfig, method: str, weight: float, seed: int, out: Path, quiet: bool) -> dict:
-    """Validation scores of one (method, weight, seed), trained (or resumed) under OUT/runs, cached
+def _point(cfg: ExperimentConfig, scheme: str, weight: float, seed: int, out: Path, quiet: bool) -> dict:
+    """Validation scores of one (scheme, weight, seed), trained (or resumed) under OUT/runs, cached
     under a directory named by the point's ``run_key``."""
-    point_cfg = cfg.replace(weights={**cfg.weights, method: weight})
-    rdir = out / "runs" / f"{method}-w{weight:g}-seed{seed}-{point_cfg.run_key(method)}"
+    point_cfg = cfg.replace(weights={**cfg.weights, scheme: weight})
+    rdir = out / "runs" / f"{scheme}-w{weight:g}-seed{seed}-{point_cfg.run_key(scheme)}"
     if (rdir / "scores.json").exists():
         return load_json(rdir / "scores.json")
     with deterministic():
         train_set, val_set = build_datasets(point_cfg, seed)
-        model = train_run(point_cfg, method, seed, train_set, rdir, quiet=quiet).model
+        model = train_run(point_cfg, scheme, seed, train_set, rdir, quiet=quiet).model
         scores = validation_scores(model, val_set, point_cfg)
     save_json(rdir / "scores.json", scores)
     return scores
@@ -98,9 +98,9 @@ def select_weights(cfg: ExperimentConfig, grid: list[float], out: Path, *, quiet
     and return the selection object (also written to OUT/selection.json and OUT/selection.md)."""
     if not grid or any(not w > 0 for w in grid) or len(set(grid)) != len(grid):
         raise ValueError(f"the grid must hold distinct positive weights, got {grid}")
-    cfg = cfg.replace(split="validation", methods=("none", *SELECTED_METHODS))
+    cfg = cfg.replace(split="validation", schemes=("none", *SELECTED_SCHEMES))
     out = Path(out)
-    points = [("none", 0.0)] + [(m, w) for m in SELECTED_METHODS for w in grid]
+    points = [("none", 0.0)] + [(m, w) for m in SELECTED_SCHEMES for w in grid]
     tasks = [(p, seed) for p in points for seed in cfg.seeds]
     scores = run_tasks(_point, [((cfg, m, w, seed, out, quiet or jobs > 1), {}) for (m, w), seed in tasks],
                        jobs=jobs, desc="select", quiet=quiet, names=[f"{m} w{w:g} seed {s}" for (m, w), s in tasks])
@@ -108,16 +108,16 @@ def select_weights(cfg: ExperimentConfig, grid: list[float], out: Path, *, quiet
     for (p, _), got in zip(tasks, scores):
         raw[p].append(got)
     reference = _mean_scores(raw[("none", 0.0)])
-    table = {m: {w: _mean_scores(raw[(m, w)]) for w in grid} for m in SELECTED_METHODS}
+    table = {m: {w: _mean_scores(raw[(m, w)]) for w in grid} for m in SELECTED_SCHEMES}
     key = RELIANCE[cfg.experiment]
-    chosen = {m: choose(reference["clean_acc"], table[m], key) for m in SELECTED_METHODS}
+    chosen = {m: choose(reference["clean_acc"], table[m], key) for m in SELECTED_SCHEMES}
     chosen["mdr-exact"] = chosen["mdr"]
     selection = {
         "weights": chosen, "grid": list(grid),
         "rule": f"lowest mean validation {key} among weights within {ACC_BUDGET:g} of none's mean "
                 f"validation accuracy (else the most accurate); mdr-exact takes mdr's weight",
         "reference_none": reference,
-        "validation": {m: [{"weight": w, **table[m][w]} for w in grid] for m in SELECTED_METHODS},
+        "validation": {m: [{"weight": w, **table[m][w]} for w in grid] for m in SELECTED_SCHEMES},
         "config": cfg.to_dict(),
     }
     save_json(out / "selection.json", selection)
@@ -130,9 +130,9 @@ def _fmt(value: float | None) -> str:
 
 
 def selection_markdown(selection: dict) -> str:
-    """A table of every grid point's validation scores, the chosen weight of each method marked."""
+    """A table of every grid point's validation scores, the chosen weight of each scheme marked."""
     cfg, ref = selection["config"], selection["reference_none"]
-    estimators = ", ".join(f"{m}={cfg['estimators'][m]}" for m in SELECTED_METHODS)
+    estimators = ", ".join(f"{m}={cfg['estimators'][m]}" for m in SELECTED_SCHEMES)
     key = RELIANCE[cfg["experiment"]]
     num = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
     shown = cfg["experiment"] == "blockmnist"  # the spurious tasks score no insertion

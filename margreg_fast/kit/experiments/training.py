@@ -1,9 +1,9 @@
-"""Resumable training of one (method, seed) run.
+"""Resumable training of one (scheme, seed) run.
 
 Objective per batch: mean CE + lambda * mean penalty, computed by
-``MarginalDensityRegularizer(lambda, method=estimator, step=h, penalty=...)`` (the "none" method uses
-``penalty="none"``, plain CE through the same code path, so its step time is comparable). A lazy
-``BASE%K`` method uses K * lambda on steps 0, K, 2K, ... and plain CE on the others (step_objective).
+``MarginalDensityRegularizer(lambda, estimator=..., step=h, penalty_kind=...)`` (the "none" scheme uses
+``penalty_kind="none"``, plain CE through the same code path, so its step time is comparable). A lazy
+``BASE%K`` scheme uses K * lambda on steps 0, K, 2K, ... and plain CE on the others (step_objective).
 
 Determinism: the model is initialised right after ``torch.manual_seed(seed)``; data order comes
 from a dedicated ``torch.Generator`` seeded from the seed; ``torch.use_deterministic_algorithms`` is
@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from ..data import ImageDataset
 from ... import MarginalDensityRegularizer
 from .checkpoint import load_checkpoint, restore, save_checkpoint
-from .config import PENALTY_OF_METHOD, ExperimentConfig, parse_method
+from .config import PENALTY_KIND_OF_SCHEME, ExperimentConfig, parse_scheme
 from .model_factory import build_model
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -48,25 +48,25 @@ class TrainedRun:
         return statistics.median(windows) if windows else float("nan")
 
 
-def make_regularizer(cfg: ExperimentConfig, method: str) -> MarginalDensityRegularizer:
-    """The objective of ``method``'s penalised steps; a ``BASE@F`` method penalises a random fraction F of
+def make_regularizer(cfg: ExperimentConfig, scheme: str) -> MarginalDensityRegularizer:
+    """The objective of ``scheme``'s penalised steps; a ``BASE@F`` scheme penalises a random fraction F of
     each batch (drawn from torch's global generator, whose state the checkpoints keep), a ``BASE%K``
-    method trains at K times its weight (on every K-th step only, see ``step_objective``)."""
-    base, fraction, every = parse_method(method)
-    penalty = PENALTY_OF_METHOD[base]
-    weight = 0.0 if penalty == "none" else cfg.weights[method] * every
-    return MarginalDensityRegularizer(weight, method=cfg.estimators[method], step=cfg.step, penalty=penalty,
+    scheme trains at K times its weight (on every K-th step only, see ``step_objective``)."""
+    base, fraction, every = parse_scheme(scheme)
+    penalty = PENALTY_KIND_OF_SCHEME[base]
+    weight = 0.0 if penalty == "none" else cfg.weights[scheme] * every
+    return MarginalDensityRegularizer(weight, estimator=cfg.estimators[scheme], step=cfg.step, penalty_kind=penalty,
                                       fraction=fraction)
 
 
-def step_objective(cfg: ExperimentConfig, method: str):
+def step_objective(cfg: ExperimentConfig, scheme: str):
     """``objective(step) -> MarginalDensityRegularizer`` for training step ``step`` (0-based, counted over
-    the whole run): ``make_regularizer``'s on every step, or for a lazy ``BASE%K`` method on steps 0, K,
+    the whole run): ``make_regularizer``'s on every step, or for a lazy ``BASE%K`` scheme on steps 0, K,
     2K, ... and plain cross-entropy (the "none" objective) on the others."""
-    penalised, every = make_regularizer(cfg, method), parse_method(method).every
+    penalised, every = make_regularizer(cfg, scheme), parse_scheme(scheme).every
     if every == 1:
         return lambda step: penalised
-    plain = MarginalDensityRegularizer(0.0, penalty="none")
+    plain = MarginalDensityRegularizer(0.0, penalty_kind="none")
     return lambda step: penalised if step % every == 0 else plain
 
 
@@ -74,9 +74,9 @@ def _data_generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(1_000_003 * (seed + 1))
 
 
-def train_run(cfg: ExperimentConfig, method: str, seed: int, train: ImageDataset, run_dir: Path,
+def train_run(cfg: ExperimentConfig, scheme: str, seed: int, train: ImageDataset, run_dir: Path,
               *, quiet: bool = False, device: str = "cpu", allow_training: bool = True) -> TrainedRun:
-    """Train (or resume training) ``method`` with ``seed``; checkpoints go to ``run_dir``.
+    """Train (or resume training) ``scheme`` with ``seed``; checkpoints go to ``run_dir``.
 
     With ``allow_training=False`` the run must already be complete (used by ``evaluate``).
     """
@@ -94,11 +94,11 @@ def train_run(cfg: ExperimentConfig, method: str, seed: int, train: ImageDataset
     if not allow_training and start_epoch < cfg.epochs:
         raise ValueError(f"{run_dir} holds a run stopped at epoch {start_epoch} of {cfg.epochs}; "
                          "run the same train/experiment command again to finish it")
-    objective = step_objective(cfg, method)
+    objective = step_objective(cfg, scheme)
     x_all, y_all = train.x, train.y
     n = len(y_all)
     steps_per_epoch = -(-n // cfg.batch_size)
-    bar = tqdm(range(start_epoch, cfg.epochs), desc=f"{method} seed {seed}", initial=start_epoch,
+    bar = tqdm(range(start_epoch, cfg.epochs), desc=f"{scheme} seed {seed}", initial=start_epoch,
                total=cfg.epochs, unit="epoch", disable=quiet, leave=False, dynamic_ncols=True)
     for epoch in bar:
         model.train()
@@ -116,7 +116,7 @@ def train_run(cfg: ExperimentConfig, method: str, seed: int, train: ImageDataset
             optimizer.step()
             step_times.append(time.perf_counter() - t0)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"{method} seed {seed}: loss became {loss.item()} at epoch {epoch + 1}; "
+                raise FloatingPointError(f"{scheme} seed {seed}: loss became {loss.item()} at epoch {epoch + 1}; "
                                          "lower --weight or --lr")
             for k in sums:
                 sums[k] += float(stats.get(k, 0.0))
@@ -126,5 +126,5 @@ def train_run(cfg: ExperimentConfig, method: str, seed: int, train: ImageDataset
                         data_generator=gen, step_times=step_times)
     bar.close()
     model.eval()
-    return TrainedRun(model=model, step_times=step_times, resumed_from_epoch=start_epoch, every=parse_method(method).every)
+    return TrainedRun(model=model, step_times=step_times, resumed_from_epoch=start_epoch, every=parse_scheme(scheme).every)
 

@@ -51,7 +51,7 @@ def test_the_unpickler_builds_arrays_and_refuses_any_other_global():
 
 
 def test_blockmnist_geometry_on_the_animals(animal):
-    cfg = ExperimentConfig(dataset="animal", methods=("none",))
+    cfg = ExperimentConfig(dataset="animal", schemes=("none",))
     train, test = build_datasets(cfg, 0)
     assert (len(train), len(test)) == (8000, 2000)  # test_fraction 0.2 of 10,000
     assert train.x.shape[1:] == (1, 56, 28) and test.null_mask.shape == test.x.shape

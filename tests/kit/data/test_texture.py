@@ -80,7 +80,7 @@ def test_a_plain_cnn_trained_on_the_texture_relies_on_it(tmp_path):
     from margreg_fast.kit.experiments.evaluation import light_scores
     from margreg_fast.kit.experiments.training import train_run
 
-    cfg = ExperimentConfig(experiment="spurious", methods=("none",), spurious_patch="texture", width=8, epochs=EPOCHS,
+    cfg = ExperimentConfig(experiment="spurious", schemes=("none",), spurious_patch="texture", width=8, epochs=EPOCHS,
                            max_train=MAX_TRAIN, lr=LR)
     threads, scores = torch.get_num_threads(), {}
     torch.set_num_threads(1)  # as the kit's commands run

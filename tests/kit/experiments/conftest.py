@@ -4,7 +4,7 @@ import torch
 
 from margreg_fast.kit.experiments.config import ExperimentConfig
 
-#: CLI flags of a tiny but complete experiment (every method) on the 8x8 scikit-learn digits fixture.
+#: CLI flags of a tiny but complete experiment (every scheme) on the 8x8 scikit-learn digits fixture.
 TINY_FLAGS = ["--dataset", "digits", "--patch-size", "inset", "--model", "cnn", "--ig-steps", "4",
               "--insertion-pixels", "12", "--epochs", "1", "--max-train", "96", "--max-test", "48", "--eval-samples", "8",
               "--width", "8", "--batch-size", "32", "--threads", "1", "--quiet"]

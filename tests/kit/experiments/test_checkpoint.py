@@ -30,16 +30,16 @@ def test_corrupt_checkpoint_is_named(tmp_path):
         load_checkpoint(bad)
 
 
-@pytest.mark.parametrize("method", ["mdr", "igr", "mdr%2"])
-def test_resume_from_checkpoint_is_bit_identical(tmp_path, tiny_config, method):
+@pytest.mark.parametrize("scheme", ["mdr", "igr", "mdr%2"])
+def test_resume_from_checkpoint_is_bit_identical(tmp_path, tiny_config, scheme):
     """Two epochs straight == one epoch, a fresh process state (new objects, other RNG), then one more."""
-    cfg = tiny_config.replace(epochs=2, methods=tuple(dict.fromkeys((*tiny_config.methods, method))))
+    cfg = tiny_config.replace(epochs=2, schemes=tuple(dict.fromkeys((*tiny_config.schemes, scheme))))
     train, _ = build_datasets(cfg, seed=0)
-    straight = train_run(cfg, method, 0, train, tmp_path / "straight", quiet=True).model
+    straight = train_run(cfg, scheme, 0, train, tmp_path / "straight", quiet=True).model
 
-    train_run(cfg.replace(epochs=1), method, 0, train, tmp_path / "split", quiet=True)
+    train_run(cfg.replace(epochs=1), scheme, 0, train, tmp_path / "split", quiet=True)
     torch.manual_seed(12345)  # disturb the global RNG: the checkpoint must restore it
-    resumed = train_run(cfg, method, 0, train, tmp_path / "split", quiet=True)
+    resumed = train_run(cfg, scheme, 0, train, tmp_path / "split", quiet=True)
     assert resumed.resumed_from_epoch == 1
     for (name, a), b in zip(straight.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), name

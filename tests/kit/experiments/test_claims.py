@@ -13,7 +13,7 @@ from margreg_fast.kit.experiments.datasets import build_datasets
 
 
 def _plan(cfg, **kw):
-    base = cfg.replace(methods=("none", "igr", "joint", "mdr"), seeds=(0, 1), weights={"igr": 1.0, "joint": 0.1, "mdr": 1.0})
+    base = cfg.replace(schemes=("none", "igr", "joint", "mdr"), seeds=(0, 1), weights={"igr": 1.0, "joint": 0.1, "mdr": 1.0})
     return ClaimsPlan(base, **{"grid": (1.0, 10.0), "frontier_seeds": (0, 1), **kw})
 
 
@@ -38,7 +38,7 @@ def test_plan_rejects_bad_settings(tiny_config, change, words):
     with pytest.raises(ValueError, match=words):
         _plan(tiny_config, **change)
     with pytest.raises(ValueError, match="compare mdr"):
-        ClaimsPlan(tiny_config.replace(methods=("none", "igr")))
+        ClaimsPlan(tiny_config.replace(schemes=("none", "igr")))
 
 
 def test_tiny_claims_run_report_and_resume(tmp_path, tiny_config, one_thread):
@@ -61,12 +61,12 @@ def test_tiny_claims_run_report_and_resume(tmp_path, tiny_config, one_thread):
     assert "Single image: test image" in text
     saved = json.loads((tmp_path / "claims.json").read_text())
     assert saved["claims"] == rows and len(saved["frontier"]) == 1 + 6 * 2  # none, then 10 and the selected weight
-    assert [c["method"] for c in claims["cheaper"]] == ["mdr@0.5", "mdr%2"]
+    assert [c["scheme"] for c in claims["cheaper"]] == ["mdr@0.5", "mdr%2"]
     for cheaper in claims["cheaper"]:
-        assert f"**{cheaper['method']}**" in text
+        assert f"**{cheaper['scheme']}**" in text
         assert [c["comparator"] for c in cheaper["rows"][0]["versus"]] == ["mdr", "none"]
         assert cheaper["keeps_leakage_cut"]["verdict"] in ("SUPPORTED", "CONTRADICTED", "INCONCLUSIVE")
-    mdr, half, lazy = (next(r for r in claims["results"] if (r["method"], r["seed"]) == (m, 0))
+    mdr, half, lazy = (next(r for r in claims["results"] if (r["scheme"], r["seed"]) == (m, 0))
                        for m in ("mdr", "mdr@0.5", "mdr%2"))
     assert len({r["metrics"]["leakage_paper"] for r in (mdr, half, lazy)}) == 3  # three training objectives
     for name in ("figures/frontier.png", "blockmnist/figures/figure1.png", "blockmnist/results.md"):
@@ -75,7 +75,7 @@ def test_tiny_claims_run_report_and_resume(tmp_path, tiny_config, one_thread):
     cfg = plan.experiment_config("blockmnist")
     train, test = build_datasets(cfg, 0)
     model = train_run(cfg, "mdr", 0, train, run_dir(tmp_path / "blockmnist", cfg, "mdr", 0), quiet=True).model
-    full = next(r for r in claims["records"] if (r["method"], r["weight"], r["seed"], r["full"]) == ("mdr", 1.0, 0, True))
+    full = next(r for r in claims["records"] if (r["scheme"], r["weight"], r["seed"], r["full"]) == ("mdr", 1.0, 0, True))
     light = light_scores(model, test, cfg)
     assert {k: light[k] for k in LIGHT_KEYS} == {k: full["scores"][k] for k in LIGHT_KEYS}
     # its true penalty is the exact R of that model on the evaluated images, by plain autograd
@@ -106,14 +106,14 @@ def test_tiny_claims_run_report_and_resume(tmp_path, tiny_config, one_thread):
     table = stability_markdown(saved, again, "itself")
     assert "| no |" not in table and table.count("| yes |") >= len(rows)
     # the light rerun scores accuracies and leakage only, each equal to the full evaluation's
-    light = run_claims(ClaimsPlan(plan.config.replace(methods=("none", "mdr")), spurious=False, light=True),
+    light = run_claims(ClaimsPlan(plan.config.replace(schemes=("none", "mdr")), spurious=False, light=True),
                        tmp_path / "light", quiet=True)
     assert not light["results"] and all(not r["full"] for r in light["records"])
     leak = {r["metric"]: r for r in light["claims"]}["leakage_paper"]["versus"][0]
     assert leak["diffs"] == {r["metric"]: r for r in rows}["leakage_paper"]["versus"][0]["diffs"]
     assert {r["metric"]: r for r in light["claims"]}["pgd_linf_acc"]["versus"][0]["mean"] is None
     # a full plan's report over those light runs uses their scores and lists them as not fully evaluated
-    report = run_claims(ClaimsPlan(plan.config.replace(methods=("none", "mdr")), spurious=False), tmp_path / "light",
+    report = run_claims(ClaimsPlan(plan.config.replace(schemes=("none", "mdr")), spurious=False), tmp_path / "light",
                         quiet=True, train=False)
     assert {r["metric"]: r for r in report["claims"]}["leakage_paper"]["versus"][0]["diffs"] == leak["diffs"]
     assert len(report["missing"]) == 4 and all(m["full"] for m in report["missing"])

@@ -33,7 +33,7 @@ def _per_seed(out: Path, name: str, method: str, metric: str) -> dict:
 
 def test_scale_free_and_budget_rows_end_to_end(tmp_path, one_thread):
     out = tmp_path / "claims"
-    argv = ["claims", *_flags(epochs="3", **{"max-train": "300"}), "--seeds", "0", "1", "--methods", "none", "mdr",
+    argv = ["claims", *_flags(epochs="3", **{"max-train": "300"}), "--seeds", "0", "1", "--schemes", "none", "mdr",
             "--no-spurious", "--scale-free", "--budgets", "--out", str(out)]
     assert main(argv) == 0
     claims = json.loads((out / "claims.json").read_text())

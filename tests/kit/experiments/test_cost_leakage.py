@@ -10,7 +10,7 @@ from margreg_fast.kit.experiments.claims_report import write_claims
 
 
 def test_cost_leakage_rows_figure_and_table(tmp_path, tiny_config, one_thread):
-    plan = ClaimsPlan(tiny_config.replace(methods=("none", "mdr"), seeds=(0, 1), weights={"mdr": 1.0}),
+    plan = ClaimsPlan(tiny_config.replace(schemes=("none", "mdr"), seeds=(0, 1), weights={"mdr": 1.0}),
                       fractions=(0.5,), lazy=(2,), spurious=False)
     write_claims(plan, run_claims(plan, tmp_path, quiet=True), tmp_path)
     claims = json.loads((tmp_path / "claims.json").read_text())
@@ -23,12 +23,12 @@ def test_cost_leakage_rows_figure_and_table(tmp_path, tiny_config, one_thread):
                      for m, r in ratios.items()]
                     + [{"model": "cnn", "mode": "eager", "method": "rfd", "status": "ok", "time_ratio": 9.0}])
     rows = cost_leakage.points(claims, cost_leakage.step_costs(bench))
-    assert [(r["method"], r["cost"]) for r in rows] == [("none", 1.0), ("mdr", 2.7), ("mdr@0.5", 1.9), ("mdr%2", 1.8)]
+    assert [(r["scheme"], r["cost"]) for r in rows] == [("none", 1.0), ("mdr", 2.7), ("mdr@0.5", 1.9), ("mdr%2", 1.8)]
     for r in rows:
-        seeds = [x["scores"]["leakage_paper"] for x in claims["records"] if x["method"] == r["method"] and x["full"]]
+        seeds = [x["scores"]["leakage_paper"] for x in claims["records"] if x["scheme"] == r["scheme"] and x["full"]]
         assert r["seeds"] == 2 and r["leakage_paper"] == pytest.approx(sum(seeds) / 2)
-    cheaper = {c["method"]: c for c in claims["cheaper"]}
-    half = next(r for r in rows if r["method"] == "mdr@0.5")
+    cheaper = {c["scheme"]: c for c in claims["cheaper"]}
+    half = next(r for r in rows if r["scheme"] == "mdr@0.5")
     assert half["versus"]["leakage_paper"] == next(row for row in cheaper["mdr@0.5"]["rows"]
                                                    if row["metric"] == "leakage_paper")["versus"][0]
     assert half["versus"]["leakage_paper"]["comparator"] == "mdr"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from margreg_fast.kit.experiments.config import METHODS
+from margreg_fast.kit.experiments.config import SCHEMES
 from margreg_fast.kit.experiments.evaluation import RESULT_KEYS
 from margreg_fast.kit.experiments.runner import evaluate_all, run_experiment, train_all
 from margreg_fast.kit.experiments.training import CHECKPOINT_NAME
@@ -18,11 +18,11 @@ from .conftest import TINY_FLAGS
 REPO = Path(__file__).resolve().parents[3]
 
 
-def _check_schema(results: dict, experiment: str, methods) -> None:
-    assert set(results) == {"experiment", "config", "methods"}
+def _check_schema(results: dict, experiment: str, schemes) -> None:
+    assert set(results) == {"experiment", "config", "schemes"}
     assert results["experiment"] == experiment
-    assert list(results["methods"]) == list(methods)
-    for row in results["methods"].values():
+    assert list(results["schemes"]) == list(schemes)
+    for row in results["schemes"].values():
         assert tuple(row) == RESULT_KEYS
         for key, value in row.items():
             assert value is None or isinstance(value, float), (key, value)
@@ -33,37 +33,37 @@ def test_tiny_blockmnist_experiment(tmp_path, tiny_config):
     summary = run_experiment(tiny_config, out, quiet=True)
     results = json.loads((out / "results.json").read_text())
     assert results == summary
-    _check_schema(results, "blockmnist", METHODS)
-    for row in results["methods"].values():  # BlockMNIST has null blocks and position groups, no shortcut patch
+    _check_schema(results, "blockmnist", SCHEMES)
+    for row in results["schemes"].values():  # BlockMNIST has null blocks and position groups, no shortcut patch
         assert all((row[k] is None) == (k == "acc_patch_disagrees") for k in RESULT_KEYS)
         assert 0.0 <= row["clean_acc"] <= 1.0 and 0.0 <= row["leakage"] <= 1.0
         assert row["step_time_s"] > 0
     text = (out / "results.md").read_text()
-    assert text.split("\n\n")[0].count("\n| ") == len(METHODS)  # one row per method below the separator
+    assert text.split("\n\n")[0].count("\n| ") == len(SCHEMES)  # one row per scheme below the separator
     assert "paper leakage" in text and "insertion_auc_paper > none" in text  # Figure-1 table and claim checks
     assert results["config"]["image_shape"] == [1, 16, 8] and results["config"]["dataset"] == "digits"
     seeds = json.loads((out / "results_seeds.json").read_text())
-    assert len(seeds["runs"]) == len(METHODS)
+    assert len(seeds["runs"]) == len(SCHEMES)
     for name in ("figure1.png", "attributions.png", "insertion.png"):
         assert (out / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_train_then_evaluate_equals_experiment(tmp_path, tiny_config):
     """Also: two worker processes give the same numbers as one."""
-    cfg = tiny_config.replace(experiment="spurious", methods=("none", "mdr"))
+    cfg = tiny_config.replace(experiment="spurious", schemes=("none", "mdr"))
     train_all(cfg, tmp_path / "a", quiet=True, jobs=2)
     assert not (tmp_path / "a" / "results.json").exists()
     split = evaluate_all(tmp_path / "a", quiet=True)
     whole = run_experiment(cfg, tmp_path / "b", quiet=True)
     _check_schema(split, "spurious", ("none", "mdr"))
     for m in ("none", "mdr"):
-        split["methods"][m].pop("step_time_s"), whole["methods"][m].pop("step_time_s")
+        split["schemes"][m].pop("step_time_s"), whole["schemes"][m].pop("step_time_s")
     assert split == whole
 
 
 def test_changed_settings_reuse_only_matching_runs(tmp_path, tiny_config):
     """Runs are keyed by their own settings: another mdr estimator retrains mdr only; other epochs retrain all."""
-    cfg = tiny_config.replace(methods=("none", "mdr"))
+    cfg = tiny_config.replace(schemes=("none", "mdr"))
     train_all(cfg, tmp_path, quiet=True)
     first = {p.name for p in (tmp_path / "runs").iterdir()}
     train_all(cfg.replace(estimators={"mdr": "central"}), tmp_path, quiet=True)
@@ -75,7 +75,7 @@ def test_changed_settings_reuse_only_matching_runs(tmp_path, tiny_config):
 
 
 def _args(out: Path) -> list[str]:
-    return ["experiment", "blockmnist", "--out", str(out), "--methods", "none", "mdr", *TINY_FLAGS,
+    return ["experiment", "blockmnist", "--out", str(out), "--schemes", "none", "mdr", *TINY_FLAGS,
             "--epochs", "3", "--max-train", "160"]
 
 
@@ -108,7 +108,7 @@ sys.exit(main(sys.argv[1:]))
 
 def _without_timing(path: Path) -> dict:
     data = json.loads(path.read_text())
-    rows = data["methods"].values() if "methods" in data else data["runs"]
+    rows = data["schemes"].values() if "schemes" in data else data["runs"]
     for row in rows:
         row.pop("step_time_s")
     return data

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from margreg_fast.kit.experiments.datasets import build_datasets
 from margreg_fast.kit.experiments.model_factory import build_model
 from margreg_fast.kit.experiments.training import NUM_CLASSES, TrainedRun, _data_generator, train_run
-from margreg_fast.regularizer import MarginalDensityRegularizer
+from margreg_fast._regularizer import MarginalDensityRegularizer
 
 
 def _by_hand(cfg, train, every: int, weight: float) -> torch.nn.Module:
@@ -16,7 +16,7 @@ def _by_hand(cfg, train, every: int, weight: float) -> torch.nn.Module:
     torch.manual_seed(0)
     model = build_model(cfg, in_shape=tuple(train.x.shape[1:]), num_classes=NUM_CLASSES)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    penalised = MarginalDensityRegularizer(weight * every, method=cfg.estimators["mdr"], step=cfg.step)
+    penalised = MarginalDensityRegularizer(weight * every, estimator=cfg.estimators["mdr"], step=cfg.step)
     order_gen, step = _data_generator(0), 0
     for _ in range(cfg.epochs):
         model.train()
@@ -34,7 +34,7 @@ def _by_hand(cfg, train, every: int, weight: float) -> torch.nn.Module:
 def test_lazy_run_is_the_schedule_written_out(tmp_path, tiny_config, every):
     """3 steps per epoch (96 images, batch 32) and 2 epochs: with every = 2 the schedule crosses the
     epoch boundary (steps 0, 2, 4), which a per-epoch counter would get wrong (0, 2 | 0, 2)."""
-    cfg = tiny_config.replace(epochs=2, methods=("none", "mdr", f"mdr%{every}"), weights={"mdr": 0.5})
+    cfg = tiny_config.replace(epochs=2, schemes=("none", "mdr", f"mdr%{every}"), weights={"mdr": 0.5})
     train, _ = build_datasets(cfg, seed=0)
     lazy = train_run(cfg, f"mdr%{every}", 0, train, tmp_path / "lazy", quiet=True).model
     expected = _by_hand(cfg, train, every, 0.5)

@@ -44,7 +44,7 @@ def test_resnet_train_mode_penalty_is_the_held_statistics_one():
     ref = _reference_penalty(model, x)
     model.train()
     default = marginal_density_penalty(model, x, reduction="none").detach()
-    exact = marginal_density_penalty(model, x, method="exact", reduction="none").detach()
+    exact = marginal_density_penalty(model, x, estimator="exact", reduction="none").detach()
     rel = lambda a, b: ((a - b).abs().max() / b.abs().max()).item()  # noqa: E731
     assert rel(default, ref) < 1e-10 and rel(exact, ref) < 1e-10
     assert not torch.allclose(ref, _reference_penalty(model, x[:3]).repeat(2))  # the statistics are the batch's

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from margreg_fast.kit.experiments.select import SELECTED_METHODS, choose, select_weights
+from margreg_fast.kit.experiments.select import SELECTED_SCHEMES, choose, select_weights
 
 
 def _s(acc, leak):
@@ -19,10 +19,10 @@ def test_rule_lowest_leakage_within_one_point_else_most_accurate():
 
 def test_tiny_selection_writes_every_point_and_the_weights(tmp_path, tiny_config):
     got = select_weights(tiny_config, [1.0, 10.0], tmp_path, quiet=True)
-    assert set(got["weights"]) == {*SELECTED_METHODS, "mdr-exact"} and got["weights"]["mdr-exact"] == got["weights"]["mdr"]
+    assert set(got["weights"]) == {*SELECTED_SCHEMES, "mdr-exact"} and got["weights"]["mdr-exact"] == got["weights"]["mdr"]
     assert got["grid"] == [1.0, 10.0] and got["config"]["split"] == "validation"
     assert all(len(rows) == 2 for rows in got["validation"].values())
     assert json.loads((tmp_path / "selection.json").read_text()) == got
-    assert (tmp_path / "selection.md").read_text().count("**yes**") == len(SELECTED_METHODS)
+    assert (tmp_path / "selection.md").read_text().count("**yes**") == len(SELECTED_SCHEMES)
     with pytest.raises(ValueError, match="grid"):
         select_weights(tiny_config, [1.0, 1.0], tmp_path / "bad", quiet=True)

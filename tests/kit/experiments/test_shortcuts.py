@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from margreg_fast.kit import metrics
-from margreg_fast.kit.experiments.claims import SPURIOUS_METHODS, ClaimsPlan, run_claims, shortcut_frontier_rows
+from margreg_fast.kit.experiments.claims import SPURIOUS_SCHEMES, ClaimsPlan, run_claims, shortcut_frontier_rows
 from margreg_fast.kit.experiments.claims_report import write_claims
 from margreg_fast.kit.experiments.datasets import build_datasets
 from margreg_fast.kit.experiments.runner import run_dir
@@ -26,7 +26,7 @@ def test_plan_has_both_tasks_their_own_weights_and_their_frontier(tiny_config):
     assert plan.experiment_config("spurious").spurious_patch == "overlay"
     for task, mdr_weight in (("spurious", 1.0), ("texture", 10.0)):
         assert {(m, s) for e, m, w, s in keys if e == task and w == plan.experiment_config(task).weights[m]} == {
-            (m, s) for m in SPURIOUS_METHODS for s in (0, 1)}
+            (m, s) for m in SPURIOUS_SCHEMES for s in (0, 1)}
         assert (task, "mdr", mdr_weight, 0) in keys and (task, "mdr", 3.0, 1) in keys and (task, "joint", 3.0, 0) in keys
     with pytest.raises(ValueError, match="shortcut frontier"):
         ClaimsPlan(plan.config, texture=True, shortcut_frontier=True)

@@ -23,7 +23,7 @@ A diverging run cannot wait for a window: the monitor warns at once (also once) 
 penalty is not finite (naming an empty batch or a non-finite input batch as such, when that is the
 cause), or when the ratio is not finite while the input gradient is non-zero. A zero
 input gradient is no failure (timm zero-initialises some heads, which gives R = 0 exactly): its
-ratio 0/0 is NaN and stays quiet. Each warning names the cause that fits the method and the
+ratio 0/0 is NaN and stays quiet. Each warning names the cause that fits the estimator and the
 symptom -- the one-sided secant (``fd``, low ratio), the step h, random draws that differ between
 passes (a far too large ratio, or a non-finite probe), a diverging penalty -- and points at the
 user's line: its stacklevel is that of the first frame outside margreg_fast and torch.
@@ -33,8 +33,8 @@ one host synchronisation (:func:`secant_sums`, :func:`ratio_of_sums`).
 
 The ratio measures a magnitude. The direction of the penalty's parameter gradient -- what training
 follows -- can be lost while the ratio stays near 1 (kinks on one side of a sample, rounding): the
-opt-in direction audit of :mod:`margreg_fast.audit` (``audit_every=``) measures it. The estimators'
-advice for a low ratio comes from their registry entries (:mod:`.estimators.registry`).
+opt-in direction audit of :mod:`margreg_fast._audit` (``audit_every=``) measures it. The estimators'
+advice for a low ratio comes from their registry entries (:mod:`._estimators.registry`).
 """
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ from typing import Deque, Optional, Tuple
 
 import torch
 
-from .estimators.registry import ESTIMATORS
+from ._estimators.registry import ESTIMATORS
 
 #: Median secant ratio outside this band over a full window triggers the warning.
 DEFAULT_BAND = (0.5, 2.0)
@@ -117,7 +117,7 @@ class SecantMonitor:
     """Watches the secant ratio step by step: warns once when its windowed median leaves the band,
     and at once when the penalty or (with a non-zero gradient) the ratio is not finite."""
 
-    def __init__(self, method: str, window: int = DEFAULT_WINDOW, band: Tuple[float, float] = DEFAULT_BAND,
+    def __init__(self, estimator: str, window: int = DEFAULT_WINDOW, band: Tuple[float, float] = DEFAULT_BAND,
                  warmup: int = DEFAULT_WARMUP) -> None:
         if isinstance(window, bool) or not isinstance(window, int) or window < 1:
             raise ValueError(f"window must be a positive int, got {window!r}")
@@ -126,7 +126,7 @@ class SecantMonitor:
         low, high = band
         if not 0 < low < 1 < high:
             raise ValueError(f"band must satisfy 0 < low < 1 < high, got {band!r}")
-        self.method, self.band = method, (float(low), float(high))
+        self.estimator, self.band = estimator, (float(low), float(high))
         self.ratios: Deque[float] = deque(maxlen=window)
         self.warmup, self.steps, self.warned, self.warned_non_finite = warmup, 0, False, False
 
@@ -148,7 +148,7 @@ class SecantMonitor:
         if not self.warned and not low <= median <= high:
             self.warned = True
             warnings.warn(
-                f"margreg_fast: over the last {len(self.ratios)} steps the {self.method!r} estimator's "
+                f"margreg_fast: over the last {len(self.ratios)} steps the {self.estimator!r} estimator's "
                 f"secant slope was {median:.3g}x the exact input-gradient norm (expected within "
                 f"[{low:g}, {high:g}]), so the penalty it trains is not the marginal-density penalty. "
                 f"{self._advice(median)} (stats['secant_ratio'] shows the ratio each step).",
@@ -165,7 +165,7 @@ class SecantMonitor:
                 "The input gradient diverged: lower the weight or the learning rate, or check the input "
                 "scale and the model's numerics (e.g. BatchNorm over tiny batches).")
         elif grad_norm != 0 and not math.isfinite(ratio):
-            what = f"the {self.method!r} estimator's secant ratio is {ratio} with a non-zero input gradient"
+            what = f"the {self.estimator!r} estimator's secant ratio is {ratio} with a non-zero input gradient"
             advice = ("Its probe forward gave non-finite logits: the step h may be too large for the model's "
                       "range (pass a smaller step=), or the passes disagree (random draws outside torch's "
                       "generators, e.g. NumPy or Python's random, differ between passes).")
@@ -177,7 +177,7 @@ class SecantMonitor:
 
     def _advice(self, median: float) -> str:
         low, high = self.band
-        specific = ESTIMATORS[self.method].low_ratio_advice if self.method in ESTIMATORS else ""
+        specific = ESTIMATORS[self.estimator].low_ratio_advice if self.estimator in ESTIMATORS else ""
         if specific and median < low:
             return specific
         if median > 10 * high:

@@ -13,12 +13,12 @@ weight) for each weight on your training loader, then measures it on your valida
   left out), and ``x_plain``, its ratio to weight 0's step in the same sweep; weight 0 trains plainly
   (the criterion alone, no penalty work), the baseline of every other column;
 * ``secant_ratio`` -- the median over the last epoch of the monitor's ratio (1 when the estimator
-  measures the gradient; see :mod:`margreg_fast.monitor`).
+  measures the gradient; see :mod:`margreg_fast._monitor`).
 
 Each weight's result is written to ``out_dir/weight_<w>.json`` as soon as it is measured; a rerun
 with the same ``out_dir`` loads the weights already done and trains only the others, so an
 interrupted sweep resumes where it stopped (a weight cut off mid-training starts again). A result
-file written with other settings (epochs, method, fraction, seed, attack) raises instead of mixing
+file written with other settings (epochs, estimator, fraction, seed, attack) raises instead of mixing
 runs. The results render as a Markdown table (:meth:`SweepResults.table`) and a figure
 (:meth:`SweepResults.plot`, matplotlib, imported only there).
 
@@ -41,13 +41,14 @@ from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from .estimators.checks import as_model, check_output, check_weight
-from .penalty import marginal_density_penalty
-from .regularizer import MarginalDensityRegularizer
+from ._estimators.checks import as_model, check_output, check_weight
+from ._penalty import marginal_density_penalty
+from ._regularizer import MarginalDensityRegularizer
+from ._renames import renamed_keywords
 
 Result = Dict[str, Any]
 #: The settings a result file must share with the sweep that reads it.
-_SETTINGS = ("epochs", "method", "fraction", "seed", "pgd_eps", "pgd_alpha", "pgd_steps")
+_SETTINGS = ("epochs", "estimator", "fraction", "seed", "pgd_eps", "pgd_alpha", "pgd_steps")
 
 
 def _file(out_dir: Path, weight: float) -> Path:
@@ -58,8 +59,11 @@ def _load(path: Path, settings: Dict[str, Any]) -> Optional[Result]:
     if not path.exists():
         return None
     result = json.loads(path.read_text())
-    if result.get("settings") != settings:
-        raise ValueError(f"{path} was written with settings {result.get('settings')}, this sweep has {settings}: "
+    written = result.get("settings")
+    if isinstance(written, dict) and "method" in written:  # a file of 0.2, which named the estimator "method"
+        result["settings"] = written = {("estimator" if k == "method" else k): v for k, v in written.items()}
+    if written != settings:
+        raise ValueError(f"{path} was written with settings {written}, this sweep has {settings}: "
                          "use another out_dir, or delete the file to rerun that weight")
     return result
 
@@ -121,10 +125,11 @@ def _evaluate(model: nn.Module, val: Iterable, device, pgd) -> Dict[str, float]:
     return {"clean_acc": correct / n, "penalty": penalty / n, "pgd_acc": robust / n if pgd is not None else None}
 
 
+@renamed_keywords({"method": "estimator"})
 def sweep_weights(make_model: Callable[[], nn.Module], train_loader: Iterable, val_loader: Iterable,
                   weights: Sequence[float] = (0.0, 0.1, 1.0, 10.0), *, out_dir: Union[str, os.PathLike],
                   epochs: int = 1, make_optimizer: Optional[Callable] = None, criterion: Optional[Callable] = None,
-                  method: str = "rfd", fraction: float = 1.0, output: Optional[Callable] = None,
+                  estimator: str = "rfd", fraction: float = 1.0, output: Optional[Callable] = None,
                   pgd_eps: Optional[float] = 8 / 255, pgd_alpha: Optional[float] = None, pgd_steps: int = 10,
                   device: Optional[Union[str, torch.device]] = None, seed: int = 0,
                   progress: bool = True) -> "SweepResults":
@@ -142,7 +147,7 @@ def sweep_weights(make_model: Callable[[], nn.Module], train_loader: Iterable, v
         epochs: training epochs per weight.
         make_optimizer: ``make_optimizer(parameters)`` -> optimizer (default Adam, lr 1e-3).
         criterion: as for :class:`~margreg_fast.MarginalDensityRegularizer`.
-        method: as for :class:`~margreg_fast.MarginalDensityRegularizer`.
+        estimator: as for :class:`~margreg_fast.MarginalDensityRegularizer`.
         fraction: as for :class:`~margreg_fast.MarginalDensityRegularizer`.
         output: as for :class:`~margreg_fast.MarginalDensityRegularizer`.
         pgd_eps: the L-inf budget of the PGD attack; ``pgd_eps=None`` skips it (``pgd_acc`` is then None).
@@ -160,9 +165,9 @@ def sweep_weights(make_model: Callable[[], nn.Module], train_loader: Iterable, v
         raise ValueError(f"weights must be distinct and non-empty, got {weights}")
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive int, got {epochs!r}")
-    settings = {"epochs": epochs, "method": method, "fraction": fraction, "seed": seed, "pgd_eps": pgd_eps,
+    settings = {"epochs": epochs, "estimator": estimator, "fraction": fraction, "seed": seed, "pgd_eps": pgd_eps,
                 "pgd_alpha": pgd_alpha, "pgd_steps": pgd_steps}
-    MarginalDensityRegularizer(1.0, method=method, fraction=fraction, output=output)  # checks them before any training
+    MarginalDensityRegularizer(1.0, estimator=estimator, fraction=fraction, output=output)  # checks them before any training
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = {w: _load(_file(out, w), settings) for w in weights}
@@ -198,8 +203,8 @@ def _run(weight: float, make_model, train_loader, val_loader, settings: Dict[str
         model = model.to(device)
     run_device = next(model.parameters()).device if device is None else torch.device(device)
     optimizer = (make_optimizer or (lambda params: torch.optim.Adam(params, lr=1e-3)))(model.parameters())
-    reg = MarginalDensityRegularizer(weight, method=settings["method"], fraction=settings["fraction"],
-                                     penalty="marginal" if weight > 0 else "none", output=output)
+    reg = MarginalDensityRegularizer(weight, estimator=settings["estimator"], fraction=settings["fraction"],
+                                     penalty_kind="marginal" if weight > 0 else "none", output=output)
     trained = _train(model, reg, train_loader, settings["epochs"], optimizer, criterion, run_device, bar)
     logits_model = as_model(model, output)
     pgd = None

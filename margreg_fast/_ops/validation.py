@@ -1,6 +1,6 @@
 """The ops layer's checks: the tensors and options that reach the fused energy head op's kernels.
 
-One function per rule; the public layer (:mod:`margreg_fast.estimators.checks`) checks what users
+One function per rule; the public layer (:mod:`margreg_fast._estimators.checks`) checks what users
 pass to the penalties and the regulariser and reuses :func:`check_class_indices` from here. Every
 check raises ``TypeError`` (wrong kind of object or dtype) or ``ValueError`` (wrong shape, device or
 value) naming the offending argument. Value checks that need the data (step positivity,

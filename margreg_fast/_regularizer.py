@@ -22,9 +22,9 @@ tuple, a dict) is read through ``output=``: ``MarginalDensityRegularizer(1.0, ou
 
 The logits of x are computed once and serve both the loss and the penalty; for ``rfd`` and ``fd`` the
 default CE of those logits comes out of the same fused head pass as the finite difference. Every step the
-regulariser feeds the estimator's secant ratio to a :class:`~margreg_fast.monitor.SecantMonitor`,
+regulariser feeds the estimator's secant ratio to a :class:`~margreg_fast._monitor.SecantMonitor`,
 which warns once if the finite difference stops measuring the gradient, and at once if the penalty
-diverges (see :mod:`.monitor`). A step synchronises with the device once, on every backend: the
+diverges (see :mod:`._monitor`). A step synchronises with the device once, on every backend: the
 statistics, the monitor's two sums and the head op's target range checks are stacked into one
 tensor and transferred together (so an out-of-range label raises after the step's passes). With
 ``sync=False`` a step does not synchronise at all: the statistics stay on the device, for loops that
@@ -33,7 +33,7 @@ value, as under ``torch.no_grad`` (:func:`.estimators.passes.outside_inference_m
 
 With ``fraction`` f < 1 the penalty is computed on a random subset of m = max(1, round(f B)) samples,
 scaled so that its expectation, and so the expected parameter gradient, is fraction 1's at the same
-weight (:mod:`.subsample`); the loss (the CE or the criterion) still covers the whole batch. How the batch goes through the model
+weight (:mod:`._subsample`); the loss (the CE or the criterion) still covers the whole batch. How the batch goes through the model
 depends on whether its forward couples the samples (``batch_coupled``; by default detected:
 a train-mode BatchNorm or timm's EvoNorm-B couples them):
 
@@ -55,8 +55,8 @@ a train-mode BatchNorm or timm's EvoNorm-B couples them):
 **Criteria and labelled penalties.** The marginal penalty needs no label, so ``criterion`` may take
 any target. The conditional and joint penalties are defined on integer class labels: with a
 criterion, their ``target`` must be those labels (B,), which both the criterion and the penalty
-read (e.g. a label-smoothed CE with ``penalty="conditional"``); any other target raises, naming
-``penalty="marginal"``.
+read (e.g. a label-smoothed CE with ``penalty_kind="conditional"``); any other target raises, naming
+``penalty_kind="marginal"``.
 
 Cost at f = 1: F + B_x + B on top of plain, its forward at x shared with the CE (F forward, B_x backward
 to the input only, B training backward).
@@ -69,23 +69,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .estimators import DEFAULT_METHOD, DEFAULT_STEP, PENALTIES, Estimate, estimate
-from .estimators.checks import (check_choice, check_criterion, check_data, check_estimator_options, check_fraction,
+from ._estimators import DEFAULT_ESTIMATOR, DEFAULT_STEP, PENALTY_KINDS, Estimate, estimate
+from ._estimators.checks import (check_choice, check_criterion, check_data, check_estimator_options, check_fraction,
                                 check_generator, check_labels, check_loss, check_optional_flag, check_output,
                                 check_output_function, check_step, check_weight)
-from .estimators.passes import ModelPasses, couples_batch, outside_inference_mode, sample_wise_forward
-from .estimators.steps import Step
-from .audit import DirectionAudit, audit_cosine
-from .estimators.core import autocast_clean_pass, autocast_device
-from .monitor import (DEFAULT_BAND, DEFAULT_WARMUP, DEFAULT_WINDOW, SecantMonitor, ratio_of_sums, secant_sums,
+from ._estimators.passes import ModelPasses, couples_batch, outside_inference_mode, sample_wise_forward
+from ._estimators.steps import Step
+from ._audit import DirectionAudit, audit_cosine
+from ._estimators.core import autocast_clean_pass, autocast_device
+from ._monitor import (DEFAULT_BAND, DEFAULT_WARMUP, DEFAULT_WINDOW, SecantMonitor, ratio_of_sums, secant_sums,
                       stats_dtype)
-from .ops import IGNORE_INDEX
-from .ops.validation import DeferredTargetCheck, deferred_target_checks
-from .reduction import reduce
-from .subsample import complement, draw_subset, subset_mean
+from ._renames import ESTIMATOR_KEYWORDS, renamed_attribute, renamed_keywords
+from ._ops import IGNORE_INDEX
+from ._ops.validation import DeferredTargetCheck, deferred_target_checks
+from ._reduction import reduce
+from ._subsample import complement, draw_subset, subset_mean
 
-#: What ``penalty=`` accepts: the estimators' PENALTIES and "none" (plain cross-entropy).
-PENALTY_OPTIONS = PENALTIES + ("none",)
+#: What ``penalty_kind=`` accepts: the estimators' PENALTY_KINDS and "none" (plain cross-entropy).
+PENALTY_OPTIONS = PENALTY_KINDS + ("none",)
 #: ``criterion(logits, target)`` -> the scalar loss the penalty is added to.
 Criterion = Callable[[torch.Tensor, Any], torch.Tensor]
 
@@ -95,14 +96,14 @@ class MarginalDensityRegularizer(nn.Module):
 
     Args:
         weight: lambda >= 0 (a Python or NumPy number, or a 0-d tensor).
-        method: estimator of R: ``"rfd"`` (default: exact value, randomly signed secant for the
-            gradient), ``"exact"``, ``"jvp"``, ``"fd"`` or ``"central"`` (see :mod:`.estimators.core`).
-        step: h of the finite differences (float > 0 or ``"auto"``, see :mod:`.estimators.steps`).
-        penalty: ``"marginal"`` (||grad_x logsumexp f||^2, MDR), ``"conditional"`` (||grad_x CE||^2,
+        estimator: estimator of R: ``"rfd"`` (default: exact value, randomly signed secant for the
+            gradient), ``"exact"``, ``"jvp"``, ``"fd"`` or ``"central"`` (see :mod:`._estimators.core`).
+        step: h of the finite differences (float > 0 or ``"auto"``, see :mod:`._estimators.steps`).
+        penalty_kind: ``"marginal"`` (||grad_x logsumexp f||^2, MDR), ``"conditional"`` (||grad_x CE||^2,
             IGR), ``"joint"`` (||grad_x f_y||^2) or ``"none"`` (plain CE).
         backend: implementation of the fused head op.
         fraction: share f in (0, 1] of each batch that the penalty is computed on (a random subset of
-            max(1, round(f B)) samples, the penalty scaled to keep its expectation; see :mod:`.subsample`).
+            max(1, round(f B)) samples, the penalty scaled to keep its expectation; see :mod:`._subsample`).
             The CE always covers the whole batch.
         batch_coupled: for ``fraction`` < 1, does the model's train-mode forward couple the samples of
             a batch? True: one forward of the whole batch, the subset's passes probes of it (BatchNorm's
@@ -111,7 +112,7 @@ class MarginalDensityRegularizer(nn.Module):
             instead of f (2F + B_x + 2B)); None (default): True when the model holds a train-mode
             BatchNorm or timm EvoNorm-B layer. A layer that couples samples by other means (batch-wise
             attention, a custom batch statistic) needs True.
-        monitor_window: the :class:`~margreg_fast.monitor.SecantMonitor`'s window of steps.
+        monitor_window: the :class:`~margreg_fast._monitor.SecantMonitor`'s window of steps.
         monitor_band: the band its median secant ratio must stay in.
         monitor_warmup: the steps before it judges.
         generator: a ``torch.Generator`` (on the inputs' device) for the random draws: the subset of
@@ -120,9 +121,9 @@ class MarginalDensityRegularizer(nn.Module):
             ``output(model(x))``: ``lambda out: out.logits`` (Hugging Face), ``lambda out: out[0]``
             (a tuple), ``lambda out: out["logits"]`` (a dict). Every pass, the probes too, goes through it.
         audit_every: None (default: no audit) or N: every N steps (the first included) the direction
-            audit (:mod:`.audit`) compares the estimator's parameter gradient of the penalty with fp32
+            audit (:mod:`._audit`) compares the estimator's parameter gradient of the penalty with fp32
             exact's (central's where exact is refused) on 8 samples; ``stats["audit_cosine"]`` holds the
-            cosine (NaN on the other steps), and a :class:`~margreg_fast.audit.GradientDirectionWarning`
+            cosine (NaN on the other steps), and a :class:`~margreg_fast._audit.GradientDirectionWarning`
             says once when it falls below 0.5.
         sync: True (default): ``stats`` holds Python floats, from the step's one host transfer, and the
             secant monitor checks every step. False: no host synchronisation at all; ``stats`` and
@@ -135,7 +136,7 @@ class MarginalDensityRegularizer(nn.Module):
     value), ``penalty`` (mean R),
     ``grad_norm`` (mean ||grad_x S|| of the penalised quantity S) and ``secant_ratio``
     (sqrt(sum slope^2 / sum ||grad_x S||^2), 1 when the estimator measures the gradient); the last
-    two are NaN for ``penalty="none"``. :attr:`last_stats` holds the last step's, also after
+    two are NaN for ``penalty_kind="none"``. :attr:`last_stats` holds the last step's, also after
     :meth:`logits_and_penalty` (without ``ce``).
 
     ``model`` is an ``nn.Module`` or any function of x returning (B, C) logits (or, with ``output=``,
@@ -145,8 +146,9 @@ class MarginalDensityRegularizer(nn.Module):
     label, is averaged over all samples.
     """
 
-    def __init__(self, weight: float, method: str = DEFAULT_METHOD, step: Step = DEFAULT_STEP,
-                 penalty: str = "marginal", backend: str = "auto", fraction: float = 1.0,
+    @renamed_keywords(ESTIMATOR_KEYWORDS)
+    def __init__(self, weight: float, estimator: str = DEFAULT_ESTIMATOR, step: Step = DEFAULT_STEP,
+                 penalty_kind: str = "marginal", backend: str = "auto", fraction: float = 1.0,
                  batch_coupled: Optional[bool] = None, monitor_window: int = DEFAULT_WINDOW,
                  monitor_band: Tuple[float, float] = DEFAULT_BAND, monitor_warmup: int = DEFAULT_WARMUP,
                  generator: Optional[torch.Generator] = None, output: Optional[Callable] = None,
@@ -158,18 +160,21 @@ class MarginalDensityRegularizer(nn.Module):
         self.generator = check_generator(generator)
         self.output = check_output_function(output)
         self.last_stats: Dict[str, float] = {}
-        check_estimator_options(method, backend)
+        check_estimator_options(estimator, backend)
         self.weight, self.step = check_weight(weight), check_step(step)
-        self.method, self.backend = method, backend
+        self.estimator, self.backend = estimator, backend
         self.fraction = check_fraction(fraction)
         self.batch_coupled = check_optional_flag(batch_coupled, "batch_coupled")
-        self.penalty = check_choice("penalty", penalty, PENALTY_OPTIONS)
-        self.monitor = SecantMonitor(method, monitor_window, monitor_band, monitor_warmup)
-        self.audit = None if audit_every is None else DirectionAudit(audit_every, method)
+        self.penalty_kind = check_choice("penalty_kind", penalty_kind, PENALTY_OPTIONS)
+        self.monitor = SecantMonitor(estimator, monitor_window, monitor_band, monitor_warmup)
+        self.audit = None if audit_every is None else DirectionAudit(audit_every, estimator)
+
+    method = renamed_attribute("method", "estimator")
+    penalty = renamed_attribute("penalty", "penalty_kind")
 
     def extra_repr(self) -> str:
-        return (f"weight={self.weight}, method={self.method!r}, step={self.step!r}, penalty={self.penalty!r}, "
-                f"fraction={self.fraction}, batch_coupled={self.batch_coupled}")
+        return (f"weight={self.weight}, estimator={self.estimator!r}, step={self.step!r}, "
+                f"penalty_kind={self.penalty_kind!r}, fraction={self.fraction}, batch_coupled={self.batch_coupled}")
 
     @outside_inference_mode
     def forward(self, model: nn.Module, x: torch.Tensor, target, criterion: Optional[Criterion] = None
@@ -185,7 +190,7 @@ class MarginalDensityRegularizer(nn.Module):
         check_generator(self.generator, x)
         check_criterion(criterion)
         labels = self._labels(target, x, criterion)
-        if self.penalty == "none":
+        if self.penalty_kind == "none":
             logits = check_output(model(x), x)
             data = _cross_entropy(logits, labels) if criterion is None else check_loss(criterion(logits, target))
             self.last_stats = {"ce": data.item() if self.sync else data.detach(), "penalty": 0.0,
@@ -205,17 +210,17 @@ class MarginalDensityRegularizer(nn.Module):
 
         ``logits``: (B, C), the whole batch's, in its order, from the forward that the penalty shares
         (for every ``fraction``; ``output=`` applied). ``penalty``: the differentiable mean marginal
-        penalty, ``fraction`` applied (a subset's mean scaled as in :mod:`.subsample`) and the weight
+        penalty, ``fraction`` applied (a subset's mean scaled as in :mod:`._subsample`) and the weight
         NOT applied. The monitor updates as in :meth:`forward`, and :attr:`last_stats` holds the step's
-        ``penalty``, ``grad_norm`` and ``secant_ratio``. Only for ``penalty="marginal"`` (which needs no
+        ``penalty``, ``grad_norm`` and ``secant_ratio``. Only for ``penalty_kind="marginal"`` (which needs no
         label) and ``"none"`` (penalty 0).
         """
         model = check_data(model, x, self.output)
         check_generator(self.generator, x)
-        if self.penalty in ("conditional", "joint"):
-            raise ValueError(f"logits_and_penalty takes no labels, and penalty={self.penalty!r} needs them: call "
-                             f"reg(model, x, y, criterion=...) instead, or use penalty='marginal'")
-        if self.penalty == "none":
+        if self.penalty_kind in ("conditional", "joint"):
+            raise ValueError(f"logits_and_penalty takes no labels, and penalty_kind={self.penalty_kind!r} needs them: call "
+                             f"reg(model, x, y, criterion=...) instead, or use penalty_kind='marginal'")
+        if self.penalty_kind == "none":
             logits = check_output(model(x), x)
             self.last_stats = {"penalty": 0.0, "grad_norm": float("nan"), "secant_ratio": float("nan")}
             return logits, logits.new_zeros(())
@@ -230,13 +235,13 @@ class MarginalDensityRegularizer(nn.Module):
         """The integer labels that the default CE or a labelled penalty reads from ``target`` (None: neither)."""
         if criterion is None:
             return check_labels(target, x)
-        if self.penalty in ("marginal", "none"):
+        if self.penalty_kind in ("marginal", "none"):
             return None
         try:
             return check_labels(target, x)
         except (TypeError, ValueError) as err:
-            raise type(err)(f"penalty={self.penalty!r} is defined on integer class labels, so with a criterion its "
-                            f"target must be the labels (B,). Soft or mixed targets need penalty='marginal', "
+            raise type(err)(f"penalty_kind={self.penalty_kind!r} is defined on integer class labels, so with a criterion its "
+                            f"target must be the labels (B,). Soft or mixed targets need penalty_kind='marginal', "
                             f"which needs no label. ({err})") from err
 
     def _passes(self, model, x: torch.Tensor, labels: Optional[torch.Tensor], with_ce: bool
@@ -246,7 +251,7 @@ class MarginalDensityRegularizer(nn.Module):
         data: the mean CE over the whole batch (``with_ce``: the default criterion, fused with the head
         op where the estimate's forward serves it) or the whole batch's logits in its order.
         """
-        needs_label = self.penalty != "marginal"  # the marginal penalty needs no label
+        needs_label = self.penalty_kind != "marginal"  # the marginal penalty needs no label
         if self.fraction == 1.0:
             est = self._estimate(model, x, labels, with_ce=with_ce)
             data = reduce(est.ce, "mean", labels=labels) if with_ce else est.logits
@@ -288,7 +293,7 @@ class MarginalDensityRegularizer(nn.Module):
         """Feed the monitor and set :attr:`last_stats`, in one host synchronisation: the statistics, the
         monitor's two sums and the head op's target range checks travel in one tensor (``sync=False``:
         none; the statistics stay on the device and the range checks become device asserts)."""
-        grad_norm = reduce(est.grad_norm, "mean", labels=est_labels if self.penalty != "marginal" else None)
+        grad_norm = reduce(est.grad_norm, "mean", labels=est_labels if self.penalty_kind != "marginal" else None)
         named = ({} if ce is None else {"ce": ce}) | {"penalty": penalty, "grad_norm": grad_norm}
         dtype = stats_dtype(penalty.device)
         means = torch.stack([t.detach().to(dtype) for t in named.values()])
@@ -318,13 +323,13 @@ class MarginalDensityRegularizer(nn.Module):
             return
         cosine = float("nan")
         if self.audit.due():
-            cosine, reference = audit_cosine(model, x, labels, penalty=self.penalty, method=self.method,
+            cosine, reference = audit_cosine(model, x, labels, penalty_kind=self.penalty_kind, estimator=self.estimator,
                                              step=self.step, backend=self.backend, samples=self.audit.samples)
             self.audit.check(cosine, reference, self.last_stats["secant_ratio"], autocast_device(x) is not None)
         self.last_stats["audit_cosine"] = cosine
 
     def _estimate(self, model, x: torch.Tensor, y: Optional[torch.Tensor], **options) -> Estimate:
-        return estimate(model, x, y, penalty=self.penalty, method=self.method, step=self.step, backend=self.backend,
+        return estimate(model, x, y, penalty_kind=self.penalty_kind, estimator=self.estimator, step=self.step, backend=self.backend,
                         generator=self.generator, **options)
 
 

@@ -20,7 +20,7 @@ from typing import Optional
 
 import torch
 
-from .estimators.quantities import labelled
+from ._estimators.quantities import labelled
 
 
 def subset_size(batch: int, fraction: float) -> int:

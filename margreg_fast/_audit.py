@@ -1,13 +1,13 @@
 r"""An opt-in audit of the direction of the penalty's parameter gradient.
 
-The secant monitor (:mod:`.monitor`) watches a magnitude, sigma / ||g||; a finite difference can keep
+The secant monitor (:mod:`._monitor`) watches a magnitude, sigma / ||g||; a finite difference can keep
 that ratio near 1 while its parameter gradient -- what training follows -- points elsewhere (under
 bf16 passes the cosine with fp32 exact fell to 0.05-0.38 on real nets while the ratio stayed in
 [0.73, 1.02]). The audit measures the direction itself, on a few samples:
 
     cosine = <grad_theta mean R_est, grad_theta mean R_ref> / (||.|| ||.||)
 
-with R_est the training estimator (as configured: method, step, autocast state) and R_ref ``exact``
+with R_est the training estimator (as configured: estimator, step, autocast state) and R_ref ``exact``
 in fp32 (autocast off), or ``central`` in fp32 where exact is refused (ops without a double
 backward, compiled or FSDP2 models). Both run on the first ``samples`` samples of the step's batch,
 as probes of one capture pass (:meth:`~.estimators.passes.ModelPasses.capture`), so both use the same
@@ -31,11 +31,11 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
-from .estimators import ModelPasses, UnsupportedEstimatorError, estimate
-from .estimators.core import autocast_device, penalty_precision
-from .estimators.passes import _unwrapped
-from .estimators.registry import ESTIMATORS
-from .monitor import user_stacklevel
+from ._estimators import ModelPasses, UnsupportedEstimatorError, estimate
+from ._estimators.core import autocast_device, penalty_precision
+from ._estimators.passes import _unwrapped
+from ._estimators.registry import ESTIMATORS
+from ._monitor import user_stacklevel
 
 #: Below this cosine the audit warns (at init, fp32, the default's cosine with exact is 0.84-0.999 on
 #: the smooth timm nets of ``benchmarks/results/estimator_autocast.md``; 0.5 flags a lost direction).
@@ -52,9 +52,9 @@ def _parameter_gradient(params, value: torch.Tensor, retain: bool = False) -> to
     return torch.cat([(torch.zeros_like(p) if g is None else g).flatten().double() for p, g in zip(params, grads)])
 
 
-def audit_cosine(model, x: torch.Tensor, target: Optional[torch.Tensor], *, penalty: str, method: str, step,
+def audit_cosine(model, x: torch.Tensor, target: Optional[torch.Tensor], *, penalty_kind: str, estimator: str, step,
                  backend: str = "auto", samples: int = DEFAULT_SAMPLES) -> Tuple[float, str]:
-    """(cosine of ``method``'s parameter gradient of the mean penalty with the fp32 reference's, the
+    """(cosine of ``estimator``'s parameter gradient of the mean penalty with the fp32 reference's, the
     reference's name) on the first ``samples`` samples of x (see the module docstring)."""
     inner = _unwrapped(model)
     params = [p for p in inner.parameters() if p.requires_grad] if isinstance(inner, nn.Module) else []
@@ -68,16 +68,16 @@ def audit_cosine(model, x: torch.Tensor, target: Optional[torch.Tensor], *, pena
         device_type = autocast_device(xs)
         with torch.enable_grad(), penalty_precision(device_type):
             passes.capture(xs)  # fp32 batch statistics, as the training estimate's under autocast
-        est = estimate(inner, xs, ts, penalty=penalty, method=method, step=step, backend=backend, passes=passes)
+        est = estimate(inner, xs, ts, penalty_kind=penalty_kind, estimator=estimator, step=step, backend=backend, passes=passes)
         g_est = _parameter_gradient(params, est.value.float().mean(), retain=True)  # the capture's graph serves both
         reference = "exact"
         with penalty_precision(device_type):
             try:
-                ref = estimate(inner, xs, ts, penalty=penalty, method="exact", step=step, backend=backend,
+                ref = estimate(inner, xs, ts, penalty_kind=penalty_kind, estimator="exact", step=step, backend=backend,
                                passes=passes)
             except UnsupportedEstimatorError:
                 reference = "central"
-                ref = estimate(inner, xs, ts, penalty=penalty, method="central", step="auto", backend=backend,
+                ref = estimate(inner, xs, ts, penalty_kind=penalty_kind, estimator="central", step="auto", backend=backend,
                                passes=passes)
             g_ref = _parameter_gradient(params, ref.value.mean())
     denominator = (g_est.norm() * g_ref.norm()).item()
@@ -87,11 +87,11 @@ def audit_cosine(model, x: torch.Tensor, target: Optional[torch.Tensor], *, pena
 class DirectionAudit:
     """Runs :func:`audit_cosine` every ``every`` steps and warns once when the cosine is below ``threshold``."""
 
-    def __init__(self, every: int, method: str, threshold: float = DEFAULT_THRESHOLD,
+    def __init__(self, every: int, estimator: str, threshold: float = DEFAULT_THRESHOLD,
                  samples: int = DEFAULT_SAMPLES) -> None:
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"audit_every must be a positive int or None, got {every!r}")
-        self.every, self.method, self.threshold, self.samples = every, method, threshold, samples
+        self.every, self.estimator, self.threshold, self.samples = every, estimator, threshold, samples
         self.steps, self.warned = 0, False
 
     def due(self) -> bool:
@@ -103,7 +103,7 @@ class DirectionAudit:
         if self.warned or not math.isfinite(cosine) or cosine >= self.threshold:
             return
         self.warned = True
-        entry = ESTIMATORS[self.method]
+        entry = ESTIMATORS[self.estimator]
         if autocast:
             cause = ("the step ran under autocast: the penalty's passes run in fp32 by default; if they were made "
                      "to run in the autocast dtype, its rounding swamps the finite difference")
@@ -114,9 +114,9 @@ class DirectionAudit:
         else:
             cause = (f"the secant ratio is {secant_ratio:.2f}: the probe leaves the range where a secant measures a "
                      "slope (pass a smaller step=)")
-        fix = "" if entry.exact_gradient else " method='exact' (or 'jvp') follows the exact gradient where the model supports it."
+        fix = "" if entry.exact_gradient else " estimator='exact' (or 'jvp') follows the exact gradient where the model supports it."
         warnings.warn(
-            f"margreg_fast: at step {self.steps} the {self.method!r} estimator's parameter gradient of the penalty "
+            f"margreg_fast: at step {self.steps} the {self.estimator!r} estimator's parameter gradient of the penalty "
             f"had cosine {cosine:.3f} with fp32 {reference}'s (below {self.threshold:g}) on {self.samples} samples: "
             f"training does not follow the penalty's gradient. Likely cause: {cause}.{fix}",
             GradientDirectionWarning, stacklevel=user_stacklevel())

@@ -11,7 +11,7 @@ from . import native, reference, triton_head
 
 @runtime_checkable
 class Backend(Protocol):
-    """What a backend module provides, with the semantics of :mod:`margreg_fast.ops.reference`."""
+    """What a backend module provides, with the semantics of :mod:`margreg_fast._ops.reference`."""
 
     #: Whether ``forward`` raises ValueError for targets outside [0, C) (not ignore_index) itself.
     CHECKS_TARGET_RANGE: bool

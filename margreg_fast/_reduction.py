@@ -11,7 +11,7 @@ from typing import Optional
 
 import torch
 
-from .estimators.quantities import labelled
+from ._estimators.quantities import labelled
 
 REDUCTIONS = ("mean", "sum", "none")
 

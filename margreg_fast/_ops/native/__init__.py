@@ -17,7 +17,8 @@ code), at::vec's portable code otherwise.
 Once: the build takes about a minute; meanwhile one line on stderr says so. Another process asking at
 the same time waits on torch's file lock in that folder and then loads the same file. A finished
 build leaves a stamp beside the library; later processes load it directly (no compiler, no ninja).
-Prebuild, e.g. in an image or CI: ``python -m margreg_fast.ops.native`` (prints the library's path).
+Prebuild, e.g. in an image or CI: ``margreg-fast build-native`` (or ``python -m margreg_fast build-native``;
+prints the library's path).
 
 No compiler, no ninja, or a failed build: one :class:`NativeBuildWarning` names the cause and the
 fix, and the native backend reports itself unavailable, so ``backend="auto"`` uses the torch backend
@@ -48,7 +49,7 @@ from ..validation import accumulation_dtype
 
 SOURCE = Path(__file__).resolve().parents[2] / "csrc" / "energy_head.cpp"
 #: What to run once the cause of a failed build is fixed (it also prebuilds for images and CI).
-PREBUILD_COMMAND = "python -m margreg_fast.ops.native"
+PREBUILD_COMMAND = "python -m margreg_fast build-native"
 _AVX2_FLAGS = ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
 _STAMP = "margreg_fast.built"
 

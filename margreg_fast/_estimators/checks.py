@@ -2,7 +2,7 @@ r"""The public layer's argument checks: every rule on what a user passes, writte
 
 The penalty functions, the regulariser and the experiment kit call these functions; no other module
 repeats a rule. (The tensors that reach the fused head op are checked by the ops layer,
-:mod:`margreg_fast.ops.validation`, whose class-index rule :func:`check_labels` reuses.) Every check
+:mod:`margreg_fast._ops.validation`, whose class-index rule :func:`check_labels` reuses.) Every check
 raises ``TypeError`` (wrong kind of object or dtype) or ``ValueError`` (wrong shape or value) and
 names what it received; a check that normalises its argument returns it.
 
@@ -19,8 +19,8 @@ names what it received; a check that normalises its argument returns it.
   a tuple or a dict: the error names ``output=``).
 * :func:`check_criterion` / :func:`check_loss` -- a user's ``criterion(logits, target)`` and the
   scalar it returns.
-* :func:`check_choice` -- an option is one of its names (method, backend, penalty, reduction).
-* :func:`check_estimator_options` -- method and head-op backend.
+* :func:`check_choice` -- an option is one of its names (estimator, backend, penalty, reduction).
+* :func:`check_estimator_options` -- estimator and head-op backend.
 * :func:`real_number`, :func:`check_weight`, :func:`check_step`, :func:`check_fraction` -- numbers
   (Python, NumPy or 0-d tensor) returned as floats; :func:`check_optional_flag` -- None or a bool;
   :func:`check_generator` -- a ``torch.Generator``.
@@ -34,9 +34,9 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import nn
 
-from ..ops.backends import BACKEND_NAMES
-from ..ops.validation import check_class_indices
-from .defaults import AUTO, METHODS, Step
+from .._ops.backends import BACKEND_NAMES
+from .._ops.validation import check_class_indices
+from .defaults import AUTO, ESTIMATOR_NAMES, Step
 
 
 class FunctionModel(nn.Module):
@@ -172,9 +172,9 @@ def check_choice(name: str, value, choices: Sequence[str]) -> str:
     return value
 
 
-def check_estimator_options(method: str, backend: str) -> None:
-    """The estimator (one of :data:`.defaults.METHODS`) and the head op's backend name."""
-    check_choice("method", method, METHODS)
+def check_estimator_options(estimator: str, backend: str) -> None:
+    """The estimator (one of :data:`.defaults.ESTIMATOR_NAMES`) and the head op's backend name."""
+    check_choice("estimator", estimator, ESTIMATOR_NAMES)
     check_choice("backend", backend, BACKEND_NAMES)
 
 

@@ -30,7 +30,7 @@ class _RefuseSecondOrder(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *_):
         raise RuntimeError("the energy head op (energy_penalty / energy_difference) is not twice differentiable: "
-                           "its gradient cannot be differentiated again (use a method that needs only first "
+                           "its gradient cannot be differentiated again (use an estimator that needs only first "
                            "derivatives of the head, or the plain torch.logsumexp for double backprop)")
 
 

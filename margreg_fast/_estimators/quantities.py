@@ -11,7 +11,7 @@ Unlabelled samples: a label equal to ``IGNORE_INDEX`` (-100, as in ``F.cross_ent
 sample without a label. The label-free marginal penalty is defined for it; the conditional and
 joint quantities are not, and give S = 0 and penalty 0 there (by every estimator), just as
 ``F.cross_entropy(..., reduction="none")`` gives CE 0. Means then run over the labelled samples
-(:mod:`margreg_fast.reduction`).
+(:mod:`margreg_fast._reduction`).
 """
 from __future__ import annotations
 
@@ -20,11 +20,12 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from ..ops import energy_difference
-from ..ops.validation import IGNORE_INDEX
+from .._ops import energy_difference
+from .._ops.validation import IGNORE_INDEX
 
-#: The penalties, named by the quantity S whose input gradient they square (one list for the whole library).
-PENALTIES = ("marginal", "conditional", "joint")
+#: The penalty kinds (``penalty_kind=``), named by the quantity S whose input gradient they square: S = logsumexp f
+#: (marginal), CE(f, y) (conditional), f_y (joint). One list for the whole library.
+PENALTY_KINDS = ("marginal", "conditional", "joint")
 
 
 def labelled(target: torch.Tensor) -> torch.Tensor:

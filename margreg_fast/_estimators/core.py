@@ -52,7 +52,7 @@ forward more than the bf16 one, and the penalty's passes at fp32 speed
 
 Every estimate also returns the secant slope sigma next to ||g|| (detached), so a training loop can
 watch sigma / ||g||, which is 1 when the finite difference measures what it should
-(:mod:`margreg_fast.monitor`). v and h are detached. Every pass goes through
+(:mod:`margreg_fast._monitor`). v and h are detached. Every pass goes through
 :class:`.passes.ModelPasses`: the clean pass through the model as given (DDP, compiled), probes
 with no second update of running statistics, train-mode batch-norm statistics held as the clean
 batch's and the clean pass's random draws (dropout, drop-path) replayed -- the one per-sample
@@ -70,7 +70,7 @@ from torch import nn
 from . import errors
 from .checks import check_output
 from .passes import ModelPasses, RandomState, has_train_mode_batchnorm, outside_inference_mode
-from .quantities import PENALTIES, difference, value
+from .quantities import PENALTY_KINDS, difference, value
 from .registry import ESTIMATORS
 from .steps import Step, broadcast_step, resolve_step, unit_direction
 
@@ -124,24 +124,27 @@ def _input_gradient(s: torch.Tensor, x_in: torch.Tensor, passes: ModelPasses, lo
     return g
 
 
-def _exact_gradient(s: torch.Tensor, x_in: torch.Tensor, passes: ModelPasses, logits_given: bool) -> torch.Tensor:
+def _exact_gradient(s: torch.Tensor, x_in: torch.Tensor, passes: ModelPasses, logits_given: bool,
+                    name: str) -> torch.Tensor:
+    """g with its graph, for the double backward of estimator ``name`` (named in its errors)."""
     try:
         g = _input_gradient(s, x_in, passes, logits_given, create_graph=True)
     except RuntimeError as err:
         if errors.is_derivative_error(err):
-            raise errors.unsupported("exact", err) from err
+            raise errors.unsupported(name, err) from err
         raise
-    errors.check_twice_differentiable(g, "exact")
+    errors.check_twice_differentiable(g, name)
     return g
 
 
-def _jvp_slope(passes: ModelPasses, x: torch.Tensor, v: torch.Tensor, penalty: str,
-               target: Optional[torch.Tensor]) -> torch.Tensor:
+def _jvp_slope(passes: ModelPasses, x: torch.Tensor, v: torch.Tensor, penalty_kind: str,
+               target: Optional[torch.Tensor], name: str) -> torch.Tensor:
+    """d/de S(x + e v) at e = 0 by forward mode, for estimator ``name`` (named in its errors)."""
     try:
-        _, slope = torch.func.jvp(lambda xx: value(penalty, passes.probe(xx), target), (x,), (v,))
+        _, slope = torch.func.jvp(lambda xx: value(penalty_kind, passes.probe(xx), target), (x,), (v,))
     except RuntimeError as err:  # NotImplementedError included
         if errors.is_derivative_error(err):
-            raise errors.unsupported("jvp", err) from err
+            raise errors.unsupported(name, err) from err
         raise
     return slope
 
@@ -194,11 +197,11 @@ def _random_signs(x: torch.Tensor, generator: Optional[torch.Generator]) -> torc
 
 
 @outside_inference_mode
-def estimate(model: nn.Module, x: torch.Tensor, target: Optional[torch.Tensor], *, penalty: str, method: str,
+def estimate(model: nn.Module, x: torch.Tensor, target: Optional[torch.Tensor], *, penalty_kind: str, estimator: str,
              step: Step, logits: Optional[torch.Tensor] = None, backend: str = "auto",
              with_ce: bool = False, generator: Optional[torch.Generator] = None,
              passes: Optional[ModelPasses] = None) -> Estimate:
-    """Estimate R(x) per sample with ``method`` (arguments validated by the caller; ``generator`` draws rfd's signs).
+    """Estimate R(x) per sample with ``estimator`` (arguments validated by the caller; ``generator`` draws rfd's signs).
 
     ``passes``: the :class:`.passes.ModelPasses` of ``model`` whose clean pass already ran over a
     batch that contains x (the regulariser's ``fraction`` < 1). Every pass of this estimate is then a
@@ -206,7 +209,7 @@ def estimate(model: nn.Module, x: torch.Tensor, target: Optional[torch.Tensor], 
     replay that clean pass's generator states. Under autocast the penalty's passes run in fp32 (see
     "Autocast" in the module docstring).
     """
-    entry = ESTIMATORS[method]
+    entry = ESTIMATORS[estimator]
     held = passes is not None
     passes = passes if held else ModelPasses(model)
     # exact differentiates g itself; an exact value needs no probe when no parameter gradient is wanted
@@ -224,27 +227,27 @@ def estimate(model: nn.Module, x: torch.Tensor, target: Optional[torch.Tensor], 
             with penalty_precision(device_type):
                 x_in, z0, zg = _logits_and_grad_source(passes, x, logits, held)
         with penalty_precision(device_type):
-            s = value(penalty, zg, target)
+            s = value(penalty_kind, zg, target)
             if entry.double_backward:
-                g = _exact_gradient(s, x_in, passes, logits is not None)
+                g = _exact_gradient(s, x_in, passes, logits is not None, entry.name)
             else:
                 g = _input_gradient(s, x_in, passes, logits is not None, create_graph=False)
     z_ce = z0 if z_ce is None else z_ce
-    # fd's and rfd's head-op pass on (z0, z1) also gives the CE of z0, when z0 is the CE's forward
-    fused = method in ("fd", "rfd") and not probe_free and z_ce is z0
+    # a forward secant's head-op pass on (z0, z1) also gives the CE of z0, when z0 is the CE's forward
+    fused = entry.secant == "forward" and not probe_free and z_ce is z0
     ce = F.cross_entropy(z_ce.float() if z_ce is not z0 else z0, target, reduction="none") \
         if with_ce and not fused else None
     with penalty_precision(device_type):
-        return _finish(entry, passes, x, target, g, z0, z_ce, ce, probe_free, step=step, penalty=penalty,
+        return _finish(entry, passes, x, target, g, z0, z_ce, ce, probe_free, step=step, penalty_kind=penalty_kind,
                        backend=backend, with_ce=with_ce and fused, generator=generator)
 
 
 def _finish(entry, passes: ModelPasses, x: torch.Tensor, target: Optional[torch.Tensor], g: torch.Tensor,
             z0: torch.Tensor, z_ce: torch.Tensor, ce: Optional[torch.Tensor], probe_free: bool, *, step: Step,
-            penalty: str, backend: str, with_ce: bool, generator: Optional[torch.Generator]) -> Estimate:
-    """The estimate from g = grad_x S and the logits z0 at x (``z_ce``: the logits that the CE read)."""
-    method = entry.name
-
+            penalty_kind: str, backend: str, with_ce: bool, generator: Optional[torch.Generator]) -> Estimate:
+    """The estimate from g = grad_x S and the logits z0 at x (``z_ce``: the logits that the CE read), made
+    as the registry entry ``entry`` says: its secant, the sign of its step, and its value (the secant's
+    square, or for an exact value the surrogate ||g||^2 + 2 ||g|| (sigma - stopgrad(sigma)))."""
     if probe_free:  # exact; rfd under no_grad, whose value ||g||^2 needs no probe
         r = g.flatten(1).pow(2).sum(dim=1)
         norm = r.detach().sqrt()
@@ -252,27 +255,28 @@ def _finish(entry, passes: ModelPasses, x: torch.Tensor, target: Optional[torch.
 
     v, g_norm = unit_direction(g)
     if entry.forward_mode:
-        slope = _jvp_slope(passes, x, v, penalty, target)
+        slope = _jvp_slope(passes, x, v, penalty_kind, target, entry.name)
         return Estimate(slope ** 2, ce, g_norm, slope.detach(), z_ce)
 
     h = resolve_step(step, x, z0.dtype, g_norm, entry)
-    if method == "central":
+    if entry.random_sign:
+        h = _random_signs(x, generator) * h
+    if entry.secant == "central":
         hv = broadcast_step(h, x) * v
         # two forwards of B, not one of 2B: each replays the clean pass's draws (masks of 2B rows would
         # differ), and a compiled model sees the shape it compiled for
         z_minus, z_plus = passes.probe(x - hv), passes.probe(x + hv)
-        d, _ = difference(penalty, z_minus, z_plus, target, backend, False)
+        d, _ = difference(penalty_kind, z_minus, z_plus, target, backend, False)
         slope = d / (2 * h)
-        return Estimate(slope ** 2, ce, g_norm, slope.detach(), z_ce)
-    if method == "rfd":
-        h = _random_signs(x, generator) * h
-    d, fused_ce = difference(penalty, z0, passes.probe(x + broadcast_step(h, x) * v), target, backend, with_ce)
-    ce = fused_ce if with_ce else ce
-    slope = d / h
-    if method == "fd":
+    else:  # "forward"
+        d, fused_ce = difference(penalty_kind, z0, passes.probe(x + broadcast_step(h, x) * v), target, backend,
+                                 with_ce)
+        ce = fused_ce if with_ce else ce
+        slope = d / h
+    if not entry.exact_value:
         return Estimate(slope ** 2, ce, g_norm, slope.detach(), z_ce)
     g_norm = g_norm.to(slope.dtype)
     return Estimate(g_norm ** 2 + 2 * g_norm * (slope - slope.detach()), ce, g_norm, slope.detach(), z_ce)
 
 
-__all__ = ["PENALTIES", "Estimate", "estimate"]
+__all__ = ["PENALTY_KINDS", "Estimate", "estimate"]

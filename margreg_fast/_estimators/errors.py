@@ -28,6 +28,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .registry import ESTIMATORS
+
 #: Autograd nodes that stand for a missing derivative (their name is the structure torch exposes).
 _NOT_IMPLEMENTED_NODE = "torch::autograd::NotImplemented"
 #: AOTAutograd's node for differentiating a compiled backward; it always raises this message.
@@ -54,18 +56,19 @@ def _failing_op(message: str) -> Optional[str]:
     return None
 
 
-def unsupported(method: str, err: BaseException, op: Optional[str] = None) -> UnsupportedEstimatorError:
-    """An error naming the op that made ``method`` fail (``op``, else read from ``err``'s message) and
+def unsupported(estimator: str, err: BaseException, op: Optional[str] = None) -> UnsupportedEstimatorError:
+    """An error naming the op that made ``estimator`` fail (``op``, else read from ``err``'s message) and
     pointing at the finite differences."""
     message = str(err).splitlines()[0] if str(err) else type(err).__name__
     op = op or _failing_op(str(err))
-    need = "forward-mode AD (a jvp)" if method == "jvp" else "a twice-differentiable backward (double backprop)"
+    need = "forward-mode AD (a jvp)" if ESTIMATORS[estimator].forward_mode else \
+        "a twice-differentiable backward (double backprop)"
     what = f"op {op}" if op else "an op"
     if op and "scaled_dot_product" in op:
         what += " (torch.nn.functional.scaled_dot_product_attention)"
     return UnsupportedEstimatorError(
-        f"method={method!r} needs {need}, which {what} of this model does not provide "
-        f"(PyTorch said: {message}). Use the default method='rfd' (or 'central'), which needs only first derivatives."
+        f"estimator={estimator!r} needs {need}, which {what} of this model does not provide "
+        f"(PyTorch said: {message}). Use the default estimator='rfd' (or 'central'), which needs only first derivatives."
     )
 
 
@@ -81,7 +84,7 @@ def is_derivative_error(err: BaseException) -> bool:
     return isinstance(err, NotImplementedError) and not isinstance(err, UnsupportedEstimatorError)
 
 
-def check_twice_differentiable(g: torch.Tensor, method: str) -> None:
+def check_twice_differentiable(g: torch.Tensor, estimator: str) -> None:
     """Raise :class:`UnsupportedEstimatorError` if backpropagating through ``g``'s graph hits a missing derivative."""
     seen, stack = set(), [g.grad_fn]
     while stack:
@@ -92,7 +95,7 @@ def check_twice_differentiable(g: torch.Tensor, method: str) -> None:
         if node.name() in (_NOT_IMPLEMENTED_NODE, _COMPILED_DOUBLE_BACKWARD_NODE):
             compiled = node.name() == _COMPILED_DOUBLE_BACKWARD_NODE
             err = RuntimeError(_COMPILED_DOUBLE_BACKWARD_MESSAGE) if compiled else _provoke(node)
-            raise unsupported(method, err, _COMPILED if compiled else None) from err
+            raise unsupported(estimator, err, _COMPILED if compiled else None) from err
         stack.extend(child for child, _ in node.next_functions)
 
 
@@ -135,8 +138,8 @@ def check_fsdp_exact(model: nn.Module) -> None:
         return
     if any(isinstance(m, FSDPModule) and _reshards_after_backward(m) for m in model.modules()):
         raise UnsupportedEstimatorError(
-            "method='exact' under FSDP2 (fully_shard) needs the parameters unsharded through the double "
-            "backward, but FSDP reshards them after the input-gradient backward. Use the default method='rfd', 'central' "
+            "estimator='exact' under FSDP2 (fully_shard) needs the parameters unsharded through the double "
+            "backward, but FSDP reshards them after the input-gradient backward. Use the default estimator='rfd', 'central' "
             "or 'jvp', which work with FSDP's defaults, or call model.set_reshard_after_backward(False) once "
             "and, after every optimizer step, m.reshard() for each FSDPModule m in model.modules() (otherwise "
             "the next forward reuses the stale gathered parameters)."

@@ -1,6 +1,6 @@
 r"""Triton kernels for the fused energy head: one program per row, online logsumexp over column blocks.
 
-Implements the semantics of :mod:`margreg_fast.ops.reference` (read it first). For each row, with
+Implements the semantics of :mod:`margreg_fast._ops.reference` (read it first). For each row, with
 a = z0, b = z1 (upcast to fp32, or fp64 for fp64 logits) and d = b - a:
 
 Forward, pass 1 (online, one read of both rows in blocks of ``BLOCK`` columns), after
