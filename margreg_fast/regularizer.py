@@ -269,6 +269,7 @@ class MarginalDensityRegularizer(nn.Module):
                 autocast_clean_pass(passes, model, x, x, device_type)[0]
             data = _cross_entropy(logits, labels) if with_ce else logits
             idx = draw_subset(x.shape[0], self.fraction, x.device, self.generator)
+            passes.rows(idx, x.shape[0])  # the subset's rows of the clean pass's activation patterns
             return data, self._estimate(model, x[idx], _rows(labels, idx), passes=passes), idx
         idx = draw_subset(x.shape[0], self.fraction, x.device, self.generator)
         rest = complement(idx, x.shape[0])

@@ -109,6 +109,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.overrides import TorchFunctionMode
 
 from .checks import OutputModel
+from .patterns import PIECEWISE, Patterns
 
 
 class HeldStatisticsError(RuntimeError):
@@ -246,17 +247,21 @@ class _HeldStats(NamedTuple):
 
 
 class _BatchNormMode(TorchFunctionMode):
-    """Routes every batch-norm call of one pass to ``handler(func, call, args, kwargs)``; all else runs as is."""
+    """Routes every batch-norm call of one pass to ``handler(func, call, args, kwargs)`` and, with
+    ``pieces``, every piecewise-linear call (:mod:`.patterns`) outside dynamo's tracing to
+    ``pieces(func, call, args, kwargs)``; all else runs as is."""
 
-    def __init__(self, handler) -> None:
+    def __init__(self, handler, pieces=None) -> None:
         super().__init__()
-        self.handler = handler
+        self.handler, self.pieces = handler, pieces
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         with _stored_here():
             if func in _BATCH_NORMS:
                 return _handle(self.handler, func, args, kwargs)
+            if self.pieces is not None and func in PIECEWISE and not torch.compiler.is_compiling():
+                return self.pieces(func, PIECEWISE[func](*args, **kwargs), args, kwargs)
             if func in _SYNC_BATCH_NORM_OPS:
                 raise HeldStatisticsError(
                     f"margreg_fast: {func.__name__} (multi-process SyncBatchNorm) computes statistics gathered "
@@ -505,6 +510,9 @@ class ModelPasses:
         self.compiled = is_compiled(model)
         # a compiled model with train-mode BatchNorm runs its passes eagerly (module docstring, torch.compile)
         self.eager = self.compiled and has_train_mode_batchnorm(model)
+        # activation patterns are replayed wherever the passes run eagerly (module docstring, "Activation patterns")
+        self.patterns = Patterns()
+        self.replays_patterns = not self.compiled or self.eager
 
     def _compiled_setting(self):
         """The compiler setting of every pass and input-gradient backward (module docstring, torch.compile)."""
@@ -515,16 +523,24 @@ class ModelPasses:
         """Did the clean pass make train-mode batch-norm calls whose statistics are now held?"""
         return bool(self.stats)
 
+    def _recorder(self):
+        self.patterns = Patterns()
+        return self.patterns.record if self.replays_patterns else None
+
     def clean(self, x: torch.Tensor) -> torch.Tensor:
         self.random = RandomState(x.device)
-        with self._compiled_setting(), _BatchNormMode(self._capture_call):
+        with self._compiled_setting(), _BatchNormMode(self._capture_call, self._recorder()):
             return self.model(x)
 
     def capture(self, x: torch.Tensor) -> torch.Tensor:
         self.random = RandomState(x.device)
         with self._compiled_setting(), frozen_running_stats(self.inner), \
-                _BatchNormMode(self._capture_call_without_update):
+                _BatchNormMode(self._capture_call_without_update, self._recorder()):
             return self.inner(x)
+
+    def rows(self, idx: torch.Tensor, batch: int) -> None:
+        """The probes that follow run on rows ``idx`` of the clean pass's batch of ``batch`` samples."""
+        self.patterns.rows(idx, batch)
 
     def share(self, x: torch.Tensor) -> None:
         """The caller's logits of x serve as the clean pass (see "Shared logits" in the module docstring)."""
@@ -538,8 +554,11 @@ class ModelPasses:
         # runs without the mode (whose per-op Python dispatch is the mechanism's only cost on a model
         # without batch-norm calls). Shared logits saw no batch-norm call: their probes keep the mode,
         # which refuses a train-mode call no module announced.
-        needs_mode = self.stats or self._shared
-        mode = _BatchNormMode(self._replay_call) if needs_mode else contextlib.nullcontext()
+        pieces = len(self.patterns) > 0
+        self.patterns.start()
+        needs_mode = self.stats or self._shared or pieces
+        mode = _BatchNormMode(self._replay_call, self.patterns.replay if pieces else None) if needs_mode \
+            else contextlib.nullcontext()
         with self.random.replayed():
             with self._compiled_setting(), frozen_running_stats(self.inner), mode:
                 out = self.inner(x)
@@ -553,6 +572,8 @@ class ModelPasses:
             raise HeldStatisticsError(
                 f"margreg_fast: a probe pass made {self._replayed} train-mode batch-norm calls, the clean pass "
                 f"{len(self.stats)}; the model must make the same batch-norm calls on every forward{hint}")
+        if pieces:
+            self.patterns.check_complete()
         return out
 
     @contextmanager
