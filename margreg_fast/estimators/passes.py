@@ -63,6 +63,19 @@ thread-local, so forwards in other threads escape it: ``nn.DataParallel`` over s
 refused (:func:`check_passable`), as are timm's EvoNorm-B layers in train mode, whose batch variance
 is computed in their own code, with no batch-norm call to hold.
 
+**Activation patterns** (:mod:`.patterns`). The same mode records, in the clean pass (and a
+capture), the pattern of each piecewise-linear call in call order -- relu's mask, the side of each
+element of relu6 / hardtanh, leaky_relu's mask, max pooling's argmax indices -- and each probe
+computes the op as the clean piece's linear map of its own input (t * mask, the clamp values
+outside, t gathered at the clean indices). S along the probe is then smooth in x and theta, its
+secant converges to autograd's directional derivative at x with an O(h) error from the smooth ops'
+curvature only, and its theta-gradient treats the pattern as a constant, as exact's double
+backprop does (relu'' = 0). A probe whose piecewise-linear calls differ from the clean pass's in
+order, kind, shape or number raises :class:`.patterns.PatternReplayError`. Where the passes stay
+compiled (below) the mode does not see the ops inside dynamo's graphs: nothing is recorded and the
+probes compute the ops as they are, crossing kinks as before (``ModelPasses.replays_patterns`` is
+False). With shared logits (below) the caller's forward was not seen either: nothing is replayed.
+
 **Shared logits.** When the caller's own logits serve as the clean pass (``logits=``, x requiring
 grad, no train-mode ``_BatchNorm`` module), the masks of the caller's forward are unknown: the probes
 then start from one recorded state, and a probe that draws random numbers raises
@@ -90,7 +103,9 @@ passes of a compiled model with train-mode BatchNorm run eagerly
 (``torch.compiler.set_stance("force_eager")``, only while an estimate runs: the model's own forward
 elsewhere stays compiled), and so does their input-gradient backward. A compiled model without
 train-mode BatchNorm stays compiled in every pass; its functional train-mode batch-norm calls, if
-any, graph-break at the handler. ``torch._functorch.config.donated_buffer`` is switched off around
+any, graph-break at the handler, and its activation patterns are not replayed (a graph break at
+every ReLU would cost the compiled speed, and in-place activations hit the AOTAutograd failure
+above): its probes are today's, which cross kinks at the automatic step. ``torch._functorch.config.donated_buffer`` is switched off around
 the passes of compiled models only (:func:`_compiled_graphs_retainable`).
 """
 from __future__ import annotations
