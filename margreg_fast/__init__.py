@@ -8,7 +8,8 @@ from importlib import import_module
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # what static tools (and the API reference) read; at run time __getattr__ imports each on first use
-    from .estimators import DEFAULT_METHOD, DEFAULT_STEP, METHODS, HeldStatisticsError, UnsupportedEstimatorError
+    from .estimators import (DEFAULT_METHOD, DEFAULT_STEP, METHODS, HeldStatisticsError, PatternReplayError,
+                             UnsupportedEstimatorError)
     from .audit import GradientDirectionWarning
     from .estimators.passes import InferenceModeError
     from .estimators.registry import ESTIMATORS, Estimator
@@ -23,7 +24,8 @@ if TYPE_CHECKING:  # what static tools (and the API reference) read; at run time
 #: ``margreg-fast`` command starts at once; the first use of a name imports its module (tests/test_packaging.py
 #: checks this table against the imports above and __all__).
 _EXPORTED_FROM = {
-    ".estimators": ("DEFAULT_METHOD", "DEFAULT_STEP", "METHODS", "HeldStatisticsError", "UnsupportedEstimatorError"),
+    ".estimators": ("DEFAULT_METHOD", "DEFAULT_STEP", "METHODS", "HeldStatisticsError", "PatternReplayError",
+                     "UnsupportedEstimatorError"),
     ".audit": ("GradientDirectionWarning",),
     ".estimators.passes": ("InferenceModeError",),
     ".estimators.registry": ("ESTIMATORS", "Estimator"),
@@ -47,8 +49,8 @@ __all__ = [
     # the estimators' names and defaults
     "METHODS", "DEFAULT_METHOD", "DEFAULT_STEP", "ESTIMATORS", "Estimator",
     # every exception and warning the library raises of its own type
-    "UnsupportedEstimatorError", "HeldStatisticsError", "InferenceModeError", "SecantWarning", "NativeBuildWarning",
-    "GradientDirectionWarning",
+    "UnsupportedEstimatorError", "HeldStatisticsError", "PatternReplayError", "InferenceModeError", "SecantWarning",
+    "NativeBuildWarning", "GradientDirectionWarning",
 ]
 
 
