@@ -9,7 +9,7 @@ Estimators (``method``; details and costs in :mod:`margreg_fast.estimators.core`
 default: the exact value, and a parameter gradient from a randomly signed finite difference along
 v = g / ||g|| at the cost of one extra forward; training cannot game it), ``"exact"`` (double
 backprop), ``"jvp"`` (exact, forward mode over the reverse-mode input gradient), ``"fd"`` (one-sided
-forward difference, error O(h); training games it) and ``"central"`` (error O(h^2), one more
+forward difference, error O(h)) and ``"central"`` (error O(h^2), one more
 forward). ``step`` is h of the finite differences: a positive float, or ``"auto"`` (see
 :mod:`margreg_fast.estimators.steps`). Both functions default to ``method="rfd"``, ``step="auto"``
 (:mod:`margreg_fast.estimators.defaults`). The finite differences go through the fused head op
