@@ -565,10 +565,11 @@ class ModelPasses:
         if self.random is None:
             raise RuntimeError("ModelPasses.probe needs a clean pass, capture or share first")
         self._replayed = 0
-        # A clean pass that ran under the mode and held no statistics leaves nothing to replay: the probe
-        # runs without the mode (whose per-op Python dispatch is the mechanism's only cost on a model
-        # without batch-norm calls). Shared logits saw no batch-norm call: their probes keep the mode,
-        # which refuses a train-mode call no module announced.
+        # A clean pass that ran under the mode and held no statistics and recorded no activation pattern
+        # leaves nothing to replay: the probe runs without the mode (whose per-op Python dispatch is the
+        # mechanism's only cost on a model without batch-norm or piecewise-linear calls). Shared logits
+        # saw no batch-norm call: their probes keep the mode, which refuses a train-mode call no module
+        # announced.
         pieces = len(self.patterns) > 0
         self.patterns.start()
         needs_mode = self.stats or self._shared or pieces
