@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # what static tools (and the API reference) read; at run time __getattr__ imports each on first use
     from ._estimators import (DEFAULT_ESTIMATOR, DEFAULT_STEP, PENALTY_KINDS, HeldStatisticsError,
-                             UnsupportedEstimatorError)
+                             PatternReplayError, UnsupportedEstimatorError)
     from ._audit import GradientDirectionWarning
     from ._estimators.passes import InferenceModeError
     from ._estimators.registry import ESTIMATORS, Estimator
@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # what static tools (and the API reference) read; at run time
 #: checks this table against the imports above and __all__).
 _EXPORTED_FROM = {
     "._estimators": ("DEFAULT_ESTIMATOR", "DEFAULT_STEP", "PENALTY_KINDS", "HeldStatisticsError",
-                    "UnsupportedEstimatorError"),
+                    "PatternReplayError", "UnsupportedEstimatorError"),
     "._audit": ("GradientDirectionWarning",),
     "._estimators.passes": ("InferenceModeError",),
     "._estimators.registry": ("ESTIMATORS", "Estimator"),
@@ -52,8 +52,8 @@ __all__ = [
     # the estimators, their default and the penalty kinds
     "ESTIMATORS", "Estimator", "DEFAULT_ESTIMATOR", "DEFAULT_STEP", "PENALTY_KINDS",
     # every exception and warning the library raises of its own type
-    "UnsupportedEstimatorError", "HeldStatisticsError", "InferenceModeError", "SecantWarning", "NativeBuildWarning",
-    "GradientDirectionWarning",
+    "UnsupportedEstimatorError", "HeldStatisticsError", "PatternReplayError", "InferenceModeError", "SecantWarning",
+    "NativeBuildWarning", "GradientDirectionWarning",
 ]
 
 

@@ -10,7 +10,7 @@ bf16 passes the cosine with fp32 exact fell to 0.05-0.38 on real nets while the 
 with R_est the training estimator (as configured: estimator, step, autocast state) and R_ref ``exact``
 in fp32 (autocast off), or ``central`` in fp32 where exact is refused (ops without a double
 backward, compiled or FSDP2 models). Both run on the first ``samples`` samples of the step's batch,
-as probes of one capture pass (:meth:`~.estimators.passes.ModelPasses.capture`), so both use the same
+as probes of one capture pass (:meth:`~._estimators.passes.ModelPasses.capture`), so both use the same
 held batch statistics and random masks, no running statistic moves, and torch's generators are put
 back afterwards: the audit leaves training's state and random stream as they were. Parameter
 gradients are computed with ``torch.autograd.grad``, so ``.grad`` is untouched.

@@ -9,7 +9,7 @@ Estimators (``estimator``; details and costs in :mod:`margreg_fast._estimators.c
 default: the exact value, and a parameter gradient from a randomly signed finite difference along
 v = g / ||g|| at the cost of one extra forward; training cannot game it), ``"exact"`` (double
 backprop), ``"jvp"`` (exact, forward mode over the reverse-mode input gradient), ``"fd"`` (one-sided
-forward difference, error O(h); training games it) and ``"central"`` (error O(h^2), one more
+forward difference, error O(h)) and ``"central"`` (error O(h^2), one more
 forward). ``step`` is h of the finite differences: a positive float, or ``"auto"`` (see
 :mod:`margreg_fast._estimators.steps`). Both functions default to ``estimator="rfd"``, ``step="auto"``
 (:mod:`margreg_fast._estimators.defaults`). The finite differences go through the fused head op

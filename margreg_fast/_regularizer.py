@@ -29,7 +29,7 @@ statistics, the monitor's two sums and the head op's target range checks are sta
 tensor and transferred together (so an out-of-range label raises after the step's passes). With
 ``sync=False`` a step does not synchronise at all: the statistics stay on the device, for loops that
 log every N steps. Under ``torch.inference_mode`` (Lightning's evaluation) a step computes the true
-value, as under ``torch.no_grad`` (:func:`.estimators.passes.outside_inference_mode`).
+value, as under ``torch.no_grad`` (:func:`._estimators.passes.outside_inference_mode`).
 
 With ``fraction`` f < 1 the penalty is computed on a random subset of m = max(1, round(f B)) samples,
 scaled so that its expectation, and so the expected parameter gradient, is fraction 1's at the same
@@ -274,6 +274,7 @@ class MarginalDensityRegularizer(nn.Module):
                 autocast_clean_pass(passes, model, x, x, device_type)[0]
             data = _cross_entropy(logits, labels) if with_ce else logits
             idx = draw_subset(x.shape[0], self.fraction, x.device, self.generator)
+            passes.rows(idx, x.shape[0])  # the subset's rows of the clean pass's activation patterns
             return data, self._estimate(model, x[idx], _rows(labels, idx), passes=passes), idx
         idx = draw_subset(x.shape[0], self.fraction, x.device, self.generator)
         rest = complement(idx, x.shape[0])

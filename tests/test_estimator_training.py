@@ -8,9 +8,11 @@ and the regulariser's secant monitor must stay quiet.
 The default estimator, rfd, is held to those two checks only: its own estimate is ||g||^2, the true
 R itself, so "true R / own estimate" is 1 by construction and tells nothing about it. What can fail
 for rfd is the model its parameter gradient trains (the twin ratio) and the secant slope that the
-monitor watches. fd, whose estimate is its secant squared, is held to the own-estimate check too:
-training games it (true R 12-25x its estimate in benchmarks/results/estimator_training.md), and
-the monitor warns.
+monitor watches. fd, whose estimate is its secant squared, is held to the own-estimate check too.
+Before the probes replayed the clean pass's activation patterns (margreg_fast/_estimators/patterns.py)
+training gamed fd through the ReLU kinks and max-pool ties its one-sided probe crossed (true R 12-25x
+its estimate, the monitor warning); with the patterns replayed its secant is the slope of x's piece
+up to O(h), and it passes the same checks (benchmarks/results/estimator_training.md).
 """
 import pytest
 
@@ -42,7 +44,7 @@ def test_default_estimator_trains_what_exact_trains(data, twins, activation):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("activation", ["relu", "gelu"])
-def test_fd_is_gamed_and_the_monitor_says_so(data, twins, activation):
+def test_fd_with_replayed_patterns_is_not_gamed(data, twins, activation):
     got = judge("fd", activation, data)
-    assert got.true_over_own > MAX_TRUE_OVER_OWN or got.over_twin(twins[activation]) > MAX_TRUE_OVER_TWIN, got
-    assert got.warned and got.secant_ratio < 0.5, got
+    assert got.true_over_own <= MAX_TRUE_OVER_OWN and got.over_twin(twins[activation]) <= MAX_TRUE_OVER_TWIN, got
+    assert not got.warned and 0.8 <= got.secant_ratio <= 1.25, got

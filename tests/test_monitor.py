@@ -170,13 +170,15 @@ def test_audit_runs_every_n_steps_and_reports_nan_between():
 
 
 def test_audit_warns_once_naming_the_cause_when_the_direction_is_lost():
-    """On a ReLU max-pool net at init with step=0.02 the secant crosses kinks and ties: the audit's
-    cosine is near 0 (0.05 measured), below 0.5; the warning says why and points at the user's line."""
+    """On a compiled ReLU max-pool net without BatchNorm, whose passes stay compiled and so do not
+    replay the clean pass's activation patterns (margreg_fast/_estimators/patterns.py), at init with
+    step=0.02 the secant crosses kinks and ties: the audit's cosine is far below 0.5; the warning
+    says why and points at the user's line."""
     from margreg_fast import GradientDirectionWarning, MarginalDensityRegularizer
     from margreg_fast.kit import models
     x, y = _digits()
     torch.manual_seed(0)
-    model = models.MaxPoolCNN(width=8, image_size=20, hidden=64, activation="relu")
+    model = torch.compile(models.MaxPoolCNN(width=8, image_size=20, hidden=64, activation="relu"), backend="eager")
     reg = MarginalDensityRegularizer(1.0, step=0.02, audit_every=1)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -129,18 +129,15 @@ def _relu_max_pool_cnn():
 @pytest.mark.parametrize("make", [_relu_mlp, _relu_max_pool_cnn], ids=["relu-mlp", "relu-maxpool-cnn"])
 @pytest.mark.parametrize("kind", ["marginal", "conditional", "joint"])
 def test_parameter_gradient_at_relu_kinks_and_max_pool_switches(make, batch, kind):
-    """What fd's theta-gradient does on piecewise nets, stated rather than hidden.
+    """The finite differences' theta-gradient on piecewise nets: the probes replay the clean pass's pattern.
 
-    exact and jvp differentiate at x: they agree (1e-10) here too. fd and central differentiate the
-    secant between x and x + h v (x - h v): a ReLU unit or max-pool winner that switches within h
-    changes d f(x + h v) / d theta by O(1), so the secant's theta-gradient is off by O(1 / h) times
-    the share of switching units (~h), an O(1) error at any h. At h = 1e-4 no switch of this batch
-    lies within h and fd agrees with exact (cosine > 0.999); at the default h = 1e-2 the penalty
-    value is still within 5% of exact but its theta-gradient is far from exact (measured cosine
-    0.04-0.47 for fd, 0.11-0.43 for central, against > 0.999 on the smooth nets at the same h).
-    rfd's value is ||g||^2 here too (1e-10); its theta-gradient is that of a one-sided secant of
-    random side per sample, so its cosine with exact's depends on the draw (no bound stated): what
-    it trains is judged in tests/test_estimator_training.py.
+    exact and jvp differentiate at x: they agree (1e-10) here too. fd, central and rfd differentiate
+    the secant between x and x + h v (x - h v). A ReLU unit or max-pool winner that switched within h
+    would change d f(x + h v) / d theta by O(1), an O(1) error at any h (measured cosine 0.04-0.47
+    for fd, 0.11-0.43 for central at h = 1e-2 before the replay). The probes compute each ReLU and
+    max pool on the clean pass's linear piece (margreg_fast/_estimators/patterns.py), so the secant is
+    that of x's piece and its theta-gradient is exact's up to O(h) from the smooth head's curvature:
+    cosine > 0.999 at h = 1e-4 and at the default-sized h = 1e-2. rfd's value is ||g||^2 (1e-10).
     """
     torch.manual_seed(0)
     model = make().double()
@@ -150,10 +147,10 @@ def test_parameter_gradient_at_relu_kinks_and_max_pool_switches(make, batch, kin
     assert rel(parameter_gradient(model, _penalty(model, x, y, kind, estimator="jvp")), g_exact) < 1e-10
     assert F.cosine_similarity(parameter_gradient(model, _penalty(model, x, y, kind, estimator="fd", step=1e-4)),
                                g_exact, dim=0) > 0.999
-    for method in ("fd", "central"):
+    for method in ("fd", "central", "rfd"):
         value = _penalty(model, x, y, kind, estimator=method, step=1e-2)
         assert rel(value.detach(), exact.detach()) < 0.05, method
-        assert F.cosine_similarity(parameter_gradient(model, value), g_exact, dim=0) < 0.5, method
+        assert F.cosine_similarity(parameter_gradient(model, value), g_exact, dim=0) > 0.999, method
     assert rel(_penalty(model, x, y, kind, estimator="rfd", step=1e-2).detach(), exact.detach()) < 1e-10
 
 

@@ -63,6 +63,19 @@ thread-local, so forwards in other threads escape it: ``nn.DataParallel`` over s
 refused (:func:`check_passable`), as are timm's EvoNorm-B layers in train mode, whose batch variance
 is computed in their own code, with no batch-norm call to hold.
 
+**Activation patterns** (:mod:`.patterns`). The same mode records, in the clean pass (and a
+capture), the pattern of each piecewise-linear call in call order -- relu's mask, the side of each
+element of relu6 / hardtanh, leaky_relu's mask, max pooling's argmax indices -- and each probe
+computes the op as the clean piece's linear map of its own input (t * mask, the clamp values
+outside, t gathered at the clean indices). S along the probe is then smooth in x and theta, its
+secant converges to autograd's directional derivative at x with an O(h) error from the smooth ops'
+curvature only, and its theta-gradient treats the pattern as a constant, as exact's double
+backprop does (relu'' = 0). A probe whose piecewise-linear calls differ from the clean pass's in
+order, kind, shape or number raises :class:`.patterns.PatternReplayError`. Where the passes stay
+compiled (below) the mode does not see the ops inside dynamo's graphs: nothing is recorded and the
+probes compute the ops as they are, crossing kinks as before (``ModelPasses.replays_patterns`` is
+False). With shared logits (below) the caller's forward was not seen either: nothing is replayed.
+
 **Shared logits.** When the caller's own logits serve as the clean pass (``logits=``, x requiring
 grad, no train-mode ``_BatchNorm`` module), the masks of the caller's forward are unknown: the probes
 then start from one recorded state, and a probe that draws random numbers raises
@@ -90,7 +103,9 @@ passes of a compiled model with train-mode BatchNorm run eagerly
 (``torch.compiler.set_stance("force_eager")``, only while an estimate runs: the model's own forward
 elsewhere stays compiled), and so does their input-gradient backward. A compiled model without
 train-mode BatchNorm stays compiled in every pass; its functional train-mode batch-norm calls, if
-any, graph-break at the handler. ``torch._functorch.config.donated_buffer`` is switched off around
+any, graph-break at the handler, and its activation patterns are not replayed (a graph break at
+every ReLU would cost the compiled speed, and in-place activations hit the AOTAutograd failure
+above): its probes are today's, which cross kinks at the automatic step. ``torch._functorch.config.donated_buffer`` is switched off around
 the passes of compiled models only (:func:`_compiled_graphs_retainable`).
 """
 from __future__ import annotations
@@ -109,6 +124,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.overrides import TorchFunctionMode
 
 from .checks import OutputModel
+from .patterns import PIECEWISE, Patterns
 
 
 class HeldStatisticsError(RuntimeError):
@@ -246,17 +262,21 @@ class _HeldStats(NamedTuple):
 
 
 class _BatchNormMode(TorchFunctionMode):
-    """Routes every batch-norm call of one pass to ``handler(func, call, args, kwargs)``; all else runs as is."""
+    """Routes every batch-norm call of one pass to ``handler(func, call, args, kwargs)`` and, with
+    ``pieces``, every piecewise-linear call (:mod:`.patterns`) outside dynamo's tracing to
+    ``pieces(func, call, args, kwargs)``; all else runs as is."""
 
-    def __init__(self, handler) -> None:
+    def __init__(self, handler, pieces=None) -> None:
         super().__init__()
-        self.handler = handler
+        self.handler, self.pieces = handler, pieces
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         with _stored_here():
             if func in _BATCH_NORMS:
                 return _handle(self.handler, func, args, kwargs)
+            if self.pieces is not None and func in PIECEWISE and not torch.compiler.is_compiling():
+                return self.pieces(func, PIECEWISE[func](*args, **kwargs), args, kwargs)
             if func in _SYNC_BATCH_NORM_OPS:
                 raise HeldStatisticsError(
                     f"margreg_fast: {func.__name__} (multi-process SyncBatchNorm) computes statistics gathered "
@@ -505,6 +525,9 @@ class ModelPasses:
         self.compiled = is_compiled(model)
         # a compiled model with train-mode BatchNorm runs its passes eagerly (module docstring, torch.compile)
         self.eager = self.compiled and has_train_mode_batchnorm(model)
+        # activation patterns are replayed wherever the passes run eagerly (module docstring, "Activation patterns")
+        self.patterns = Patterns()
+        self.replays_patterns = not self.compiled or self.eager
 
     def _compiled_setting(self):
         """The compiler setting of every pass and input-gradient backward (module docstring, torch.compile)."""
@@ -515,16 +538,24 @@ class ModelPasses:
         """Did the clean pass make train-mode batch-norm calls whose statistics are now held?"""
         return bool(self.stats)
 
+    def _recorder(self):
+        self.patterns = Patterns()
+        return self.patterns.record if self.replays_patterns else None
+
     def clean(self, x: torch.Tensor) -> torch.Tensor:
         self.random = RandomState(x.device)
-        with self._compiled_setting(), _BatchNormMode(self._capture_call):
+        with self._compiled_setting(), _BatchNormMode(self._capture_call, self._recorder()):
             return self.model(x)
 
     def capture(self, x: torch.Tensor) -> torch.Tensor:
         self.random = RandomState(x.device)
         with self._compiled_setting(), frozen_running_stats(self.inner), \
-                _BatchNormMode(self._capture_call_without_update):
+                _BatchNormMode(self._capture_call_without_update, self._recorder()):
             return self.inner(x)
+
+    def rows(self, idx: torch.Tensor, batch: int) -> None:
+        """The probes that follow run on rows ``idx`` of the clean pass's batch of ``batch`` samples."""
+        self.patterns.rows(idx, batch)
 
     def share(self, x: torch.Tensor) -> None:
         """The caller's logits of x serve as the clean pass (see "Shared logits" in the module docstring)."""
@@ -534,12 +565,16 @@ class ModelPasses:
         if self.random is None:
             raise RuntimeError("ModelPasses.probe needs a clean pass, capture or share first")
         self._replayed = 0
-        # A clean pass that ran under the mode and held no statistics leaves nothing to replay: the probe
-        # runs without the mode (whose per-op Python dispatch is the mechanism's only cost on a model
-        # without batch-norm calls). Shared logits saw no batch-norm call: their probes keep the mode,
-        # which refuses a train-mode call no module announced.
-        needs_mode = self.stats or self._shared
-        mode = _BatchNormMode(self._replay_call) if needs_mode else contextlib.nullcontext()
+        # A clean pass that ran under the mode and held no statistics and recorded no activation pattern
+        # leaves nothing to replay: the probe runs without the mode (whose per-op Python dispatch is the
+        # mechanism's only cost on a model without batch-norm or piecewise-linear calls). Shared logits
+        # saw no batch-norm call: their probes keep the mode, which refuses a train-mode call no module
+        # announced.
+        pieces = len(self.patterns) > 0
+        self.patterns.start()
+        needs_mode = self.stats or self._shared or pieces
+        mode = _BatchNormMode(self._replay_call, self.patterns.replay if pieces else None) if needs_mode \
+            else contextlib.nullcontext()
         with self.random.replayed():
             with self._compiled_setting(), frozen_running_stats(self.inner), mode:
                 out = self.inner(x)
@@ -553,6 +588,8 @@ class ModelPasses:
             raise HeldStatisticsError(
                 f"margreg_fast: a probe pass made {self._replayed} train-mode batch-norm calls, the clean pass "
                 f"{len(self.stats)}; the model must make the same batch-norm calls on every forward{hint}")
+        if pieces:
+            self.patterns.check_complete()
         return out
 
     @contextmanager

@@ -24,11 +24,21 @@ machine epsilon of the logits' dtype:
 * ``rfd``, whose value is the exact ||g||^2 and whose secant feeds only the parameter gradient, takes
   r = eps^(1/2) RMS, the low end of the range that rounding allows: its parameter gradient keeps a
   cosine of 0.9997-1.0000 with exact's in fp32 from h = 2.3e-4 to 0.06 on smooth CNNs
-  (``benchmarks/results/estimator_step_sweep.md``), and ReLU nets want small steps, because a probe
-  that crosses ReLU kinks measures an average of the pieces' slopes, not the slope at x. RepVGG-A0
-  (plain ReLU, random init, dropout and drop-path, 64 px) is the case that decided it: its secant
-  ratio was far below 0.8 at 4.9e-3 RMS (eps^(1/3)) (the "old" columns of the table cited below)
-  and inside [0.8, 1.25] at eps^(1/2) RMS, and in float64 it returns to 1 at steps below 1e-5.
+  (``benchmarks/results/estimator_step_sweep.md``). ReLU nets decided it before the probes replayed
+  the clean pass's activation patterns: a probe that crossed ReLU kinks measured an average of the
+  pieces' slopes, not the slope at x, and RepVGG-A0 (plain ReLU, random init, dropout and drop-path,
+  64 px) had its secant ratio far below 0.8 at 4.9e-3 RMS (eps^(1/3)) (the "old" columns of the table
+  cited below) and inside [0.8, 1.25] at eps^(1/2) RMS.
+
+**Kinks.** Every probe now computes ReLU, ReLU6 / hardtanh, leaky ReLU and max pooling on the clean
+pass's linear piece (:mod:`.patterns`): along the probe S is smooth, S(x + h v) = S(x) + h ||g|| +
+(h^2/2) v^T H v + O(h^3) with H the curvature of the smooth ops only (softmax head, held BatchNorm
+scales, smooth activations), so the secant's error is O(h) at any step, kinks or not, and its
+parameter gradient is exact's (the pattern constant, relu'' = 0) up to O(h). On the ReLU
+EfficientNet the default's penalty gradient now has cosine 0.9998-1.0000 with exact's along an
+exact-trained run, where it had -0.14..0.39 (``benchmarks/results/estimator_training_gradient.md``).
+A compiled model's passes that stay compiled (no train-mode BatchNorm) are not replayed
+(:mod:`.passes`), and there the old reasoning still holds.
 
 **The curvature bound.** Along v, S(x + e v) = S(x) + e ||g|| + (e^2/2) v^T H v + ..., so a secant's
 slope is ||g|| (1 + (h/2) v^T H v / ||g|| + ...). For the head alone, S = logsumexp(z) with z linear
@@ -52,9 +62,10 @@ rounding on MobileNetV4-conv-small at 224 px (0.446 and 0.774), whose ||g|| is i
 central keeps the curvature bound too, but on RepVGG-A0 (mean ||g|| 0.22 to 2.31) C / ||g|| is larger
 than central's rounding bound, so its step is that rounding bound, 57 times rfd's, and its secant
 measures an average over the ReLU kinks it crosses (ratio 0.06-0.66 on three of RepVGG's four rows;
-0.80-1.00 elsewhere). That ratio is central's *value* against exact's (central's value is the
-secant), and a smaller rounding bound would cost its value accuracy on smooth nets (above), so
-central's rule stays as it is: on ReLU nets use exact (``docs/guides/estimators.md``).
+0.80-1.00 elsewhere, measured before the probes replayed activation patterns). That ratio is
+central's *value* against exact's (central's value is the secant), and a smaller rounding bound
+would cost its value accuracy on smooth nets (above), so central's rule stays as it is; with the
+patterns replayed its secant no longer averages over kinks.
 
 fp32 logits give a rounding bound of h = 3.5e-4 RMS (fd, rfd) / 2.0e-2 RMS (central), bf16 logits
 0.088 RMS / 0.79 RMS, fp64 1.5e-8 RMS / 2.4e-5 RMS. Under

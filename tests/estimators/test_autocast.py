@@ -118,7 +118,7 @@ def test_a_subset_of_a_batchnorm_batch_holds_fp32_statistics_under_autocast(meth
     x = torch.rand(8, 1, 20, 20)
 
     def penalty(autocast):
-        reg = MarginalDensityRegularizer(1.0, method=method, fraction=0.5, generator=torch.Generator().manual_seed(0))
+        reg = MarginalDensityRegularizer(1.0, estimator=method, fraction=0.5, generator=torch.Generator().manual_seed(0))
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             logits, value = reg.logits_and_penalty(model, x)
         assert logits.dtype == (torch.bfloat16 if autocast else torch.float32)
