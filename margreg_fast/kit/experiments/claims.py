@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import load_json, save_json
-from .config import FRACTION_SEPARATOR, LAZY_SEPARATOR, ExperimentConfig
+from .config import ADVERSARIAL_METHODS, FRACTION_SEPARATOR, LAZY_SEPARATOR, ExperimentConfig
 from .evaluation import LIGHT_KEYS, light_scores, marginal_penalty
 from .intervals import Paired, paired, verdict
 from .parallel import run_tasks
@@ -61,6 +61,10 @@ WALL_NAME = "wall.json"
 #: In the output directory: one JSON line per command that trained (start, wall seconds, jobs, threads),
 #: so the plan's wall time, resumptions included, can be told from its outputs.
 INVOCATIONS_NAME = "invocations.jsonl"
+#: Adversarial training (config.ADVERSARIAL_METHODS), opt-in through ``--methods``: when the plan's methods
+#: hold them they are trained like the comparators (full BlockMNIST evaluation and the spurious variant on
+#: every seed), and every claim row, and every cheaper form's rows, compare with them too.
+ADVERSARIAL_COMPARATORS = ADVERSARIAL_METHODS
 
 
 @dataclass(frozen=True)
@@ -130,6 +134,11 @@ class ClaimsPlan:
             raise ValueError("the frontier needs both a grid and frontier seeds (or neither)")
 
     @property
+    def adversarial(self) -> tuple[str, ...]:
+        """The adversarial-training comparators among the plan's methods (ADVERSARIAL_COMPARATORS)."""
+        return tuple(m for m in self.config.methods if m in ADVERSARIAL_COMPARATORS)
+
+    @property
     def cheaper_methods(self) -> tuple[str, ...]:
         """The subject doing less penalty work: on a fraction of each batch, then on every K-th step."""
         return (tuple(f"{self.subject}{FRACTION_SEPARATOR}{f:g}" for f in self.fractions)
@@ -152,7 +161,8 @@ class ClaimsPlan:
         full = not self.light
         out = [("blockmnist", m, cfg.weights[m], s, full) for s in cfg.seeds for m in self.config.methods]
         if self.spurious:
-            out += [("spurious", m, cfg.weights[m], s, False) for s in cfg.seeds for m in SPURIOUS_METHODS]
+            out += [("spurious", m, cfg.weights[m], s, False) for s in cfg.seeds
+                    for m in (*SPURIOUS_METHODS, *self.adversarial)]
         cheaper_full = [("blockmnist", m, cfg.weights[m], s, full) for s in cfg.seeds for m in self.cheaper_methods]
         done = {p[:4] for p in out + cheaper_full}
 
@@ -301,7 +311,8 @@ def _has(records, experiment: str, method: str) -> bool:
 
 def claim_rows(plan: ClaimsPlan, records: list[dict]) -> dict:
     """``{"claims": [...], "cheaper": [...], "estimator": [...]}``: per claim, the subject against each
-    comparator that was run; per cheaper method, the same rows against the subject and against none,
+    comparator that was run (adversarial training included); per cheaper method, the same rows against
+    the subject, against none and against each adversarial scheme that was run,
     and whether it keeps the leakage cut (KEEP_MARGIN); per BlockMNIST claim measured on EXACT_TWIN at
     the subject's weight, the subject against it."""
     weights = plan.experiment_config("blockmnist").weights
@@ -309,7 +320,7 @@ def claim_rows(plan: ClaimsPlan, records: list[dict]) -> dict:
     for claim in CLAIMS:
         if not _has(records, claim.experiment, plan.subject):
             continue
-        versus = [_compare(records, claim, plan.subject, c, weights) for c in COMPARATORS
+        versus = [_compare(records, claim, plan.subject, c, weights) for c in (*COMPARATORS, *ADVERSARIAL_COMPARATORS)
                   if c != plan.subject and _has(records, claim.experiment, c)]
         rows.append({**claim.__dict__, "versus": versus})
     cheaper = []
@@ -317,7 +328,8 @@ def claim_rows(plan: ClaimsPlan, records: list[dict]) -> dict:
     for method in plan.cheaper_methods:
         cut = _compare(records, leak, "none", plan.subject, weights)["mean"]  # none - mdr, > 0 if mdr cuts
         keep = _compare(records, leak, method, plan.subject, weights, margin=KEEP_MARGIN * max(cut or 0.0, 0.0))
-        per_claim = [{**c.__dict__, "versus": [_compare(records, c, method, other, weights) for other in (plan.subject, "none")]}
+        others = (plan.subject, "none", *(a for a in ADVERSARIAL_COMPARATORS if _has(records, "blockmnist", a)))
+        per_claim = [{**c.__dict__, "versus": [_compare(records, c, method, other, weights) for other in others]}
                      for c in CLAIMS if c.experiment == "blockmnist"]
         cheaper.append({"method": method, "keeps_leakage_cut": keep, "cut": cut, "rows": per_claim})
     twin = {**weights, EXACT_TWIN: weights[plan.subject]}
@@ -347,5 +359,5 @@ def frontier_rows(plan: ClaimsPlan, records: list[dict]) -> list[dict]:
     return out
 
 
-__all__ = ["CLAIMS", "COMPARATORS", "EXACT_TWIN", "Claim", "ClaimsPlan", "KEEP_MARGIN", "Paired", "frontier_rows", "run_claims",
+__all__ = ["ADVERSARIAL_COMPARATORS", "CLAIMS", "COMPARATORS", "EXACT_TWIN", "Claim", "ClaimsPlan", "KEEP_MARGIN", "Paired", "frontier_rows", "run_claims",
            "seed_values"]

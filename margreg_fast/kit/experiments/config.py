@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from ..adversarial import TRADES_BETA
 from ..models import ACTIVATIONS
 from ... import DEFAULT_METHOD, DEFAULT_STEP, MarginalDensityRegularizer
 from ... import ESTIMATORS as ESTIMATOR_REGISTRY
@@ -23,6 +24,12 @@ from ... import METHODS as ESTIMATOR_METHODS
 PENALTY_OF_METHOD = {"none": "none", "igr": "conditional", "joint": "joint", "mdr": "marginal",
                      "mdr-exact": "marginal"}
 METHODS = tuple(PENALTY_OF_METHOD)
+#: Adversarial-training schemes (kit/adversarial.py), opt-in (not in METHODS): "pgd-at" trains on the PGD
+#: adversarial batch (Madry et al. 2018), "trades" on CE + beta KL(p(x) || p(x_adv)) (Zhang et al. 2019), both
+#: attacking at the PGD row's budget (``pgd_linf_eps``, ``pgd_steps`` steps of 2.5 eps / steps). TRADES's beta
+#: is its weight (default 6, the paper's); pgd-at takes no weight (like none, whatever its weight). Neither
+#: takes an estimator, a fraction (@F) or a lazy interval (%K).
+ADVERSARIAL_METHODS = ("pgd-at", "trades")
 #: ``BASE@F`` names a regularised method trained with the penalty on a random fraction F in (0, 1) of
 #: each batch (``MarginalDensityRegularizer(fraction=F)``), e.g. ``mdr@0.25``; F is written as ``format(F, "g")``.
 FRACTION_SEPARATOR = "@"
@@ -56,21 +63,21 @@ def parse_method(name: str) -> MethodSpec:
         raise ValueError(f"method {name!r}: give a fraction (@F) or a lazy interval (%K), not both")
     parts = _METHOD_NAME.fullmatch(name)
     base, fraction, every = parts["base"], parts["fraction"], parts["every"]
-    if base not in PENALTY_OF_METHOD:
-        raise ValueError(f"unknown method {name!r}; choose from {METHODS}, optionally with @FRACTION (e.g. mdr@0.25) "
+    if base not in PENALTY_OF_METHOD and base not in ADVERSARIAL_METHODS:
+        raise ValueError(f"unknown method {name!r}; choose from {METHODS + ADVERSARIAL_METHODS}, optionally with @FRACTION (e.g. mdr@0.25) "
                          f"or %EVERY (e.g. mdr%4)")
     if fraction is not None:
         try:
             f = float(fraction)
         except ValueError:
             raise ValueError(f"method {name!r}: {fraction!r} is not a number") from None
-        if base == "none" or not 0.0 < f < 1.0:
+        if base in ("none", *ADVERSARIAL_METHODS) or not 0.0 < f < 1.0:
             raise ValueError(f"method {name!r}: a fraction needs a regularised method and a value in (0, 1)")
         if format(f, "g") != fraction:
             raise ValueError(f"method {name!r}: write the fraction as {format(f, 'g')!r}")
         return MethodSpec(base, fraction=f)
     if every is not None:
-        if base == "none" or not every.isdigit() or int(every) < 2 or str(int(every)) != every:
+        if base in ("none", *ADVERSARIAL_METHODS) or not every.isdigit() or int(every) < 2 or str(int(every)) != every:
             raise ValueError(f"method {name!r}: lazy regularisation needs a regularised method and an interval "
                              "written as an integer >= 2 (e.g. mdr%4)")
         return MethodSpec(base, every=int(every))
@@ -91,6 +98,9 @@ SPURIOUS_PATCHES = ("band", "overlay")
 
 #: Default penalty weights (lambda in CE + lambda * R). "none" trains plain CE whatever its weight.
 DEFAULT_WEIGHTS = {"none": 0.0, "igr": 1.0, "joint": 1.0, "mdr": 1.0, "mdr-exact": 1.0}
+#: Default weights of the adversarial schemes, added to a config's weights when its methods hold them:
+#: TRADES's beta (the paper's 6); pgd-at has none.
+ADVERSARIAL_WEIGHTS = {"pgd-at": 0.0, "trades": TRADES_BETA}
 #: Default estimator per method: the baselines and the reference use their textbook double-backprop
 #: form, mdr the library's default estimator (margreg_fast.DEFAULT_METHOD).
 DEFAULT_ESTIMATORS = {"none": DEFAULT_METHOD, "igr": "exact", "joint": "exact", "mdr": DEFAULT_METHOD,
@@ -160,6 +170,8 @@ class ExperimentConfig:
     insertion_steps: int = 16          # normalised insertion AUC: fractions 0, 1/steps, ..., 1
     insertion_pixels: int = 155        # the paper's insertion AUC: one pixel per step
     leakage_top_fraction: float = 0.05
+    # --- per-scheme training length (matched-cost comparisons)
+    scheme_epochs: dict = field(default_factory=dict)  # {method: epochs} overriding ``epochs`` for that method
 
     def __post_init__(self) -> None:
         if self.experiment not in EXPERIMENTS:
@@ -219,16 +231,24 @@ class ExperimentConfig:
             _check_method_key("estimator", m)
             if e not in ESTIMATORS:
                 raise ValueError(f"estimator for {m} must be one of {ESTIMATORS}, got {e!r}")
+        for m, e in self.scheme_epochs.items():
+            _check_method_key("scheme_epochs", m)
+            if isinstance(e, bool) or not isinstance(e, int) or e < 1:
+                raise ValueError(f"scheme_epochs of {m} must be an int >= 1, got {e!r}")
         given = {k: float(v) for k, v in self.weights.items()}
         if "mdr" in given:  # the exact reference row trains at mdr's weight unless told otherwise
             given.setdefault("mdr-exact", given["mdr"])
         weights, estimators = {**DEFAULT_WEIGHTS, **given}, {**DEFAULT_ESTIMATORS, **self.estimators}
         for m in self.methods:  # a fraction or lazy method trains at its base's weight and estimator unless told otherwise
             base = parse_method(m).base
+            if base in ADVERSARIAL_METHODS:  # no estimator: recorded as the library default, never used
+                weights.setdefault(m, ADVERSARIAL_WEIGHTS[m])
+                estimators.setdefault(m, DEFAULT_METHOD)
+                continue
             weights.setdefault(m, weights[base])
             estimators.setdefault(m, estimators[base])
         if self.model == "vit":  # SDPA attention has no double backward / forward-mode AD on CPU
-            bad = [m for m in self.methods if m != "none" and estimators[m] in ("exact", "jvp")]
+            bad = [m for m in self.methods if m not in ("none", *ADVERSARIAL_METHODS) and estimators[m] in ("exact", "jvp")]
             if bad:
                 raise ValueError(f"model 'vit' uses scaled_dot_product_attention, which the exact/jvp estimators "
                                  f"cannot differentiate twice; use --estimator fd (or central) for {', '.join(bad)}")
@@ -237,6 +257,11 @@ class ExperimentConfig:
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
         object.__setattr__(self, "weights", weights)
         object.__setattr__(self, "estimators", estimators)
+        object.__setattr__(self, "scheme_epochs", {m: int(e) for m, e in sorted(self.scheme_epochs.items())})
+
+    def epochs_of(self, method: str) -> int:
+        """The epochs ``method`` trains for: its ``scheme_epochs`` entry, else ``epochs``."""
+        return self.scheme_epochs.get(method, self.epochs)
 
     def to_dict(self) -> dict:
         """JSON-ready dict (tuples become lists)."""
@@ -259,9 +284,12 @@ class ExperimentConfig:
     def run_key(self, method: str) -> str:
         """A digest of every setting one ``method`` run depends on: the config with the methods, weights
         and estimators narrowed to ``method``, the step left out where its estimator takes none and the
-        seeds left out (they name the run). Changing mdr's estimator thus leaves the other runs' keys."""
+        seeds left out (they name the run), the epochs its own (``epochs_of``, the per-scheme table left out).
+        Changing mdr's estimator thus leaves the other runs' keys."""
         d = self.to_dict()
-        estimator = None if method == "none" else self.estimators[method]
+        d.pop("scheme_epochs")
+        d["epochs"] = self.epochs_of(method)
+        estimator = None if method in ("none", *ADVERSARIAL_METHODS) else self.estimators[method]
         d.update(methods=[method], seeds=None, weights=self.weights[method], estimators=estimator)
         if estimator in (None, *STEPLESS_ESTIMATORS):
             d["step"] = None

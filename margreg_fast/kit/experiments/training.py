@@ -4,6 +4,8 @@ Objective per batch: mean CE + lambda * mean penalty, computed by
 ``MarginalDensityRegularizer(lambda, method=estimator, step=h, penalty=...)`` (the "none" method uses
 ``penalty="none"``, plain CE through the same code path, so its step time is comparable). A lazy
 ``BASE%K`` method uses K * lambda on steps 0, K, 2K, ... and plain CE on the others (step_objective).
+The adversarial schemes (config.ADVERSARIAL_METHODS) train on kit/adversarial.py's objectives instead,
+whose attack is timed as part of the step; each method trains for ``cfg.epochs_of(method)`` epochs.
 
 Determinism: the model is initialised right after ``torch.manual_seed(seed)``; data order comes
 from a dedicated ``torch.Generator`` seeded from the seed; ``torch.use_deterministic_algorithms`` is
@@ -21,10 +23,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..adversarial import TRADES, PGDTraining
 from ..data import ImageDataset
 from ... import MarginalDensityRegularizer
 from .checkpoint import load_checkpoint, restore, save_checkpoint
-from .config import PENALTY_OF_METHOD, ExperimentConfig, parse_method
+from .config import ADVERSARIAL_METHODS, PENALTY_OF_METHOD, ExperimentConfig, parse_method
 from .model_factory import build_model
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -59,10 +62,22 @@ def make_regularizer(cfg: ExperimentConfig, method: str) -> MarginalDensityRegul
                                       fraction=fraction)
 
 
+def adversarial_objective(cfg: ExperimentConfig, method: str) -> PGDTraining | TRADES:
+    """The objective of an adversarial scheme: the attack at the PGD row's L-inf budget and steps
+    (``pgd_linf_eps``, ``pgd_steps``), TRADES at beta = its weight."""
+    if method == "pgd-at":
+        return PGDTraining(eps=cfg.pgd_linf_eps, steps=cfg.pgd_steps)
+    return TRADES(eps=cfg.pgd_linf_eps, steps=cfg.pgd_steps, beta=cfg.weights[method])
+
+
 def step_objective(cfg: ExperimentConfig, method: str):
     """``objective(step) -> MarginalDensityRegularizer`` for training step ``step`` (0-based, counted over
     the whole run): ``make_regularizer``'s on every step, or for a lazy ``BASE%K`` method on steps 0, K,
-    2K, ... and plain cross-entropy (the "none" objective) on the others."""
+    2K, ... and plain cross-entropy (the "none" objective) on the others; an adversarial scheme's
+    objective (``adversarial_objective``) on every step."""
+    if method in ADVERSARIAL_METHODS:
+        adversarial = adversarial_objective(cfg, method)
+        return lambda step: adversarial
     penalised, every = make_regularizer(cfg, method), parse_method(method).every
     if every == 1:
         return lambda step: penalised
@@ -91,15 +106,16 @@ def train_run(cfg: ExperimentConfig, method: str, seed: int, train: ImageDataset
         state = load_checkpoint(ckpt_path)
         restore(state, model=model, optimizer=optimizer, data_generator=gen)
         start_epoch, step_times = state["epoch"], list(state["step_times"])
-    if not allow_training and start_epoch < cfg.epochs:
-        raise ValueError(f"{run_dir} holds a run stopped at epoch {start_epoch} of {cfg.epochs}; "
+    epochs = cfg.epochs_of(method)
+    if not allow_training and start_epoch < epochs:
+        raise ValueError(f"{run_dir} holds a run stopped at epoch {start_epoch} of {epochs}; "
                          "run the same train/experiment command again to finish it")
     objective = step_objective(cfg, method)
     x_all, y_all = train.x, train.y
     n = len(y_all)
     steps_per_epoch = -(-n // cfg.batch_size)
-    bar = tqdm(range(start_epoch, cfg.epochs), desc=f"{method} seed {seed}", initial=start_epoch,
-               total=cfg.epochs, unit="epoch", disable=quiet, leave=False, dynamic_ncols=True)
+    bar = tqdm(range(start_epoch, epochs), desc=f"{method} seed {seed}", initial=start_epoch,
+               total=epochs, unit="epoch", disable=quiet, leave=False, dynamic_ncols=True)
     for epoch in bar:
         model.train()
         order = torch.randperm(n, generator=gen)
