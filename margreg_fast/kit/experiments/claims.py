@@ -13,6 +13,9 @@ The plan (``ClaimsPlan``) holds one BlockMNIST config (seeds, evaluation images,
   igr, joint and mdr on every seed, scored by ``light_scores`` (accuracies only);
 - the weight frontier: igr, joint, mdr, mdr-exact and every cheaper form at every ``grid`` weight and at
   its selected weight, on the ``frontier_seeds``, scored by ``light_scores`` (accuracy and leakage).
+- opt-in, adversarial training (``pgd-at``, ``trades`` among the ``methods``): fully evaluated on every seed
+  and on the spurious variant like the comparators, and a comparator of every claim row and every
+  cheaper form's rows (ADVERSARIAL_COMPARATORS; ``scheme_epochs`` trains them at matched cost).
 
 Every point is one (experiment, method, weight, seed) run under ``OUT/<experiment>/runs/``, named by
 ``runner.run_dir``, so a point needed twice (a frontier point at the selected weight is a claims run)

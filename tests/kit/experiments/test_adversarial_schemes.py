@@ -1,12 +1,14 @@
 """pgd-at and trades as the kit's training schemes: names, weights, per-scheme epochs, run keys, a tiny run
 that trains above chance and raises PGD accuracy over none, and the claims rows that compare with them."""
+import dataclasses
+
 import pytest
-import torch
 
 from margreg_fast.kit.adversarial import TRADES, PGDTraining
 from margreg_fast.kit.attacks import PGD
 from margreg_fast.kit.cli import build_parser, config_from_args
 from margreg_fast.kit.experiments.claims import ClaimsPlan, claim_rows
+from margreg_fast.kit.experiments.claims_report import adversarial_section
 from margreg_fast.kit.experiments.config import METHODS, ExperimentConfig, parse_method
 from margreg_fast.kit.experiments.datasets import build_datasets
 from margreg_fast.kit.experiments.training import step_objective, train_run
@@ -96,3 +98,8 @@ def test_claims_compare_mdr_and_its_fraction_with_adversarial_training(tiny_conf
     row = next(r for r in cheaper["rows"] if r["metric"] == "leakage_paper")
     assert [c["comparator"] for c in row["versus"]] == ["mdr", "none", "pgd-at", "trades"]
     assert row["versus"][3]["mean"] == pytest.approx(0.25)
+    # the report's section: the claim rows and the cheaper form's, narrowed to the adversarial columns
+    text = adversarial_section(rows, dataclasses.replace(plan, config=cfg.replace(scheme_epochs={"pgd-at": 2})),
+                               plan.experiment_config("blockmnist").replace(scheme_epochs={"pgd-at": 2}))
+    assert "| mdr − pgd-at | mdr − trades |" in text and "| mdr@0.25 − pgd-at | mdr@0.25 − trades |" in text
+    assert "− none" not in text and "pgd-at 2, trades 1" in text
