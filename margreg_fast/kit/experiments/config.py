@@ -243,6 +243,8 @@ class ExperimentConfig:
             base = parse_method(m).base
             if base in ADVERSARIAL_METHODS:  # no estimator: recorded as the library default, never used
                 weights.setdefault(m, ADVERSARIAL_WEIGHTS[m])
+                if m == "pgd-at" and weights[m] != 0.0:
+                    raise ValueError(f"pgd-at takes no weight (it trains on the attack's CE alone), got {weights[m]}")
                 estimators.setdefault(m, DEFAULT_METHOD)
                 continue
             weights.setdefault(m, weights[base])

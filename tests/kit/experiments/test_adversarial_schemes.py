@@ -27,6 +27,8 @@ def test_names_weights_and_objectives():
     assert isinstance(pgd, PGDTraining) and (pgd.eps, pgd.steps, pgd.alpha) == (0.2, 8, pytest.approx(2.5 * 0.2 / 8))
     assert isinstance(trades, TRADES) and (trades.eps, trades.steps, trades.beta) == (0.2, 8, 6.0)
     assert step_objective(cfg.replace(weights={"trades": 1.0}), "trades")(0).beta == 1.0
+    with pytest.raises(ValueError, match="pgd-at takes no weight"):
+        cfg.replace(weights={"pgd-at": 1.0})
 
 
 def test_scheme_epochs_key_only_their_scheme():
