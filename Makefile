@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo claims claims-confounds claims-resnet claims-animal shortcuts test bench results docs gpu-check clean
+.PHONY: setup demo claims claims-confounds claims-resnet claims-animal shortcuts claims-adversarial test bench results docs gpu-check clean
 
 # animal-mnist (MIT) ships the kit's second dataset (kit/data/animal.py reads its files); its wheel
 # requires TensorFlow, which those files do not need, so it is installed without dependencies.
@@ -60,6 +60,21 @@ claims-animal: $(STAMP)
 # claims' spurious rows and the frontier over the grid on both, published into docs/results/shortcuts/.
 shortcuts: $(STAMP)
 	PYTHON=$(PY) scripts/shortcuts.sh runs/shortcuts
+
+# Adversarial training (pgd-at, TRADES) beside mdr on every claim row, at the claims' 10 epochs and at mdr's
+# cost (ADV_EPOCHS, from benchmarks/results/train_step_adversarial.md). Run after `make claims`: each
+# command starts from hard links of its run directories (cp -l), so only the adversarial points train.
+# Resumable; copies the reports into docs/results/adversarial/ (full_*.md, matched_*.md).
+ADV_EPOCHS ?= pgd-at=2 trades=2
+ADV_PLAN := $(CLAIMS) --schemes none igr joint mdr pgd-at trades --fractions 0.5 0.25 0.125 --lazy 4 8 --grid 0.1 1 10 --frontier-seeds 0 1 2 3 4 --threads 1 --jobs 2 --quiet
+claims-adversarial: $(STAMP)
+	for d in full matched; do mkdir -p $(CLAIMS_DIR)-adv-$$d/blockmnist $(CLAIMS_DIR)-adv-$$d/spurious; \
+	  for e in blockmnist spurious; do if [ -d $(CLAIMS_DIR)/$$e/runs ]; then cp -aln $(CLAIMS_DIR)/$$e/runs $(CLAIMS_DIR)-adv-$$d/$$e/; fi; done; done
+	$(PY) -m margreg_fast claims $(ADV_PLAN) --out $(CLAIMS_DIR)-adv-full
+	$(PY) -m margreg_fast claims $(ADV_PLAN) --scheme-epochs $(ADV_EPOCHS) --out $(CLAIMS_DIR)-adv-matched
+	mkdir -p docs/results/adversarial
+	for d in full matched; do for f in claims_table adversarial cheaper compute; do \
+	  cp $(CLAIMS_DIR)-adv-$$d/$$f.md docs/results/adversarial/$${d}_$$f.md; done; done
 
 test: $(STAMP)
 	TRITON_INTERPRET=1 $(PY) -m pytest -q --durations=25 tests

@@ -28,6 +28,22 @@ def _check_batch(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return check_batch_labels(labels, images, name="labels")
 
 
+def pgd_ascent(loss, x: torch.Tensor, start: torch.Tensor, *, eps: float, alpha: float, steps: int,
+               norm: str = "linf") -> torch.Tensor:
+    """``steps`` steps of projected gradient ascent on ``loss(adv)`` (a scalar, summed over samples so that
+    each sample's step depends on its own gradient only) from ``start``: adv <- adv + alpha * the steepest
+    ``norm`` direction of the gradient, then projected onto the eps-ball around ``x`` and onto [0, 1].
+    PGD ascends the cross-entropy with it, TRADES (kit/adversarial.py) the KL divergence to the clean
+    prediction."""
+    adv = start
+    for _ in range(steps):
+        adv = adv.detach().requires_grad_(True)
+        grad, = torch.autograd.grad(loss(adv), adv)
+        adv = adv.detach() + alpha * steepest_direction(grad, norm)
+        adv = (x + project(adv - x, eps, norm)).clamp(0, 1)
+    return adv.detach()
+
+
 class PGD:
     """Projected gradient descent on the cross-entropy (Madry et al. 2018), L-inf or L2 ball of radius eps.
 
@@ -55,15 +71,9 @@ class PGD:
         return (x + delta).clamp(0, 1)
 
     def _attack_batch(self, x: torch.Tensor, y: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
-        adv = start
-        for _ in range(self.steps):
-            adv.requires_grad_(True)
-            # summed loss: each sample's step depends only on its own gradient's direction
-            loss = torch.nn.functional.cross_entropy(self.model(adv), y, reduction="sum")
-            grad, = torch.autograd.grad(loss, adv)
-            adv = adv.detach() + self.alpha * steepest_direction(grad, self.norm)
-            adv = (x + project(adv - x, self.eps, self.norm)).clamp(0, 1)
-        return adv.detach()
+        # summed loss: each sample's step depends only on its own gradient's direction
+        return pgd_ascent(lambda adv: torch.nn.functional.cross_entropy(self.model(adv), y, reduction="sum"), x, start,
+                          eps=self.eps, alpha=self.alpha, steps=self.steps, norm=self.norm)
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Adversarial images, same shape as ``images``, in [0, 1] and within eps of them."""

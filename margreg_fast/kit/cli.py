@@ -162,13 +162,18 @@ def _add_common(p: argparse.ArgumentParser, *, experiment: bool = True) -> None:
                    help=f"training schemes to train: {', '.join(SCHEMES)} (default: all). none = plain CE, "
                         "igr = conditional ||grad_x CE||^2, joint = ||grad_x z_y||^2, mdr = marginal ||grad_x logsumexp||^2; "
                         "SCHEME@F penalises a random fraction F of each batch (e.g. mdr@0.25), SCHEME%%K every K-th "
-                        "step at K times the weight (lazy, e.g. mdr%%4)")
-    p.add_argument("--methods", nargs="+", type=_scheme, dest="schemes", action=_RenamedFlag, new="--schemes")
+                        "step at K times the weight (lazy, e.g. mdr%%4); opt-in adversarial training: pgd-at (PGD "
+                        "adversarial training) and trades (TRADES, beta = its weight, default 6), at the PGD row's "
+                        "budget")
     p.add_argument("--seeds", nargs="+", type=_nonneg_int, default=list(d.seeds), metavar="SEED",
                    help="one or more seeds; results are means over seeds (default: %(default)s)")
     p.add_argument("--epochs", type=_positive_int, default=d.epochs, help="training epochs (default: %(default)s)")
+    p.add_argument("--scheme-epochs", nargs="+", type=_per_scheme("epochs", int), default=[], metavar="SCHEME=E",
+                   help="train SCHEME for E epochs instead of --epochs (e.g. pgd-at=2 trades=2: adversarial "
+                        "training at the cost of mdr's epochs, see docs/findings/adversarial.md)")
     p.add_argument("--weight", nargs="+", type=_per_scheme("weight", float), metavar="[SCHEME=]W",
                    help="penalty weight lambda, for all regularised schemes (W) or per scheme (mdr=0.5 igr=1); "
+    p.add_argument("--methods", nargs="+", type=_scheme, dest="schemes", action=_RenamedFlag, new="--schemes")
                         f"default: {', '.join(f'{m}={w:g}' for m, w in DEFAULT_WEIGHTS.items() if m != 'none')}")
     p.add_argument("--estimator", nargs="+", type=_per_scheme("estimator", str, ESTIMATORS), metavar="[SCHEME=]E",
                    help=f"penalty estimator ({', '.join(ESTIMATORS)}), for all or per scheme; default: "
@@ -341,7 +346,14 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
         width=args.width, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         weights=_resolve(args.weight, weights), estimators=_resolve(args.estimator, DEFAULT_ESTIMATORS),
         step=args.step, attribution=args.attribution, ig_steps=args.ig_steps, eval_samples=args.eval_samples,
-        insertion_pixels=args.insertion_pixels)
+        insertion_pixels=args.insertion_pixels, scheme_epochs=_scheme_epochs(args.scheme_epochs))
+
+
+def _scheme_epochs(tokens) -> dict:
+    """--scheme-epochs SCHEME=E ... as {scheme: E}; every token must name its scheme."""
+    if any(scheme is None for scheme, _ in tokens):
+        raise ValueError("--scheme-epochs takes SCHEME=EPOCHS tokens, e.g. pgd-at=2")
+    return dict(tokens)
 
 
 def _check_device(device: str) -> str:

@@ -23,6 +23,9 @@ The plan (``ClaimsPlan``) holds one BlockMNIST config (seeds, evaluation images,
   model of the ``schemes``: the scale-free scores (scale.py) and the attack-budget curves (budgets.py),
   computed from the finished model and cached in its run directory (SCALE_NAME, BUDGETS_NAME), giving the
   rows ``scale_free`` (each claim's raw and scale-free verdicts) and ``budgets``.
+- opt-in, adversarial training (``pgd-at``, ``trades`` among the ``schemes``): fully evaluated on every seed
+  and on the spurious variant like the comparators, and a comparator of every claim row and every
+  cheaper form's rows (ADVERSARIAL_COMPARATORS; ``scheme_epochs`` trains them at matched cost).
 
 Every point is one (experiment, scheme, weight, seed) run under ``OUT/<experiment>/runs/``, named by
 ``runner.run_dir``, so a point needed twice (a frontier point at the selected weight is a claims run)
@@ -41,7 +44,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import finite_or_none, load_json, save_json
-from .config import FRACTION_SEPARATOR, LAZY_SEPARATOR, ExperimentConfig
+from .config import ADVERSARIAL_SCHEMES, FRACTION_SEPARATOR, LAZY_SEPARATOR, ExperimentConfig
 from .evaluation import LIGHT_KEYS, light_scores, marginal_penalty
 from .intervals import Paired, paired, verdict
 from .parallel import run_tasks
@@ -83,6 +86,10 @@ INVOCATIONS_NAME = "invocations.jsonl"
 #: from the finished model after its evaluation, so that adding them trains nothing again.
 SCALE_NAME = "scale.json"
 BUDGETS_NAME = "budgets.json"
+#: Adversarial training (config.ADVERSARIAL_SCHEMES), opt-in through ``--schemes``: when the plan's schemes
+#: hold them they are trained like the comparators (full BlockMNIST evaluation and the spurious variant on
+#: every seed), and every claim row, and every cheaper form's rows, compare with them too.
+ADVERSARIAL_COMPARATORS = ADVERSARIAL_SCHEMES
 
 
 @dataclass(frozen=True)
@@ -167,6 +174,11 @@ class ClaimsPlan:
             raise ValueError(f"shortcut weights for unknown tasks {sorted(unknown)}; choose from {tuple(SHORTCUT_PATCHES)}")
 
     @property
+    def adversarial(self) -> tuple[str, ...]:
+        """The adversarial-training comparators among the plan's schemes (ADVERSARIAL_COMPARATORS)."""
+        return tuple(m for m in self.config.schemes if m in ADVERSARIAL_COMPARATORS)
+
+    @property
     def shortcut_experiments(self) -> tuple[str, ...]:
         """The spurious tasks of the plan: "spurious" (the robust 2x2 square), "texture" (the non-robust texture)."""
         return (("spurious",) if self.spurious else ()) + (("texture",) if self.texture else ())
@@ -201,7 +213,7 @@ class ClaimsPlan:
         out = [("blockmnist", m, cfg.weights[m], s, full) for s in cfg.seeds for m in self.config.schemes]
         for task in self.shortcut_experiments:
             weights = self.experiment_config(task).weights
-            out += [(task, m, weights[m], s, False) for s in cfg.seeds for m in SPURIOUS_SCHEMES]
+            out += [(task, m, weights[m], s, False) for s in cfg.seeds for m in (*SPURIOUS_SCHEMES, *self.adversarial)]
         cheaper_full = [("blockmnist", m, cfg.weights[m], s, full) for s in cfg.seeds for m in self.cheaper_schemes]
         done = {p[:4] for p in out + cheaper_full}
 
@@ -389,7 +401,8 @@ def _has(records, experiment: str, scheme: str) -> bool:
 
 def claim_rows(plan: ClaimsPlan, records: list[dict]) -> dict:
     """``{"claims": [...], "cheaper": [...], "estimator": [...]}``: per claim, the subject against each
-    comparator that was run; per cheaper scheme, the same rows against the subject and against none,
+    comparator that was run (adversarial training included); per cheaper scheme, the same rows against
+    the subject, against none and against each adversarial scheme that was run,
     and whether it keeps the leakage cut (KEEP_MARGIN); per BlockMNIST claim measured on EXACT_TWIN at
     the subject's weight, the subject against it."""
     weights = plan.experiment_config("blockmnist").weights
@@ -398,7 +411,7 @@ def claim_rows(plan: ClaimsPlan, records: list[dict]) -> dict:
         if not _has(records, claim.experiment, plan.subject):
             continue
         task_weights = plan.experiment_config(claim.experiment).weights
-        versus = [_compare(records, claim, plan.subject, c, task_weights) for c in COMPARATORS
+        versus = [_compare(records, claim, plan.subject, c, task_weights) for c in (*COMPARATORS, *ADVERSARIAL_COMPARATORS)
                   if c != plan.subject and _has(records, claim.experiment, c)]
         rows.append({**claim.__dict__, "versus": versus})
     cheaper = []
@@ -406,7 +419,8 @@ def claim_rows(plan: ClaimsPlan, records: list[dict]) -> dict:
     for scheme in plan.cheaper_schemes:
         cut = _compare(records, leak, "none", plan.subject, weights)["mean"]  # none - mdr, > 0 if mdr cuts
         keep = _compare(records, leak, scheme, plan.subject, weights, margin=KEEP_MARGIN * max(cut or 0.0, 0.0))
-        per_claim = [{**c.__dict__, "versus": [_compare(records, c, scheme, other, weights) for other in (plan.subject, "none")]}
+        others = (plan.subject, "none", *(a for a in ADVERSARIAL_COMPARATORS if _has(records, "blockmnist", a)))
+        per_claim = [{**c.__dict__, "versus": [_compare(records, c, scheme, other, weights) for other in others]}
                      for c in CLAIMS if c.experiment == "blockmnist"]
         cheaper.append({"scheme": scheme, "keeps_leakage_cut": keep, "cut": cut, "rows": per_claim})
     twin = {**weights, EXACT_TWIN: weights[plan.subject]}
@@ -503,5 +517,5 @@ def frontier_rows(plan: ClaimsPlan, records: list[dict]) -> list[dict]:
     return out
 
 
-__all__ = ["CLAIMS", "COMPARATORS", "EXACT_TWIN", "Claim", "ClaimsPlan", "KEEP_MARGIN", "Paired", "frontier_rows", "run_claims",
-           "seed_values", "shortcut_frontier_rows"]
+__all__ = ["ADVERSARIAL_COMPARATORS", "CLAIMS", "COMPARATORS", "EXACT_TWIN", "Claim", "ClaimsPlan", "KEEP_MARGIN", "Paired",
+           "frontier_rows", "run_claims", "seed_values", "shortcut_frontier_rows"]

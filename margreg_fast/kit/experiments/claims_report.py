@@ -5,7 +5,8 @@ results_seeds.json and figures/, figure1.png the single-image panel).
 claims.md holds, in order: the claims table (mdr against none, igr and joint: mean paired difference,
 95% bootstrap interval, verdict), the count that reads "marginal beats conditional / joint" from it,
 every seed's value of every claim metric (the spread), the single-image panel next to the dataset
-means, the cheaper forms of mdr (mdr@F, mdr%K against mdr and none), mdr against mdr-exact (estimator.md),
+means, the cheaper forms of mdr (mdr@F, mdr%K against mdr and none), adversarial training against mdr and
+its cheaper forms when the plan trains it (adversarial.md), mdr against mdr-exact (estimator.md),
 the weight frontier, the shortcut frontier of the two spurious tasks (shortcut_frontier.md and
 figures/shortcut_frontier.png, when the plan has one), and the compute the points took
 (compute.md); with the confound rows (claims --scale-free / --budgets) also the raw and scale-free
@@ -131,6 +132,26 @@ def cheaper_section(cheaper: list[dict], subject: str) -> str:
                      f"{keep['margin']:.3g}).")
         lines.append("")
         lines.append(claims_table(f["rows"], m))
+    return "\n".join(lines)
+
+
+def adversarial_section(claims: dict, plan: ClaimsPlan, cfg: ExperimentConfig) -> str:
+    """The adversarial-training comparators: how they were trained, then the claim rows and every cheaper
+    form's rows narrowed to the columns against them (the same cells as in the tables above)."""
+    schemes = plan.adversarial
+    if not schemes:
+        return ""
+    pick = lambda rows: [{**r, "versus": [c for c in r["versus"] if c["comparator"] in schemes]} for r in rows]  # noqa: E731
+    epochs = ", ".join(f"{m} {cfg.epochs_of(m)}" for m in (*plan.config.schemes, *plan.cheaper_schemes))
+    lines = [f"Adversarial training as the comparator: pgd-at trains on the L-inf PGD batch (Madry et al. 2018), "
+             f"trades on CE + beta KL(p(x) || p(x_adv)) (Zhang et al. 2019, beta = its weight), both attacking at "
+             f"the PGD row's budget eps {cfg.pgd_linf_eps:g} with {cfg.pgd_steps} steps of 2.5 eps / steps "
+             f"(margreg_fast/kit/adversarial.py). Epochs per scheme: {epochs}. The training costs per step are in "
+             "benchmarks/results/train_step_adversarial.md; a run with fewer epochs for the adversarial schemes "
+             "(--scheme-epochs) compares them at matched cost.", "",
+             claims_table(pick(claims["claims"]), plan.subject)]
+    for f in claims["cheaper"]:
+        lines += [claims_table(pick(f["rows"]), f["scheme"])]
     return "\n".join(lines)
 
 
@@ -320,6 +341,8 @@ def write_claims(plan: ClaimsPlan, claims: dict, out: Path) -> str:
     if claims["cheaper"]:
         parts += ["## Less penalty work: fractions of each batch, lazy steps", "", _write(out / "cheaper.md", cheaper_section(
             claims["cheaper"], plan.subject))]
+    if plan.adversarial and claims["claims"]:
+        parts += ["## Adversarial training", "", _write(out / "adversarial.md", adversarial_section(claims, plan, cfg))]
     if claims.get("estimator"):
         parts += ["## The default estimator against the exact penalty", "", _write(out / "estimator.md", "\n".join([
             f"{plan.subject} (the library's default estimator, {cfg.estimators[plan.subject]}, step {cfg.step}) against "

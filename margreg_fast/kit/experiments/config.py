@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from ..adversarial import TRADES_BETA
 from ..models import ACTIVATIONS
 from ... import DEFAULT_ESTIMATOR, DEFAULT_STEP, MarginalDensityRegularizer
 from ... import ESTIMATORS as ESTIMATOR_REGISTRY
@@ -22,6 +23,12 @@ from ... import ESTIMATORS as ESTIMATOR_REGISTRY
 PENALTY_KIND_OF_SCHEME = {"none": "none", "igr": "conditional", "joint": "joint", "mdr": "marginal",
                      "mdr-exact": "marginal"}
 SCHEMES = tuple(PENALTY_KIND_OF_SCHEME)
+#: Adversarial-training schemes (kit/adversarial.py), opt-in (not in SCHEMES): "pgd-at" trains on the PGD
+#: adversarial batch (Madry et al. 2018), "trades" on CE + beta KL(p(x) || p(x_adv)) (Zhang et al. 2019), both
+#: attacking at the PGD row's budget (``pgd_linf_eps``, ``pgd_steps`` steps of 2.5 eps / steps). TRADES's beta
+#: is its weight (default 6, the paper's); pgd-at takes no weight (like none, whatever its weight). Neither
+#: takes an estimator, a fraction (@F) or a lazy interval (%K).
+ADVERSARIAL_SCHEMES = ("pgd-at", "trades")
 #: ``BASE@F`` names a regularised scheme trained with the penalty on a random fraction F in (0, 1) of
 #: each batch (``MarginalDensityRegularizer(fraction=F)``), e.g. ``mdr@0.25``; F is written as ``format(F, "g")``.
 FRACTION_SEPARATOR = "@"
@@ -55,21 +62,21 @@ def parse_scheme(name: str) -> SchemeSpec:
         raise ValueError(f"scheme {name!r}: give a fraction (@F) or a lazy interval (%K), not both")
     parts = _SCHEME_NAME.fullmatch(name)
     base, fraction, every = parts["base"], parts["fraction"], parts["every"]
-    if base not in PENALTY_KIND_OF_SCHEME:
-        raise ValueError(f"unknown scheme {name!r}; choose from {SCHEMES}, optionally with @FRACTION (e.g. mdr@0.25) "
+    if base not in PENALTY_KIND_OF_SCHEME and base not in ADVERSARIAL_SCHEMES:
+        raise ValueError(f"unknown scheme {name!r}; choose from {SCHEMES + ADVERSARIAL_SCHEMES}, optionally with @FRACTION (e.g. mdr@0.25) "
                          f"or %EVERY (e.g. mdr%4)")
     if fraction is not None:
         try:
             f = float(fraction)
         except ValueError:
             raise ValueError(f"scheme {name!r}: {fraction!r} is not a number") from None
-        if base == "none" or not 0.0 < f < 1.0:
+        if base in ("none", *ADVERSARIAL_SCHEMES) or not 0.0 < f < 1.0:
             raise ValueError(f"scheme {name!r}: a fraction needs a regularised scheme and a value in (0, 1)")
         if format(f, "g") != fraction:
             raise ValueError(f"scheme {name!r}: write the fraction as {format(f, 'g')!r}")
         return SchemeSpec(base, fraction=f)
     if every is not None:
-        if base == "none" or not every.isdigit() or int(every) < 2 or str(int(every)) != every:
+        if base in ("none", *ADVERSARIAL_SCHEMES) or not every.isdigit() or int(every) < 2 or str(int(every)) != every:
             raise ValueError(f"scheme {name!r}: lazy regularisation needs a regularised scheme and an interval "
                              "written as an integer >= 2 (e.g. mdr%4)")
         return SchemeSpec(base, every=int(every))
@@ -93,6 +100,9 @@ SPURIOUS_PATCHES = ("band", "overlay", "texture")
 
 #: Default penalty weights (lambda in CE + lambda * R). "none" trains plain CE whatever its weight.
 DEFAULT_WEIGHTS = {"none": 0.0, "igr": 1.0, "joint": 1.0, "mdr": 1.0, "mdr-exact": 1.0}
+#: Default weights of the adversarial schemes, added to a config's weights when its schemes hold them:
+#: TRADES's beta (the paper's 6); pgd-at has none.
+ADVERSARIAL_WEIGHTS = {"pgd-at": 0.0, "trades": TRADES_BETA}
 #: Default estimator per scheme: the baselines and the reference use their textbook double-backprop
 #: form, mdr the library's default estimator (margreg_fast.DEFAULT_ESTIMATOR).
 DEFAULT_ESTIMATORS = {"none": DEFAULT_ESTIMATOR, "igr": "exact", "joint": "exact", "mdr": DEFAULT_ESTIMATOR,
@@ -163,6 +173,8 @@ class ExperimentConfig:
     insertion_steps: int = 16          # normalised insertion AUC: fractions 0, 1/steps, ..., 1
     insertion_pixels: int = 155        # the paper's insertion AUC: one pixel per step
     leakage_top_fraction: float = 0.05
+    # --- per-scheme training length (matched-cost comparisons)
+    scheme_epochs: dict = field(default_factory=dict)  # {scheme: epochs} overriding ``epochs`` for that scheme
 
     def __post_init__(self) -> None:
         if self.experiment not in EXPERIMENTS:
@@ -224,17 +236,27 @@ class ExperimentConfig:
             _check_scheme_key("estimator", m)
             if e not in ESTIMATORS:
                 raise ValueError(f"estimator for {m} must be one of {ESTIMATORS}, got {e!r}")
+        for m, e in self.scheme_epochs.items():
+            _check_scheme_key("scheme_epochs", m)
+            if isinstance(e, bool) or not isinstance(e, int) or e < 1:
+                raise ValueError(f"scheme_epochs of {m} must be an int >= 1, got {e!r}")
         given = {k: float(v) for k, v in self.weights.items()}
         if "mdr" in given:  # the exact reference row trains at mdr's weight unless told otherwise
             given.setdefault("mdr-exact", given["mdr"])
         weights, estimators = {**DEFAULT_WEIGHTS, **given}, {**DEFAULT_ESTIMATORS, **self.estimators}
         for m in self.schemes:  # a fraction or lazy scheme trains at its base's weight and estimator unless told otherwise
             base = parse_scheme(m).base
+            if base in ADVERSARIAL_SCHEMES:  # no estimator: recorded as the library default, never used
+                weights.setdefault(m, ADVERSARIAL_WEIGHTS[m])
+                if m == "pgd-at" and weights[m] != 0.0:
+                    raise ValueError(f"pgd-at takes no weight (it trains on the attack's CE alone), got {weights[m]}")
+                estimators.setdefault(m, DEFAULT_ESTIMATOR)
+                continue
             weights.setdefault(m, weights[base])
             estimators.setdefault(m, estimators[base])
         if self.model == "vit":  # SDPA attention has no double backward / forward-mode AD on CPU
-            bad = [m for m in self.schemes if m != "none" and (ESTIMATOR_REGISTRY[estimators[m]].double_backward
-                                                               or ESTIMATOR_REGISTRY[estimators[m]].forward_mode)]
+            bad = [m for m in self.schemes if m not in ("none", *ADVERSARIAL_SCHEMES)
+                   and (ESTIMATOR_REGISTRY[estimators[m]].double_backward or ESTIMATOR_REGISTRY[estimators[m]].forward_mode)]
             if bad:
                 raise ValueError(f"model 'vit' uses scaled_dot_product_attention, which the exact/jvp estimators "
                                  f"cannot differentiate twice; use --estimator fd (or central) for {', '.join(bad)}")
@@ -243,6 +265,11 @@ class ExperimentConfig:
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
         object.__setattr__(self, "weights", weights)
         object.__setattr__(self, "estimators", estimators)
+        object.__setattr__(self, "scheme_epochs", {m: int(e) for m, e in sorted(self.scheme_epochs.items())})
+
+    def epochs_of(self, scheme: str) -> int:
+        """The epochs ``scheme`` trains for: its ``scheme_epochs`` entry, else ``epochs``."""
+        return self.scheme_epochs.get(scheme, self.epochs)
 
     def to_dict(self) -> dict:
         """JSON-ready dict (tuples become lists)."""
@@ -265,9 +292,12 @@ class ExperimentConfig:
     def run_key(self, scheme: str) -> str:
         """A digest of every setting one ``scheme`` run depends on: the config with the schemes, weights
         and estimators narrowed to ``scheme``, the step left out where its estimator takes none and the
-        seeds left out (they name the run). Changing mdr's estimator thus leaves the other runs' keys."""
+        seeds left out (they name the run), the epochs its own (``epochs_of``, the per-scheme table left out).
+        Changing mdr's estimator thus leaves the other runs' keys."""
         d = self.to_dict()
-        estimator = None if scheme == "none" else self.estimators[scheme]
+        d.pop("scheme_epochs")
+        d["epochs"] = self.epochs_of(scheme)
+        estimator = None if scheme in ("none", *ADVERSARIAL_SCHEMES) else self.estimators[scheme]
         d.update(schemes=[scheme], seeds=None, weights=self.weights[scheme], estimators=estimator)
         if estimator in (None, *STEPLESS_ESTIMATORS):
             d["step"] = None

@@ -4,6 +4,8 @@ Objective per batch: mean CE + lambda * mean penalty, computed by
 ``MarginalDensityRegularizer(lambda, estimator=..., step=h, penalty_kind=...)`` (the "none" scheme uses
 ``penalty_kind="none"``, plain CE through the same code path, so its step time is comparable). A lazy
 ``BASE%K`` scheme uses K * lambda on steps 0, K, 2K, ... and plain CE on the others (step_objective).
+The adversarial schemes (config.ADVERSARIAL_SCHEMES) train on kit/adversarial.py's objectives instead,
+whose attack is timed as part of the step; each scheme trains for ``cfg.epochs_of(scheme)`` epochs.
 
 Determinism: the model is initialised right after ``torch.manual_seed(seed)``; data order comes
 from a dedicated ``torch.Generator`` seeded from the seed; ``torch.use_deterministic_algorithms`` is
@@ -21,10 +23,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..adversarial import TRADES, PGDTraining
 from ..data import ImageDataset
 from ... import MarginalDensityRegularizer
 from .checkpoint import load_checkpoint, restore, save_checkpoint
-from .config import PENALTY_KIND_OF_SCHEME, ExperimentConfig, parse_scheme
+from .config import ADVERSARIAL_SCHEMES, PENALTY_KIND_OF_SCHEME, ExperimentConfig, parse_scheme
 from .model_factory import build_model
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -59,10 +62,22 @@ def make_regularizer(cfg: ExperimentConfig, scheme: str) -> MarginalDensityRegul
                                       fraction=fraction)
 
 
+def adversarial_objective(cfg: ExperimentConfig, scheme: str) -> PGDTraining | TRADES:
+    """The objective of an adversarial scheme: the attack at the PGD row's L-inf budget and steps
+    (``pgd_linf_eps``, ``pgd_steps``), TRADES at beta = its weight."""
+    if scheme == "pgd-at":
+        return PGDTraining(eps=cfg.pgd_linf_eps, steps=cfg.pgd_steps)
+    return TRADES(eps=cfg.pgd_linf_eps, steps=cfg.pgd_steps, beta=cfg.weights[scheme])
+
+
 def step_objective(cfg: ExperimentConfig, scheme: str):
     """``objective(step) -> MarginalDensityRegularizer`` for training step ``step`` (0-based, counted over
     the whole run): ``make_regularizer``'s on every step, or for a lazy ``BASE%K`` scheme on steps 0, K,
-    2K, ... and plain cross-entropy (the "none" objective) on the others."""
+    2K, ... and plain cross-entropy (the "none" objective) on the others; an adversarial scheme's
+    objective (``adversarial_objective``) on every step."""
+    if scheme in ADVERSARIAL_SCHEMES:
+        adversarial = adversarial_objective(cfg, scheme)
+        return lambda step: adversarial
     penalised, every = make_regularizer(cfg, scheme), parse_scheme(scheme).every
     if every == 1:
         return lambda step: penalised
@@ -91,15 +106,16 @@ def train_run(cfg: ExperimentConfig, scheme: str, seed: int, train: ImageDataset
         state = load_checkpoint(ckpt_path)
         restore(state, model=model, optimizer=optimizer, data_generator=gen)
         start_epoch, step_times = state["epoch"], list(state["step_times"])
-    if not allow_training and start_epoch < cfg.epochs:
-        raise ValueError(f"{run_dir} holds a run stopped at epoch {start_epoch} of {cfg.epochs}; "
+    epochs = cfg.epochs_of(scheme)
+    if not allow_training and start_epoch < epochs:
+        raise ValueError(f"{run_dir} holds a run stopped at epoch {start_epoch} of {epochs}; "
                          "run the same train/experiment command again to finish it")
     objective = step_objective(cfg, scheme)
     x_all, y_all = train.x, train.y
     n = len(y_all)
     steps_per_epoch = -(-n // cfg.batch_size)
-    bar = tqdm(range(start_epoch, cfg.epochs), desc=f"{scheme} seed {seed}", initial=start_epoch,
-               total=cfg.epochs, unit="epoch", disable=quiet, leave=False, dynamic_ncols=True)
+    bar = tqdm(range(start_epoch, epochs), desc=f"{scheme} seed {seed}", initial=start_epoch,
+               total=epochs, unit="epoch", disable=quiet, leave=False, dynamic_ncols=True)
     for epoch in bar:
         model.train()
         order = torch.randperm(n, generator=gen)

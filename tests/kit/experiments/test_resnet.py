@@ -75,7 +75,7 @@ def test_claim_rows_on_the_second_model_and_dataset(setting, tmp_path, one_threa
     from .conftest import TINY_FLAGS
 
     out = tmp_path / "claims"
-    assert main(["claims", "--methods", "none", "mdr", "--seeds", "0", "1", "--no-spurious", "--out", str(out),
+    assert main(["claims", "--schemes", "none", "mdr", "--seeds", "0", "1", "--no-spurious", "--out", str(out),
                  *TINY_FLAGS, *setting]) == 0
     saved = json.loads((out / "claims.json").read_text())
     cfg = saved["plan"]["config"]

@@ -13,7 +13,7 @@ from margreg_fast.kit.experiments.training import train_run
 
 
 def _plan(cfg, **kw):
-    base = cfg.replace(methods=("none", "mdr"), seeds=(0, 1), weights={"igr": 1.0, "joint": 0.1, "mdr": 1.0})
+    base = cfg.replace(schemes=("none", "mdr"), seeds=(0, 1), weights={"igr": 1.0, "joint": 0.1, "mdr": 1.0})
     return ClaimsPlan(base, grid=(3.0,), frontier_seeds=(0, 1), light=True, texture=True, shortcut_frontier=True,
                       shortcut_weights={"texture": {"mdr": 10.0}}, **kw)
 
@@ -42,10 +42,10 @@ def test_tiny_shortcut_frontier_end_to_end(tiny_config, tmp_path, one_thread):
     texture = rows[("texture", "acc_patch_disagrees")]["versus"][0]
     assert texture["comparator"] == "none" and len(texture["diffs"]) == 2
     frontier = shortcut_frontier_rows(plan, claims["records"])
-    assert {(r["experiment"], r["method"], r["weight"]) for r in frontier} >= {
+    assert {(r["experiment"], r["scheme"], r["weight"]) for r in frontier} >= {
         ("texture", "mdr", 3.0), ("texture", "mdr", 10.0), ("spurious", "mdr", 1.0), ("spurious", "none", 0.0)}
     # a frontier point's mean and its paired difference, recomputed from the trained models
-    row = next(r for r in frontier if (r["experiment"], r["method"], r["weight"]) == ("texture", "mdr", 3.0))
+    row = next(r for r in frontier if (r["experiment"], r["scheme"], r["weight"]) == ("texture", "mdr", 3.0))
     assert row["selected"] is False
     acc = {}
     for method, weight in (("mdr", 3.0), ("none", 0.0)):
@@ -99,10 +99,10 @@ def test_cli_selects_each_tasks_weights_then_runs_the_shortcuts_alone(tmp_path, 
     files = {}
     for task, patch in (("spurious", "overlay"), ("texture", "texture")):
         files[task] = tmp_path / f"{task}.json"
-        assert main(["select", "spurious", "--spurious-patch", patch, "--grid", "1", "10", "--methods", "none", "mdr",
+        assert main(["select", "spurious", "--spurious-patch", patch, "--grid", "1", "10", "--schemes", "none", "mdr",
                      "--out", str(tmp_path / f"select-{task}"), "--write", str(files[task]), *TINY_FLAGS]) == 0
     out = tmp_path / "claims"
-    assert main(["claims", "--methods", "none", "mdr", "--seeds", "0", "1", "--shortcuts-only", "--texture",
+    assert main(["claims", "--schemes", "none", "mdr", "--seeds", "0", "1", "--shortcuts-only", "--texture",
                  "--shortcut-frontier", "--grid", "3", "--frontier-seeds", "0", "1", "--out", str(out),
                  "--shortcut-weights-file", *(f"{t}={f}" for t, f in files.items()), *TINY_FLAGS]) == 0
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["figures", "spurious", "texture"]
@@ -110,6 +110,6 @@ def test_cli_selects_each_tasks_weights_then_runs_the_shortcuts_alone(tmp_path, 
     for task, f in files.items():
         chosen = json.loads(f.read_text())["weights"]["mdr"]
         assert saved["plan"]["shortcut_weights"][task]["mdr"] == chosen
-        assert any(r["experiment"] == task and r["method"] == "mdr" and r["weight"] == chosen for r in saved["records"])
+        assert any(r["experiment"] == task and r["scheme"] == "mdr" and r["weight"] == chosen for r in saved["records"])
     assert {r["experiment"] for r in saved["claims"]} == {"spurious", "texture"}
     assert (out / "shortcut_frontier.md").exists() and not (out / "frontier.md").exists()
