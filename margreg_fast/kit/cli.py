@@ -165,6 +165,7 @@ def _add_common(p: argparse.ArgumentParser, *, experiment: bool = True) -> None:
                         "step at K times the weight (lazy, e.g. mdr%%4); opt-in adversarial training: pgd-at (PGD "
                         "adversarial training) and trades (TRADES, beta = its weight, default 6), at the PGD row's "
                         "budget")
+    p.add_argument("--methods", nargs="+", type=_scheme, dest="schemes", action=_RenamedFlag, new="--schemes")
     p.add_argument("--seeds", nargs="+", type=_nonneg_int, default=list(d.seeds), metavar="SEED",
                    help="one or more seeds; results are means over seeds (default: %(default)s)")
     p.add_argument("--epochs", type=_positive_int, default=d.epochs, help="training epochs (default: %(default)s)")
@@ -173,7 +174,6 @@ def _add_common(p: argparse.ArgumentParser, *, experiment: bool = True) -> None:
                         "training at the cost of mdr's epochs, see docs/findings/adversarial.md)")
     p.add_argument("--weight", nargs="+", type=_per_scheme("weight", float), metavar="[SCHEME=]W",
                    help="penalty weight lambda, for all regularised schemes (W) or per scheme (mdr=0.5 igr=1); "
-    p.add_argument("--methods", nargs="+", type=_scheme, dest="schemes", action=_RenamedFlag, new="--schemes")
                         f"default: {', '.join(f'{m}={w:g}' for m, w in DEFAULT_WEIGHTS.items() if m != 'none')}")
     p.add_argument("--estimator", nargs="+", type=_per_scheme("estimator", str, ESTIMATORS), metavar="[SCHEME=]E",
                    help=f"penalty estimator ({', '.join(ESTIMATORS)}), for all or per scheme; default: "
