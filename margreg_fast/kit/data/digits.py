@@ -23,7 +23,10 @@ def split_train_test(images: torch.Tensor, labels: torch.Tensor, *, test_fractio
     """Random split into ((train_images, train_labels), (test_images, test_labels)).
 
     A seeded permutation; the test part has round(test_fraction * N) images (at least one of each part).
-    Both parts keep the original relative order of their images.
+    The training part keeps the original relative order of its images (training shuffles them); the test
+    part comes in the permutation's order, so that any prefix of it (the first ``eval_samples`` images
+    that attacks, attributions and density metrics read) is a random sample: the shipped digit sets are
+    sorted by label, and a test part in their order would show those metrics only the first classes.
     """
     check_images(images, labels)
     if not 0.0 < test_fraction < 1.0:
@@ -33,5 +36,5 @@ def split_train_test(images: torch.Tensor, labels: torch.Tensor, *, test_fractio
         raise ValueError(f"need at least 2 images to split, got {n}")
     n_test = min(max(round(test_fraction * n), 1), n - 1)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    test_idx, train_idx = perm[:n_test].sort().values, perm[n_test:].sort().values
+    test_idx, train_idx = perm[:n_test], perm[n_test:].sort().values
     return (images[train_idx], labels[train_idx]), (images[test_idx], labels[test_idx])

@@ -81,7 +81,7 @@ WALL_NAME = "wall.json"
 #: In the output directory: one JSON line per command that trained (start, wall seconds, jobs, threads),
 #: so the plan's wall time, resumptions included, can be told from its outputs.
 INVOCATIONS_NAME = "invocations.jsonl"
-#: Per run directory of a fully evaluated claim method (with ``--scale-free`` / ``--budgets``): the scale-free
+#: Per run directory of a fully evaluated claim scheme (with ``--scale-free`` / ``--budgets``): the scale-free
 #: scores (scale.py) and the budget curves (budgets.py), ``{"scores": {...}, "wall_s": seconds}``, computed
 #: from the finished model after its evaluation, so that adding them trains nothing again.
 SCALE_NAME = "scale.json"
@@ -144,11 +144,11 @@ class ClaimsPlan:
     frontier_seeds: tuple[int, ...] = ()
     subject: str = field(default=SUBJECT)
     light: bool = False  # score every point by light_scores only (accuracies and leakage: a cheap rerun)
-    scale_free: bool = False  # also the scale-free scores of every fully evaluated claim method (scale.py)
-    budgets: bool = False  # also the attack-budget curves of every fully evaluated claim method (budgets.py)
+    scale_free: bool = False  # also the scale-free scores of every fully evaluated claim scheme (scale.py)
+    budgets: bool = False  # also the attack-budget curves of every fully evaluated claim scheme (budgets.py)
     texture: bool = False  # the non-robust shortcut's rows (experiment "texture")
     shortcut_frontier: bool = False  # the grid on the spurious tasks too
-    shortcut_weights: dict = field(default_factory=dict)  # {"spurious" or "texture": {method: weight}}
+    shortcut_weights: dict = field(default_factory=dict)  # {"spurious" or "texture": {scheme: weight}}
     shortcuts_only: bool = False  # only the spurious tasks' points (their claims and frontier): a command of its own
 
     def __post_init__(self) -> None:
@@ -194,7 +194,7 @@ class ClaimsPlan:
                 + tuple(f"{self.subject}{LAZY_SEPARATOR}{k}" for k in self.lazy))
 
     def experiment_config(self, experiment: str) -> ExperimentConfig:
-        """The config of ``experiment`` with every method of the plan (so each has its weight)."""
+        """The config of ``experiment`` with every scheme of the plan (so each has its weight)."""
         schemes = tuple(dict.fromkeys((*self.config.schemes, *self.cheaper_schemes, *FRONTIER_SCHEMES)))
         cfg = self.config.replace(schemes=schemes)
         if experiment in SHORTCUT_PATCHES:
@@ -290,14 +290,14 @@ def _run_point(plan: ClaimsPlan, out: Path, experiment: str, scheme: str, weight
         penalty = _true_penalty(cfg, rdir, scheme, seed, compute=train)
         if penalty is not None:
             got["scores"] = {**got["scores"], "marginal_penalty": penalty}
-    if "result" in got and experiment == "blockmnist" and method in plan.config.schemes:
-        confounds = _confound_scores(plan, cfg, rdir, method, seed, got["result"], compute=train)
+    if "result" in got and experiment == "blockmnist" and scheme in plan.config.schemes:
+        confounds = _confound_scores(plan, cfg, rdir, scheme, seed, got["result"], compute=train)
         got["scores"] = {**got["scores"], **confounds}
         got["result"]["extra"] = {**got["result"]["extra"], **confounds}  # into results_seeds.json
     return {**got, "wall_s": _wall(rdir)}
 
 
-def _confound_scores(plan: ClaimsPlan, cfg: ExperimentConfig, rdir: Path, method: str, seed: int, result: dict, *,
+def _confound_scores(plan: ClaimsPlan, cfg: ExperimentConfig, rdir: Path, scheme: str, seed: int, result: dict, *,
                      compute: bool) -> dict:
     """The scale-free scores and budget curves the plan asks for, of the finished run in ``rdir``, each
     cached in its file (SCALE_NAME, BUDGETS_NAME) with the wall seconds it took; only cached ones if not
@@ -312,7 +312,7 @@ def _confound_scores(plan: ClaimsPlan, cfg: ExperimentConfig, rdir: Path, method
             with deterministic():
                 train_set, eval_set = _datasets(cfg, seed)
                 if model is None:
-                    model = train_run(cfg, method, seed, train_set, rdir, quiet=True, allow_training=False).model.cpu()
+                    model = train_run(cfg, scheme, seed, train_set, rdir, quiet=True, allow_training=False).model.cpu()
                 scores = (scale_free_scores(model, eval_set, cfg, result["metrics"]["density_shift"])
                           if name == SCALE_NAME else budget_scores(model, eval_set, cfg, seed))
             save_json(path, {"scores": {k: finite_or_none(v) for k, v in scores.items()},
@@ -322,7 +322,7 @@ def _confound_scores(plan: ClaimsPlan, cfg: ExperimentConfig, rdir: Path, method
     return out
 
 
-def _true_penalty(cfg: ExperimentConfig, rdir: Path, method: str, seed: int, *, compute: bool) -> float | None:
+def _true_penalty(cfg: ExperimentConfig, rdir: Path, scheme: str, seed: int, *, compute: bool) -> float | None:
     """evaluation.marginal_penalty of the finished run in ``rdir``, cached in its PENALTY_NAME (None if not
     cached and not ``compute``)."""
     path = rdir / PENALTY_NAME

@@ -7,7 +7,7 @@ curves (budgets.py), each table and sentence generated from the rows of claims.c
 - ``survival_sentences``: per scale-dependent claim and comparator, whether the claim's raw SUPPORTED
   verdicts stay SUPPORTED on every scale-free twin ("survives") or not, read from the verdicts only.
 - ``budget_tables`` / ``budget_sentence`` / ``budget_figure``: the attribution attack and its matched
-  uniform sign noise at each L-inf budget, PGD accuracy at each budget, means per method and the
+  uniform sign noise at each L-inf budget, PGD accuracy at each budget, means per scheme and the
   subject's paired differences; the sentence says at which budgets the subject's attributions are more
   or less robust than the comparator's (more: SUPPORTED on at least one similarity of the attack and
   CONTRADICTED on none; less: the reverse; mixed: both; indistinguishable: all INCONCLUSIVE).
@@ -92,8 +92,8 @@ def survival_sentences(rows: list[dict], subject: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _mean(records: list[dict], method: str, weight: float, metric: str) -> float | None:
-    vals = list(seed_values(records, "blockmnist", method, weight, metric).values())
+def _mean(records: list[dict], scheme: str, weight: float, metric: str) -> float | None:
+    vals = list(seed_values(records, "blockmnist", scheme, weight, metric).values())
     return None if not vals or any(v is None for v in vals) else math.fsum(vals) / len(vals)
 
 
@@ -103,10 +103,10 @@ def _num(v: float | None) -> str:
 
 def budget_tables(rows: list[dict], records: list[dict], weights: dict, schemes: list[str], subject: str,
                   comparator: str = "none") -> str:
-    """The attack table (per budget and similarity: every method's mean under the attack / under noise,
+    """The attack table (per budget and similarity: every scheme's mean under the attack / under noise,
     and subject − comparator under both) and the PGD curve table."""
     cell = {(r["metric"], c["comparator"]): c for r in rows for c in r["versus"]}
-    lines = ["Attribution attack (a) and uniform sign noise of the same L-inf size (n): mean over seeds per method; "
+    lines = ["Attribution attack (a) and uniform sign noise of the same L-inf size (n): mean over seeds per scheme; "
              f"{subject} − {comparator} paired over seeds [95% interval] verdict (↑: higher is more robust).", "",
              "| L-inf budget | measure | " + " | ".join(f"{m} a / n" for m in schemes)
              + f" | {subject} − {comparator}, attack | {subject} − {comparator}, noise |",
@@ -121,8 +121,8 @@ def budget_tables(rows: list[dict], records: list[dict], weights: dict, schemes:
                          + " | ".join("n/a" if d is None else _cell(d) for d in diffs) + " |")
     lines += ["", "Unit-norm maps (the same similarities on maps divided by their L2 norm; they are invariant to a "
               "positive factor per map, so they equal the raw ones): the largest absolute difference from the raw "
-              f"value over every method, seed and budget is {_unit_gap(records):.2g}.", "",
-              "PGD accuracy at each budget (the robustness curve): mean over seeds per method; "
+              f"value over every scheme, seed and budget is {_unit_gap(records):.2g}.", "",
+              "PGD accuracy at each budget (the robustness curve): mean over seeds per scheme; "
               f"{subject} − {comparator} paired over seeds.", "",
               "| norm | budget | " + " | ".join(schemes) + f" | {subject} − {comparator} |",
               "|---|---:|" + "---:|" * len(schemes) + "---|"]
@@ -136,7 +136,7 @@ def budget_tables(rows: list[dict], records: list[dict], weights: dict, schemes:
 
 
 def scale_table(records: list[dict], weights: dict, schemes: list[str]) -> str:
-    """Every scale.SCALE_KEYS quantity: its mean over seeds per method."""
+    """Every scale.SCALE_KEYS quantity: its mean over seeds per scheme."""
     lines = ["| quantity | " + " | ".join(schemes) + " |", "|---|" + "---:|" * len(schemes)]
     for k in SCALE_KEYS:
         lines.append(f"| {k} | " + " | ".join(_num(_mean(records, m, weights[m], k)) for m in schemes) + " |")
@@ -183,7 +183,7 @@ def budget_sentence(rows: list[dict], subject: str, comparator: str = "none") ->
 
 
 def budget_figure(records: list[dict], weights: dict, schemes: list[str], path: Path) -> None:
-    """Per similarity: mean over seeds against the L-inf budget per method, attack solid, noise dashed;
+    """Per similarity: mean over seeds against the L-inf budget per scheme, attack solid, noise dashed;
     then PGD accuracy against the L-inf and the L2 budget."""
     fig, axes = plt.subplots(2, 3, figsize=(13, 7.5))
     panels = [*SIMILARITIES, "pgd_linf_acc", "pgd_l2_acc"]
@@ -218,7 +218,7 @@ def wall_line(records: list[dict], stem: str) -> str:
 
 def scale_free_part(plan, claims: dict, out: Path, write) -> list[str]:
     """The claims table's scale-free part (empty without scale-free rows): the side-by-side table and the
-    survival sentences; also writes OUT/scale_free.md (both, and the scale quantities per method)."""
+    survival sentences; also writes OUT/scale_free.md (both, and the scale quantities per scheme)."""
     rows = claims.get("scale_free")
     if not rows:
         return []

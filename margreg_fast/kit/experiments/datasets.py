@@ -20,8 +20,8 @@ from .config import ExperimentConfig
 def _subsample(ds: ImageDataset, limit: int | None, seed: int) -> ImageDataset:
     if limit is None or limit >= len(ds.y):
         return ds
+    # a random subset in random order: any prefix of an evaluation set stays a random sample
     idx = torch.randperm(len(ds.y), generator=torch.Generator().manual_seed(seed))[:limit]
-    idx = idx.sort().values
     pick = lambda t: None if t is None else t[idx]  # noqa: E731
     return ImageDataset(x=ds.x[idx], y=ds.y[idx], group=pick(ds.group), null_mask=pick(ds.null_mask))
 

@@ -143,11 +143,11 @@ def selection_markdown(selection: dict) -> str:
              f"seeds {cfg['seeds']}, {cfg['epochs']} epochs, {cfg['model']} {cfg['activation']} width {cfg['width']}, "
              f"estimators {estimators}, step {cfg['step']}).",
              f"Rule: {selection['rule']}.", "",
-             f"| method | weight | val clean acc | val {key} |{insertion_header} chosen |",
+             f"| scheme | weight | val clean acc | val {key} |{insertion_header} chosen |",
              "|---|---:|---:|---:|" + "---:|" * bool(insertion_header) + "---|",
              f"| none | 0 | {ref['clean_acc']:.3f} | {num(ref[key])} |{insertion(ref)} |"]
-    for method, rows in selection["validation"].items():
+    for scheme, rows in selection["validation"].items():
         for r in rows:
-            mark = "**yes**" if r["weight"] == selection["weights"][method] else ""
-            lines.append(f"| {method} | {r['weight']:g} | {r['clean_acc']:.3f} | {num(r[key])} |{insertion(r)} {mark} |")
+            mark = "**yes**" if r["weight"] == selection["weights"][scheme] else ""
+            lines.append(f"| {scheme} | {r['weight']:g} | {r['clean_acc']:.3f} | {num(r[key])} |{insertion(r)} {mark} |")
     return "\n".join(lines) + "\n"

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from margreg_fast.kit.data import (ImageDataset, load_digits_images, make_blockmnist, make_spurious, null_patch,
+from margreg_fast.kit.data import (ImageDataset, load_digits_images, load_mnist5k, make_blockmnist, make_spurious, null_patch,
                                patch_layout, split_train_test)
 
 
@@ -39,6 +39,20 @@ def test_split_train_test(digits):
     assert torch.equal(xtr, xtr2) and not torch.equal(xtr, xtr3)
     with pytest.raises(ValueError, match="test_fraction"):
         split_train_test(x, y, test_fraction=1.0, seed=0)
+
+
+def test_a_prefix_of_the_evaluation_set_is_a_random_sample():
+    """The shipped digit sets are sorted by label; the evaluated images (the first ``eval_samples`` of the
+    evaluation set, also after ``max_test``) must still cover every class in about equal numbers."""
+    from margreg_fast.kit.experiments.config import ExperimentConfig
+    from margreg_fast.kit.experiments.datasets import build_datasets
+
+    x, y = load_mnist5k()
+    assert torch.equal(y, y.sort().values)  # the source order that made prefixes one-class
+    for cfg in (ExperimentConfig(), ExperimentConfig(max_test=400), ExperimentConfig(split="validation")):
+        _, test = build_datasets(cfg, seed=0)
+        counts = test.y[:200].bincount(minlength=10)
+        assert (counts >= 5).all(), counts.tolist()  # 20 expected per class (sd 4.2); before: 200 zeros
 
 
 def test_null_patch_is_square_with_cross():

@@ -19,7 +19,7 @@ def test_names_weights_and_objectives():
     assert "pgd-at" not in SCHEMES and "trades" not in SCHEMES  # opt-in: the default runs are unchanged
     assert ExperimentConfig().schemes == SCHEMES
     for bad in ("pgd-at@0.5", "trades%4"):
-        with pytest.raises(ValueError, match="regularised method"):
+        with pytest.raises(ValueError, match="regularised scheme"):
             parse_scheme(bad)
     cfg = ExperimentConfig(schemes=("none", "pgd-at", "trades"), pgd_linf_eps=0.2, pgd_steps=8)
     assert cfg.weights["trades"] == 6.0 and cfg.weights["pgd-at"] == 0.0
@@ -53,7 +53,7 @@ def test_cli_scheme_epochs():
                                                 "--scheme-epochs", "pgd-at=2", "trades=3"])
     cfg = config_from_args(args)
     assert cfg.scheme_epochs == {"pgd-at": 2, "trades": 3} and cfg.schemes[-2:] == ("pgd-at", "trades")
-    with pytest.raises(ValueError, match="METHOD=EPOCHS"):
+    with pytest.raises(ValueError, match="SCHEME=EPOCHS"):
         config_from_args(build_parser(["claims"]).parse_args(["claims", "--out", "x", "--scheme-epochs", "2"]))
 
 
