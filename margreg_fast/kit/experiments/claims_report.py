@@ -25,7 +25,7 @@ from .claims import (CLAIMS, EXACT_TWIN, KEEP_MARGIN, SPURIOUS_SCHEMES, ClaimsPl
                      shortcut_frontier_rows)
 from .config import ExperimentConfig, parse_scheme
 from .figures import _save, plt, write_figures
-from .intervals import CONFIDENCE, RESAMPLES, paired
+from .intervals import CONFIDENCE, RESAMPLES, comparison_cell, paired
 from .report import write_reports
 from .confounds_report import budget_part, scale_free_part
 
@@ -35,14 +35,6 @@ ARROW = {1: "↑", -1: "↓"}
 def number_cell(v: float | None) -> str:
     """A table cell for a number: 3 significant digits, "n/a" for a missing one."""
     return "n/a" if v is None else f"{v:.3g}"
-
-
-def comparison_cell(c: dict) -> str:
-    """A table cell for a paired comparison: mean difference [95% interval] verdict."""
-    if c["mean"] is None:
-        return "n/a"
-    interval = "" if c["low"] is None else f" [{c['low']:+.3g}, {c['high']:+.3g}]"
-    return f"{c['mean']:+.3g}{interval} {c['verdict']}"
 
 
 def _metric(row: dict) -> str:

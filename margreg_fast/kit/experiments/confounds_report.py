@@ -23,16 +23,10 @@ from .scale import SCALE_KEYS
 from .budgets import ATTACK_BUDGETS, PGD_L2_BUDGETS, PGD_LINF_BUDGETS, key
 from .claims import seed_values
 from .figures import _save, plt
+from .intervals import comparison_cell
 
 ARROW = {1: "↑", -1: "↓"}
 NOT_A_CLAIM = "logit scale (not a claim)"
-
-
-def _cell(c: dict) -> str:
-    if c["mean"] is None:
-        return "n/a"
-    interval = "" if c["low"] is None else f" [{c['low']:+.3g}, {c['high']:+.3g}]"
-    return f"{c['mean']:+.3g}{interval} {c['verdict']}"
 
 
 def both_verdicts_table(rows: list[dict], subject: str) -> str:
@@ -43,13 +37,13 @@ def both_verdicts_table(rows: list[dict], subject: str) -> str:
     for r in rows:
         margin = f", margin {r['margin']:g}" if r["margin"] else ""
         if r["claim"] == NOT_A_CLAIM:  # the scale itself: differences, no verdict
-            cells = [c for raw in r["raw"] for c in (_cell(raw).rsplit(" ", 1)[0], "")]
+            cells = [c for raw in r["raw"] for c in (comparison_cell(raw).rsplit(" ", 1)[0], "")]
             lines.append(f"| {r['claim']} | {r['experiment']}: {r['metric']} | — | " + " | ".join(cells) + " |")
             continue
         twin = "(scale-free already)" if r["twin"] is None else f"{r['twin']} {ARROW[r['better']]}"
         cells = []
         for raw, free in zip(r["raw"], r["scale_free"]):
-            cells += [_cell(raw), "same" if r["twin"] is None else _cell(free)]
+            cells += [comparison_cell(raw), "same" if r["twin"] is None else comparison_cell(free)]
         lines.append(f"| {r['claim']} | {r['experiment']}: {r['metric']} {ARROW[r['better']]}{margin} | {twin} | "
                      + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -118,7 +112,7 @@ def budget_tables(rows: list[dict], records: list[dict], weights: dict, schemes:
                      f"{_num(_mean(records, meth, weights[meth], key(m + '_random', eps)))}" for meth in schemes]
             diffs = [cell.get((key(x, eps), comparator)) for x in (m, m + "_random")]
             lines.append(f"| {eps:g} | {m} {arrow} | " + " | ".join(means) + " | "
-                         + " | ".join("n/a" if d is None else _cell(d) for d in diffs) + " |")
+                         + " | ".join("n/a" if d is None else comparison_cell(d) for d in diffs) + " |")
     lines += ["", "Unit-norm maps (the same similarities on maps divided by their L2 norm; they are invariant to a "
               "positive factor per map, so they equal the raw ones): the largest absolute difference from the raw "
               f"value over every scheme, seed and budget is {_unit_gap(records):.2g}.", "",
@@ -131,7 +125,7 @@ def budget_tables(rows: list[dict], records: list[dict], weights: dict, schemes:
             k = key(f"pgd_{norm}_acc", eps)
             d = cell.get((k, comparator))
             lines.append(f"| {norm} | {eps:g} | " + " | ".join(_num(_mean(records, m, weights[m], k)) for m in schemes)
-                         + f" | {'n/a' if d is None else _cell(d)} |")
+                         + f" | {'n/a' if d is None else comparison_cell(d)} |")
     return "\n".join(lines) + "\n"
 
 

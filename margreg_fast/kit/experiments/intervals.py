@@ -88,3 +88,11 @@ def verdict(p: Paired, better: int, margin: float = 0.0) -> str:
     if high < -margin:
         return "CONTRADICTED"
     return "INCONCLUSIVE"
+
+
+def comparison_cell(c: dict) -> str:
+    """A table cell for a paired comparison: mean difference [95% interval] verdict."""
+    if c["mean"] is None:
+        return "n/a"
+    interval = "" if c["low"] is None else f" [{c['low']:+.3g}, {c['high']:+.3g}]"
+    return f"{c['mean']:+.3g}{interval} {c['verdict']}"
