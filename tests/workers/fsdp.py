@@ -27,12 +27,17 @@ METHODS = ("default", "fd", "central", "jvp")
 
 def data():
     gen = torch.Generator().manual_seed(11)
-    return torch.rand(GLOBAL_BATCH, 1, 8, 8, generator=gen), torch.randint(0, 10, (GLOBAL_BATCH,), generator=gen)
+    x = torch.rand(GLOBAL_BATCH, 1, 8, 8, generator=gen, dtype=torch.float64)
+    return x, torch.randint(0, 10, (GLOBAL_BATCH,), generator=gen)
 
 
 def mlp():
+    """The MLP in float64: the finite-difference estimators' parameter gradient carries the forward's
+    rounding amplified by 1/h, and in fp32 (eps 1.2e-7, h ~ 3.5e-4 RMS) that is ~1e-5 of a step whose
+    sums FSDP and one process add in other orders and blocks; in float64 it is ~1e-8 of it."""
     torch.manual_seed(5)
-    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 10))
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(),
+                         nn.Linear(32, 10)).double()
 
 
 def regularizer(method):
