@@ -72,30 +72,33 @@ EPOCHS, MAX_TRAIN, LR = 8, 2000, 2e-3
 
 def test_a_plain_cnn_trained_on_the_texture_relies_on_it(tmp_path):
     """The paper's CNN (width 8) trained by the kit on the 28x28 digits with the texture agreeing on 95% of
-    the training images, against the same run with the texture at chance (agreement 0.1, no shortcut):
-    on the test images whose texture names another class its accuracy falls (measured: 0.909 against 0.952
-    at this size), below its accuracy on those whose texture names the label (0.980)."""
+    the training images, against the same run with the texture at chance (agreement 0.1, no shortcut).
+    Reliance, paired on the same test digits: accuracy with the texture of the digit's own class minus
+    accuracy with the texture of the next class (x + a (s_c - s_k), which stays in [0, 1]). Measured at
+    this size: 0.033 for the shortcut model against 0.001 for the control (0.037 against -0.003 at 15
+    epochs). The paired difference on 1,000 digits with ~4% discordant pairs has a sampling standard
+    error of ~0.006, so 0.015 is 2.5 of them; an unpaired comparison of the images whose drawn texture
+    disagrees carries the digits' own difficulty and training noise of several points."""
     from margreg_fast.kit.experiments.config import ExperimentConfig
     from margreg_fast.kit.experiments.datasets import build_datasets
-    from margreg_fast.kit.experiments.evaluation import light_scores
     from margreg_fast.kit.experiments.training import train_run
 
     cfg = ExperimentConfig(experiment="spurious", schemes=("none",), spurious_patch="texture", width=8, epochs=EPOCHS,
                            max_train=MAX_TRAIN, lr=LR)
-    threads, scores = torch.get_num_threads(), {}
+    patterns = texture_patterns(28, 28, 10).unsqueeze(1)
+    threads, reliance = torch.get_num_threads(), {}
     torch.set_num_threads(1)  # as the kit's commands run
     try:
         for agreement in (0.95, 0.1):
             run = cfg.replace(spurious_agreement=agreement)
             train, test = build_datasets(run, 0)
-            model = train_run(run, "none", 0, train, tmp_path / str(agreement), quiet=True).model
-            agrees = test.group % 10 == test.y
-            scores[agreement] = light_scores(model, test, run)
+            model = train_run(run, "none", 0, train, tmp_path / str(agreement), quiet=True).model.eval()
+            drawn, a = patterns[test.group % 10], run.spurious_amplitude
+            own, other = (test.x + a * (patterns[c] - drawn) for c in (test.y, (test.y + 1) % 10))
+            assert own.min() >= 0 and own.max() <= 1 and other.min() >= 0 and other.max() <= 1
             with torch.no_grad():
-                hits = model(test.x[agrees]).argmax(1) == test.y[agrees]
-            scores[agreement]["acc_texture_agrees"] = hits.double().mean().item()
+                hits = [(model(z).argmax(1) == test.y).double().mean().item() for z in (own, other)]
+            reliance[agreement] = hits[0] - hits[1]
     finally:
         torch.set_num_threads(threads)
-    shortcut, control = scores[0.95], scores[0.1]
-    assert shortcut["acc_patch_disagrees"] < control["acc_patch_disagrees"] - 0.03
-    assert shortcut["acc_texture_agrees"] > shortcut["acc_patch_disagrees"] + 0.03
+    assert reliance[0.95] > 0.015 and reliance[0.95] > reliance[0.1] + 0.015, reliance
