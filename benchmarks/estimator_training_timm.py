@@ -42,11 +42,20 @@ itself are not shown to end within a point at this seed count, and the bound is 
 
 Each run writes one JSON file under benchmarks/results/estimator_training_timm/ (a rerun skips the
 runs whose file exists: the benchmark is resumable); ``--table`` writes
-benchmarks/results/estimator_training_timm.{csv,md} from those files.
+benchmarks/results/estimator_training_timm.{csv,md} from those files. The committed runs came from these
+commands (the same-precision bf16 twins were added to the --fp32-twin runs, then seeds 5-9 for every
+row; one command per model without --fp32-twin over seeds 0-9 trains the same set of runs):
 
     nice -n 10 python benchmarks/estimator_training_timm.py --models test_efficientnet --seeds 0 1 2 3 4 --fp32-twin
+    nice -n 10 python benchmarks/estimator_training_timm.py --models test_efficientnet --precisions bf16 \
+        --seeds 0 1 2 3 4
+    nice -n 10 python benchmarks/estimator_training_timm.py --models test_efficientnet --seeds 5 6 7 8 9
     nice -n 10 python benchmarks/estimator_training_timm.py --models test_efficientnet_relu --weight 0.01 \
         --seeds 0 1 2 3 4 --fp32-twin
+    nice -n 10 python benchmarks/estimator_training_timm.py --models test_efficientnet_relu --weight 0.01 \
+        --precisions bf16 --seeds 0 1 2 3 4
+    nice -n 10 python benchmarks/estimator_training_timm.py --models test_efficientnet_relu --weight 0.01 \
+        --seeds 5 6 7 8 9
     python benchmarks/estimator_training_timm.py --table
 """
 from __future__ import annotations
