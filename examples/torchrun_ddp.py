@@ -18,6 +18,7 @@ import contextlib
 import copy
 import os
 import statistics
+import sys
 import time
 
 import torch
@@ -101,6 +102,11 @@ def main():
               f"median of {args.steps - 1} steps after the first): plain {1e3 * plain:.1f} ms, "
               f"regularised {1e3 * regularised:.1f} ms ({regularised / plain:.2f}x plain)")
     dist.destroy_process_group()
+    # gloo's worker threads can outlive the interpreter's finalisation on CPU, and a rank then hangs or
+    # aborts at exit after its work is done; leaving at once, streams flushed, skips finalisation.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
