@@ -30,11 +30,10 @@ import torch.nn.functional as F
 
 from .attacks import PGD, pgd_ascent
 from .metrics import evaluating
+from .trades_beta import TRADES_BETA
 
 #: TRADES's random start: x + START_STD * N(0, I) (Zhang et al.'s reference code).
 TRADES_START_STD = 0.001
-#: TRADES's default trade-off beta (the paper's MNIST / CIFAR setting).
-TRADES_BETA = 6.0
 
 
 def default_alpha(eps: float, steps: int) -> float:

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from ..adversarial import TRADES_BETA
+from ..trades_beta import TRADES_BETA
 from ..models import ACTIVATIONS
 from ... import DEFAULT_ESTIMATOR, DEFAULT_STEP, MarginalDensityRegularizer
 from ... import ESTIMATORS as ESTIMATOR_REGISTRY
