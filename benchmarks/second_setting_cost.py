@@ -70,14 +70,14 @@ def main() -> None:
     for s in SCHEMES:
         med = {m: statistics.median(times[m, s]) for m in MODELS}
         ratio = med["resnet"] / med["papercnn"]
-        walls = [r["wall_s"] for r in records if (r["experiment"], r["method"], r["full"]) == ("blockmnist", s, True)
+        walls = [r["wall_s"] for r in records if (r["experiment"], r["scheme"], r["full"]) == ("blockmnist", s, True)
                  and r["weight"] == weights.get(s, 0.0) and r["wall_s"] is not None]
         point = statistics.median(walls)
         rows.append({"scheme": s, "papercnn_step_s": med["papercnn"], "resnet_step_s": med["resnet"], "ratio": ratio,
                      "committed_full_point_s": point, "resnet_point_s": ratio * point, "animal_point_s": 2 * point})
         total["resnet"] += SEEDS * ratio * point / JOBS
         total["animal"] += SEEDS * 2 * point / JOBS
-        light_walls = [r["wall_s"] for r in records if (r["experiment"], r["method"], r["full"])
+        light_walls = [r["wall_s"] for r in records if (r["experiment"], r["scheme"], r["full"])
                        == ("blockmnist", s, False) and r["wall_s"] is not None]
         light = statistics.median(light_walls) if light_walls else point  # none has no light point: its full one
         runs = 1 if s == "none" else len(GRID)  # the selection: none once, every other scheme at every grid weight
