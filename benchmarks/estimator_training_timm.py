@@ -135,10 +135,12 @@ def true_penalty(model, x, method: str) -> float:
 
 
 def train_one(name: str, precision: str, run: str, method: str, seed: int, steps: int, batch: int, weight: float,
-              data) -> dict:
+              data, lr: float = LR, schedule: str = "constant") -> dict:
     x_train, y_train, x_test, y_test = data
     model = build(name, seed, perturbed=run == NOISE)
-    opt = torch.optim.Adam(model.parameters(), LR)
+    opt = torch.optim.Adam(model.parameters(), lr)
+    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps) if schedule == "cosine"
+                 else torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0))
     reg = MarginalDensityRegularizer(weight, estimator=method)
     order = torch.Generator().manual_seed(seed)
     ratios, start = [], time.perf_counter()
@@ -155,20 +157,26 @@ def train_one(name: str, precision: str, run: str, method: str, seed: int, steps
             opt.zero_grad()
             loss.backward()
             opt.step()
+            scheduler.step()
             ratios.append(stats["secant_ratio"])
     seconds = time.perf_counter() - start
     with torch.no_grad():
         model.eval()
         accuracy = (model(x_test).argmax(1) == y_test).float().mean().item()
     return {"model": name, "precision": precision, "run": run, "method": method, "seed": seed, "steps": steps,
-            "batch": batch, "weight": weight, "true_penalty": None, "accuracy": accuracy,
+            "batch": batch, "lr": lr, "schedule": schedule, "weight": weight, "true_penalty": None, "accuracy": accuracy,
             "secant_ratio_last50": statistics.median(r for r in ratios[-50:] if r == r),
             "warned": any(issubclass(w.category, SecantWarning) for w in caught), "train_seconds": seconds,
             "_model": model}
 
 
+def regime(steps: int, batch: int, lr: float, schedule: str) -> str:
+    """The training regime's name, which is also the folder of its run files: ``300x8-constant-lr0.001``."""
+    return f"{steps}x{batch}-{schedule}-lr{lr:g}"
+
+
 def run(args) -> None:
-    runs = Path(args.runs)
+    runs = Path(args.runs) / regime(args.steps, args.batch, args.lr, args.schedule)
     runs.mkdir(parents=True, exist_ok=True)
     data = mnist32()
     for seed in args.seeds:
@@ -181,7 +189,8 @@ def run(args) -> None:
                     path = runs / f"{name}-{precision}-{run}-seed{seed}.json"
                     if path.exists():
                         continue
-                    row = train_one(name, precision, run, method, seed, args.steps, args.batch, args.weight, data)
+                    row = train_one(name, precision, run, method, seed, args.steps, args.batch, args.weight, data,
+                                    args.lr, args.schedule)
                     model = row.pop("_model")
                     row["true_penalty"] = true_penalty(model, data[2], twin)
                     row["true_penalty_by"], row["command"] = twin, report.command_line()
@@ -228,28 +237,36 @@ def _verdict(ratios, gap, noise) -> str:
 
 
 def _comparisons(rows):
-    """(model, precision, twin precision, runs, twins) per row of the table: each precision against the
+    """(regime, model, precision, twin precision, runs, twins) per row of the table: within each training
+    regime, each precision against the
     twin trained in that precision (the primary comparison), and bf16 also against the fp32 twin (the
     stricter one: the twin then also has fp32's CE)."""
-    keys = sorted({(r["model"], r["precision"]) for r in rows}, key=lambda k: (k[0], PRECISIONS.index(k[1])))
-    for name, precision in keys:
-        cell = {(r["run"], r["seed"]): r for r in rows if (r["model"], r["precision"]) == (name, precision)}
+    keys = sorted({(_regime_of(r), r["model"], r["precision"]) for r in rows},
+                  key=lambda k: (k[0][0] * k[0][1], k[1], PRECISIONS.index(k[2])))
+    for training, name, precision in keys:
+        group = [r for r in rows if (_regime_of(r), r["model"]) == (training, name)]
+        cell = {(r["run"], r["seed"]): r for r in group if r["precision"] == precision}
         for twin_precision in dict.fromkeys((precision, "fp32")):
-            twins = {(r["run"], r["seed"]): r for r in rows if (r["model"], r["precision"]) == (name, twin_precision)}
-            yield name, precision, twin_precision, cell, twins
+            twins = {(r["run"], r["seed"]): r for r in group if r["precision"] == twin_precision}
+            yield training, name, precision, twin_precision, cell, twins
+
+
+def _regime_of(row: dict) -> tuple:
+    """(steps, batch, lr, schedule) of a run file."""
+    return row["steps"], row["batch"], row["lr"], row["schedule"]
 
 
 def table(runs: Path) -> None:
-    rows = [json.loads(p.read_text()) for p in sorted(runs.glob("*.json"))]
+    rows = [json.loads(p.read_text()) for p in sorted(runs.glob("*/*.json"))]
     report.write_csv(report.RESULTS / "estimator_training_timm.csv", rows)
     lines = report.table(
-        ["model", "weight", "precision", "seeds", "twin", "true R, default", "true R, twin",
+        ["training", "model", "weight", "precision", "seeds", "twin", "true R, default", "true R, twin",
          "default / twin (per seed)",
          "noise / twin (per seed)", "accuracy, default", "accuracy, twin", "default - twin (points, per seed)",
          "default - twin, mean [95% CI]", "noise - twin (points, per seed)", "noise - twin, mean [95% CI]",
          "verdict", "secant ratio (last 50 steps)", "monitor warned", "train s, default / twin"], [],
-        "lllllllllllllllllll")[:2]
-    for name, precision, twin_precision, cell, source in _comparisons(rows):
+        "llllllllllllllllllll")[:2]
+    for training, name, precision, twin_precision, cell, source in _comparisons(rows):
         seeds = sorted(s for (run, s) in cell if run == "default" and ("twin", s) in source and (NOISE, s) in source)
         if not seeds:
             continue
@@ -262,8 +279,9 @@ def table(runs: Path) -> None:
         ratios = [a["true_penalty"] / b["true_penalty"] for a, b in zip(d, t)]
         gap = [100 * (a["accuracy"] - b["accuracy"]) for a, b in zip(d, t)]
         noise = [100 * (a["accuracy"] - b["accuracy"]) for a, b in zip(n, t)]
+        steps, batch, lr, schedule = training
         lines.append("| " + " | ".join([
-            name, " ".join(sorted({f"{r['weight']:g}" for r in d + t + n})), precision, " ".join(map(str, seeds)),
+            f"{steps} x {batch}, lr {lr:g} {schedule}", name, " ".join(sorted({f"{r['weight']:g}" for r in d + t + n})), precision, " ".join(map(str, seeds)),
             twin_label,
             " ".join(f"{r['true_penalty']:.3g}" for r in d), " ".join(f"{r['true_penalty']:.3g}" for r in t),
             " ".join(f"{v:.2f}" for v in ratios),
@@ -276,11 +294,11 @@ def table(runs: Path) -> None:
             f"{statistics.median(r['train_seconds'] for r in d):.0f} / "
             f"{statistics.median(r['train_seconds'] for r in t):.0f}",
         ]) + " |")
-    steps = sorted({r["steps"] for r in rows})
-    batches = sorted({r["batch"] for r in rows})
     title = (f"The default estimator ({DEFAULT_ESTIMATOR}) against its exact-trained twin (central in fp32 where exact is "
-             f"refused) on real timm models: {steps} steps of batch {batches} on the kit's MNIST "
-             f"digits (4,000 for training) zero-padded to 3x32x32, Adam lr {LR}; true penalty (eval mode, fp32) and "
+             f"refused) on real timm models, trained on the kit's MNIST digits (4,000 for training) zero-padded to "
+             f"3x32x32 with Adam. training: steps x batch, the learning rate and its schedule (constant, or cosine "
+             f"annealing to 0 over the run; the longer regime trains to convergence, where the runs' accuracies "
+             f"spread less). True penalty (eval mode, fp32) and "
              f"accuracy on 1,000 held-out digits. twin: its estimator and the precision it trained in; each "
              f"precision is judged against the twin of its own precision, and bf16 also against the fp32 twin "
              f"(stricter: that twin also has fp32's CE). noise: the twin's estimator, in the twin's precision, from "
@@ -306,6 +324,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--weight", type=float, default=0.1)
+    p.add_argument("--lr", type=float, default=LR)
+    p.add_argument("--schedule", choices=("constant", "cosine"), default="constant",
+                   help="the learning rate's schedule: constant, or cosine annealing to 0 over --steps")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--fp32-twin", action="store_true",
                    help="train the twin in fp32 only; the bf16 default is then compared with the fp32 twin")
