@@ -1,6 +1,7 @@
 """Cost of the second model (ResNet, BatchNorm) against the claims' PaperCNN: one training step of each
-claims scheme (none, igr, joint, mdr) as the kit trains it, on 1x56x28 BlockMNIST-sized inputs, batch 64,
-one thread, rounds interleaved so that both models see the same machine load; medians and the ResNet /
+claims scheme (none, igr, joint, mdr) as the kit trains it (``benchmarks/kit_steps.py``), on 64 real
+BlockMNIST images (1x56x28, seed 0's training split), one thread, rounds interleaved so that both models
+see the same machine load; medians and the ResNet /
 PaperCNN ratio per scheme. With the committed claims' recorded wall seconds per full point
 (docs/results/claims/claims.json, records' wall_s), the ratio gives the estimated wall time of the claim
 rows on the ResNet; the second dataset (animal silhouettes) keeps the PaperCNN and the 56x28 shape and has
@@ -14,7 +15,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -22,29 +22,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from benchmarks import report  # noqa: E402
+from benchmarks.kit_steps import interleaved_medians, kit_steps  # noqa: E402
 from margreg_fast.kit.experiments.config import ExperimentConfig  # noqa: E402
-from margreg_fast.kit.experiments.model_factory import build_model  # noqa: E402
-from margreg_fast.kit.experiments.training import make_regularizer  # noqa: E402
+from margreg_fast.kit.experiments.datasets import build_datasets  # noqa: E402
 
 SCHEMES = ("none", "igr", "joint", "mdr")
 MODELS = {"papercnn": {"model": "papercnn", "width": 8}, "resnet": {"model": "resnet", "width": 16}}
 CLAIMS_JSON = report.ROOT / "docs" / "results" / "claims" / "claims.json"
 SEEDS, JOBS, GRID = 5, 2, (0.1, 1.0, 10.0)
-
-
-def _step(cfg: ExperimentConfig, scheme: str):
-    torch.manual_seed(0)
-    model = build_model(cfg, in_shape=(1, 56, 28), num_classes=10).train()
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    reg = make_regularizer(cfg, scheme)
-    x, y = torch.rand(64, 1, 56, 28), torch.randint(0, 10, (64,))
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        loss, _ = reg(model, x, y)
-        loss.backward()
-        opt.step()
-    return step
 
 
 def main() -> None:
@@ -55,20 +40,17 @@ def main() -> None:
     torch.set_num_threads(1)
     weights_file = report.ROOT / "margreg_fast" / "kit" / "configs" / "blockmnist_weights.json"
     weights = json.loads(weights_file.read_text())["weights"]
-    steps = {(m, s): _step(ExperimentConfig(weights=weights, **MODELS[m]), s) for m in MODELS for s in SCHEMES}
-    for step in steps.values():  # warm-up
-        step()
-    times = {k: [] for k in steps}
-    for _ in range(args.rounds):
-        for k, step in steps.items():
-            t0 = time.perf_counter()
-            for _ in range(args.steps):
-                step()
-            times[k].append((time.perf_counter() - t0) / args.steps)
+    steps = {}
+    for m in MODELS:
+        cfg = ExperimentConfig(weights=weights, schemes=SCHEMES, **MODELS[m])
+        train, _ = build_datasets(cfg, 0)
+        for s, step in kit_steps(cfg, train.x[:cfg.batch_size], train.y[:cfg.batch_size]).items():
+            steps[m, s] = step
+    medians = interleaved_medians(steps, warmup=1, rounds=args.rounds, repeat=args.steps)
     records = json.loads(CLAIMS_JSON.read_text())["records"]
     rows, lines, total, select = [], [], {"resnet": 0.0, "animal": 0.0}, {"resnet": 0.0, "animal": 0.0}
     for s in SCHEMES:
-        med = {m: statistics.median(times[m, s]) for m in MODELS}
+        med = {m: medians[m, s] for m in MODELS}
         ratio = med["resnet"] / med["papercnn"]
         walls = [r["wall_s"] for r in records if (r["experiment"], r["scheme"], r["full"]) == ("blockmnist", s, True)
                  and r["weight"] == weights.get(s, 0.0) and r["wall_s"] is not None]

@@ -5,10 +5,10 @@ images (1x56x28, seed 0's training split), each scheme's objective from
 ``kit.experiments.training.step_objective`` at the claims' defaults (mdr: the library's default estimator
 and step; mdr@0.5 and mdr@0.25: the penalty on a half and a quarter of each batch; pgd-at and trades: the PGD row's budget,
 eps ``pgd_linf_eps`` with ``pgd_steps`` steps, TRADES at beta 6), then backward and an optimizer step
-(SGD at lr 0, so the weights and hence the work stay fixed). The attack is part of the step, as in
-training. One process warms every scheme up, then runs ``--rounds`` rounds, each timing one step of
-every scheme in turn (interleaved: the ratios stay valid while the load of the shared machine drifts);
-the median per scheme is reported with its ratio to none in the same run.
+(SGD at lr 0, so the weights and hence the work stay fixed; ``benchmarks/kit_steps.py``). The attack is
+part of the step, as in training. One process warms every scheme up, then runs ``--rounds`` rounds, each
+timing one step of every scheme in turn (interleaved: the ratios stay valid while the load of the shared
+machine drifts); the median per scheme is reported with its ratio to none in the same run.
 
 Matched cost: every scheme sees the same batches per epoch, so the cost of E epochs is E x steps per
 epoch x its median step. The epochs of scheme s that cost what ``--epochs`` (the claims' 10) epochs of
@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,47 +33,14 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from benchmarks import report  # noqa: E402
+from benchmarks.kit_steps import interleaved_medians, kit_steps  # noqa: E402
 from margreg_fast.kit.experiments.config import ExperimentConfig  # noqa: E402
 from margreg_fast.kit.experiments.datasets import build_datasets  # noqa: E402
-from margreg_fast.kit.experiments.model_factory import build_model  # noqa: E402
-from margreg_fast.kit.experiments.training import NUM_CLASSES, step_objective  # noqa: E402
 
 SCHEMES = ("none", "mdr", "mdr@0.5", "mdr@0.25", "pgd-at", "trades")
 ADVERSARIAL = ("pgd-at", "trades")
 #: mdr and mdr@0.5, the fraction docs/guides/fractions.md recommends when cost decides.
 REFERENCES = ("mdr", "mdr@0.5")
-
-
-def make_steps(cfg: ExperimentConfig, x: torch.Tensor, y: torch.Tensor) -> dict:
-    """{scheme: a function running one training step of it on (x, y)} on one model (seeded)."""
-    torch.manual_seed(0)
-    model = build_model(cfg, in_shape=tuple(x.shape[1:]), num_classes=NUM_CLASSES)
-    model.train()
-    opt = torch.optim.SGD(model.parameters(), lr=0.0)
-
-    def step_of(scheme):
-        objective = step_objective(cfg, scheme)
-
-        def step():
-            opt.zero_grad(set_to_none=True)
-            loss, _ = objective(0)(model, x, y)
-            loss.backward()
-            opt.step()
-        return step
-    return {s: step_of(s) for s in cfg.schemes}
-
-
-def measure(steps: dict, warmup: int, rounds: int) -> dict:
-    for step in steps.values():
-        for _ in range(warmup):
-            step()
-    times = {s: [] for s in steps}
-    for _ in range(rounds):
-        for s, step in steps.items():
-            t0 = time.perf_counter()
-            step()
-            times[s].append(time.perf_counter() - t0)
-    return {s: 1e3 * statistics.median(ts) for s, ts in times.items()}
 
 
 def matched_rows(ms: dict, epochs: int) -> list[dict]:
@@ -99,7 +64,7 @@ def main() -> None:
     cfg = ExperimentConfig(schemes=SCHEMES)  # the claims' defaults: PaperCNN width 8, 1x56x28, batch 64, 10 epochs
     train, _ = build_datasets(cfg, 0)
     x, y = train.x[:cfg.batch_size], train.y[:cfg.batch_size]
-    ms = measure(make_steps(cfg, x, y), args.warmup, args.rounds)
+    ms = {s: 1e3 * t for s, t in interleaved_medians(kit_steps(cfg, x, y), args.warmup, args.rounds).items()}
     rows = matched_rows(ms, cfg.epochs)
     e = cfg.epochs
     lines = report.table(
