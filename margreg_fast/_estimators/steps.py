@@ -50,22 +50,22 @@ says. Deep BatchNorm nets at random init have ||g|| in the tens to thousands (th
 batch-normalised layers amplify input perturbations), where the rounding bound alone moves S by
 several nats. C = 0.03 nats: on the suite's timm zoo extended with MobileOne, FBNet, MnasNet,
 MobileNetV4, RepVGG and EfficientNetV2 (random init, train mode, 64 and 224 px, with and without
-dropout / drop-path) the regulariser's secant ratio lies in [0.87, 1.12] for the default rfd and in
-[0.90, 1.12] for fd, where the rule without the curvature bound (4 eps^(1/3) RMS) gave 0.03-1.28 and
-0.04-1.48 (``benchmarks/results/estimator_step_rule.md``, from ``benchmarks/estimator_step_rule.py``).
-C was chosen by the default's ratio over C = 1, 0.3, 0.1, 0.03 and 0.01 on the same models at 64 px
+dropout / drop-path) the regulariser's secant ratio lies in [0.93, 1.01] for the default rfd and for
+fd, where the rule without the curvature bound (4 eps^(1/3) RMS) gives 0.06-1.43 and 1.00-1.48
+(``benchmarks/results/estimator_step_rule.md``, from ``benchmarks/estimator_step_rule.py``, with the
+activation patterns replayed; before the replay the bounded rule gave 0.87-1.12 and 0.90-1.12).
+C was chosen, before the replay, by the default's ratio over C = 1, 0.3, 0.1, 0.03 and 0.01 on the same models at 64 px
 and on MobileOne-S0 and MobileNetV4-conv-small at 224 px (``benchmarks/results/estimator_step_rule_sweep.md``,
 ``python benchmarks/estimator_step_rule.py --sweep``): C >= 0.1 leaves MobileOne-S0 at 64 px
 below the band (0.744-0.795), C = 0.03 keeps every row in [0.87, 1.12], and C = 0.01 meets
 rounding on MobileNetV4-conv-small at 224 px (0.446 and 0.774), whose ||g|| is in the thousands.
 
 central keeps the curvature bound too, but on RepVGG-A0 (mean ||g|| 0.22 to 2.31) C / ||g|| is larger
-than central's rounding bound, so its step is that rounding bound, 57 times rfd's, and its secant
-measures an average over the ReLU kinks it crosses (ratio 0.06-0.66 on three of RepVGG's four rows;
-0.80-1.00 elsewhere, measured before the probes replayed activation patterns). That ratio is
-central's *value* against exact's (central's value is the secant), and a smaller rounding bound
-would cost its value accuracy on smooth nets (above), so central's rule stays as it is; with the
-patterns replayed its secant no longer averages over kinks.
+than central's rounding bound, so its step is that rounding bound, 57 times rfd's. Before the probes
+replayed activation patterns its secant averaged over the ReLU kinks that step crosses (ratio
+0.06-0.66 on three of RepVGG's four rows); with the patterns replayed it measures the clean piece's
+slope, and its ratio is 0.92-1.00 on every row of the table. A smaller rounding bound would cost its
+value accuracy on smooth nets (above), so central's rule stays as it is.
 
 fp32 logits give a rounding bound of h = 3.5e-4 RMS (fd, rfd) / 2.0e-2 RMS (central), bf16 logits
 0.088 RMS / 0.79 RMS, fp64 1.5e-8 RMS / 2.4e-5 RMS. Under
