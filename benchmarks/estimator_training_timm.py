@@ -45,7 +45,7 @@ Each run writes one JSON file under benchmarks/results/estimator_training_timm/R
 resumable); ``--table`` writes benchmarks/results/estimator_training_timm.{csv,md} from the files of
 every regime, one group of rows per regime.
 
-Two regimes are committed. The converged one, whose accuracies (0.91-0.96) spread little enough
+Two regimes are committed. The converged one, whose accuracies (0.910-0.960) spread little enough
 between two runs of ``exact`` for the one-point bound to be testable at ten seeds:
 
     nice -n 5 python benchmarks/estimator_training_timm.py --models test_efficientnet --weight 0.1 \
@@ -53,7 +53,7 @@ between two runs of ``exact`` for the one-point bound to be testable at ten seed
     nice -n 5 python benchmarks/estimator_training_timm.py --models test_efficientnet_relu --weight 0.01 \
         --steps 600 --batch 16 --lr 0.002 --schedule cosine --seeds 0 1 2 3 4 5 6 7 8 9
 
-and the short one (300 steps of 8 at a constant lr 1e-3, accuracies 0.57-0.81), where two runs of
+and the short one (300 steps of 8 at a constant lr 1e-3, accuracies 0.574-0.813), where two runs of
 ``exact`` 1e-6 apart end up to 5.8 points apart and the accuracy bound cannot be told from that noise;
 its runs came from these commands (the same-precision bf16 twins were added to the --fp32-twin runs,
 then seeds 5-9 for every row; one command per model without --fp32-twin over seeds 0-9 trains the
@@ -152,8 +152,7 @@ def train_one(name: str, precision: str, run: str, method: str, seed: int, steps
     x_train, y_train, x_test, y_test = data
     model = build(name, seed, perturbed=run == NOISE)
     opt = torch.optim.Adam(model.parameters(), lr)
-    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps) if schedule == "cosine"
-                 else torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0))
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps) if schedule == "cosine" else None
     reg = MarginalDensityRegularizer(weight, estimator=method)
     order = torch.Generator().manual_seed(seed)
     ratios, start = [], time.perf_counter()
@@ -170,7 +169,8 @@ def train_one(name: str, precision: str, run: str, method: str, seed: int, steps
             opt.zero_grad()
             loss.backward()
             opt.step()
-            scheduler.step()
+            if scheduler is not None:
+                scheduler.step()
             ratios.append(stats["secant_ratio"])
     seconds = time.perf_counter() - start
     with torch.no_grad():
@@ -251,9 +251,8 @@ def _verdict(ratios, gap, noise) -> str:
 
 def _comparisons(rows):
     """(regime, model, precision, twin precision, runs, twins) per row of the table: within each training
-    regime, each precision against the
-    twin trained in that precision (the primary comparison), and bf16 also against the fp32 twin (the
-    stricter one: the twin then also has fp32's CE)."""
+    regime, each precision against the twin trained in that precision (the primary comparison), and bf16
+    also against the fp32 twin (the stricter one: the twin then also has fp32's CE)."""
     keys = sorted({(_regime_of(r), r["model"], r["precision"]) for r in rows},
                   key=lambda k: (k[0][0] * k[0][1], k[1], PRECISIONS.index(k[2])))
     for training, name, precision in keys:
@@ -294,7 +293,8 @@ def table(runs: Path) -> None:
         noise = [100 * (a["accuracy"] - b["accuracy"]) for a, b in zip(n, t)]
         steps, batch, lr, schedule = training
         lines.append("| " + " | ".join([
-            f"{steps} x {batch}, lr {lr:g} {schedule}", name, " ".join(sorted({f"{r['weight']:g}" for r in d + t + n})), precision, " ".join(map(str, seeds)),
+            f"{steps} x {batch}, lr {lr:g} {schedule}", name,
+            " ".join(sorted({f"{r['weight']:g}" for r in d + t + n})), precision, " ".join(map(str, seeds)),
             twin_label,
             " ".join(f"{r['true_penalty']:.3g}" for r in d), " ".join(f"{r['true_penalty']:.3g}" for r in t),
             " ".join(f"{v:.2f}" for v in ratios),
