@@ -29,6 +29,9 @@ SCHEMES = tuple(PENALTY_KIND_OF_SCHEME)
 #: is its weight (default 6, the paper's); pgd-at takes no weight (like none, whatever its weight). Neither
 #: takes an estimator, a fraction (@F) or a lazy interval (%K).
 ADVERSARIAL_SCHEMES = ("pgd-at", "trades")
+#: The schemes with no penalty to estimate (plain CE and adversarial training): they take no estimator, no
+#: fraction (@F) and no lazy interval (%K).
+UNPENALISED_SCHEMES = ("none", *ADVERSARIAL_SCHEMES)
 #: ``BASE@F`` names a regularised scheme trained with the penalty on a random fraction F in (0, 1) of
 #: each batch (``MarginalDensityRegularizer(fraction=F)``), e.g. ``mdr@0.25``; F is written as ``format(F, "g")``.
 FRACTION_SEPARATOR = "@"
@@ -70,13 +73,13 @@ def parse_scheme(name: str) -> SchemeSpec:
             f = float(fraction)
         except ValueError:
             raise ValueError(f"scheme {name!r}: {fraction!r} is not a number") from None
-        if base in ("none", *ADVERSARIAL_SCHEMES) or not 0.0 < f < 1.0:
+        if base in UNPENALISED_SCHEMES or not 0.0 < f < 1.0:
             raise ValueError(f"scheme {name!r}: a fraction needs a regularised scheme and a value in (0, 1)")
         if format(f, "g") != fraction:
             raise ValueError(f"scheme {name!r}: write the fraction as {format(f, 'g')!r}")
         return SchemeSpec(base, fraction=f)
     if every is not None:
-        if base in ("none", *ADVERSARIAL_SCHEMES) or not every.isdigit() or int(every) < 2 or str(int(every)) != every:
+        if base in UNPENALISED_SCHEMES or not every.isdigit() or int(every) < 2 or str(int(every)) != every:
             raise ValueError(f"scheme {name!r}: lazy regularisation needs a regularised scheme and an interval "
                              "written as an integer >= 2 (e.g. mdr%4)")
         return SchemeSpec(base, every=int(every))
@@ -255,7 +258,7 @@ class ExperimentConfig:
             weights.setdefault(m, weights[base])
             estimators.setdefault(m, estimators[base])
         if self.model == "vit":  # SDPA attention has no double backward / forward-mode AD on CPU
-            bad = [m for m in self.schemes if m not in ("none", *ADVERSARIAL_SCHEMES)
+            bad = [m for m in self.schemes if m not in UNPENALISED_SCHEMES
                    and (ESTIMATOR_REGISTRY[estimators[m]].double_backward or ESTIMATOR_REGISTRY[estimators[m]].forward_mode)]
             if bad:
                 raise ValueError(f"model 'vit' uses scaled_dot_product_attention, which the exact/jvp estimators "
@@ -297,7 +300,7 @@ class ExperimentConfig:
         d = self.to_dict()
         d.pop("scheme_epochs")
         d["epochs"] = self.epochs_of(scheme)
-        estimator = None if scheme in ("none", *ADVERSARIAL_SCHEMES) else self.estimators[scheme]
+        estimator = None if scheme in UNPENALISED_SCHEMES else self.estimators[scheme]
         d.update(schemes=[scheme], seeds=None, weights=self.weights[scheme], estimators=estimator)
         if estimator in (None, *STEPLESS_ESTIMATORS):
             d["step"] = None
