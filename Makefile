@@ -46,15 +46,18 @@ claims-confounds: $(STAMP)
 # The claim rows (leakage, PGD, density, accuracy, attribution) on the second model, a BatchNorm ResNet
 # (width 16), and on the second dataset, animal-mnist's silhouettes: each scheme's weight chosen on its own
 # validation split, then the claims in two resumable commands (seeds 0-2, then 3-4 added), each under
-# 3 hours (benchmarks/results/second_setting_cost.md; docs/findings/second-setting.md).
+# 3 hours (benchmarks/results/second_setting_cost.md; docs/findings/second-setting.md), with the
+# scale-free rows; the reports are copied into docs/results/second_setting/.
 claims-resnet: $(STAMP)
 	$(PY) -m margreg_fast select blockmnist --model resnet --width 16 --grid 0.1 1 10 --threads 1 --jobs 2 --quiet --out runs/select-resnet --write runs/select-resnet/weights.json
-	$(PY) -m margreg_fast claims --seeds 0 1 2 --eval-samples 500 --weights-file runs/select-resnet/weights.json --model resnet --width 16 --no-spurious --threads 1 --jobs 2 --quiet --out runs/claims-resnet
-	$(PY) -m margreg_fast claims --seeds 0 1 2 3 4 --eval-samples 500 --weights-file runs/select-resnet/weights.json --model resnet --width 16 --no-spurious --threads 1 --jobs 2 --quiet --out runs/claims-resnet
+	$(PY) -m margreg_fast claims --seeds 0 1 2 --eval-samples 500 --weights-file runs/select-resnet/weights.json --model resnet --width 16 --no-spurious --scale-free --threads 1 --jobs 2 --quiet --out runs/claims-resnet
+	$(PY) -m margreg_fast claims --seeds 0 1 2 3 4 --eval-samples 500 --weights-file runs/select-resnet/weights.json --model resnet --width 16 --no-spurious --scale-free --threads 1 --jobs 2 --quiet --out runs/claims-resnet
+	scripts/publish_second_setting.sh resnet runs/select-resnet runs/claims-resnet
 
 claims-animal: $(STAMP)
 	$(PY) -m margreg_fast select blockmnist --dataset animal --grid 0.1 1 10 --threads 1 --jobs 2 --quiet --out runs/select-animal --write runs/select-animal/weights.json
-	$(PY) -m margreg_fast claims --seeds 0 1 2 3 4 --eval-samples 500 --weights-file runs/select-animal/weights.json --dataset animal --no-spurious --threads 1 --jobs 2 --quiet --out runs/claims-animal
+	$(PY) -m margreg_fast claims --seeds 0 1 2 3 4 --eval-samples 500 --weights-file runs/select-animal/weights.json --dataset animal --no-spurious --scale-free --threads 1 --jobs 2 --quiet --out runs/claims-animal
+	scripts/publish_second_setting.sh animal runs/select-animal runs/claims-animal
 
 # The two shortcuts, robust square and non-robust texture: weights on each task's validation split, the
 # claims' spurious rows and the frontier over the grid on both, published into docs/results/shortcuts/.
@@ -66,14 +69,14 @@ shortcuts: $(STAMP)
 # command starts from hard links of its run directories (cp -l), so only the adversarial points train.
 # Resumable; copies the reports into docs/results/adversarial/ (full_*.md, matched_*.md).
 ADV_EPOCHS ?= pgd-at=2 trades=2
-ADV_PLAN := $(CLAIMS) --schemes none igr joint mdr pgd-at trades --fractions 0.5 0.25 0.125 --lazy 4 8 --grid 0.1 1 10 --frontier-seeds 0 1 2 3 4 --threads 1 --jobs 2 --quiet
+ADV_PLAN := $(CLAIMS) --schemes none igr joint mdr pgd-at trades --fractions 0.5 0.25 0.125 --lazy 4 8 --grid 0.1 1 10 --frontier-seeds 0 1 2 3 4 --scale-free --budgets --threads 1 --jobs 2 --quiet
 claims-adversarial: $(STAMP)
 	for d in full matched; do mkdir -p $(CLAIMS_DIR)-adv-$$d/blockmnist $(CLAIMS_DIR)-adv-$$d/spurious; \
 	  for e in blockmnist spurious; do if [ -d $(CLAIMS_DIR)/$$e/runs ]; then cp -aln $(CLAIMS_DIR)/$$e/runs $(CLAIMS_DIR)-adv-$$d/$$e/; fi; done; done
 	$(PY) -m margreg_fast claims $(ADV_PLAN) --out $(CLAIMS_DIR)-adv-full
 	$(PY) -m margreg_fast claims $(ADV_PLAN) --scheme-epochs $(ADV_EPOCHS) --out $(CLAIMS_DIR)-adv-matched
 	mkdir -p docs/results/adversarial
-	for d in full matched; do for f in claims_table adversarial cheaper compute; do \
+	for d in full matched; do for f in claims_table adversarial cheaper compute scale_free budgets claims_seeds; do \
 	  cp $(CLAIMS_DIR)-adv-$$d/$$f.md docs/results/adversarial/$${d}_$$f.md; done; done
 
 test: $(STAMP)
