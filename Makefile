@@ -64,8 +64,9 @@ claims-animal: $(STAMP)
 shortcuts: $(STAMP)
 	PYTHON=$(PY) scripts/shortcuts.sh runs/shortcuts
 
-# Adversarial training (pgd-at, TRADES) beside mdr on every claim row, with the scale-free rows and the attack-budget curves, at the claims' 10 epochs and at mdr's
-# cost (ADV_EPOCHS, from benchmarks/results/train_step_adversarial.md). Run after `make claims`: each
+# Adversarial training (pgd-at, TRADES) beside mdr on every claim row, with the scale-free rows and the
+# attack-budget curves, at the claims' 10 epochs and at mdr's cost (ADV_EPOCHS, from
+# benchmarks/results/train_step_adversarial.md). Run after `make claims`: each
 # command starts from hard links of its run directories (cp -l), so only the adversarial points train.
 # Resumable; copies the reports into docs/results/adversarial/ (full_*.md, matched_*.md).
 ADV_EPOCHS ?= pgd-at=2 trades=2
