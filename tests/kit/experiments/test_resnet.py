@@ -62,6 +62,49 @@ def test_resnet_trains_above_chance_on_the_digits_fixture(tiny_config, tmp_path,
     assert acc > 0.5, acc  # chance is 0.1
 
 
+def _batch_statistics_average(model, x, batch_size):
+    """Per BatchNorm layer, the average over x's batches (in order) of the batch mean and unbiased
+    variance of the layer's input, the model in train mode on a copy (an independent reference)."""
+    import copy
+
+    model = copy.deepcopy(model).train()
+    seen = {}
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+
+    def record(module, inputs, _):
+        seen.setdefault(module, []).append((inputs[0].mean(dim=(0, 2, 3)), inputs[0].var(dim=(0, 2, 3))))
+
+    hooks = [m.register_forward_hook(record) for m in bns]
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            model(x[i:i + batch_size])
+    for h in hooks:
+        h.remove()
+    return [(torch.stack([m for m, _ in seen[b]]).mean(0), torch.stack([v for _, v in seen[b]]).mean(0)) for b in bns]
+
+
+def test_a_trained_resnet_is_evaluated_with_its_final_weights_batch_statistics(tiny_config, tmp_path, one_thread):
+    """After the last epoch every BatchNorm layer's running statistics are the average of its batch
+    statistics over the training set under the final weights (float32; the two averages add in different
+    orders, so relative 1e-5), not the moving averages of training, which the checkpoint keeps for
+    resuming; loading the finished run gives the same statistics again."""
+    from margreg_fast.kit.experiments.checkpoint import load_checkpoint
+    from margreg_fast.kit.experiments.training import CHECKPOINT_NAME
+
+    cfg = tiny_config.replace(model="resnet", epochs=2, max_train=None, max_test=None, width=4)
+    train, _ = build_datasets(cfg, 0)
+    model = train_run(cfg, "mdr", 0, train, tmp_path, quiet=True).model
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for bn, (mean, var) in zip(bns, _batch_statistics_average(model, train.x, cfg.batch_size)):
+        assert torch.allclose(bn.running_mean, mean, rtol=1e-5, atol=1e-5 * mean.abs().max().item())
+        assert torch.allclose(bn.running_var, var, rtol=1e-5, atol=1e-5 * var.abs().max().item())
+        assert bn.momentum == 0.1  # the layer's own momentum is put back
+    saved = load_checkpoint(tmp_path / CHECKPOINT_NAME)["model"]
+    assert not torch.allclose(saved["stem.1.running_mean"], bns[0].running_mean)  # training's moving average
+    again = train_run(cfg, "mdr", 0, train, tmp_path, quiet=True, allow_training=False).model
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), model.state_dict().values()))
+
+
 @pytest.mark.parametrize("setting", [["--model", "resnet", "--width", "4"],
                                      ["--dataset", "animal", "--patch-size", "11"]], ids=["resnet", "animal"])
 def test_claim_rows_on_the_second_model_and_dataset(setting, tmp_path, one_thread):
